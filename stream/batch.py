@@ -1,0 +1,243 @@
+"""One micro-batch from raw message values to outcomes, with no I/O.
+
+decode -> route (distinct tenants once, rows grouped by model with index
+arrays) -> score (one model call per model version) -> threshold -> encode
+alerts. The consumer, ``stream score`` and the benchmarks all call
+``process_batch``; only where the values come from and where the outcomes go
+differ.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from stream import events
+from stream.alerts import encode_alert, model_ref, utc_now_iso
+from stream.events import DecodedBatch
+from stream.registry import LoadedModel
+
+Resolver = Callable[[Sequence[str]], list[LoadedModel | None]]
+
+
+@dataclass
+class ShadowResult:
+    """Challenger vs production on the same rows of one batch, for one model."""
+
+    model: str
+    production_version: str
+    challenger_version: str
+    tenant: str
+    rows: int
+    agree: int
+    score_diff_sum: float
+
+
+@dataclass
+class BatchOutcome:
+    """What became of every row: scored (with level) or rejected (with reason)."""
+
+    decoded: DecodedBatch
+    scores: np.ndarray
+    levels: np.ndarray  # -1 for rejected rows
+    model_index: np.ndarray  # index into ``models``, -1 for rejected rows
+    models: list[LoadedModel]
+    alert_rows: np.ndarray
+    alerts: list[bytes]
+    shadow: list[ShadowResult] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return self.decoded.n
+
+    @property
+    def rejected_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.decoded.reason != events.OK)
+
+    @property
+    def scored(self) -> int:
+        return int(np.count_nonzero(self.levels >= 0))
+
+    def reason_counts(self) -> Counter[str]:
+        codes = self.decoded.reason[self.decoded.reason != events.OK]
+        return Counter(
+            {
+                events.REASONS[int(c)]: int(n)
+                for c, n in zip(*np.unique(codes, return_counts=True), strict=True)
+            }
+        )
+
+    def alert_counts(self) -> Counter[tuple[str, str]]:
+        """(tenant, level name) -> alerts in this batch."""
+        from stream.scoring import LEVEL_NAMES
+
+        if len(self.alert_rows) == 0:
+            return Counter()
+        tenants = np.asarray(self.decoded.tenants, dtype=object)[self.alert_rows]
+        levels = self.levels[self.alert_rows]
+        df = pd.DataFrame({"t": tenants, "l": levels})
+        grouped = df.groupby(["t", "l"]).size()
+        return Counter({(t, LEVEL_NAMES[int(lv)]): int(n) for (t, lv), n in grouped.items()})
+
+
+def group_rows(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(code, row indices) for each distinct non-negative code, rows in ascending order."""
+    valid = codes >= 0
+    if not valid.any():
+        return []
+    order = np.argsort(codes, kind="stable")
+    order = order[valid[order]]
+    sorted_codes = codes[order]
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    return [(int(codes[g[0]]), g) for g in np.split(order, bounds) if len(g)]
+
+
+def process_batch(
+    values: Sequence[bytes | None],
+    resolve: Resolver,
+    *,
+    topic: str,
+    partitions: np.ndarray,
+    offsets: np.ndarray,
+    min_level: int = 1,
+    max_bytes: int = 1_000_000,
+    challenger: Callable[[LoadedModel], LoadedModel | None] | None = None,
+) -> BatchOutcome:
+    """Decode, route, score, threshold and encode alerts for one batch of message values."""
+    batch = DecodedBatch(values, max_bytes)
+    n = batch.n
+    scores = np.full(n, np.nan)
+    levels = np.full(n, -1, dtype=np.int8)
+    model_index = np.full(n, -1, dtype=np.int32)
+    models: list[LoadedModel] = []
+    shadow: list[ShadowResult] = []
+
+    usable = batch.reason == events.OK
+    tenant_codes, uniques = pd.factorize(np.asarray(batch.tenants, dtype=object))
+    tenant_codes = np.where(usable, tenant_codes, -1)
+    resolved = resolve([str(t) for t in uniques])
+    # Tenants served by the same model version are scored together in one call.
+    slot: dict[tuple[str, str], int] = {}
+    tenant_to_model = np.full(len(uniques) + 1, -1, dtype=np.int32)
+    for ti, model in enumerate(resolved):
+        if model is None:
+            continue
+        if model.key not in slot:
+            slot[model.key] = len(models)
+            models.append(model)
+        tenant_to_model[ti] = slot[model.key]
+    row_model = np.where(tenant_codes >= 0, tenant_to_model[tenant_codes], -1)
+    no_model = usable & (row_model < 0)
+    if no_model.any():
+        batch.reject(
+            np.flatnonzero(no_model), events.NO_MODEL, "no model for tenant and no global model"
+        )
+
+    for mi, rows in group_rows(row_model):
+        model = models[mi]
+        X, good = batch.matrix(rows, model.features)
+        if len(good) == 0:
+            continue
+        try:
+            s = model.score(X)
+        except Exception as e:
+            batch.reject(
+                good, events.MODEL_ERROR, f"models:/{model.name}/{model.version}: {e}"[:300]
+            )
+            continue
+        scores[good] = s
+        levels[good] = 3 - np.searchsorted(model.thresholds, s, side="right")
+        model_index[good] = mi
+        if challenger is not None:
+            ch = challenger(model)
+            if ch is not None:
+                shadow.extend(_shadow(batch, model, ch, good, X, s, tenant_codes, uniques))
+
+    alert_rows = np.flatnonzero(levels >= min_level)
+    alerts: list[bytes] = []
+    if len(alert_rows):
+        detected_at = utc_now_iso()
+        refs = [model_ref(m.name, m.version) for m in models]
+        vals, tenants = batch.values, batch.tenants
+        alerts = [
+            encode_alert(
+                topic=topic,
+                partition=p,
+                offset=o,
+                tenant=tenants[i],
+                level=lv,
+                score=sc,
+                model=refs[mi],
+                detected_at=detected_at,
+                event=vals[i],  # type: ignore[arg-type]
+            )
+            for i, p, o, lv, sc, mi in zip(
+                alert_rows.tolist(),
+                partitions[alert_rows].tolist(),
+                offsets[alert_rows].tolist(),
+                levels[alert_rows].tolist(),
+                scores[alert_rows].tolist(),
+                model_index[alert_rows].tolist(),
+                strict=True,
+            )
+        ]
+    return BatchOutcome(batch, scores, levels, model_index, models, alert_rows, alerts, shadow)
+
+
+def _shadow(
+    batch: DecodedBatch,
+    prod: LoadedModel,
+    chal: LoadedModel,
+    rows: np.ndarray,
+    X: np.ndarray,
+    prod_scores: np.ndarray,
+    tenant_codes: np.ndarray,
+    uniques: np.ndarray,
+) -> list[ShadowResult]:
+    """Score the challenger on the same rows; agreement on level and mean score difference."""
+    if chal.features != prod.features:
+        cX, cgood = _matrix_quiet(batch, rows, chal.features)
+        keep = np.isin(rows, cgood)
+        rows, X, prod_scores = rows[keep], cX, prod_scores[keep]
+    if len(rows) == 0:
+        return []
+    try:
+        cs = chal.score(X)
+    except Exception:
+        return []
+    pl = 3 - np.searchsorted(prod.thresholds, prod_scores, side="right")
+    cl = 3 - np.searchsorted(chal.thresholds, cs, side="right")
+    out = []
+    tcodes = tenant_codes[rows]
+    for tc in np.unique(tcodes).tolist():
+        sel = tcodes == tc
+        out.append(
+            ShadowResult(
+                model=prod.name,
+                production_version=prod.version,
+                challenger_version=chal.version,
+                tenant=str(uniques[tc]),
+                rows=int(sel.sum()),
+                agree=int(np.count_nonzero(pl[sel] == cl[sel])),
+                score_diff_sum=float(np.sum(cs[sel] - prod_scores[sel])),
+            )
+        )
+    return out
+
+
+def _matrix_quiet(
+    batch: DecodedBatch, rows: np.ndarray, features: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``DecodedBatch.matrix`` without rejecting rows: shadow scoring changes no outcome."""
+    keep = np.ones(len(rows), dtype=bool)
+    cols = []
+    for f in features:
+        arr, codes = batch.column(f)
+        keep &= codes[rows] == events.OK
+        cols.append(arr)
+    good = rows[keep]
+    return np.column_stack([a[good] for a in cols]) if cols else np.empty((len(good), 0)), good

