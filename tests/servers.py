@@ -239,6 +239,17 @@ class MlflowServer:
             finally:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
 
+    def analyze(self) -> None:
+        """Refresh PostgreSQL planner statistics for the server's database.
+
+        Call after bulk-creating models. Where autovacuum is off (as on the test
+        PostgreSQL here), tables filled after the server's start keep "empty" statistics
+        and a search_registered_models page of 1,000 models takes seconds instead of
+        sub-second (nested-loop plan for the latest-versions query).
+        """
+        with psycopg.connect(f"{PG_URL}/{self.db_name}", autocommit=True) as conn:
+            conn.execute("ANALYZE")
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
