@@ -346,5 +346,303 @@ def generate(events: int, tenants: str, seed: int, attack_rate: float, output: s
     click.echo(f"wrote {n} flows to {output}", err=True)
 
 
+def _replay_inputs(func: F) -> F:
+    func = click.argument(
+        "files",
+        nargs=-1,
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    )(func)
+    func = click.option(
+        "--format",
+        "fmt",
+        default=None,
+        type=click.Choice(["jsonl", "csv", "parquet", "zeek", "zeek-json"]),
+        help="Input format [default: from suffix and content].",
+    )(func)
+    func = click.option(
+        "--map",
+        "maps",
+        multiple=True,
+        metavar="TARGET=EXPR",
+        help="Field mapping: EXPR is a column or a sum of columns (a+b). "
+        "Zeek conn.log fields are mapped automatically.",
+    )(func)
+    func = click.option("--tenant", default=None, help="Set or override tenant_id.")(func)
+    return func
+
+
+def _mapping(maps: tuple[str, ...]) -> Any:
+    from stream.replay import MappingError, parse_mapping
+
+    try:
+        return parse_mapping(maps) if maps else None
+    except MappingError as e:
+        raise click.BadParameter(str(e), param_hint="--map") from e
+
+
+@main.command()
+@_replay_inputs
+@click.option("--topic", default="flows", show_default=True)
+@click.option(
+    "--bootstrap-servers",
+    envvar="KAFKA_BOOTSTRAP_SERVERS",
+    default="127.0.0.1:9092",
+    show_default=True,
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Keep recorded gaps (from --timestamp-field), X times faster.",
+)
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Pace at N events/s."
+)
+@click.option("--max", "as_fast", is_flag=True, help="As fast as the broker takes them (default).")
+@click.option("--timestamp-field", default="timestamp", show_default=True)
+@click.option("--strict", is_flag=True, help="Abort on the first bad line.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("-X", "--kafka-property", "props", multiple=True, metavar="KEY=VALUE")
+def replay(
+    files: tuple[Path, ...],
+    fmt: str | None,
+    maps: tuple[str, ...],
+    tenant: str | None,
+    topic: str,
+    bootstrap_servers: str,
+    speed: float | None,
+    rate: float | None,
+    as_fast: bool,
+    timestamp_field: str,
+    strict: bool,
+    no_progress: bool,
+    props: tuple[str, ...],
+) -> None:
+    """Produce recorded flows (JSONL/.gz, CSV, Parquet, Zeek conn.log) to the input topic."""
+    from stream import replay as rp
+
+    if sum(x is not None and x is not False for x in (speed, rate, as_fast or None)) > 1:
+        raise click.UsageError("choose one of --speed, --rate, --max")
+    pacing = (
+        rp.Pacing.at_speed(speed)
+        if speed
+        else rp.Pacing.at_rate(rate)
+        if rate
+        else rp.Pacing.unlimited()
+    )
+    try:
+        summary = rp.replay(
+            list(files),
+            bootstrap=bootstrap_servers,
+            topic=topic,
+            pacing=pacing,
+            tenant=tenant,
+            mapping=_mapping(maps),
+            strict=strict,
+            fmt=fmt,
+            progress=not no_progress,
+            producer_config=dict(config.parse_properties(props)),
+            timestamp_field=timestamp_field,
+        )
+    except rp.ReplayError as e:
+        raise click.ClickException(str(e)) from e
+    for path, line, reason in summary.rejected[:50]:
+        click.echo(f"rejected {path}:{line}: {reason}", err=True)
+    if len(summary.rejected) > 50:
+        click.echo(f"... and {len(summary.rejected) - 50} more rejected lines", err=True)
+    click.echo(
+        f"sent {summary.sent} events in {summary.elapsed_s:.1f}s ({summary.rate:,.0f}/s); "
+        f"rejected {len(summary.rejected)} lines; delivery failures {summary.delivery_failures}",
+        err=True,
+    )
+    if summary.delivery_failures:
+        sys.exit(1)
+
+
+def _offline_table(tracking_uri: str, model_name: str) -> Any:
+    from stream import service
+
+    settings = config.from_env(tracking_uri=tracking_uri, model_name=model_name)
+    table = service.build_table(settings)
+    view = table.refresh()
+    if not view.production:
+        raise click.ClickException(
+            f"no production model named {model_name}[_TENANT] in {tracking_uri}"
+        )
+    return settings, table
+
+
+@main.command()
+@_replay_inputs
+@click.option("--output", "-o", default="-", show_default=True, help="Alerts JSONL file or -.")
+@click.option(
+    "--min-level",
+    type=click.Choice(config.LEVELS),
+    default="medium",
+    show_default=True,
+    help="low = a record for every scored event.",
+)
+@click.option(
+    "--dead-letters",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write rejected records (with reasons) to this JSONL file.",
+)
+@click.option(
+    "--model-name", envvar="STREAM_MODEL_NAME", default=DEFAULT_MODEL_NAME, show_default=True
+)
+@_tracking_option
+def score(
+    files: tuple[Path, ...],
+    fmt: str | None,
+    maps: tuple[str, ...],
+    tenant: str | None,
+    output: str,
+    min_level: str,
+    dead_letters: str | None,
+    model_name: str,
+    tracking_uri: str,
+) -> None:
+    """Score files with the production models, no broker: alerts as JSON lines."""
+    from stream.offline import score_to_file
+
+    settings, table = _offline_table(tracking_uri, model_name)
+    summary = score_to_file(
+        list(files),
+        table,
+        settings,
+        output,
+        dead_letters=dead_letters,
+        min_level=min_level,
+        fmt=fmt,
+        mapping=_mapping(maps),
+        tenant=tenant,
+    )
+    table.stop()
+    click.echo(
+        f"records {summary.records}: scored {summary.scored}, alerts {summary.alerts} "
+        f"{dict(summary.alerts_by_level)}, dead letters {sum(summary.dead_letters.values())} "
+        f"{dict(summary.dead_letters)}, unreadable lines {len(summary.unreadable)}",
+        err=True,
+    )
+
+
+@main.command()
+@_replay_inputs
+@click.option("--label-field", required=True, help="Field holding the ground truth.")
+@click.option(
+    "--positive",
+    multiple=True,
+    help="Label values that mean 'attack' (repeatable) [default: anything but "
+    "normal/benign/0/false/empty].",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option(
+    "--model-name", envvar="STREAM_MODEL_NAME", default=DEFAULT_MODEL_NAME, show_default=True
+)
+@_tracking_option
+def evaluate(
+    files: tuple[Path, ...],
+    fmt: str | None,
+    maps: tuple[str, ...],
+    tenant: str | None,
+    label_field: str,
+    positive: tuple[str, ...],
+    as_json: bool,
+    model_name: str,
+    tracking_uri: str,
+) -> None:
+    """ROC-AUC, average precision, precision/recall per threat level, per tenant and overall."""
+    from stream import evaluate as ev
+    from stream.offline import collect_for_evaluation
+
+    settings, table = _offline_table(tracking_uri, model_name)
+    tenants, scores, levels, raw, summary = collect_for_evaluation(
+        list(files), table, settings, label_field, fmt=fmt, mapping=_mapping(maps), tenant=tenant
+    )
+    table.stop()
+    if len(scores) == 0:
+        raise click.ClickException("no record could be scored")
+    labels = ev.labels_from_field(raw, list(positive) or None)
+    result = ev.evaluate(tenants, scores, levels, labels)
+    if as_json:
+        click.echo(orjson.dumps(result).decode())
+    else:
+        click.echo(ev.format_report(result))
+        click.echo(
+            f"scored {summary.scored} of {summary.records} records; dead letters "
+            f"{dict(summary.dead_letters)}",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--topic", envvar="STREAM_ALERT_TOPIC", default="alerts", show_default=True)
+@click.option(
+    "--bootstrap-servers",
+    envvar="KAFKA_BOOTSTRAP_SERVERS",
+    default="127.0.0.1:9092",
+    show_default=True,
+)
+@click.option("--follow", "-f", is_flag=True, help="Keep reading new alerts.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert on the topic.")
+@click.option("--tenant", default=None)
+@click.option("--min-level", type=click.Choice(config.LEVELS), default="low", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (for piping).")
+@click.option("-X", "--kafka-property", "props", multiple=True, metavar="KEY=VALUE")
+def alerts(
+    topic: str,
+    bootstrap_servers: str,
+    follow: bool,
+    from_beginning: bool,
+    tenant: str | None,
+    min_level: str,
+    as_json: bool,
+    props: tuple[str, ...],
+) -> None:
+    """Print alerts from the alert topic as a table, or as JSON lines."""
+    from rich.console import Console
+
+    from stream.subscribe import LEVEL_STYLE, matches, read_alerts, row
+
+    console = Console()
+    shown = 0
+    try:
+        stream = read_alerts(
+            bootstrap_servers,
+            topic,
+            follow=follow,
+            from_beginning=from_beginning,
+            extra=dict(config.parse_properties(props)),
+        )
+        if not as_json:
+            console.print(
+                "time                      tenant       level     score    "
+                "src -> dst                          model",
+                style="bold",
+            )
+        for alert in stream:
+            if not matches(alert, tenant, min_level):
+                continue
+            shown += 1
+            if as_json:
+                sys.stdout.buffer.write(orjson.dumps(alert) + b"\n")
+                sys.stdout.flush()
+            else:
+                t, ten, lv, sc, route, ver = row(alert)
+                console.print(
+                    f"{t:<25} {ten:<12} {lv:<9} {sc:>8} {route:<35} {ver}",
+                    style=LEVEL_STYLE.get(lv, ""),
+                    highlight=False,
+                )
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        pass
+    if not as_json:
+        console.print(f"{shown} alerts", style="dim")
+
+
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Kafka client construction (consumer, producer, admin) and rebalance callbacks.
+"""Kafka client construction (consumer, producer) and rebalance callbacks.
 
 Every client starts from ``Settings.kafka_common()`` so pass-through
 librdkafka properties (SASL, SSL, ...) reach all of them. Secrets in those
@@ -19,6 +19,11 @@ from stream.config import Settings
 log = logging.getLogger(__name__)
 
 _SECRET_HINTS = ("password", "secret", "key", "token", "credential")
+
+#: Producer-only properties a user may pass with ``-X``; the consumer would warn about them.
+_PRODUCER_ONLY = ("transactional.id", "transaction.timeout.ms")
+
+RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
 
 def redacted(conf: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +48,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "queued.min.messages": max(100000, settings.batch_size * 4),
     }
     conf.update(settings.kafka_common())
+    for k in _PRODUCER_ONLY:
+        conf.pop(k, None)
     return conf
 
 
@@ -58,20 +65,53 @@ def producer_config(settings: Settings, *, transactional_id: str | None = None) 
         "message.timeout.ms": 60000,
     }
     if transactional_id:
-        conf["transactional.id"] = transactional_id
         conf["transaction.timeout.ms"] = 60000
     conf.update(settings.kafka_common())
+    if transactional_id:
+        conf["transactional.id"] = transactional_id
+        # librdkafka refuses a message timeout longer than the transaction timeout; a user
+        # who lowers only the transaction timeout gets a matching message timeout.
+        if "message.timeout.ms" not in dict(settings.kafka_properties):
+            conf["message.timeout.ms"] = min(60000, int(conf["transaction.timeout.ms"]))
+    else:
+        # A transactional.id would turn every produce() outside a transaction into an error.
+        conf.pop("transactional.id", None)
+        conf.pop("transaction.timeout.ms", None)
     return conf
+
+
+def transactional_id(settings: Settings) -> str:
+    """The exactly-once producer's id: ``-X transactional.id=...`` if given, else a random one.
+
+    A stable id per consumer instance lets a restarted instance abort the transaction its
+    crashed predecessor left open (``init_transactions`` fences the old producer). With a
+    random id that transaction stays open until the broker times it out, and
+    ``read_committed`` readers of the alert topic wait for it.
+    """
+    given = dict(settings.kafka_properties).get("transactional.id", "").strip()
+    if given:
+        return given
+    tid = f"stream-{settings.group_id}-{uuid.uuid4().hex[:12]}"
+    log.warning(
+        "exactly-once with a random transactional.id (%s): after a crash, read_committed "
+        "readers wait for the open transaction to time out; give each instance a stable id "
+        "with -X transactional.id=...",
+        tid,
+    )
+    return tid
 
 
 def make_consumer(
     settings: Settings,
-    on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
-    on_revoke: Callable[[Consumer, list[TopicPartition]], None] | None = None,
+    on_assign: RebalanceCallback | None = None,
+    on_revoke: RebalanceCallback | None = None,
+    on_lost: RebalanceCallback | None = None,
 ) -> Consumer:
+    """A consumer subscribed to the input topic; ``on_lost`` defaults to ``on_revoke``."""
     conf = consumer_config(settings)
     log.debug("consumer config %s", redacted(conf))
     consumer = Consumer(conf)
+    on_lost = on_lost or on_revoke
 
     def assigned(c: Consumer, parts: list[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _fmt(parts))
@@ -85,17 +125,22 @@ def make_consumer(
 
     def lost(c: Consumer, parts: list[TopicPartition]) -> None:
         log.warning("partitions lost: %s", _fmt(parts))
-        if on_revoke:
-            on_revoke(c, parts)
+        if on_lost:
+            on_lost(c, parts)
 
     consumer.subscribe([settings.input_topic], on_assign=assigned, on_revoke=revoked, on_lost=lost)
     return consumer
 
 
 def make_producer(settings: Settings, *, transactional: bool = False) -> Producer:
-    tid = f"stream-{settings.group_id}-{uuid.uuid4().hex[:12]}" if transactional else None
+    tid = transactional_id(settings) if transactional else None
+    given = dict(settings.kafka_properties).get("transactional.id")
+    if given and not transactional:
+        log.warning("transactional.id is ignored: delivery is at-least-once")
     conf = producer_config(settings, transactional_id=tid)
     log.debug("producer config %s", redacted(conf))
+    if tid:
+        log.info("exactly-once: transactional.id %s", tid)
     return Producer(conf)
 
 

@@ -5,24 +5,39 @@ One iteration handles one micro-batch:
 1. Consume up to ``batch_size`` messages or until ``batch_max_wait_ms`` passes.
 2. Score the batch (``batch.process_batch``): every message ends as an alert,
    a below-threshold score, or a dead-letter record with a reason.
-3. Produce the alerts (keyed by tenant) and the dead-letter records.
-4. At-least-once: wait until every record of the batch is acknowledged, then
-   commit the batch's offsets synchronously. If any record failed, nothing is
-   committed and the batch's partitions are rewound to the batch's first
-   offsets, so the batch is processed again (same alert ids).
-   Exactly-once: steps 3-4 happen inside one producer transaction that also
-   carries the consumed offsets (``send_offsets_to_transaction``); on failure
-   the transaction is aborted and the partitions rewound.
+3. Produce the alerts (keyed by tenant) and the dead-letter records, and wait
+   until the broker has acknowledged every one of them.
+4. At-least-once: commit the batch's offsets synchronously. Exactly-once: the
+   records were produced inside one transaction; the batch's offsets join it
+   (``send_offsets_to_transaction``) and it is committed.
 5. Report metrics; between batches the model table may swap in new versions.
 
-Because a batch is finished (delivered and committed) before the next
-``consume`` call, and rebalance callbacks only run inside ``consume``, a
-revoked partition never has a batch in flight.
+Failure: nothing of the batch is committed. At-least-once rewinds its
+partitions to the batch's first offsets (the batch is scored again, same alert
+ids). Exactly-once aborts the transaction and rewinds to the group's committed
+offsets, as the librdkafka transactions example does.
+
+Backpressure: while the producer cannot take or deliver the batch's records
+(local queue full, or acknowledgements outstanding for over ``PAUSE_AFTER_S``,
+e.g. the alert topic is unavailable), every assigned partition is paused and
+the consumer keeps being polled, so group membership survives
+``max.poll.interval.ms`` while nothing new is fetched or buffered. Partitions
+resume once the batch is settled. librdkafka drops what it prefetched for a
+paused partition and fetches again from the application's position on resume;
+anything a poll returns anyway is kept for the next batch, never dropped.
+
+Rebalances: callbacks run only inside consumer polls. Between batches nothing
+is in flight. During a paused wait a batch is; a revocation then finishes it
+(delivered and committed, or its transaction committed) before the partitions
+are released, so the next owner starts exactly after it. Lost partitions
+(session expired) cannot be committed any more: the batch is abandoned (its
+transaction aborted) and the next owner starts from the committed offsets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import threading
 import time
@@ -44,6 +59,16 @@ from stream.scoring import LEVEL_CODES
 
 log = logging.getLogger(__name__)
 
+#: Acknowledgements outstanding this long without progress: the producer is not draining.
+PAUSE_AFTER_S = 1.0
+#: How long a revocation may take to finish the batch in flight before it is given up.
+REVOKE_FINISH_S = 30.0
+#: Timeout of one transactional API call; retriable failures are retried up to TXN_RETRY_S.
+TXN_CALL_S = 10.0
+TXN_RETRY_S = 60.0
+#: How long the group's committed offsets are asked for after an abort before giving up.
+COMMITTED_RETRY_S = 60.0
+
 
 @dataclass
 class RunStats:
@@ -57,6 +82,10 @@ class RunStats:
     batches: int = 0
     delivery_failures: int = 0
     rewinds: int = 0
+    pauses: int = 0  # times the partitions were paused for backpressure
+    paused_seconds: float = 0.0
+    settled_on_revoke: int = 0  # batches finished inside a revocation callback
+    held: int = 0  # messages a poll returned while paused, kept for the next batch
     alerts_by: Counter[tuple[str, str]] = field(default_factory=Counter)
     dead_by: Counter[str] = field(default_factory=Counter)
     batch_ends: list[float] = field(default_factory=list)
@@ -82,6 +111,49 @@ class _Deliveries:
             self.first_error = self.first_error or err
 
 
+class _State(enum.Enum):
+    OPEN = "open"  # records being produced or acknowledged
+    SETTLING = "settling"  # all acknowledged; committing
+    DONE = "done"  # committed
+    FAILED = "failed"  # nothing committed (transaction aborted); to be rewound
+
+
+Record = tuple[str, bytes | None, Any, Any]  # topic, value, key, headers
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One batch between consume and commit: its records and how far they got."""
+
+    msgs: list[Message]
+    outcome: BatchOutcome
+    partitions: np.ndarray
+    offsets: np.ndarray
+    records: list[Record]
+    first: dict[int, int]  # partition -> first offset in the batch
+    next: dict[int, int]  # partition -> last offset + 1 (what gets committed)
+    acks: _Deliveries = field(default_factory=_Deliveries)
+    produced: int = 0
+    in_txn: bool = False  # exactly-once: this batch's transaction has begun
+    state: _State = _State.OPEN
+    error: str = ""
+
+
+def _kafka_error(e: BaseException) -> KafkaError | None:
+    err = e.args[0] if isinstance(e, KafkaException) and e.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def _fatal(e: BaseException) -> bool:
+    err = _kafka_error(e)
+    return err is not None and err.fatal()
+
+
+def _retriable(e: BaseException) -> bool:
+    err = _kafka_error(e)
+    return err is not None and err.retriable()
+
+
 class Pipeline:
     """A running consumer: Kafka clients, the model table, and the loop."""
 
@@ -104,23 +176,70 @@ class Pipeline:
         self.exactly_once = settings.delivery == "exactly-once"
         self.stop_event = threading.Event()
         self._assignment: set[tuple[str, int]] = set()
+        self._paused: set[tuple[str, int]] = set()
+        self._paused_since = 0.0
+        self._held: list[Message] = []
+        self._batch: _Batch | None = None
+        self._in_callback = False  # no consumer poll may nest inside a rebalance callback
+        self._txn_open = False
+        self._failures_in_row = 0
         self._last_lag = 0.0
         self._last_shadow_log = 0.0
         self.consumer = kafka_clients.make_consumer(
-            settings, on_assign=self._on_assign, on_revoke=self._on_revoke
+            settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         self.producer = kafka_clients.make_producer(settings, transactional=self.exactly_once)
         if self.exactly_once:
+            # Fences an older producer with the same transactional.id and aborts what it
+            # left open, so its half-written batch never counts as committed.
             self.producer.init_transactions(30)
 
     # ---- rebalance ----------------------------------------------------------------
 
-    def _on_assign(self, _c: Any, parts: list[TopicPartition]) -> None:
+    def _on_assign(self, c: Any, parts: list[TopicPartition]) -> None:
         self._assignment |= {(p.topic, p.partition) for p in parts}
+        if self._paused and parts:
+            # Backpressure in progress: new partitions must not start fetching either.
+            # Assign them here (the client then skips its own assign) so they can be paused.
+            c.incremental_assign(parts)
+            c.pause(parts)
+            self._paused |= {(p.topic, p.partition) for p in parts}
         self._update_ready()
 
     def _on_revoke(self, _c: Any, parts: list[TopicPartition]) -> None:
-        self._assignment -= {(p.topic, p.partition) for p in parts}
+        batch = self._batch
+        if batch is not None and batch.state is _State.OPEN:
+            # The next owner starts from the committed offsets: settle the batch first.
+            log.info("revocation with a batch in flight: finishing it before release")
+            self._in_callback = True
+            try:
+                self._settle(batch, deadline=time.monotonic() + REVOKE_FINISH_S)
+            finally:
+                self._in_callback = False
+            if batch.state is _State.DONE:
+                self.stats.settled_on_revoke += 1
+        self._forget(parts)
+
+    def _on_lost(self, _c: Any, parts: list[TopicPartition]) -> None:
+        batch = self._batch
+        if batch is not None and batch.state is _State.OPEN:
+            # The group has moved on: these offsets can no longer be committed by us.
+            batch.error = "partitions lost (session expired or fenced)"
+            self._in_callback = True
+            try:
+                self._fail(batch, deadline=time.monotonic() + REVOKE_FINISH_S)
+            finally:
+                self._in_callback = False
+        self._forget(parts)
+
+    def _forget(self, parts: list[TopicPartition]) -> None:
+        gone = {(p.topic, p.partition) for p in parts}
+        self._assignment -= gone
+        self._paused -= gone
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
+        if self.metrics is not None:
+            for topic, partition in gone:
+                self.metrics.remove_lag(topic, partition)
         self._update_ready()
 
     def _update_ready(self) -> None:
@@ -143,7 +262,10 @@ class Pipeline:
             while not self.stop_event.is_set():
                 if self.health is not None:
                     self.health.heartbeat()
-                msgs = self.consumer.consume(s.batch_size, timeout)
+                if self._held:
+                    msgs, self._held = self._held, []
+                else:
+                    msgs = self.consumer.consume(s.batch_size, timeout)
                 self.producer.poll(0)
                 if not msgs:
                     self._update_ready()
@@ -185,41 +307,52 @@ class Pipeline:
             max_bytes=s.max_message_bytes,
             challenger=self.table.challenger_for,
         )
+        batch = self._new_batch(msgs, outcome, partitions, offsets)
+        self._batch = batch
         try:
-            if self.exactly_once:
-                self._deliver_transactional(msgs, outcome, partitions, offsets)
-            else:
-                self._deliver(msgs, outcome)
-                self._commit(partitions, offsets)
-        except (DeliveryError, KafkaException) as e:
-            self.stats.delivery_failures += 1
-            if self.metrics is not None:
-                self.metrics.record_delivery_failures(1)
-            log.error("batch of %d not delivered (%s); rewinding to reprocess it", len(msgs), e)
-            self._rewind(partitions, offsets)
-            time.sleep(min(5.0, 0.5 * self.stats.delivery_failures))
+            self._settle(batch, deadline=None)
+        finally:
+            self._batch = None
+            # Resume before any seek: a seek must be the last word on the fetch position.
+            self._resume()
+        if batch.state is _State.DONE:
+            self._failures_in_row = 0
+            self._account(msgs, outcome, time.perf_counter() - t0)
             return
-        self._account(msgs, outcome, time.perf_counter() - t0)
+        self.stats.delivery_failures += 1
+        self._failures_in_row += 1
+        if self.metrics is not None:
+            self.metrics.record_delivery_failures(max(1, batch.acks.failed))
+        log.error(
+            "batch of %d not delivered (%s); rewinding to reprocess it", len(msgs), batch.error
+        )
+        self._rewind(batch)
+        self._backoff(min(5.0, 0.5 * self._failures_in_row))
 
-    def _produce(
-        self, topic: str, value: bytes | None, key: Any, headers: Any, cb: _Deliveries
-    ) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
-                cb.pending += 1
-                return
-            except BufferError:
-                # Backpressure: the local queue is full; wait for the broker instead of dropping.
-                self.producer.poll(0.1)
-                if self.health is not None:
-                    self.health.heartbeat()
+    def _new_batch(
+        self,
+        msgs: list[Message],
+        outcome: BatchOutcome,
+        partitions: np.ndarray,
+        offsets: np.ndarray,
+    ) -> _Batch:
+        first: dict[int, int] = {}
+        nxt: dict[int, int] = {}
+        for p in np.unique(partitions).tolist():
+            sel = offsets[partitions == p]
+            first[p] = int(sel.min())
+            nxt[p] = int(sel.max()) + 1
+        return _Batch(
+            msgs, outcome, partitions, offsets, self._records(msgs, outcome), first, nxt
+        )
 
-    def _produce_outcome(self, msgs: list[Message], outcome: BatchOutcome, cb: _Deliveries) -> None:
+    def _records(self, msgs: list[Message], outcome: BatchOutcome) -> list[Record]:
         s = self.s
         tenants = outcome.decoded.tenants
-        for i, value in zip(outcome.alert_rows.tolist(), outcome.alerts, strict=True):
-            self._produce(s.alert_topic, value, tenants[i], None, cb)
+        out: list[Record] = [
+            (s.alert_topic, value, tenants[i], None)
+            for i, value in zip(outcome.alert_rows.tolist(), outcome.alerts, strict=True)
+        ]
         detail = outcome.decoded.detail
         reason = outcome.decoded.reason
         for i in outcome.rejected_rows.tolist():
@@ -231,73 +364,228 @@ class Pipeline:
                 ("source.partition", str(m.partition()).encode()),
                 ("source.offset", str(m.offset()).encode()),
             ]
-            self._produce(s.dlq_topic, m.value(), m.key(), headers, cb)
+            out.append((s.dlq_topic, m.value(), m.key(), headers))
         if s.shadow_topic and outcome.shadow:
             for r in outcome.shadow:
-                self._produce(s.shadow_topic, orjson.dumps(r.__dict__), r.tenant, None, cb)
-
-    def _deliver(self, msgs: list[Message], outcome: BatchOutcome) -> None:
-        cb = _Deliveries()
-        self._produce_outcome(msgs, outcome, cb)
-        deadline = time.monotonic() + 120
-        while cb.pending > 0:
-            self.producer.flush(1.0)
-            if self.health is not None:
-                self.health.heartbeat()
-            if time.monotonic() > deadline:
-                raise DeliveryError(f"{cb.pending} records unacknowledged after 120s")
-        if cb.failed:
-            raise DeliveryError(f"{cb.failed} records failed: {cb.first_error}")
-
-    def _commit(self, partitions: np.ndarray, offsets: np.ndarray) -> None:
-        self.consumer.commit(offsets=self._next_offsets(partitions, offsets), asynchronous=False)
-
-    def _next_offsets(self, partitions: np.ndarray, offsets: np.ndarray) -> list[TopicPartition]:
-        topic = self.s.input_topic
-        out = []
-        for p in np.unique(partitions).tolist():
-            out.append(TopicPartition(topic, p, int(offsets[partitions == p].max()) + 1))
+                out.append((s.shadow_topic, orjson.dumps(r.__dict__), r.tenant, None))
         return out
 
-    def _deliver_transactional(
-        self,
-        msgs: list[Message],
-        outcome: BatchOutcome,
-        partitions: np.ndarray,
-        offsets: np.ndarray,
-    ) -> None:
-        cb = _Deliveries()
-        p = self.producer
-        p.begin_transaction()
-        try:
-            self._produce_outcome(msgs, outcome, cb)
-            p.send_offsets_to_transaction(
-                self._next_offsets(partitions, offsets), self.consumer.consumer_group_metadata(), 60
-            )
-            p.commit_transaction(120)
-        except KafkaException as e:
-            err = e.args[0] if e.args else None
-            if isinstance(err, KafkaError) and err.fatal():
-                raise
-            try:
-                p.abort_transaction(60)
-            except KafkaException as abort_err:
-                log.error("abort_transaction failed: %s", abort_err)
-            raise
-        if cb.failed:  # cannot happen after a successful commit, but never assume
-            raise DeliveryError(f"{cb.failed} records failed: {cb.first_error}")
+    # ---- settling a batch -------------------------------------------------------------
 
-    def _rewind(self, partitions: np.ndarray, offsets: np.ndarray) -> None:
-        topic = self.s.input_topic
-        for p in np.unique(partitions).tolist():
-            if (topic, p) not in self._assignment:
-                continue  # revoked meanwhile: the new owner starts from the committed offset
-            first = int(offsets[partitions == p].min())
+    def _settle(self, batch: _Batch, *, deadline: float | None) -> None:
+        """Deliver and commit ``batch`` (state DONE), or give it up (state FAILED).
+
+        Reentrant: a revocation during the paused wait settles the same batch from
+        inside the callback; the outer call then finds it settled.
+        """
+        if batch.state is not _State.OPEN:
+            return
+        try:
+            if self.exactly_once and not batch.in_txn:
+                if self._txn_open:
+                    # Left open by a failed abort: it holds a rewound batch's records.
+                    self._abort(deadline)
+                    if self._txn_open:
+                        raise DeliveryError("the previous transaction could not be aborted")
+                self.producer.begin_transaction()
+                self._txn_open = batch.in_txn = True
+            self._drive(batch, deadline)
+            if batch.state is not _State.OPEN:
+                return  # settled by a rebalance callback meanwhile
+            batch.state = _State.SETTLING
+            if batch.acks.failed:
+                raise DeliveryError(
+                    f"{batch.acks.failed} records failed: {batch.acks.first_error}"
+                )
+            offsets = [TopicPartition(self.s.input_topic, p, o) for p, o in batch.next.items()]
+            if self.exactly_once:
+                meta = self.consumer.consumer_group_metadata()
+                self._txn_call(
+                    lambda t: self.producer.send_offsets_to_transaction(offsets, meta, t),
+                    deadline,
+                )
+                self._txn_call(self.producer.commit_transaction, deadline)
+                self._txn_open = False
+            else:
+                done = self.consumer.commit(offsets=offsets, asynchronous=False) or []
+                bad = [tp for tp in done if tp.error is not None]
+                if bad:
+                    raise KafkaException(bad[0].error)
+            batch.state = _State.DONE
+        except (DeliveryError, KafkaException) as e:
+            if _fatal(e):
+                raise
+            batch.error = batch.error or str(e)
+            self._fail(batch, deadline=deadline)
+
+    def _drive(self, batch: _Batch, deadline: float | None) -> None:
+        """Produce the batch's remaining records and wait until each one is acknowledged.
+
+        Every record resolves within ``message.timeout.ms`` (delivered or failed), so this
+        ends; while it waits on a producer that does not drain, the partitions are paused.
+        """
+        acks = batch.acks
+        progress = (-1, -1)
+        last_progress = time.monotonic()
+        while batch.state is _State.OPEN:
+            full = self._produce_some(batch)
+            if batch.produced == len(batch.records) and acks.pending == 0:
+                return
+            self.producer.poll(0.05)
+            now = time.monotonic()
+            if (batch.produced, acks.pending) != progress:
+                progress = (batch.produced, acks.pending)
+                last_progress = now
+            if self.health is not None:
+                self.health.heartbeat()
+            if deadline is not None and now > deadline:
+                raise DeliveryError(
+                    f"{acks.pending} records unacknowledged and "
+                    f"{len(batch.records) - batch.produced} not produced by the deadline"
+                )
+            if (full or now - last_progress > PAUSE_AFTER_S) and not self._in_callback:
+                self._pause("local queue full" if full else "acknowledgements outstanding")
+                self._poll_paused()
+
+    def _produce_some(self, batch: _Batch) -> bool:
+        """Produce records until the local queue is full (True) or none are left (False)."""
+        p = self.producer
+        cb = batch.acks
+        records = batch.records
+        i = batch.produced
+        try:
+            while i < len(records):
+                topic, value, key, headers = records[i]
+                p.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+                cb.pending += 1  # callbacks only run inside poll(), never before this line
+                i += 1
+        except BufferError:
+            return True
+        finally:
+            batch.produced = i
+        return False
+
+    def _txn_call(self, call: Callable[[float], Any], deadline: float | None) -> None:
+        """One transactional API call, retried while its error is retriable."""
+        give_up = time.monotonic() + TXN_RETRY_S
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
             try:
-                self.consumer.seek(TopicPartition(topic, p, first))
+                call(TXN_CALL_S)
+                return
             except KafkaException as e:
-                log.warning("seek %s[%d] to %d failed: %s", topic, p, first, e)
+                if not _retriable(e) or time.monotonic() > give_up:
+                    raise
+                log.warning("transactional call failed, retrying: %s", e)
+                if self.health is not None:
+                    self.health.heartbeat()
+
+    def _fail(self, batch: _Batch, *, deadline: float | None) -> None:
+        """Give the batch up: nothing of it is committed (exactly-once: abort)."""
+        batch.state = _State.FAILED
+        if self._txn_open:
+            self._abort(deadline)
+
+    def _abort(self, deadline: float | None) -> None:
+        """Abort the open transaction; retried while the broker is unreachable."""
+        while True:
+            try:
+                self.producer.abort_transaction(TXN_CALL_S)
+                self._txn_open = False
+                return
+            except KafkaException as e:
+                if _fatal(e):
+                    raise
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if not _retriable(e) or out_of_time or self.stop_event.is_set():
+                    # Still open: the next batch's begin_transaction fails, which leads back
+                    # here; the broker's transaction timeout ends it at the latest.
+                    log.error("abort_transaction failed: %s", e)
+                    return
+                log.warning("abort_transaction failed, retrying: %s", e)
+                if self.health is not None:
+                    self.health.heartbeat()
+
+    # ---- backpressure -------------------------------------------------------------------
+
+    def _pause(self, why: str) -> None:
+        parts = [TopicPartition(t, p) for t, p in self._assignment if (t, p) not in self._paused]
+        if not parts:
+            return
+        if not self._paused:
+            self.stats.pauses += 1
+            self._paused_since = time.monotonic()
+            log.warning(
+                "producer not draining (%s): pausing %d partitions", why, len(self._assignment)
+            )
+        self.consumer.pause(parts)
+        self._paused |= {(p.topic, p.partition) for p in parts}
+
+    def _poll_paused(self) -> None:
+        """Poll the consumer while paused: keeps the membership and serves rebalances."""
+        msgs = self.consumer.consume(self.s.batch_size, 0.1)
+        good = self._drop_errors(msgs) if msgs else []
+        if good:
+            # Not expected (pausing purges what was prefetched); never drop them.
+            log.warning("%d messages arrived while paused; kept for the next batch", len(good))
+            self._held.extend(good)
+            self.stats.held += len(good)
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        parts = [TopicPartition(t, p) for t, p in self._paused if (t, p) in self._assignment]
+        self._paused.clear()
+        if parts:
+            self.consumer.resume(parts)
+        waited = time.monotonic() - self._paused_since
+        self.stats.paused_seconds += waited
+        log.info("producer drained after %.1fs: resumed %d partitions", waited, len(parts))
+
+    def _backoff(self, seconds: float) -> None:
+        """Wait before retrying a failed batch, without letting the health probe go stale."""
+        end = time.monotonic() + seconds
+        while not self.stop_event.is_set() and time.monotonic() < end:
+            if self.health is not None:
+                self.health.heartbeat()
+            self.producer.poll(min(0.2, max(0.0, end - time.monotonic())))
+
+    # ---- rewinding --------------------------------------------------------------------
+
+    def _rewind(self, batch: _Batch) -> None:
+        """Seek the failed batch's partitions that are still ours back to where to redo it.
+
+        At-least-once: the batch's first offsets. Exactly-once: the group's committed
+        offsets, which is where the aborted transaction left them; a commit that did land
+        despite an error is not done twice. A partition never committed falls back to the
+        batch's first offset (what the committed position resolved to when it was read).
+        """
+        topic = self.s.input_topic
+        targets = {p: o for p, o in batch.first.items() if (topic, p) in self._assignment}
+        if self.exactly_once and targets:
+            for tp in self._committed(targets):
+                if tp.offset >= 0:
+                    targets[tp.partition] = tp.offset
+        for p, offset in targets.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, p, offset))
+            except KafkaException as e:
+                log.warning("seek %s[%d] to %d failed: %s", topic, p, offset, e)
+        self._held = [m for m in self._held if m.partition() not in targets]
         self.stats.rewinds += 1
+
+    def _committed(self, targets: dict[int, int]) -> list[TopicPartition]:
+        parts = [TopicPartition(self.s.input_topic, p) for p in targets]
+        give_up = time.monotonic() + COMMITTED_RETRY_S
+        while True:
+            try:
+                return self.consumer.committed(parts, timeout=TXN_CALL_S)
+            except KafkaException as e:
+                # Guessing could replay a committed batch: wait for the broker, or stop here.
+                if _fatal(e) or time.monotonic() > give_up:
+                    raise
+                log.warning("reading committed offsets failed, retrying: %s", e)
 
     def _account(self, msgs: list[Message], outcome: BatchOutcome, seconds: float) -> None:
         st = self.stats
@@ -390,6 +678,10 @@ class Pipeline:
     def close(self) -> None:
         """Flush what is queued and leave the group (offsets were committed per batch)."""
         try:
+            if self._txn_open:
+                # Only left open when an abort failed; end it rather than leave it dangling.
+                with contextlib.suppress(KafkaException):
+                    self.producer.abort_transaction(TXN_CALL_S)
             self.producer.flush(30)
         finally:
             with contextlib.suppress(RuntimeError):  # already closed

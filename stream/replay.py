@@ -81,7 +81,7 @@ class ReplayError(Exception):
 
 
 class MappingError(ValueError):
-    """A record that a mapping cannot be applied to (e.g. a non-number in a sum)."""
+    """A mapping spec that does not parse, or a record it cannot apply to (non-number in a sum)."""
 
 
 # --------------------------------------------------------------------------- opening
@@ -510,14 +510,14 @@ def _addend(name: str, value: Any) -> int | float:
 
 
 def parse_mapping(specs: Iterable[str]) -> FieldMapping:
-    """Rules from ``["target=column", "target=a+b", ...]``; raises ValueError on a bad spec."""
+    """Rules from ``["target=column", "target=a+b", ...]``; raises MappingError on a bad spec."""
     rules: list[FieldRule] = []
     for spec in specs:
         target, sep, expr = spec.partition("=")
         target = target.strip()
         sources = tuple(part.strip() for part in expr.split("+"))
         if not sep or not target or not all(sources):
-            raise ValueError(f"bad mapping {spec!r}: expected target=column or target=a+b")
+            raise MappingError(f"bad mapping {spec!r}: expected target=column or target=a+b")
         rules.append(FieldRule(target, sources))
     return FieldMapping(tuple(rules))
 
@@ -752,6 +752,8 @@ class ReplaySummary:
     delivery_failures: int = 0
     elapsed_s: float = 0.0
     rate: float = 0.0
+    # How often the producer queue was full and the replay waited for the broker.
+    queue_full_waits: int = 0
 
     @property
     def delivered(self) -> int:
@@ -827,6 +829,7 @@ def replay(
     }
     producer = Producer(config)
     failures = 0
+    queue_full_waits = 0
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
         nonlocal failures
@@ -834,12 +837,14 @@ def replay(
             failures += 1
 
     def send(key: bytes | None, value: bytes) -> None:
+        nonlocal queue_full_waits
         while True:
             try:
                 producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
                 break
             except BufferError:
                 # Queue full: let the broker drain it (backpressure) rather than drop.
+                queue_full_waits += 1
                 producer.poll(0.05)
         producer.poll(0)
 
@@ -874,4 +879,5 @@ def replay(
         delivery_failures=failures + undelivered,
         elapsed_s=elapsed,
         rate=sent / elapsed if elapsed > 0 else 0.0,
+        queue_full_waits=queue_full_waits,
     )

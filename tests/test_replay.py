@@ -6,8 +6,10 @@ import csv
 import gzip
 import shutil
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -19,6 +21,7 @@ from stream.generate import generate_flows, write_jsonl
 from stream.replay import (
     ZEEK_MAPPING,
     FieldMapping,
+    MappingError,
     Pacing,
     ReplayError,
     count_records,
@@ -325,7 +328,7 @@ def test_mapping_reads_the_original_record() -> None:
 
 @pytest.mark.parametrize("spec", ["novalue", "=a", "x=", "x=a+", "x=+b"])
 def test_parse_mapping_rejects_bad_specs(spec: str) -> None:
-    with pytest.raises(ValueError, match="bad mapping"):
+    with pytest.raises(MappingError, match="bad mapping"):
         parse_mapping([spec])
 
 
@@ -401,6 +404,27 @@ def test_records_without_tenant_have_no_key() -> None:
     assert rec.messages == [(None, {"a": 1})]
 
 
+def _timed(check: Callable[[], None], attempts: int = 3) -> None:
+    """Run a timing check up to ``attempts`` times.
+
+    A busy machine can delay one wake-up by tens of ms; a pacing bug fails every attempt.
+    """
+    for attempt in range(attempts):
+        try:
+            check()
+            return
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+
+
+def _send_times(records: list[dict], pacing: Pacing, **kwargs: Any) -> np.ndarray:
+    """Seconds from the first send to each send."""
+    rec = Recorder()
+    pump([("mem", _rows(records))], rec, pacing=pacing, **kwargs)
+    return np.array(rec.times) - rec.times[0]
+
+
 @pytest.mark.parametrize("stamp", ["iso", "epoch"])
 def test_speed_keeps_recorded_gaps_divided_by_factor(stamp: str) -> None:
     t0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
@@ -409,28 +433,37 @@ def test_speed_keeps_recorded_gaps_divided_by_factor(stamp: str) -> None:
         {"timestamp": t.isoformat().replace("+00:00", "Z") if stamp == "iso" else t.timestamp()}
         for t in times
     ]
-    rec = Recorder()
-    pump([("mem", _rows(records))], rec, pacing=Pacing.at_speed(2.0))
-    gaps = np.diff(rec.times)
-    assert len(gaps) == 5
-    assert np.all(np.abs(gaps - 0.1) < 0.01), gaps
+
+    def check() -> None:
+        gaps = np.diff(_send_times(records, Pacing.at_speed(2.0)))
+        assert len(gaps) == 5
+        # 0.2 s recorded at 2x: 0.1 s, each gap within 10%.
+        assert np.all(np.abs(gaps - 0.1) < 0.01), gaps
+
+    _timed(check)
 
 
 def test_speed_uses_the_named_timestamp_field_and_skips_missing_ones() -> None:
     records = [{"ts": 100.0}, {"ts": 100.3}, {"note": "no time"}, {"ts": 100.6}]
-    rec = Recorder()
-    pump([("mem", _rows(records))], rec, pacing=Pacing.at_speed(3.0), timestamp_field="ts")
-    offsets = np.array(rec.times) - rec.times[0]
-    assert offsets[1] == pytest.approx(0.1, abs=0.01)
-    assert offsets[2] == pytest.approx(0.1, abs=0.01)  # no timestamp: sent right away
-    assert offsets[3] == pytest.approx(0.2, abs=0.01)
+
+    def check() -> None:
+        offsets = _send_times(records, Pacing.at_speed(3.0), timestamp_field="ts")
+        assert offsets[1] == pytest.approx(0.1, abs=0.01)
+        assert offsets[2] == pytest.approx(0.1, abs=0.01)  # no timestamp: sent right away
+        assert offsets[3] == pytest.approx(0.2, abs=0.01)
+
+    _timed(check)
 
 
 def test_rate_does_not_drift() -> None:
-    rec = Recorder()
-    pump([("mem", _rows([{"i": i} for i in range(301)]))], rec, pacing=Pacing.at_rate(1000.0))
-    # 300 intervals of 1 ms: any per-event oversleep would add up to far more than 10 ms.
-    assert rec.times[-1] - rec.times[0] == pytest.approx(0.3, abs=0.01)
+    records = [{"i": i} for i in range(301)]
+
+    def check() -> None:
+        offsets = _send_times(records, Pacing.at_rate(1000.0))
+        # 300 intervals of 1 ms: any per-event oversleep would add up to far more than 10 ms.
+        assert offsets[-1] == pytest.approx(0.3, abs=0.01)
+
+    _timed(check)
 
 
 def test_pacing_validation() -> None:
@@ -549,7 +582,7 @@ def test_replay_every_format_into_a_real_broker(tmp_path: Path) -> None:
 
         # Backpressure: a producer queue of 20 messages must slow the replay, not drop records.
         many = tmp_path / "many.jsonl"
-        write_jsonl(many, generate_flows(3_000, seed=2))
+        write_jsonl(many, generate_flows(2_000, seed=2))
         broker.create_topics(["flows-backpressure", "flows-paced"], partitions=1)
         summary = replay(
             [many],
@@ -557,10 +590,11 @@ def test_replay_every_format_into_a_real_broker(tmp_path: Path) -> None:
             topic="flows-backpressure",
             pacing=Pacing.unlimited(),
             progress=False,
-            producer_config={"queue.buffering.max.messages": "20"},
+            producer_config={"queue.buffering.max.messages": "20", "linger.ms": "0"},
         )
-        assert (summary.sent, summary.delivery_failures) == (3_000, 0)
-        assert len(_read_topic(broker.bootstrap, "flows-backpressure", 3_000)) == 3_000
+        assert (summary.sent, summary.delivery_failures) == (2_000, 0)
+        assert summary.queue_full_waits > 0
+        assert len(_read_topic(broker.bootstrap, "flows-backpressure", 2_000)) == 2_000
 
         # Pacing with the producer's poll as the idle wait: conn.log spans 2.432 s of capture.
         summary = replay(
@@ -570,7 +604,8 @@ def test_replay_every_format_into_a_real_broker(tmp_path: Path) -> None:
             pacing=Pacing.at_speed(10.0),
             progress=False,
         )
-        assert summary.elapsed_s == pytest.approx(0.2432, abs=0.03)
+        # Never early; a little late is the flush (and a busy machine).
+        assert 0.2432 <= summary.elapsed_s < 0.35
 
     for name in ("jsonl", "jsonl-gz", "csv", "parquet"):
         got = results[name]
