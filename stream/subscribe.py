@@ -7,13 +7,12 @@ topic as it is when the command starts, then exits.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
 from stream.scoring import LEVEL_CODES
 
@@ -28,7 +27,6 @@ def read_alerts(
     from_beginning: bool = False,
     group_id: str | None = None,
     extra: dict[str, Any] | None = None,
-    idle_timeout: float = 5.0,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[dict[str, Any]]:
     """Alerts on ``topic`` as dicts; undecodable records are skipped with a stub alert."""
@@ -46,33 +44,33 @@ def read_alerts(
         if topic not in md.topics or md.topics[topic].error is not None:
             raise RuntimeError(f"alert topic {topic!r} does not exist")
         parts = sorted(md.topics[topic].partitions)
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts}
-        start = {p: (lo if from_beginning else hi) for p, (lo, hi) in ends.items()}
-        c.assign([TopicPartition(topic, p, start[p]) for p in parts])
-        remaining = {p: hi for p, (_lo, hi) in ends.items() if hi > start[p]}
-        if not follow and not remaining:
-            return
-        last = time.monotonic()
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        c.assign([TopicPartition(topic, p, start) for p in parts])
+        next_offset: dict[int, int] = {}
+        idle_rounds = 0
         while not should_stop():
             msgs = c.consume(1000, 0.5)
-            if not msgs and not follow and time.monotonic() - last > idle_timeout:
-                return
             for m in msgs:
                 if m.error():
                     continue
-                last = time.monotonic()
+                next_offset[m.partition()] = m.offset() + 1
                 try:
                     alert = orjson.loads(m.value())
                 except orjson.JSONDecodeError:
                     alert = {"alert_id": f"{topic}/{m.partition()}/{m.offset()}", "invalid": True}
                 yield alert
-                if (
-                    not follow
-                    and m.partition() in remaining
-                    and m.offset() >= remaining[m.partition()] - 1
-                ):
-                    del remaining[m.partition()]
-            if not follow and not remaining:
+            if msgs or follow:
+                idle_rounds = 0
+                continue
+            idle_rounds += 1
+            # Caught up? The broker's high watermark arrives with fetched data; a partition
+            # never fetched from reports a negative one, and for those an idle round suffices.
+            highs = [
+                c.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1] for p in parts
+            ]
+            unknown = any(h < 0 for h in highs)
+            caught_up = all(h <= next_offset.get(p, 0) for p, h in zip(parts, highs, strict=True))
+            if caught_up and idle_rounds >= (3 if unknown else 1):
                 return
     finally:
         c.close()

@@ -9,8 +9,11 @@ import time
 
 def test_demo_exits_zero_and_prints_summary() -> None:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "stream.cli", "demo", "--events", "8000"],
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "demo", "--events", "8000"],
+        capture_output=True,
+        timeout=300,
+    )
     out = proc.stdout.decode()
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert "alerts per tenant and threat level" in out

@@ -24,10 +24,17 @@ TENANTS = ("acme", "globex", "initech")
 def base(tracking_uri: str) -> str:
     name = "offline_" + os.urandom(3).hex()
     mixed = [r for t in TENANTS for r in training_flows(t, 1500, seed=1)]
-    registry.train(mixed, model_name=name, uri=tracking_uri, calibrate=(0.005, 0.01, 0.03),
-                   do_promote=True)
-    registry.train(training_flows("acme", 1500, seed=2), tenant="acme", model_name=name,
-                   uri=tracking_uri, calibrate=(0.005, 0.01, 0.03), do_promote=True)
+    registry.train(
+        mixed, model_name=name, uri=tracking_uri, calibrate=(0.005, 0.01, 0.03), do_promote=True
+    )
+    registry.train(
+        training_flows("acme", 1500, seed=2),
+        tenant="acme",
+        model_name=name,
+        uri=tracking_uri,
+        calibrate=(0.005, 0.01, 0.03),
+        do_promote=True,
+    )
     return name
 
 
@@ -45,9 +52,23 @@ def test_score_file_matches_models_and_reports_bad_lines(
         fh.write(b"{broken\n")
         fh.write(b'{"tenant_id": "acme", "bytes_transferred": "many"}\n')
     out, dlq = tmp_path / "alerts.jsonl", tmp_path / "dlq.jsonl"
-    r = CliRunner().invoke(main, ["score", str(src), "-o", str(out), "--min-level", "low",
-                                  "--dead-letters", str(dlq), "--model-name", base,
-                                  "--tracking-uri", tracking_uri])
+    r = CliRunner().invoke(
+        main,
+        [
+            "score",
+            str(src),
+            "-o",
+            str(out),
+            "--min-level",
+            "low",
+            "--dead-letters",
+            str(dlq),
+            "--model-name",
+            base,
+            "--tracking-uri",
+            tracking_uri,
+        ],
+    )
     assert r.exit_code == 0, r.output
     alerts = _lines(out)
     assert len(alerts) == 2000
@@ -60,23 +81,50 @@ def test_score_file_matches_models_and_reports_bad_lines(
     m = registry.load_version(f"{base}_acme", "1", uri=tracking_uri)
     acme = [a for a in alerts if a["tenant_id"] == "acme"]
     X = np.array([[a["event"][f] for f in m.features] for a in acme])
-    np.testing.assert_allclose([a["anomaly_score"] for a in acme],
-                               m.estimator.decision_function(X), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(
+        [a["anomaly_score"] for a in acme], m.estimator.decision_function(X), atol=1e-9, rtol=0
+    )
 
-    r = CliRunner().invoke(main, ["score", str(src), "-o", str(out), "--min-level", "high",
-                                  "--model-name", base, "--tracking-uri", tracking_uri])
+    r = CliRunner().invoke(
+        main,
+        [
+            "score",
+            str(src),
+            "-o",
+            str(out),
+            "--min-level",
+            "high",
+            "--model-name",
+            base,
+            "--tracking-uri",
+            tracking_uri,
+        ],
+    )
     assert r.exit_code == 0, r.output
     high = _lines(out)
     assert {a["threat_level"] for a in high} <= {"high", "critical"}
     assert len(high) == sum(a["threat_level"] in ("high", "critical") for a in alerts)
 
 
-def test_evaluate_reports_per_tenant_and_overall(tmp_path: Path, tracking_uri: str,
-                                                 base: str) -> None:
+def test_evaluate_reports_per_tenant_and_overall(
+    tmp_path: Path, tracking_uri: str, base: str
+) -> None:
     src = tmp_path / "labelled.jsonl"
     write_jsonl(src, generate_flows(6000, TENANTS, seed=8, attack_rate=0.05))
-    r = CliRunner().invoke(main, ["evaluate", str(src), "--label-field", "label", "--json",
-                                  "--model-name", base, "--tracking-uri", tracking_uri])
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(src),
+            "--label-field",
+            "label",
+            "--json",
+            "--model-name",
+            base,
+            "--tracking-uri",
+            tracking_uri,
+        ],
+    )
     assert r.exit_code == 0, r.output
     result = orjson.loads(r.stdout.strip().splitlines()[-1])
     overall = result["overall"]
@@ -94,42 +142,90 @@ def test_evaluate_reports_per_tenant_and_overall(tmp_path: Path, tracking_uri: s
     # A tenant scored by its own model: attacks are injected to be anomalous for it.
     own = tmp_path / "acme.jsonl"
     write_jsonl(own, generate_flows(4000, ("acme",), seed=9, attack_rate=0.08))
-    r = CliRunner().invoke(main, ["evaluate", str(own), "--label-field", "label", "--json",
-                                  "--model-name", base, "--tracking-uri", tracking_uri])
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(own),
+            "--label-field",
+            "label",
+            "--json",
+            "--model-name",
+            base,
+            "--tracking-uri",
+            tracking_uri,
+        ],
+    )
     assert r.exit_code == 0, r.output
     acme = orjson.loads(r.stdout.strip().splitlines()[-1])["tenants"]["acme"]
     print("acme own-model evaluation:", acme)
     assert acme["roc_auc"] > 0.7
-    r = CliRunner().invoke(main, ["evaluate", str(src), "--label-field", "label",
-                                  "--model-name", base, "--tracking-uri", tracking_uri])
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(src),
+            "--label-field",
+            "label",
+            "--model-name",
+            base,
+            "--tracking-uri",
+            tracking_uri,
+        ],
+    )
     assert r.exit_code == 0 and "overall" in r.output
 
 
-def test_alerts_command_prints_exactly_the_matching_alerts(broker: EmbeddedBroker,
-                                                           unique: str) -> None:
+def test_alerts_command_prints_exactly_the_matching_alerts(
+    broker: EmbeddedBroker, unique: str
+) -> None:
     topic = f"alerts-{unique}"
     broker.create_topics([topic], partitions=2)
     levels = ["low", "medium", "high", "critical"]
     sent = [
-        {"alert_id": f"flows/0/{i}", "tenant_id": TENANTS[i % 3], "threat_level": levels[i % 4],
-         "anomaly_score": -0.1 * (i % 4), "model": {"name": "m", "version": "1"},
-         "event": {"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2"}}
+        {
+            "alert_id": f"flows/0/{i}",
+            "tenant_id": TENANTS[i % 3],
+            "threat_level": levels[i % 4],
+            "anomaly_score": -0.1 * (i % 4),
+            "model": {"name": "m", "version": "1"},
+            "event": {"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2"},
+        }
         for i in range(60)
     ]
     produce(broker.bootstrap, topic, (orjson.dumps(a) for a in sent))
-    r = CliRunner().invoke(main, ["alerts", "--topic", topic, "--bootstrap-servers",
-                                  broker.bootstrap, "--from-beginning", "--json",
-                                  "--tenant", "acme", "--min-level", "high"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "alerts",
+            "--topic",
+            topic,
+            "--bootstrap-servers",
+            broker.bootstrap,
+            "--from-beginning",
+            "--json",
+            "--tenant",
+            "acme",
+            "--min-level",
+            "high",
+        ],
+    )
     assert r.exit_code == 0, r.output
     got = [orjson.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
-    want = [a for a in sent if a["tenant_id"] == "acme" and a["threat_level"] in ("high", "critical")]
+    want = [
+        a for a in sent if a["tenant_id"] == "acme" and a["threat_level"] in ("high", "critical")
+    ]
     assert sorted(a["alert_id"] for a in got) == sorted(a["alert_id"] for a in want)
     assert len(got) == len(want) > 0
 
-    r = CliRunner().invoke(main, ["alerts", "--topic", topic, "--bootstrap-servers",
-                                  broker.bootstrap, "--from-beginning"])
+    r = CliRunner().invoke(
+        main,
+        ["alerts", "--topic", topic, "--bootstrap-servers", broker.bootstrap, "--from-beginning"],
+    )
     assert r.exit_code == 0, r.output
     assert "60 alerts" in r.stdout
-    r = CliRunner().invoke(main, ["alerts", "--topic", "no-such-topic-" + unique,
-                                  "--bootstrap-servers", broker.bootstrap])
+    r = CliRunner().invoke(
+        main,
+        ["alerts", "--topic", "no-such-topic-" + unique, "--bootstrap-servers", broker.bootstrap],
+    )
     assert r.exit_code == 1 and "does not exist" in r.output

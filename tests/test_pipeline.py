@@ -77,15 +77,20 @@ def models(tracking_uri: str) -> dict[str, Any]:
     out["versions"][res.model_name] = res.version
     for t in TENANTS[:2]:
         res = registry.train(
-            training_flows(t, 1500, seed=2), tenant=t, model_name=base, uri=tracking_uri,
-            calibrate=(0.01, 0.05, 0.2), do_promote=True,
+            training_flows(t, 1500, seed=2),
+            tenant=t,
+            model_name=base,
+            uri=tracking_uri,
+            calibrate=(0.01, 0.05, 0.2),
+            do_promote=True,
         )
         out["versions"][res.model_name] = res.version
     return out
 
 
-def _settings(broker: EmbeddedBroker, unique: str, tracking_uri: str, base: str,
-              **kw: Any) -> Settings:
+def _settings(
+    broker: EmbeddedBroker, unique: str, tracking_uri: str, base: str, **kw: Any
+) -> Settings:
     s = Settings(
         bootstrap_servers=broker.bootstrap,
         input_topic=f"flows-{unique}",
@@ -111,8 +116,9 @@ def _header(m: Any, name: str) -> str:
 def test_every_offset_accounted_and_scores_match_registry(
     broker: EmbeddedBroker, tracking_uri: str, models: dict[str, Any], unique: str
 ) -> None:
-    s = _settings(broker, unique, tracking_uri, models["base"], min_level="low",
-                  max_message_bytes=4000)
+    s = _settings(
+        broker, unique, tracking_uri, models["base"], min_level="low", max_message_bytes=4000
+    )
     flows = list(generate_flows(4000, TENANTS, seed=11))
     values = [orjson.dumps(f) for f in flows]
     expected_reason: dict[bytes, str] = {}
@@ -131,8 +137,9 @@ def test_every_offset_accounted_and_scores_match_registry(
     alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, s.alert_topic)]
     dlq = read_all(broker.bootstrap, s.dlq_topic)
     outcomes = [(a["source"]["partition"], a["source"]["offset"]) for a in alerts]
-    outcomes += [(int(_header(m, "source.partition")), int(_header(m, "source.offset")))
-                 for m in dlq]
+    outcomes += [
+        (int(_header(m, "source.partition")), int(_header(m, "source.offset"))) for m in dlq
+    ]
     assert len(outcomes) == n, "an offset has no outcome or more than one"
     assert len(set(outcomes)) == n
     inputs = read_all(broker.bootstrap, s.input_topic)
@@ -200,8 +207,13 @@ def test_tenant_without_model_and_no_global_goes_to_dead_letters(
     broker: EmbeddedBroker, tracking_uri: str, unique: str
 ) -> None:
     base = "noglobal_" + unique
-    registry.train(training_flows("acme", 800, seed=3), tenant="acme", model_name=base,
-                   uri=tracking_uri, do_promote=True)
+    registry.train(
+        training_flows("acme", 800, seed=3),
+        tenant="acme",
+        model_name=base,
+        uri=tracking_uri,
+        do_promote=True,
+    )
     s = _settings(broker, unique, tracking_uri, base, min_level="low")
     flows = list(generate_flows(600, ("acme", "initech"), seed=9))
     n = produce(broker.bootstrap, s.input_topic, (orjson.dumps(f) for f in flows))
@@ -233,14 +245,20 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
         "STREAM_MIN_LEVEL": "low",
         "STREAM_BATCH_SIZE": "500",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     # Stop it mid-stream, once some alerts exist.
     deadline = time.monotonic() + 90
     c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "probe"})
     while time.monotonic() < deadline:
-        highs = [c.get_watermark_offsets(TopicPartition(s.alert_topic, p), timeout=5)[1]
-                 for p in range(2)]
+        highs = [
+            c.get_watermark_offsets(TopicPartition(s.alert_topic, p), timeout=5)[1]
+            for p in range(2)
+        ]
         if sum(highs) > 2000:
             break
         time.sleep(0.2)
@@ -261,7 +279,8 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
 
 
 def test_cli_module_entry_point_runs() -> None:
-    out = subprocess.run([sys.executable, "-m", "stream.cli", "--help"], capture_output=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "--help"], capture_output=True, check=True
+    )
     for cmd in (b"run", b"train", b"promote", b"models", b"broker", b"demo"):
         assert cmd in out.stdout

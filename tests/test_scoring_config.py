@@ -46,8 +46,12 @@ def test_calibration_hits_target_rates_on_training_scores() -> None:
 
 
 def test_settings_from_env_and_overrides() -> None:
-    env = {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092", "STREAM_BATCH_SIZE": "123",
-           "STREAM_MIN_LEVEL": "high", "STREAM_KAFKA_PROPERTIES": "security.protocol=SSL,a=b"}
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+        "STREAM_BATCH_SIZE": "123",
+        "STREAM_MIN_LEVEL": "high",
+        "STREAM_KAFKA_PROPERTIES": "security.protocol=SSL,a=b",
+    }
     s = config.from_env(env, batch_size=456, min_level=None)
     assert s.bootstrap_servers == "k1:9092,k2:9092"
     assert s.batch_size == 456  # a flag beats the environment

@@ -50,15 +50,23 @@ DETECT = textwrap.dedent(
 
 
 def _run(code: str, env: dict[str, str], stdin: str = "") -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], input=stdin.encode(), env=env,
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=stdin.encode(),
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
 def test_seed_examples_train_then_detect_in_fresh_process(tmp_path: Path) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'seed.db'}",
-           "MLFLOW_EXPERIMENT_NAME": "seed-api-test"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'seed.db'}",
+        "MLFLOW_EXPERIMENT_NAME": "seed-api-test",
+    }
     trained = _run(TRAIN, env)
     assert trained["metrics"]["training_samples"] == 1500
     assert trained["tags"]["tenant_id"] == "tenant_123"
@@ -73,8 +81,13 @@ def test_seed_examples_train_then_detect_in_fresh_process(tmp_path: Path) -> Non
     results = out["results"]
     assert out["version"] == "1"
     assert [r["index"] for r in results] == [0, 1, 2, 3]
-    assert set(results[0]) == {"index", "is_anomaly", "anomaly_score", "threat_level",
-                               "original_data"}
+    assert set(results[0]) == {
+        "index",
+        "is_anomaly",
+        "anomaly_score",
+        "threat_level",
+        "original_data",
+    }
     assert [r["original_data"] for r in results] == new
     # The scaler travelled with the model: it was fitted on the training data, not refitted.
     assert np.all(np.array(out["mean"]) > 0)
