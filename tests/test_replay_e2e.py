@@ -1,4 +1,4 @@
-"""Every recorded format through `stream replay`, the real broker and the consumer, out as alerts."""
+"""Each recorded format through `stream replay`, the broker and the consumer, out as alerts."""
 
 from __future__ import annotations
 
