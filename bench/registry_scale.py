@@ -1,12 +1,23 @@
-"""Measure what one poll of every tenant's production model version costs at registry scale.
+"""Measure what the consumer's registry watcher costs at registry scale.
 
 Creates N registered models `PREFIX_tenant0000..` (one version each, alias
-`production`) that all point at ONE logged sklearn model, then times a full poll of
-the production/challenger assignment of every model and counts its HTTP requests.
+`production`) plus the global model `PREFIX`, all pointing at ONE logged sklearn
+model, then measures:
+
+- a full poll of every model's production/challenger version (seconds, HTTP requests),
+  against asking each model's alias one request at a time;
+- the consumer's start-up against that registry (``service.build_table`` +
+  ``service.first_refresh``) next to a registry of 10 tenant models: seconds, HTTP
+  requests and models loaded;
+- one watcher poll with nothing to change, and the first sight of tenants (their
+  models load lazily).
 
     python bench/registry_scale.py --tracking-uri http://127.0.0.1:5000 --models 1000
+    python bench/registry_scale.py --server --models 1000 --threads 4   # throwaway server
 
-Re-running with the same prefix reuses the models that already exist.
+``--server`` starts a throwaway `mlflow server` on the test PostgreSQL
+(tests/servers.py). Re-running with the same prefix against the same
+registry reuses the models that already exist.
 """
 
 from __future__ import annotations
@@ -16,12 +27,14 @@ import contextlib
 import logging
 import re
 import statistics
+import sys
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +126,10 @@ def _log_one_model(experiment: str) -> tuple[str, str, str]:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = np.random.default_rng(0).normal(size=(1000, 3))
+    from stream.registry import DEFAULT_FEATURES, TRUSTED_TYPES
+    from stream.scoring import DEFAULT_THRESHOLDS
+
+    x = np.random.default_rng(0).lognormal(size=(1000, 3))
     pipe = Pipeline([("scale", StandardScaler()), ("iforest", IsolationForest(random_state=0))])
     pipe.fit(x)
     mlflow.set_experiment(experiment)
@@ -121,8 +137,15 @@ def _log_one_model(experiment: str) -> tuple[str, str, str]:
         info = mlflow.sklearn.log_model(
             pipe,
             name="model",
-            skops_trusted_types=["sklearn.tree._tree.Tree"],
-            metadata={"features": ["bytes", "packets", "duration"]},
+            serialization_format="skops",
+            skops_trusted_types=list(TRUSTED_TYPES),
+            # What the consumer's loader reads: features and thresholds (stream.registry).
+            metadata={
+                "stream": {
+                    "features": list(DEFAULT_FEATURES),
+                    "thresholds": list(DEFAULT_THRESHOLDS),
+                }
+            },
         )
     return info.model_uri, run.info.run_id, info.model_id
 
@@ -166,9 +189,122 @@ def _timed_polls(
     return result
 
 
+def _ensure_models(
+    client: Any,
+    names: list[str],
+    existing: set[str],
+    logged: Callable[[], tuple[str, str, str]],
+    threads: int,
+    rows: list[tuple[str, float, int, str]],
+) -> None:
+    missing = [n for n in names if n not in existing]
+    if not missing:
+        return
+    source, run_id, model_id = logged()
+    with counted() as seen:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda n: _register(client, n, source, run_id, model_id), missing))
+        dt = time.perf_counter() - t0
+    rows.append(
+        (
+            f"register {len(missing)} models (+version, alias)",
+            dt,
+            sum(seen.values()),
+            f"{dt / len(missing) * 1000:.1f} ms/model, {threads} thread(s)",
+        )
+    )
+
+
+def _startup(uri: str, base: str) -> tuple[Any, float, int]:
+    """A consumer's model table, started as ``stream run`` starts it: (table, s, requests)."""
+    from stream import service
+    from stream.config import Settings
+
+    table = service.build_table(Settings(tracking_uri=uri, model_name=base))
+    with counted() as seen:
+        dt, _ = _timed(lambda: service.first_refresh(table))
+    return table, dt, sum(seen.values())
+
+
+def _startups(
+    uri: str, sizes: dict[str, int], rows: list[tuple[str, float, int, str]], reps: int
+) -> None:
+    """Start-up against registries of different tenant counts, interleaved, median of reps."""
+    # One unmeasured start-up first: imports and the client's one-time requests.
+    _startup(uri, next(iter(sizes)))[0].stop()
+    runs: dict[str, list[tuple[float, int, int, int, int]]] = {b: [] for b in sizes}
+    for _ in range(max(1, reps)):
+        for base in sizes:
+            table, dt, n = _startup(uri, base)
+            runs[base].append(
+                (dt, n, table.last_poll_requests, len(table.view.production), len(table.loaded()))
+            )
+            table.stop()
+    for base, tenants in sizes.items():
+        r = runs[base]
+        dt = statistics.median(x[0] for x in r)
+        _, n, poll_n, production, loaded = r[-1]
+        rows.append(
+            (
+                f"consumer start-up, {tenants} tenant models (median of {len(r)})",
+                dt,
+                n,
+                f"poll {poll_n} + global load {n - poll_n} requests; {production} production "
+                f"models seen, {loaded} loaded; min {min(x[0] for x in r) * 1000:.0f} ms, "
+                f"max {max(x[0] for x in r) * 1000:.0f} ms",
+            )
+        )
+
+
+def _watching(
+    uri: str, base: str, tenants: int, rows: list[tuple[str, float, int, str]], polls: int
+) -> None:
+    """An idle watcher poll and first-sight (lazy) loads, as the consumer does them."""
+    table, _, _ = _startup(uri, base)
+    try:
+        durations, requests_per_poll = [], []
+        for _ in range(max(1, polls)):
+            with counted() as seen:
+                dt, _ = _timed(table.refresh)
+            durations.append(dt)
+            requests_per_poll.append(sum(seen.values()))
+        rows.append(
+            (
+                f"watcher poll, nothing changed (median of {len(durations)})",
+                statistics.median(durations),
+                max(requests_per_poll),
+                f"{tenants} tenant models; max {max(durations) * 1000:.0f} ms",
+            )
+        )
+        start = 0
+        for n in (1, min(10, tenants - 1)):
+            first = [f"tenant{i:04d}" for i in range(start, start + n)]
+            start += n
+            with counted() as seen:
+                dt, got = _timed(lambda first=first: table.resolve(first))
+            own = sum(1 for t, m in zip(first, got, strict=True) if m and m.name.endswith(t))
+            rows.append(
+                (
+                    f"first sight of {n} tenant(s): lazy load",
+                    dt,
+                    sum(seen.values()),
+                    f"{own}/{n} served by their own model",
+                )
+            )
+    finally:
+        table.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", required=True, help="http://HOST:PORT or sqlite:///…")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tracking-uri", help="http://HOST:PORT or sqlite:///…")
+    where.add_argument(
+        "--server",
+        action="store_true",
+        help="start a throwaway mlflow server on the test PostgreSQL (tests/servers.py)",
+    )
     parser.add_argument("--models", type=int, default=1000, help="registered models to create")
     parser.add_argument("--prefix", default="bench", help="model names are PREFIX_tenantNNNN")
     parser.add_argument("--polls", type=int, default=5, help="timed polls (median reported)")
@@ -189,43 +325,60 @@ def main(argv: list[str] | None = None) -> None:
 
     warnings.filterwarnings("ignore")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        analyze: Callable[[], None] | None = None
+        if args.server:
+            # tests/ lives beside bench/: importable however this script was started.
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.servers import MlflowServer
+
+            server = stack.enter_context(MlflowServer())
+            args.tracking_uri = server.uri
+            analyze = server.analyze
+        elif args.pg_uri:
+            analyze = lambda: _analyze(args.pg_uri)  # noqa: E731
+        _run(args, analyze)
+
+
+def _analyze(pg_uri: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_uri, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+
+
+def _run(args: argparse.Namespace, analyze: Callable[[], None] | None) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(args.tracking_uri)
     client = MlflowClient()
     prefix = f"{args.prefix}_tenant"
-    names = [f"{prefix}{i:04d}" for i in range(args.models)]
+    small_base = f"{args.prefix}small"
+    names = [args.prefix, *(f"{prefix}{i:04d}" for i in range(args.models))]
+    small_names = [small_base, *(f"{small_base}_tenant{i:04d}" for i in range(10))]
     rows: list[tuple[str, float, int, str]] = []
 
-    existing = set(poll_assignments(client, prefix))
-    missing = [n for n in names if n not in existing]
-    if missing:
-        with counted() as seen:
-            dt, (source, run_id, model_id) = _timed(lambda: _log_one_model(f"{args.prefix}-bench"))
-        rows.append(("log + upload one sklearn model", dt, sum(seen.values()), ""))
-        with counted() as seen:
-            t0 = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.threads) as pool:
-                list(pool.map(lambda n: _register(client, n, source, run_id, model_id), missing))
-            dt = time.perf_counter() - t0
-        rows.append(
-            (
-                f"register {len(missing)} models (+version, alias)",
-                dt,
-                sum(seen.values()),
-                f"{dt / len(missing) * 1000:.1f} ms/model, {args.threads} thread(s)",
-            )
-        )
+    logged: list[tuple[str, str, str]] = []
+
+    def log_once() -> tuple[str, str, str]:
+        if not logged:
+            with counted() as seen:
+                dt, info = _timed(lambda: _log_one_model(f"{args.prefix}-bench"))
+            rows.append(("log + upload one sklearn model", dt, sum(seen.values()), ""))
+            logged.append(info)
+        return logged[0]
+
+    existing = set(poll_assignments(client, args.prefix))
+    _ensure_models(client, names, existing, log_once, args.threads, rows)
+    _ensure_models(client, small_names, existing, log_once, args.threads, rows)
 
     result = _timed_polls(client, prefix, args.polls, rows, "")
-    if args.pg_uri:
+    if analyze is not None:
         # Where autovacuum is off, tables filled since the server started have no planner
         # statistics; the latest-versions query then runs as a nested loop (seconds).
-        import psycopg
-
-        with psycopg.connect(args.pg_uri, autocommit=True) as conn:
-            conn.execute("ANALYZE")
+        analyze()
         result = _timed_polls(client, prefix, args.polls, rows, " after ANALYZE")
 
     with counted() as seen:
@@ -247,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{per * 1000:.1f} ms/model -> ~{per * len(result):.1f} s for all {len(result)}",
             )
         )
+
+    _startups(args.tracking_uri, {small_base: 10, args.prefix: len(result)}, rows, args.polls)
+    _watching(args.tracking_uri, args.prefix, len(result), rows, args.polls)
 
     print(f"\nregistry: {args.tracking_uri}  models: {prefix}* ({len(result)})")
     print(f"{'step':<50} {'seconds':>9} {'HTTP req':>9}  notes")

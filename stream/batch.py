@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from stream import events
-from stream.alerts import encode_alert, model_ref, utc_now_iso
+from stream.alerts import encode_alerts, model_ref, utc_now_iso
 from stream.events import DecodedBatch
 from stream.registry import LoadedModel
 
@@ -75,13 +74,13 @@ class BatchOutcome:
         """(tenant, level name) -> alerts in this batch."""
         from stream.scoring import LEVEL_NAMES
 
-        if len(self.alert_rows) == 0:
-            return Counter()
-        tenants = np.asarray(self.decoded.tenants, dtype=object)[self.alert_rows]
-        levels = self.levels[self.alert_rows]
-        df = pd.DataFrame({"t": tenants, "l": levels})
-        grouped = df.groupby(["t", "l"]).size()
-        return Counter({(t, LEVEL_NAMES[int(lv)]): int(n) for (t, lv), n in grouped.items()})
+        tenants = self.decoded.tenants
+        return Counter(
+            (tenants[i], LEVEL_NAMES[lv])
+            for i, lv in zip(
+                self.alert_rows.tolist(), self.levels[self.alert_rows].tolist(), strict=True
+            )
+        )
 
 
 def group_rows(codes: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -117,9 +116,12 @@ def process_batch(
     shadow: list[ShadowResult] = []
 
     usable = batch.reason == events.OK
-    tenant_codes, uniques = pd.factorize(np.asarray(batch.tenants, dtype=object))
+    # Distinct tenants in first-seen order and a code per row, all in C-level loops.
+    uniques = list(dict.fromkeys(batch.tenants))
+    index = {t: k for k, t in enumerate(uniques)}
+    tenant_codes = np.fromiter(map(index.__getitem__, batch.tenants), dtype=np.int64, count=n)
     tenant_codes = np.where(usable, tenant_codes, -1)
-    resolved = resolve([str(t) for t in uniques])
+    resolved = resolve(uniques)
     # Tenants served by the same model version are scored together in one call.
     slot: dict[tuple[str, str], int] = {}
     tenant_to_model = np.full(len(uniques) + 1, -1, dtype=np.int32)
@@ -158,33 +160,19 @@ def process_batch(
                 shadow.extend(_shadow(batch, model, ch, good, X, s, tenant_codes, uniques))
 
     alert_rows = np.flatnonzero(levels >= min_level)
-    alerts: list[bytes] = []
-    if len(alert_rows):
-        detected_at = utc_now_iso()
-        refs = [model_ref(m.name, m.version) for m in models]
-        vals, tenants = batch.values, batch.tenants
-        alerts = [
-            encode_alert(
-                topic=topic,
-                partition=p,
-                offset=o,
-                tenant=tenants[i],
-                level=lv,
-                score=sc,
-                model=refs[mi],
-                detected_at=detected_at,
-                event=vals[i],  # type: ignore[arg-type]
-            )
-            for i, p, o, lv, sc, mi in zip(
-                alert_rows.tolist(),
-                partitions[alert_rows].tolist(),
-                offsets[alert_rows].tolist(),
-                levels[alert_rows].tolist(),
-                scores[alert_rows].tolist(),
-                model_index[alert_rows].tolist(),
-                strict=True,
-            )
-        ]
+    alerts = encode_alerts(
+        topic=topic,
+        rows=alert_rows,
+        partitions=partitions,
+        offsets=offsets,
+        tenants=batch.tenants,
+        levels=levels,
+        scores=scores,
+        model_index=model_index,
+        models=[model_ref(m.name, m.version) for m in models] if len(alert_rows) else [],
+        detected_at=utc_now_iso(),
+        events=batch.values,
+    )
     return BatchOutcome(batch, scores, levels, model_index, models, alert_rows, alerts, shadow)
 
 
@@ -196,7 +184,7 @@ def _shadow(
     X: np.ndarray,
     prod_scores: np.ndarray,
     tenant_codes: np.ndarray,
-    uniques: np.ndarray,
+    uniques: Sequence[str],
 ) -> list[ShadowResult]:
     """Score the challenger on the same rows; agreement on level and mean score difference."""
     if chal.features != prod.features:

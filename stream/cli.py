@@ -6,6 +6,7 @@ flags, the environment variables and the README table never disagree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -192,19 +193,22 @@ def train(
         raise click.UsageError(f"no training records in {input_path} for tenant {tenant!r}")
     cont: float | str = contamination if contamination == "auto" else float(contamination)
     try:
-        result = registry.train(
-            records,
-            tenant=tenant,
-            model_name=model_name,
-            features=[f.strip() for f in features.split(",") if f.strip()],
-            n_estimators=n_estimators,
-            contamination=cont,
-            random_state=random_state,
-            thresholds=_floats(thresholds, "--thresholds"),  # type: ignore[arg-type]
-            calibrate=_floats(calibrate, "--calibrate"),
-            uri=tracking_uri,
-            do_promote=promote,
-        )
+        # With a tracking server MLflow writes "View run ... at: URL" lines to stdout;
+        # they go to stderr so that stdout carries only the result (one object with --json).
+        with contextlib.redirect_stdout(sys.stderr):
+            result = registry.train(
+                records,
+                tenant=tenant,
+                model_name=model_name,
+                features=[f.strip() for f in features.split(",") if f.strip()],
+                n_estimators=n_estimators,
+                contamination=cont,
+                random_state=random_state,
+                thresholds=_floats(thresholds, "--thresholds"),  # type: ignore[arg-type]
+                calibrate=_floats(calibrate, "--calibrate"),
+                uri=tracking_uri,
+                do_promote=promote,
+            )
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     if as_json:
@@ -243,6 +247,21 @@ def promote(
     except Exception as e:
         raise click.ClickException(f"cannot promote {name} v{version}: {e}") from e
     click.echo(f"{name} v{version} is now {alias}")
+
+
+@main.command()
+@_model_options
+@_tracking_option
+def demote(tenant: str | None, model_name: str, tracking_uri: str) -> None:
+    """Remove alias production (and stage Production): the tenant falls back to the global model."""
+    from stream import registry
+
+    name = registry.registered_name(model_name, tenant)
+    try:
+        registry.demote(name, uri=tracking_uri)
+    except Exception as e:
+        raise click.ClickException(f"cannot demote {name}: {e}") from e
+    click.echo(f"{name} has no production version now")
 
 
 @main.command()

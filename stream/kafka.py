@@ -132,15 +132,15 @@ def make_consumer(
     return consumer
 
 
-def make_producer(settings: Settings, *, transactional: bool = False) -> Producer:
-    tid = transactional_id(settings) if transactional else None
+def make_producer(settings: Settings, *, transactional_id: str | None = None) -> Producer:
+    """The alert producer: idempotent, or transactional when ``transactional_id`` is given."""
     given = dict(settings.kafka_properties).get("transactional.id")
-    if given and not transactional:
+    if given and not transactional_id:
         log.warning("transactional.id is ignored: delivery is at-least-once")
-    conf = producer_config(settings, transactional_id=tid)
+    conf = producer_config(settings, transactional_id=transactional_id)
     log.debug("producer config %s", redacted(conf))
-    if tid:
-        log.info("exactly-once: transactional.id %s", tid)
+    if transactional_id:
+        log.info("exactly-once: transactional.id %s", transactional_id)
     return Producer(conf)
 
 

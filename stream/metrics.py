@@ -3,6 +3,13 @@
 The pipeline calls ``Metrics`` methods once per batch or event of interest (never per
 flow event); ``HealthServer`` serves the scrape and the liveness/readiness probes from
 a daemon thread on one port.
+
+Label cardinality is bounded whatever the number of tenants: ``tenant`` and ``model``
+labels are given to the first ``max_tenant_labels`` distinct values a process sees
+(100 by default) and every later one is counted under ``_other``; ``reason`` takes
+the pipeline's fixed dead-letter codes (capped at 32 in case of a bug), ``level`` the
+four threat levels, and ``partition`` the input topic's partitions. With 1,000
+tenants a process therefore exports at most 101 x 4 alert series, not 4,000.
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -58,6 +72,10 @@ class _LabelCap:
         self._limit = limit
         self._admitted: set[str] = set()
         self._lock = threading.Lock()
+
+    def admitted(self, value: str) -> bool:
+        """True if ``value`` has a label of its own (never admits it)."""
+        return value in self._admitted
 
     def __call__(self, value: str) -> str:
         # Lock-free fast path: the common case is a tenant already admitted, and set
@@ -145,6 +163,10 @@ class Metrics:
     def __init__(
         self, registry: CollectorRegistry | None = None, max_tenant_labels: int = 100
     ) -> None:
+        # A ``_created`` sample beside every counter and histogram series would double the
+        # series count (one per tenant and level) for a timestamp nothing here uses. The
+        # switch is process-wide, which suits a consumer process that owns its metrics.
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._tenant_cap = _LabelCap(max_tenant_labels)
         # Model names embed the tenant, so they need the same bound as tenants.
@@ -216,12 +238,13 @@ class Metrics:
         )
         self.shadow_agreement = Gauge(
             "stream_shadow_agreement_ratio",
-            "Share of events where challenger and production agree on the threat level.",
+            "Share of events where challenger and production agree on the threat level "
+            "(since the process started).",
             ["tenant"], registry=r,
         )
         self.shadow_score_diff = Gauge(
             "stream_shadow_score_diff",
-            "Mean challenger score minus production score over the last shadow batch.",
+            "Mean challenger score minus production score (since the process started).",
             ["tenant"], registry=r,
         )
         self.delivery_failures = Counter(
@@ -283,6 +306,18 @@ class Metrics:
             numeric = math.nan
         self.model_version.labels(label).set(numeric)
         self.model_info.labels(label).info({"version": str(version)})
+
+    def remove_model(self, model: str) -> None:
+        """Drop a model's version series once it serves no more (demoted, tenant falls back).
+
+        Only a model with a label of its own is dropped: the shared ``_other`` series may
+        still stand for other models.
+        """
+        if not self._model_cap.admitted(model):
+            return
+        for metric in (self.model_version, self.model_info):
+            with contextlib.suppress(KeyError):
+                metric.remove(model)
 
     def record_reload(self, model: str, ok: bool, seconds: float) -> None:
         label = self.model_label(model)

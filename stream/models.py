@@ -5,6 +5,19 @@ it to resolve the distinct tenants of a batch once per batch, so each batch is
 scored entirely by one version per model; the watcher thread polls the
 registry, loads and checks new versions off the hot path, and swaps them in
 under the table's lock. A swap is therefore visible from the next batch on.
+
+Routing rules (what ``resolve`` returns for tenant ``T``):
+
+- ``NAME_T`` has a production version and it is loaded: that model.
+- ``NAME_T`` has a production version that is not loaded yet (first sight of
+  ``T``, or evicted from the LRU): it is loaded now, concurrently with the
+  batch's other new tenants, and the batch waits for it at most ``load_wait``
+  seconds (not at all while earlier loads are still queued, so a burst of new
+  tenants cannot stall batch after batch). A load still running after that
+  finishes in the background. Until ``NAME_T`` is in, or when its load failed
+  before or cannot run because the registry is down, ``T`` is served by the
+  global model and the watcher loads ``NAME_T`` (retrying with backoff).
+- ``NAME_T`` has no production version: the global model ``NAME``.
 """
 
 from __future__ import annotations
@@ -14,13 +27,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from stream import registry
-from stream.events import DecodedBatch
+from stream.events import DecodedBatch, valid_tenant
 from stream.registry import LoadedModel, ModelLoadError, RegistryView
 
 log = logging.getLogger(__name__)
@@ -28,15 +43,38 @@ log = logging.getLogger(__name__)
 Loader = Callable[[str, str], LoadedModel]
 Poller = Callable[[], RegistryView]
 
+PRODUCTION, CHALLENGER = "production", "challenger"
+#: Tenant model names remembered as "served by the global model for now" (watcher preloads).
+MAX_PENDING = 10_000
+#: Tenants whose recent events are kept as their own canary batch.
+MAX_CANARY_TENANTS = 1024
+CANARY_PER_TENANT = 8
+
 
 @dataclass
 class SwapEvent:
-    """A change of the version serving a model, for logs, metrics and tests."""
+    """A change of the version serving a model, for logs, metrics and tests.
+
+    ``to_version`` None: the model lost its production version and is no longer served.
+    """
 
     model: str
     from_version: str | None
     to_version: str | None
     load_seconds: float
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class LoadFailure:
+    """A version that was not served: why, when, and when it is tried again."""
+
+    model: str
+    version: str
+    role: str
+    reason: str
+    attempt: int
+    retry_in: float
     at: float = field(default_factory=time.time)
 
 
@@ -51,6 +89,9 @@ class ModelTable:
         loader: Loader,
         cache_size: int = 256,
         canary_size: int = 64,
+        load_wait: float = 5.0,
+        retry_backoff: tuple[float, float] = (5.0, 120.0),
+        load_workers: int = 4,
         on_swap: Callable[[SwapEvent], None] | None = None,
         on_failure: Callable[[str, str, str], None] | None = None,
     ) -> None:
@@ -58,23 +99,38 @@ class ModelTable:
         self._poller = poller
         self._loader = loader
         self.cache_size = max(1, cache_size)
+        self.load_wait = load_wait
+        self.retry_backoff = retry_backoff
+        # One lock guards every mutable structure below; it is only ever held for
+        # dictionary work, never across a registry call or a model load.
         self._lock = threading.Lock()
         self._view = RegistryView()
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # LRU order
         self._challengers: dict[str, LoadedModel] = {}
-        # Versions that failed their checks: (name, version) -> (next retry time, backoff)
-        self._failed: dict[tuple[str, str], tuple[float, float]] = {}
+        # Tenant model names whose tenant is served by the global model although the
+        # registry may have (or get) a production version for it: the watcher loads them.
+        self._pending: OrderedDict[str, None] = OrderedDict()
+        # (name, version) -> (attempts, monotonic time of the next attempt)
+        self._failed: dict[tuple[str, str], tuple[int, float]] = {}
+        self._inflight: dict[tuple[str, str, str], Future[LoadedModel | None]] = {}
         self._canary: deque[bytes] = deque(maxlen=canary_size)
+        self._canary_by_tenant: OrderedDict[str, deque[bytes]] = OrderedDict()
+        self._registry_down = False
         self._on_swap = on_swap
         self._on_failure = on_failure
-        self.swaps: list[SwapEvent] = []
-        self.failures: list[tuple[str, str, str]] = []
+        self.swaps: deque[SwapEvent] = deque(maxlen=1000)
+        self.failures: deque[LoadFailure] = deque(maxlen=200)
+        self.failure_count = 0
+        self.evictions = 0
         self.polls = 0
-        self.poll_errors = 0
+        self.poll_errors = 0  # consecutive failed polls (0 while the registry answers)
+        self.poll_errors_total = 0
         self.last_poll_requests = 0
+        self.last_poll_seconds = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="model-load")
+        self._workers = max(1, load_workers)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="model-load")
 
     # ---- routing (consumer thread) -------------------------------------------------
 
@@ -82,191 +138,388 @@ class ModelTable:
         return registry.registered_name(self.base_name, tenant)
 
     def resolve(self, tenants: Sequence[str]) -> list[LoadedModel | None]:
-        """The model serving each tenant: its own production model, else the global one.
-
-        Tenant models not yet in memory load now, concurrently (first sight of a
-        tenant); one that fails to load falls back to the global model.
-        """
-        view = self._view
-        wanted = {
-            t: (name if name in view.production else self.base_name)
-            for t in tenants
-            for name in (self.tenant_model_name(t),)
-        }
-        missing = [
-            n for n in set(wanted.values()) if n in view.production and n not in self._loaded
-        ]
-        if missing:
-            self._load_many([(n, view.production[n]) for n in missing])
+        """The model serving each tenant: its own production model, else the global one."""
+        base = self.base_name
+        names: list[str] = []
+        load_now: dict[str, str] = {}
+        # Models already loaded, held for this batch: installing its first-sight models may
+        # evict them from the LRU before the lookup below.
+        held: dict[str, LoadedModel] = {}
+        with self._lock:
+            production = self._view.production
+            for t in tenants:
+                name = self.tenant_model_name(t)
+                version = production.get(name)
+                if version is None or name == base:
+                    names.append(base)
+                    if name != base and valid_tenant(t):
+                        self._note_pending(name)
+                    continue
+                names.append(name)
+                model = self._loaded.get(name)
+                if model is not None:
+                    held[name] = model
+                elif self._may_load_now(name, version):
+                    load_now[name] = version
+        fresh: dict[str, LoadedModel] = {}
+        if load_now:
+            fresh = self._load_now(load_now)
         out: list[LoadedModel | None] = []
         with self._lock:
-            for t in tenants:
-                name = wanted[t]
-                model = self._loaded.get(name)
-                if model is None and name != self.base_name:
-                    model = self._loaded.get(self.base_name)
-                elif model is not None:
-                    self._loaded.move_to_end(name)
+            fallback = self._loaded.get(base)
+            for name in names:
+                model = self._loaded.get(name) or fresh.get(name) or held.get(name)
+                if model is None:
+                    if name != base:
+                        # Not loadable right now: the watcher takes it from here.
+                        self._note_pending(name)
+                    model = fallback
+                elif name != base:
+                    if name in self._loaded:
+                        self._loaded.move_to_end(name)
+                    self._pending.pop(name, None)
                 out.append(model)
             self._evict()
         return out
 
     def challenger_for(self, model: LoadedModel) -> LoadedModel | None:
-        return self._challengers.get(model.name)
+        """The version shadow-scored beside ``model`` (alias challenger / stage Staging)."""
+        ch = self._challengers.get(model.name)
+        return ch if ch is not None and ch.version != model.version else None
 
     def remember(self, values: Iterable[bytes]) -> None:
-        """Keep a few recent valid events as the canary batch for new versions."""
-        self._canary.extend(values)
+        """Keep a few recent valid events (overall and per tenant) as the canary batch."""
+        values = list(values)
+        tenants: list[str | None] = []
+        for v in values:
+            try:
+                doc = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                doc = None
+            t = doc.get("tenant_id") if type(doc) is dict else None
+            tenants.append(t if type(t) is str else None)
+        with self._lock:
+            self._canary.extend(values)
+            for v, t in zip(values, tenants, strict=True):
+                if t is None:
+                    continue
+                q = self._canary_by_tenant.get(t)
+                if q is None:
+                    q = self._canary_by_tenant[t] = deque(maxlen=CANARY_PER_TENANT)
+                    while len(self._canary_by_tenant) > MAX_CANARY_TENANTS:
+                        self._canary_by_tenant.popitem(last=False)
+                else:
+                    self._canary_by_tenant.move_to_end(t)
+                q.append(v)
 
     def loaded(self) -> dict[str, str]:
         with self._lock:
             return {n: m.version for n, m in self._loaded.items()}
 
+    def challengers(self) -> dict[str, str]:
+        with self._lock:
+            return {n: m.version for n, m in self._challengers.items()}
+
     @property
     def view(self) -> RegistryView:
         return self._view
 
+    @property
+    def registry_reachable(self) -> bool:
+        """False after a failed poll, until a poll succeeds again."""
+        return not self._registry_down
+
     def has_global(self) -> bool:
         return self.base_name in self._loaded
 
+    def _note_pending(self, name: str) -> None:
+        # Caller holds the lock.
+        self._pending[name] = None
+        self._pending.move_to_end(name)
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    def _may_load_now(self, name: str, version: str) -> bool:
+        """Whether the consumer thread may load this version itself (caller holds the lock).
+
+        Only a plain first load: a version that already failed is retried by the
+        watcher on its backoff schedule, and while the registry is down a load
+        would only fail (or hang until the HTTP timeout) on the hot path.
+        """
+        return (
+            not self._registry_down
+            and (name, version) not in self._failed
+            and (name, version, PRODUCTION) not in self._inflight
+        )
+
+    def _load_now(self, items: dict[str, str]) -> dict[str, LoadedModel]:
+        """Load first-sight tenant models concurrently; wait at most ``load_wait`` seconds.
+
+        A load still running then finishes in the background and is installed when
+        done; its tenants use the global model until then.
+        """
+        with self._lock:
+            backlog = len(self._inflight) >= self._workers
+        futures = {name: self._submit(name, version, PRODUCTION) for name, version in items.items()}
+        wait_futures(list(futures.values()), timeout=0.0 if backlog else self.load_wait)
+        out: dict[str, LoadedModel] = {}
+        for name, fut in futures.items():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                model = fut.result()
+                if model is not None:
+                    out[name] = model
+            elif not fut.done():
+                log.info(
+                    "%s still loading: its tenant is scored by %s until it is ready",
+                    name,
+                    self.base_name,
+                )
+        return out
+
     # ---- loading and checks ----------------------------------------------------------
 
+    def _tenant_of(self, name: str) -> str | None:
+        prefix = self.base_name + "_"
+        return name[len(prefix) :] if name.startswith(prefix) else None
+
     def _check(self, model: LoadedModel) -> None:
-        """A new version must score the canary batch (recent real events) to finite numbers."""
-        canary = list(self._canary)
-        if canary:
-            batch = DecodedBatch(canary)
+        """Refuse a version that cannot score recent real events to finite numbers.
+
+        The canary is the model's own tenant's recent events when there are any,
+        else recent events of every tenant. At least one must carry every feature
+        the model declares (so the pipeline can extract them), and all those
+        that do must score to finite values. Before any traffic has been seen the
+        model only has to score a synthetic row.
+        """
+        source = f"models:/{model.name}/{model.version}"
+        tenant = self._tenant_of(model.name)
+        with self._lock:
+            own = list(self._canary_by_tenant.get(tenant, ())) if tenant is not None else []
+            sample = own or list(self._canary)
+        if sample:
+            batch = DecodedBatch(sample)
             rows = np.flatnonzero(batch.reason == 0)
             X, good = batch.matrix(rows, model.features)
             if len(good) == 0:
                 reasons = sorted(set(batch.detail.values()))[:3]
+                whose = f"of tenant {tenant}" if own else "of any tenant"
                 raise ModelLoadError(
-                    f"models:/{model.name}/{model.version}: none of {len(canary)} recent events "
-                    f"has its features {list(model.features)} ({'; '.join(reasons)})"
+                    f"{source}: declares features {list(model.features)} but none of "
+                    f"{len(sample)} recent events {whose} has them ({'; '.join(reasons)})"
                 )
         else:
-            X = np.zeros((4, len(model.features)))
+            X = np.zeros((1, len(model.features)))
         try:
-            scores = model.score(X)
+            scores = np.asarray(model.score(X), dtype=np.float64)
         except Exception as e:
-            raise ModelLoadError(
-                f"models:/{model.name}/{model.version}: canary scoring failed: {e}"
-            ) from e
-        if not np.all(np.isfinite(scores)):
-            raise ModelLoadError(
-                f"models:/{model.name}/{model.version}: canary scores are not finite"
-            )
+            raise ModelLoadError(f"{source}: canary scoring failed: {e}") from e
+        if scores.shape != (len(X),) or not np.all(np.isfinite(scores)):
+            raise ModelLoadError(f"{source}: canary scores are not {len(X)} finite numbers")
 
-    def _load_checked(self, name: str, version: str) -> LoadedModel | None:
-        key = (name, version)
-        retry = self._failed.get(key)
-        if retry is not None and retry[0] > time.monotonic():
-            return None
-        try:
-            model = self._loader(name, version)
-            self._check(model)
-        except Exception as e:
-            backoff = min(300.0, (retry[1] * 2) if retry else 5.0)
-            self._failed[key] = (time.monotonic() + backoff, backoff)
-            reason = str(e)
-            self.failures.append((name, version, reason))
-            log.error(
-                "model %s v%s not served (retry in %.0fs): %s", name, version, backoff, reason
-            )
-            if self._on_failure:
-                self._on_failure(name, version, reason)
-            return None
-        self._failed.pop(key, None)
-        return model
+    def _due(self, name: str, version: str) -> bool:
+        """False while a failed version waits for its next retry (caller holds the lock)."""
+        failed = self._failed.get((name, version))
+        return failed is None or failed[1] <= time.monotonic()
 
-    def _load_many(self, items: list[tuple[str, str]]) -> None:
-        results = list(self._pool.map(lambda nv: self._load_checked(*nv), items))
+    def _submit(self, name: str, version: str, role: str) -> Future[LoadedModel | None]:
+        """Start loading a version (or join the load already running for it)."""
+        key = (name, version, role)
         with self._lock:
-            for model in results:
-                if model is not None:
-                    self._install(model)
+            fut = self._inflight.get(key)
+            if fut is None:
+                # The worker removes the entry under this lock, so not before it exists.
+                fut = self._pool.submit(self._load_and_install, name, version, role)
+                self._inflight[key] = fut
+        return fut
 
-    def _install(self, model: LoadedModel) -> None:
-        old = self._loaded.get(model.name)
-        self._loaded[model.name] = model
-        self._loaded.move_to_end(model.name)
-        event = SwapEvent(
-            model.name, old.version if old else None, model.version, model.load_seconds
+    def _load_and_install(self, name: str, version: str, role: str) -> LoadedModel | None:
+        """Load, check and install one version; None if it failed or is no longer wanted."""
+        try:
+            try:
+                model = self._loader(name, version)
+                self._check(model)
+            except Exception as e:
+                self._record_failure(name, version, role, str(e) or type(e).__name__)
+                return None
+            with self._lock:
+                self._failed.pop((name, version), None)
+            return self._install(model, role)
+        finally:
+            with self._lock:
+                self._inflight.pop((name, version, role), None)
+
+    def _record_failure(self, name: str, version: str, role: str, reason: str) -> None:
+        first, cap = self.retry_backoff
+        with self._lock:
+            attempts = self._failed.get((name, version), (0, 0.0))[0] + 1
+            backoff = min(cap, first * 2 ** (attempts - 1))
+            self._failed[(name, version)] = (attempts, time.monotonic() + backoff)
+            failure = LoadFailure(name, version, role, reason, attempts, backoff)
+            self.failures.append(failure)
+            self.failure_count += 1
+            current = self._challengers.get(name) if role == CHALLENGER else self._loaded.get(name)
+        serving = (
+            f"v{current.version} keeps serving"
+            if current is not None
+            else ("no shadow scoring" if role == CHALLENGER else f"served by {self.base_name}")
         )
-        self.swaps.append(event)
+        log.error(
+            "%s %s v%s refused (attempt %d, %s, retry in %.0fs): %s",
+            role,
+            name,
+            version,
+            attempts,
+            serving,
+            backoff,
+            reason,
+        )
+        if self._on_failure:
+            self._on_failure(name, version, reason)
+
+    def _install(self, model: LoadedModel, role: str) -> LoadedModel | None:
+        """Swap a checked version in, unless the registry has moved on meanwhile."""
+        name, version = model.name, model.version
+        event: SwapEvent | None = None
+        with self._lock:
+            view = self._view
+            wanted = (view.challenger if role == CHALLENGER else view.production).get(name)
+            if wanted != version:
+                stale = True
+                old = None
+            elif role == CHALLENGER:
+                stale = False
+                old = self._challengers.get(name)
+                self._challengers[name] = model
+            elif (old := self._loaded.get(name)) is not None and old.version == version:
+                # Loaded meanwhile by the other thread: keep the one already serving.
+                self._loaded.move_to_end(name)
+                return old
+            else:
+                stale = False
+                self._loaded[name] = model
+                self._loaded.move_to_end(name)
+                self._pending.pop(name, None)
+                event = SwapEvent(name, old.version if old else None, version, model.load_seconds)
+                self.swaps.append(event)
+                self._evict()
+        if stale:
+            log.info(
+                "%s %s v%s loaded but no longer wanted (registry now says %s); dropped",
+                role,
+                name,
+                version,
+                wanted,
+            )
+            return None
+        if role == CHALLENGER:
+            log.info("shadow scoring %s v%s beside production", name, version)
+            return model
         if old is None:
-            log.info("model %s v%s loaded in %.2fs", model.name, model.version, model.load_seconds)
+            log.info("model %s v%s loaded in %.2fs", name, version, model.load_seconds)
         else:
             log.info(
                 "model %s swapped v%s -> v%s (load %.2fs)",
-                model.name,
+                name,
                 old.version,
-                model.version,
+                version,
                 model.load_seconds,
             )
-        if self._on_swap:
+        if self._on_swap and event is not None:
             self._on_swap(event)
+        return model
 
     def _evict(self) -> None:
-        # The global model is never evicted: every unknown tenant needs it.
+        # Caller holds the lock. The global model is never evicted: unknown tenants need it.
         while len(self._loaded) > self.cache_size:
-            for name in self._loaded:
-                if name != self.base_name:
-                    del self._loaded[name]
-                    break
-            else:
+            victim = next((n for n in self._loaded if n != self.base_name), None)
+            if victim is None:
                 break
+            del self._loaded[victim]
+            self._challengers.pop(victim, None)
+            self.evictions += 1
 
     # ---- the watcher ------------------------------------------------------------------
 
     def refresh(self) -> RegistryView:
-        """Poll the registry once and apply what changed. Raises if the registry is down."""
-        view = self._poller()
-        self.polls += 1
-        self.last_poll_requests = view.requests
-        self._view = view
-        with self._lock:
-            loaded = {n: m.version for n, m in self._loaded.items()}
-        to_load: list[tuple[str, str]] = []
-        for name, version in loaded.items():
-            target = view.production.get(name)
-            if target is None:
-                with self._lock:
-                    gone = self._loaded.pop(name, None)
-                if gone is not None:
-                    event = SwapEvent(name, gone.version, None, 0.0)
-                    self.swaps.append(event)
-                    log.info(
-                        "model %s v%s no longer production: its tenant falls back to %s",
-                        name,
-                        gone.version,
-                        self.base_name,
-                    )
-                    if self._on_swap:
-                        self._on_swap(event)
-            elif target != version:
-                to_load.append((name, target))
-        if self.base_name in view.production and self.base_name not in loaded:
-            to_load.append((self.base_name, view.production[self.base_name]))
-        if to_load:
-            self._load_many(to_load)
-        self._refresh_challengers(view)
-        return view
+        """Poll the registry once and apply what changed. Raises if the registry is down.
 
-    def _refresh_challengers(self, view: RegistryView) -> None:
+        Returns after every load it started has finished (swapped in or refused).
+        """
+        t0 = time.perf_counter()
+        try:
+            view = self._poller()
+        except Exception:
+            self._registry_down = True
+            raise
+        self._registry_down = False
+        removed: list[SwapEvent] = []
+        jobs: list[tuple[str, str, str]] = []
         with self._lock:
-            served = set(self._loaded)
-        current = {n: m.version for n, m in self._challengers.items()}
-        wanted = {n: v for n, v in view.challenger.items() if n in served}
-        for name in set(current) - set(wanted):
-            self._challengers.pop(name, None)
-        for name, version in wanted.items():
-            if current.get(name) == version:
-                continue
-            model = self._load_checked(name, version)
-            if model is not None:
-                self._challengers[name] = model
-                log.info("shadow scoring %s v%s beside production", name, version)
+            self._view = view
+            self.polls += 1
+            self.last_poll_requests = view.requests
+            self.last_poll_seconds = time.perf_counter() - t0
+            for name in [n for n in self._loaded if n not in view.production]:
+                gone = self._loaded.pop(name)
+                event = SwapEvent(name, gone.version, None, 0.0)
+                self.swaps.append(event)
+                removed.append(event)
+                if name != self.base_name:
+                    self._note_pending(name)  # its tenant is on the global model now
+            for name in list(self._challengers):
+                ch = self._challengers[name]
+                if view.challenger.get(name) != ch.version or name not in self._loaded:
+                    del self._challengers[name]
+                    log.info("shadow scoring of %s v%s ended", name, ch.version)
+            for name, model in self._loaded.items():
+                target = view.production[name]
+                if target != model.version:
+                    jobs.append((name, target, PRODUCTION))
+            base_version = view.production.get(self.base_name)
+            if base_version is not None and self.base_name not in self._loaded:
+                jobs.append((self.base_name, base_version, PRODUCTION))
+            for name in self._pending:
+                version = view.production.get(name)
+                if version is not None and name not in self._loaded:
+                    jobs.append((name, version, PRODUCTION))
+            # Forget failures of versions nobody asks for any more.
+            targets = {(n, v) for n, v in view.production.items()}
+            targets |= {(n, v) for n, v in view.challenger.items()}
+            for key in [k for k in self._failed if k not in targets]:
+                del self._failed[key]
+            jobs = [j for j in jobs if self._due(j[0], j[1])]
+        for event in removed:
+            if event.model == self.base_name:
+                log.warning(
+                    "global model %s v%s is no longer production: events of tenants without "
+                    "their own model go to the dead-letter topic",
+                    event.model,
+                    event.from_version,
+                )
+            else:
+                log.info(
+                    "model %s v%s no longer production: its tenant falls back to %s",
+                    event.model,
+                    event.from_version,
+                    self.base_name,
+                )
+            if self._on_swap:
+                self._on_swap(event)
+        if jobs:
+            wait_futures([self._submit(*j) for j in jobs])
+        # Challengers second, so a model loaded by this very poll gets its shadow at once.
+        with self._lock:
+            jobs = [
+                (name, chal, CHALLENGER)
+                for name, model in self._loaded.items()
+                if (chal := view.challenger.get(name)) is not None
+                and chal != model.version
+                and name not in self._challengers
+                and self._due(name, chal)
+            ]
+        if jobs:
+            wait_futures([self._submit(*j) for j in jobs])
+        return view
 
     def start(self, interval: float) -> None:
         """Start the background watcher (polls every ``interval`` seconds)."""
@@ -278,25 +531,34 @@ class ModelTable:
         self._thread.start()
 
     def _watch(self, interval: float) -> None:
-        backoff = interval
-        while not self._stop.wait(backoff):
+        # While the registry is unreachable, back off (fewer log lines, no hammering a
+        # server that is starting up) but never beyond a few intervals, so changes are
+        # picked up soon after it is back.
+        cap = max(interval, min(30.0, 4 * interval))
+        delay = interval
+        while not self._stop.wait(delay):
             try:
                 self.refresh()
-                backoff = interval
             except Exception as e:
                 self.poll_errors += 1
-                backoff = min(max(interval, 1.0) * 2 ** min(self.poll_errors, 5), 60.0)
+                self.poll_errors_total += 1
+                delay = min(cap, interval * 2 ** (self.poll_errors - 1))
                 log.warning(
-                    "registry poll failed (%s); current models keep serving, retry in %.0fs",
-                    str(e).splitlines()[0][:200],
-                    backoff,
+                    "registry poll failed (%d in a row: %s); current models keep serving, "
+                    "retry in %.0fs",
+                    self.poll_errors,
+                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
+                    delay,
                 )
-            else:
-                self.poll_errors = 0
+                continue
+            if self.poll_errors:
+                log.info("registry reachable again after %d failed polls", self.poll_errors)
+            self.poll_errors = 0
+            delay = interval
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
             self._thread = None
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -64,8 +64,13 @@ PAUSE_AFTER_S = 1.0
 #: How long a revocation may take to finish the batch in flight before it is given up.
 REVOKE_FINISH_S = 30.0
 #: Timeout of one transactional API call; retriable failures are retried up to TXN_RETRY_S.
-TXN_CALL_S = 10.0
+TXN_CALL_S = 5.0
 TXN_RETRY_S = 60.0
+#: Extra wait beyond a transactional call's own timeout before it counts as stuck.
+TXN_GRACE_S = 5.0
+#: How long aborting may fail before the producer is replaced (which aborts by fencing):
+#: one attempt, since a replacement waits for the broker just as well as a retry does.
+ABORT_RETRY_S = TXN_CALL_S
 #: How long the group's committed offsets are asked for after an abort before giving up.
 COMMITTED_RETRY_S = 60.0
 
@@ -139,6 +144,58 @@ class _Batch:
     error: str = ""
 
 
+class _Call:
+    """A blocking client call on a daemon thread, so that waiting for it can time out.
+
+    A daemon thread, unlike an executor's worker, does not hold up interpreter exit when
+    the call never returns.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._fn, self._args = fn, args
+        threading.Thread(target=self._run, daemon=True, name="kafka-call").start()
+
+    def _run(self) -> None:
+        try:
+            self._fn(*self._args)
+        except BaseException as e:
+            self._error = e
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once the call returned (re-raising its exception), False if still running."""
+        if not self._done.wait(timeout):
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+#: Delivery errors meaning the broker no longer accepts the producer's id and epoch.
+_PRODUCER_IDENTITY_ERRORS = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
+
+
+def _dispose(producer: Any) -> None:
+    """Drop a producer on a daemon thread: its destruction may wait on the network."""
+
+    def drop(p: Any) -> None:
+        p.purge()
+        p.flush(0)
+
+    threading.Thread(target=drop, args=(producer,), daemon=True, name="kafka-dispose").start()
+
+
 def _kafka_error(e: BaseException) -> KafkaError | None:
     err = e.args[0] if isinstance(e, KafkaException) and e.args else None
     return err if isinstance(err, KafkaError) else None
@@ -188,7 +245,12 @@ class Pipeline:
         self.consumer = kafka_clients.make_consumer(
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        self.producer = kafka_clients.make_producer(settings, transactional=self.exactly_once)
+        self._tid = kafka_clients.transactional_id(settings) if self.exactly_once else None
+        # Producers are (re)built from these; tests point them at a proxy to cut the alert side.
+        self.producer_settings = settings
+        self.producer = kafka_clients.make_producer(settings, transactional_id=self._tid)
+        self._stuck: list[Any] = []  # producers a transactional call never returned from
+        self._producer_unusable = ""  # why the producer must be replaced before next use
         if self.exactly_once:
             # Fences an older producer with the same transactional.id and aborts what it
             # left open, so its half-written batch never counts as committed.
@@ -234,6 +296,11 @@ class Pipeline:
 
     def _forget(self, parts: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in parts}
+        paused = self._paused & gone
+        if paused:
+            # librdkafka keeps a partition's pause across unassign and assign: one paused
+            # now would come back paused after the next rebalance and never be read.
+            self.consumer.resume([TopicPartition(t, p) for t, p in paused])
         self._assignment -= gone
         self._paused -= gone
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
@@ -326,6 +393,11 @@ class Pipeline:
         log.error(
             "batch of %d not delivered (%s); rewinding to reprocess it", len(msgs), batch.error
         )
+        err = batch.acks.first_error
+        if not self.exactly_once and err is not None and (
+            err.fatal() or err.code() in _PRODUCER_IDENTITY_ERRORS
+        ):
+            self._renew_producer(err)
         self._rewind(batch)
         self._backoff(min(5.0, 0.5 * self._failures_in_row))
 
@@ -382,6 +454,8 @@ class Pipeline:
             return
         try:
             if self.exactly_once and not batch.in_txn:
+                if self._producer_unusable:  # left so by a rebalance callback
+                    self._replace_producer()
                 if self._txn_open:
                     # Left open by a failed abort: it holds a rewound batch's records.
                     self._abort(deadline)
@@ -400,11 +474,8 @@ class Pipeline:
             offsets = [TopicPartition(self.s.input_topic, p, o) for p, o in batch.next.items()]
             if self.exactly_once:
                 meta = self.consumer.consumer_group_metadata()
-                self._txn_call(
-                    lambda t: self.producer.send_offsets_to_transaction(offsets, meta, t),
-                    deadline,
-                )
-                self._txn_call(self.producer.commit_transaction, deadline)
+                self._txn_call("send_offsets_to_transaction", deadline, offsets, meta)
+                self._txn_call("commit_transaction", deadline)
                 self._txn_open = False
             else:
                 done = self.consumer.commit(offsets=offsets, asynchronous=False) or []
@@ -465,45 +536,102 @@ class Pipeline:
             batch.produced = i
         return False
 
-    def _txn_call(self, call: Callable[[float], Any], deadline: float | None) -> None:
-        """One transactional API call, retried while its error is retriable."""
+    def _txn_call(
+        self,
+        name: str,
+        deadline: float | None,
+        *args: Any,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        """One transactional API call, retried while its error is retriable.
+
+        librdkafka can block in ``send_offsets_to_transaction`` far past its timeout once
+        the group coordinator it cached has gone (seen after a network cut; librdkafka
+        issues 5456 and 5511). The call therefore runs on a daemon thread; one that has not
+        returned well after its timeout marks the producer stuck (``_fail`` replaces it)
+        and fails the batch.
+        """
         give_up = time.monotonic() + TXN_RETRY_S
         if deadline is not None:
             give_up = min(give_up, deadline)
         while True:
+            call = _Call(getattr(self.producer, name), *args, TXN_CALL_S)
             try:
-                call(TXN_CALL_S)
-                return
+                returned = call.wait(TXN_CALL_S + TXN_GRACE_S)
             except KafkaException as e:
                 if not _retriable(e) or time.monotonic() > give_up:
                     raise
-                log.warning("transactional call failed, retrying: %s", e)
+                log.warning("%s failed, retrying: %s", name, e)
                 if self.health is not None:
                     self.health.heartbeat()
+                if between is not None:
+                    between()
+                continue
+            if not returned:
+                self._stuck.append(self.producer)  # destroying a handle mid-call would block
+                self._producer_unusable = f"{name} did not return"
+                raise DeliveryError(f"{name} did not return within {TXN_CALL_S + TXN_GRACE_S}s")
+            return
 
     def _fail(self, batch: _Batch, *, deadline: float | None) -> None:
-        """Give the batch up: nothing of it is committed (exactly-once: abort)."""
+        """Give the batch up: nothing of it is committed (exactly-once: aborted)."""
         batch.state = _State.FAILED
-        if self._txn_open:
+        if self._txn_open and not self._producer_unusable:
             self._abort(deadline)
+        if self._producer_unusable and not self._in_callback:
+            self._replace_producer()
 
     def _abort(self, deadline: float | None) -> None:
-        """Abort the open transaction; retried while the broker is unreachable."""
+        """Abort the open transaction; one that keeps failing marks the producer unusable.
+
+        Needed on Tansu: after records timed out in flight, librdkafka's abort bumps the
+        producer epoch through InitProducerId, which Tansu refuses ("unknown broker error")
+        for ever, while a fresh producer's InitProducerId succeeds.
+        """
+        give_up = time.monotonic() + ABORT_RETRY_S
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        try:
+            self._txn_call("abort_transaction", give_up, between=self._keep_membership)
+            self._txn_open = False
+        except DeliveryError:
+            return  # the call never returned: the producer is marked unusable
+        except KafkaException as e:
+            if _fatal(e):
+                raise
+            if _retriable(e):
+                self._producer_unusable = f"abort_transaction keeps failing: {e}"
+            else:
+                # Still open: the next batch aborts it before beginning, or the broker's
+                # transaction timeout ends it.
+                log.error("abort_transaction failed: %s", e)
+
+    def _replace_producer(self) -> None:
+        """A new transactional producer with the same transactional.id.
+
+        Its ``init_transactions`` fences the old producer and aborts whatever transaction
+        the old one left open, so nothing of a failed batch is ever committed. An init that
+        times out is retried with yet another new producer: retrying on the same one was
+        seen to time out for ever after a network cut, even once the broker was back.
+        """
+        log.error("transactional producer unusable (%s): replacing it", self._producer_unusable)
         while True:
+            self._keep_membership()
+            old = self.producer
+            self.producer = kafka_clients.make_producer(
+                self.producer_settings, transactional_id=self._tid
+            )
+            self._txn_open = False
+            if not any(old is p for p in self._stuck):
+                _dispose(old)
             try:
-                self.producer.abort_transaction(TXN_CALL_S)
-                self._txn_open = False
+                self.producer.init_transactions(TXN_CALL_S)
+                self._producer_unusable = ""
                 return
             except KafkaException as e:
-                if _fatal(e):
+                if _fatal(e) or not _retriable(e) or self.stop_event.is_set():
                     raise
-                out_of_time = deadline is not None and time.monotonic() > deadline
-                if not _retriable(e) or out_of_time or self.stop_event.is_set():
-                    # Still open: the next batch's begin_transaction fails, which leads back
-                    # here; the broker's transaction timeout ends it at the latest.
-                    log.error("abort_transaction failed: %s", e)
-                    return
-                log.warning("abort_transaction failed, retrying: %s", e)
+                log.warning("init_transactions failed, retrying with a new producer: %s", e)
                 if self.health is not None:
                     self.health.heartbeat()
 
@@ -524,13 +652,37 @@ class Pipeline:
 
     def _poll_paused(self) -> None:
         """Poll the consumer while paused: keeps the membership and serves rebalances."""
-        msgs = self.consumer.consume(self.s.batch_size, 0.1)
+        # No wait here: the caller waits in producer.poll, where acknowledgements arrive.
+        msgs = self.consumer.consume(self.s.batch_size, 0)
         good = self._drop_errors(msgs) if msgs else []
         if good:
             # Not expected (pausing purges what was prefetched); never drop them.
             log.warning("%d messages arrived while paused; kept for the next batch", len(good))
             self._held.extend(good)
             self.stats.held += len(good)
+
+    def _renew_producer(self, err: KafkaError) -> None:
+        """At-least-once: replace a producer whose id the broker no longer accepts.
+
+        Seen on Tansu after records timed out in flight: librdkafka bumps the idempotent
+        producer's epoch itself, Tansu answers PRODUCER_FENCED to every later batch, and
+        without a new producer (a new producer id) nothing would ever be delivered again.
+        """
+        log.warning("the broker refuses this producer (%s): starting a new one", err)
+        old = self.producer
+        self.producer = kafka_clients.make_producer(self.producer_settings)
+        _dispose(old)  # what it still holds belongs to batches that are redone anyway
+
+    def _keep_membership(self) -> None:
+        """Between abort attempts: keep polling (paused), so a long outage costs no rebalance.
+
+        Only for a batch already given up: a revocation served here cannot interfere with
+        it, whereas one served during a commit could release partitions mid-commit.
+        """
+        if self._in_callback or self._batch is None or self._batch.state is not _State.FAILED:
+            return
+        self._pause("transaction cannot be aborted yet")
+        self._poll_paused()
 
     def _resume(self) -> None:
         if not self._paused:
@@ -678,7 +830,7 @@ class Pipeline:
     def close(self) -> None:
         """Flush what is queued and leave the group (offsets were committed per batch)."""
         try:
-            if self._txn_open:
+            if self._txn_open and not self._producer_unusable:
                 # Only left open when an abort failed; end it rather than leave it dangling.
                 with contextlib.suppress(KafkaException):
                     self.producer.abort_transaction(TXN_CALL_S)

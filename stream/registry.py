@@ -9,12 +9,13 @@ serialized with skops and loaded only when the types they ask to trust are in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +121,35 @@ def feature_matrix(records: Sequence[dict[str, Any]], features: Sequence[str]) -
     return X
 
 
+@contextlib.contextmanager
+def using_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``uri``, then restore them.
+
+    ``log_model`` and ``start_run`` only use the process-wide URIs; setting them
+    for good would leak into later calls (and, through the environment variables
+    MLflow also sets, into child processes).
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    old_tracking = getattr(tracking_utils, "_tracking_uri", None)
+    old_registry = getattr(registry_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_tracking)
+        mlflow.set_registry_uri(old_registry)  # type: ignore[arg-type]
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def ensure_experiment(name: str) -> str:
     import mlflow
 
@@ -153,8 +183,6 @@ def log_pipeline(
     from mlflow.models import infer_signature
 
     uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     thr = check_thresholds(thresholds)
     scores = decision_scores(pipeline, X)
     metrics = {
@@ -166,8 +194,7 @@ def log_pipeline(
         metrics[f"training_rate_{lvl}_or_above"] = float(np.mean(scores < t))
     example = pd.DataFrame(X[:5], columns=list(features))
     signature = infer_signature(example, scores[:5])
-    exp_id = ensure_experiment(experiment)
-    with mlflow.start_run(experiment_id=exp_id) as run:
+    with using_uri(uri), mlflow.start_run(experiment_id=ensure_experiment(experiment)) as run:
         mlflow.set_tags({"training_date": datetime.now(UTC).isoformat(), **tags})
         mlflow.log_params(
             {**params, "features": ",".join(features), "thresholds": ",".join(map(str, thr))}
@@ -207,12 +234,18 @@ def promote(name: str, version: str | int, *, uri: str | None = None) -> None:
     c = client(uri)
     version = str(version)
     c.get_model_version(name, version)  # fails clearly for an unknown model/version
+    # The alias first: it is what the consumer's watcher reads, so the change is one
+    # atomic step for it whatever happens to the stage calls below.
     c.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        c.transition_model_version_stage(
-            name, version, PRODUCTION_STAGE, archive_existing_versions=True
-        )
+        c.transition_model_version_stage(name, version, PRODUCTION_STAGE)
+        # Archived one by one: archive_existing_versions=True makes a PostgreSQL-backed
+        # tracking server fail the call (it compares the integer version column with a
+        # string parameter), while plain transitions work on every backend.
+        for mv in c.search_model_versions(f"name='{name}'"):
+            if mv.current_stage == PRODUCTION_STAGE and str(mv.version) != version:
+                c.transition_model_version_stage(name, str(mv.version), "Archived")
 
 
 def set_challenger(name: str, version: str | int, *, uri: str | None = None) -> None:
@@ -264,7 +297,7 @@ def poll(base_name: str, *, uri: str | None = None, page_size: int = 1000) -> Re
     token: str | None = None
     requests = 0
     # LIKE's '_' is a wildcard; the exact-prefix check below filters the extras.
-    filt = f"name LIKE '{base_name}%'"
+    filt = "name LIKE '{}%'".format(base_name.replace("'", "''"))
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -379,11 +412,16 @@ def load_version(name: str, version: str, *, uri: str | None = None) -> LoadedMo
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
     source = f"models:/{name}/{version}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+            # URIs passed explicitly: this runs on loader threads and must not change the
+            # process-wide default tracking URI under anyone else's feet. The version's own
+            # artifact location is asked of OUR registry: MLflow resolves "models:/N/V"
+            # through the process-wide registry URI whatever registry_uri says.
+            location = client(uri).get_model_version_download_uri(name, version)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=tmp, tracking_uri=uri
+            )
         except Exception as e:
             raise ModelLoadError(f"{source}: download failed: {e}") from e
         mlmodel = Model.load(Path(local))

@@ -8,8 +8,10 @@ flight, deliver it, commit, and exit 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 from stream import registry
@@ -21,7 +23,34 @@ from stream.pipeline import Pipeline, RunStats
 log = logging.getLogger(__name__)
 
 
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff and
+# waits up to 120 s per attempt: a registry call to a server that is down takes about
+# four minutes to fail. The watcher retries on its own schedule, so the client should
+# fail fast instead: the watcher notices an outage within one poll and picks changes up
+# again within a few polls of the registry's return. Each variable is only set when the
+# user has not set it; the client reads them on every request.
+MLFLOW_HTTP_DEFAULTS: dict[str, str] = {
+    # One immediate retry absorbs a keep-alive connection the server closed meanwhile.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    # Seconds without an answer before a request fails: bounds a hung server.
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def mlflow_http_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the consumer's MLflow HTTP client defaults where unset; returns what it set."""
+    env = os.environ if environ is None else environ
+    applied = {k: v for k, v in MLFLOW_HTTP_DEFAULTS.items() if k not in env}
+    env.update(applied)
+    return applied
+
+
 def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
+    """The model table for ``settings``, its loads and failures reported to ``metrics``."""
+    applied = mlflow_http_defaults()
+    if applied:
+        log.debug("MLflow HTTP client defaults: %s", applied)
     uri = settings.tracking_uri
     base = settings.model_name
 

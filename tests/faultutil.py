@@ -7,26 +7,35 @@ an alert, so each input offset must have an outcome, i.e. an alert whose
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from stream import kafka as kafka_clients
 from stream import registry
+from stream.config import Settings
 from stream.embedded import EmbeddedBroker, broker_binary, free_port, wait_for_port
 from stream.generate import generate_flows, training_flows
+from stream.pipeline import Pipeline
 from tests.kafkautil import partitions, produce
+
+T = TypeVar("T")
 
 TENANTS = ("acme", "globex", "initech")
 
@@ -78,16 +87,8 @@ class Topics:
 
 
 def fill(bootstrap: str, topic: str, n: int, *, seed: int, hostile_every: int = 2000) -> int:
-    """Produce ``n`` flow events, a hostile record after every ``hostile_every``; returns count."""
-    rng = random.Random(seed)
-
-    def values() -> Iterable[bytes]:
-        for i, flow in enumerate(generate_flows(n, TENANTS, seed=seed)):
-            if i and i % hostile_every == 0:
-                yield rng.choice(HOSTILE)
-            yield orjson.dumps(flow)
-
-    return produce(bootstrap, topic, values())
+    """Produce ``n`` flow events plus hostile records (see ``flow_values``); returns the count."""
+    return produce(bootstrap, topic, flow_values(n, seed=seed, hostile_every=hostile_every))
 
 
 def stream_env(
@@ -122,11 +123,12 @@ class StreamProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.cmd = [sys.executable, "-m", "stream.cli", "run"]
 
     def start(self) -> StreamProcess:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "run"],
+                self.cmd,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -159,12 +161,35 @@ class StreamProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def _port_outside_ephemeral_range() -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    While the proxy is down, clients keep reconnecting to its port; a port in the ephemeral
+    range can then be picked as a client's own source port and the client connects to
+    itself (TCP simultaneous open), holding the port and talking to itself for good.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1025, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 class Proxy:
     """``tansu proxy`` on a fixed loopback port in front of a broker: stop it to cut the link."""
 
     def __init__(self, origin: str, port: int | None = None) -> None:
         self.origin = origin
-        self.port = port or free_port()
+        self.port = port or _port_outside_ephemeral_range()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -188,6 +213,15 @@ class Proxy:
         if proc is not None:
             proc.kill()  # a cut, not a goodbye: open connections just die
             proc.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """Stall the link: connections stay open but nothing is answered (SIGSTOP)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
 
 def high_watermarks(bootstrap: str, topic: str) -> int:
@@ -329,3 +363,123 @@ def _add(led: Ledger, key: tuple[int, int], copy: Copy) -> None:
     if key not in led.inputs:
         led.stray += 1
     led.copies[key].append(copy)
+
+
+def flow_values(n: int, *, seed: int, hostile_every: int = 2000) -> list[bytes]:
+    """``n`` encoded flow events with a hostile record after every ``hostile_every``."""
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    for i, flow in enumerate(generate_flows(n, TENANTS, seed=seed)):
+        if i and i % hostile_every == 0:
+            out.append(rng.choice(HOSTILE))
+        out.append(orjson.dumps(flow))
+    return out
+
+
+class PacedProducer(threading.Thread):
+    """Feeds ``values`` to a topic at ``rate`` records/s, like live traffic; ``stop()`` ends it."""
+
+    def __init__(self, bootstrap: str, topic: str, values: list[bytes], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.values, self.rate = bootstrap, topic, values, rate
+        self.sent = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        p = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        t0 = time.monotonic()
+        while self.sent < len(self.values) and not self._stop_event.is_set():
+            due = min(len(self.values), int((time.monotonic() - t0) * self.rate) + 1)
+            for v in self.values[self.sent:due]:
+                p.produce(self.topic, v)
+            self.sent = max(self.sent, due)
+            p.poll(0)
+            time.sleep(0.02)
+        assert p.flush(30) == 0
+
+    def stop(self) -> int:
+        """Stop feeding; returns how many records were produced."""
+        self._stop_event.set()
+        self.join(timeout=60)
+        return self.sent
+
+
+_ASSIGN = re.compile(r"partitions (assigned|revoked|lost): (.*)$")
+
+
+def assignment(log_text: str) -> set[int]:
+    """The input partitions a ``stream run`` process owns, replayed from its log."""
+    owned: set[int] = set()
+    for line in log_text.splitlines():
+        m = _ASSIGN.search(line)
+        if not m:
+            continue
+        parts = {int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))}
+        if m.group(1) == "assigned":
+            owned |= parts
+        else:
+            owned -= parts
+    return owned
+
+
+def settings(bootstrap: str, topics: Topics, tracking_uri: str, model: str, **kw: Any) -> Settings:
+    """In-process consumer settings matching ``stream_env``."""
+    base: dict[str, Any] = dict(
+        bootstrap_servers=bootstrap, input_topic=topics.input, alert_topic=topics.alerts,
+        dlq_topic=topics.dlq, group_id=topics.group, tracking_uri=tracking_uri,
+        model_name=model, session_timeout_ms=6000, min_level="low", batch_size=500,
+        batch_max_wait_ms=100, max_message_bytes=MAX_MESSAGE_BYTES, reload_interval=60.0,
+    )
+    base.update(kw)
+    return Settings(**base)
+
+
+def start(pipeline: Pipeline) -> threading.Thread:
+    t = threading.Thread(target=pipeline.run, daemon=True)
+    t.start()
+    return t
+
+
+def stop(pipeline: Pipeline, thread: threading.Thread) -> None:
+    pipeline.stop_event.set()
+    thread.join(timeout=90)
+    pipeline.table.stop()
+    assert not thread.is_alive(), "pipeline did not stop"
+
+
+def route_producer(pipeline: Pipeline, bootstrap: str, **props: str) -> None:
+    """Make ``pipeline`` build its producers to reach the broker at ``bootstrap`` (a proxy),
+    with extra producer properties, so the alert side can fail while the consumer is fine.
+
+    Exactly-once: same transactional.id, so the new producer fences the original one.
+    """
+    s = pipeline.s
+    pipeline.producer_settings = dataclasses.replace(
+        s, bootstrap_servers=bootstrap, kafka_properties=(*s.kafka_properties, *props.items()))
+    old = pipeline.producer
+    pipeline.producer = kafka_clients.make_producer(pipeline.producer_settings,
+                                                    transactional_id=pipeline._tid)
+    if pipeline._tid:
+        pipeline.producer.init_transactions(30)
+    old.flush(5)
+
+
+def concurrently(*fns: Callable[[], T]) -> list[T]:
+    """Run ``fns`` on threads, return their results in order; re-raise the first failure."""
+    results: list[Any] = [None] * len(fns)
+    errors: list[BaseException] = []
+
+    def run(i: int, fn: Callable[[], T]) -> None:
+        try:
+            results[i] = fn()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

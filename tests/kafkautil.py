@@ -47,6 +47,7 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0, **conf: Any) -> 
     out: list[Message] = []
     next_offset = dict.fromkeys(parts, 0)
     deadline = time.monotonic() + timeout
+    idle_rounds = 0
     while time.monotonic() < deadline:
         msgs = c.consume(10000, 0.5)
         for m in msgs:
@@ -55,10 +56,14 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0, **conf: Any) -> 
             out.append(m)
             next_offset[m.partition()] = m.offset() + 1
         if msgs:
+            idle_rounds = 0
             continue
+        idle_rounds += 1
         highs = {p: c.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1]
                  for p in parts}
-        if all(highs[p] <= next_offset[p] for p in parts):
+        # A partition not fetched from yet reports a negative watermark: give it idle rounds.
+        unknown = any(h < 0 for h in highs.values())
+        if all(highs[p] <= next_offset[p] for p in parts) and idle_rounds >= (4 if unknown else 1):
             break
     else:
         raise AssertionError(f"timed out reading {topic}")

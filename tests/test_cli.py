@@ -73,6 +73,12 @@ def test_train_promote_models_roundtrip(tmp_path: Path) -> None:
     row = orjson.loads(next(x for x in r.stdout.splitlines() if x.startswith("{")))
     assert (row["production"], row["challenger"]) == ("1", "2")
 
+    r = runner.invoke(main, ["demote", "--tenant", "acme"], env=env)
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["models", "--json"], env=env)
+    row = orjson.loads(next(x for x in r.stdout.splitlines() if x.startswith("{")))
+    assert row["production"] is None and row["challenger"] == "2"
+
 
 def test_train_rejects_bad_input_with_clear_errors(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'cli.db'}"

@@ -218,6 +218,30 @@ def test_lag_model_reload_shadow_and_delivery() -> None:
     assert value(m, "stream_delivery_failures_total") == 3
 
 
+def test_remove_model_drops_its_series_but_never_the_shared_one() -> None:
+    m = Metrics(max_tenant_labels=1)
+    m.set_model("detector_acme", "3")
+    m.set_model("detector_globex", "5")  # past the cap: shown as _other
+    m.remove_model("detector_acme")
+    assert value(m, "stream_model_version", model="detector_acme") is None
+    assert value(m, "stream_model_info", model="detector_acme", version="3") is None
+    m.remove_model("detector_globex")  # _other may stand for other models: kept
+    assert value(m, "stream_model_version", model=OTHER) == 5
+    m.remove_model("never_seen")  # must not raise, nor take a label
+    m.set_model("detector_acme", "4")  # a re-promoted model gets its series back
+    assert value(m, "stream_model_version", model="detector_acme") == 4
+
+
+def test_no_created_series() -> None:
+    # One ``_created`` sample per labelled series would double what the alerts export.
+    m = Metrics()
+    m.record_alerts({("acme", "high"): 1})
+    m.record_batch(consumed=1, scored=1, seconds=0.1)
+    names = {s.name for fam in m.registry.collect() for s in fam.samples}
+    assert "stream_alerts_total" in names
+    assert not [n for n in names if n.endswith("_created")]
+
+
 def test_negative_label_cap_is_rejected() -> None:
     with pytest.raises(ValueError):
         Metrics(max_tenant_labels=-1)

@@ -42,11 +42,14 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     with MlflowServer() as srv:
+        # Both: an earlier test may have left a process-wide registry URI behind.
         mlflow.set_tracking_uri(srv.uri)
+        mlflow.set_registry_uri(srv.uri)
         try:
             yield srv
         finally:
             mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
 
 
 def _pipeline(seed: int = 0):  # -> sklearn Pipeline; sklearn is imported lazily

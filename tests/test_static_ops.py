@@ -251,6 +251,7 @@ def exercise_all(m: Metrics) -> None:
         "set_lag": lambda: m.set_lag("flows", 0, 12),
         "remove_lag": lambda: (m.set_lag("flows", 1, 1), m.remove_lag("flows", 1)),
         "set_model": lambda: m.set_model("detector_acme", "7"),
+        "remove_model": lambda: (m.set_model("detector_old", "1"), m.remove_model("detector_old")),
         "record_reload": lambda: m.record_reload("detector_acme", ok=True, seconds=0.8),
         "record_shadow": lambda: m.record_shadow("acme", 0.96, 0.01),
         "record_delivery_failures": lambda: m.record_delivery_failures(1),

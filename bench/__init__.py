@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench`` runs the side-by-side performance table (see README)."""
