@@ -22,7 +22,6 @@ import orjson
 import skops.io
 
 from bench.design_note import DesignNoteDetector
-from bench.direct_scorer import make_scorer
 from bench.workload import (
     BASE_NAME,
     TENANTS,
@@ -36,7 +35,7 @@ from stream.alerts import encode_alert, model_ref, utc_now_iso
 from stream.batch import process_batch
 from stream.models import ModelTable
 from stream.registry import TRUSTED_TYPES, LoadedModel, RegistryView, registered_name
-from stream.scoring import LEVEL_CODES, threat_levels
+from stream.scoring import LEVEL_CODES, fast_isolation_forest, threat_levels
 
 PARTITIONS = 4
 MIN_LEVEL = LEVEL_CODES["medium"]
@@ -97,7 +96,7 @@ def _positions(lo: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run_offline(wl: Workload, rounds: int = 5, per_event_sample: int = 200,
                 details: bool = True) -> OfflineResult:
-    """Rows 1-4 (``details``: also row 4, traced peaks and the direct-scorer prototype)."""
+    """Rows 1-4 (``details``: also row 4 and traced peaks)."""
     # One independent copy of the model per tenant, as five loaded registry models are.
     models = {
         registered_name(BASE_NAME, t): wl.loaded_model(t, copy_estimator(wl.estimator))
@@ -153,17 +152,6 @@ def run_offline(wl: Workload, rounds: int = 5, per_event_sample: int = 200,
         "2": ("our pipeline offline: values in -> alert bytes out", ours),
         "3": ("design note's detect_anomalies, same micro-batches", design_note),
     }
-    if details:
-        # Not a row of the table: the floor's calls with the direct scorer prototype.
-        direct = {id(est): make_scorer(est, X_all[:500]) for est, _X in ready[0]}
-
-        def direct_model_only() -> None:
-            for calls in ready:
-                for est, X in calls:
-                    direct[id(est)](X)
-
-        fns["1d"] = ("prototype: the same calls, trees walked directly (not used)",
-                     direct_model_only)
     ours()  # warm-up: first sight of each tenant loads its model into the table
     seconds: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
@@ -304,7 +292,10 @@ def run_scale(wl: Workload, n_tenants: int = 1000, n_events: int = 10000,
 
     def loader(name: str, _version: str) -> LoadedModel:
         loads[name] += 1
-        return LoadedModel(name, "1", wl.features, wl.thresholds, pickle.loads(pickled))
+        est = pickle.loads(pickled)
+        # As registry.load_version does: the fast scorer, once proved identical.
+        return LoadedModel(name, "1", wl.features, wl.thresholds, est,
+                           scorer=fast_isolation_forest(est))
 
     production = {registered_name(BASE_NAME, f"t{i:04d}"): "1" for i in range(n_tenants)}
     view = RegistryView(production=production)

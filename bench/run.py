@@ -169,11 +169,6 @@ def _report(args: argparse.Namespace, wl: workload.Workload, off: offline.Offlin
                   f"(1) {_fmt_eps(b['1'].eps)}  (2) {_fmt_eps(b['2'].eps)}  "
                   f"(3) {_fmt_eps(b['3'].eps)} events/s; (2)/(1) {b['2'].eps / b['1'].eps:.2f}, "
                   f"(2)/(3) {b['2'].eps / b['3'].eps:.2f}"]
-    if "1d" in rows:
-        d = rows["1d"]
-        lines.append(f"prototype, not used: the floor's calls walking the trees directly "
-                     f"(bit-identical scores, bench/direct_scorer.py): {_fmt_eps(d.eps)} "
-                     f"events/s = {d.eps / rows['1'].eps:.2f} x (1)")
     if br:
         lines += ["", "end to end details:"]
         lines.append(f"  backlog {br.events:,} events; alerts delivered {br.alerts_delivered:,} "

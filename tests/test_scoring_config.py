@@ -70,3 +70,33 @@ def test_readme_configuration_table_is_generated_from_config() -> None:
     assert config.markdown_table() in readme, "run: python scripts/readme_config.py"
     for name in config.env_vars():
         assert f"`{name}`" in readme
+
+
+def test_fast_isolation_forest_is_bit_identical_or_refused() -> None:
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    from stream.registry import build_pipeline
+    from stream.scoring import fast_isolation_forest
+
+    rng = np.random.default_rng(3)
+    X = rng.lognormal(3, 1, (2000, 3))
+    pipe = build_pipeline(n_estimators=50).fit(X)
+    fast = fast_isolation_forest(pipe, check=X[:100])
+    assert fast is not None
+    Y = np.vstack([rng.lognormal(3, 2, (3000, 3)), [[0, 0, 0], [1e12, 1e9, 1e6]]])
+    assert np.array_equal(fast(Y), pipe.decision_function(Y))
+    assert np.array_equal(fast(Y[:1]), pipe.decision_function(Y[:1]))
+    with pytest.raises(ValueError, match="features"):
+        fast(Y[:, :2])
+    # Feature subsampling walks each tree on its own columns.
+    sub = Pipeline([("scaler", build_pipeline()[0]),
+                    ("isolation_forest", IsolationForest(n_estimators=20, max_features=2,
+                                                         random_state=0))]).fit(X)
+    fast_sub = fast_isolation_forest(sub)
+    assert fast_sub is not None and np.array_equal(fast_sub(Y), sub.decision_function(Y))
+    # Anything else keeps the model's own decision_function.
+    other = Pipeline([("scaler", MinMaxScaler()), ("f", IsolationForest(n_estimators=5))]).fit(X)
+    assert fast_isolation_forest(other) is None
+    assert fast_isolation_forest(IsolationForest(n_estimators=5).fit(X)) is None
