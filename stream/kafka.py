@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from stream.config import Settings
 
@@ -46,6 +46,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "fetch.max.bytes": max(52428800, settings.max_message_bytes * 2),
         "max.partition.fetch.bytes": max(1048576, settings.max_message_bytes + 1024),
         "queued.min.messages": max(100000, settings.batch_size * 4),
+        # A broker may hold a fetch for this long even when data waits (the embedded one
+        # does); librdkafka's 500 ms default would dwarf the batch max-wait.
+        "fetch.wait.max.ms": max(1, min(100, settings.batch_max_wait_ms // 2)),
     }
     conf.update(settings.kafka_common())
     for k in _PRODUCER_ONLY:
@@ -132,13 +135,20 @@ def make_consumer(
     return consumer
 
 
-def make_producer(settings: Settings, *, transactional_id: str | None = None) -> Producer:
+def make_producer(
+    settings: Settings,
+    *,
+    transactional_id: str | None = None,
+    error_cb: Callable[[KafkaError], None] | None = None,
+) -> Producer:
     """The alert producer: idempotent, or transactional when ``transactional_id`` is given."""
     given = dict(settings.kafka_properties).get("transactional.id")
     if given and not transactional_id:
         log.warning("transactional.id is ignored: delivery is at-least-once")
     conf = producer_config(settings, transactional_id=transactional_id)
     log.debug("producer config %s", redacted(conf))
+    if error_cb is not None:
+        conf["error_cb"] = error_cb
     if transactional_id:
         log.info("exactly-once: transactional.id %s", transactional_id)
     return Producer(conf)

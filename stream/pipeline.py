@@ -26,6 +26,14 @@ resume once the batch is settled. librdkafka drops what it prefetched for a
 paused partition and fetches again from the application's position on resume;
 anything a poll returns anyway is kept for the next batch, never dropped.
 
+Producer trouble: a batch whose records the broker refuses (at-least-once:
+the producer's id is fenced) gets a new producer before it is redone.
+Exactly-once replaces its transactional producer (same transactional.id, whose
+``init_transactions`` fences the old one and aborts its transaction) when a
+call never returns, when aborting keeps failing, or, between transactions,
+after it lost a broker connection: each was seen on Tansu or librdkafka after a
+network cut, and each otherwise stalls the consumer for good.
+
 Rebalances: callbacks run only inside consumer polls. Between batches nothing
 is in flight. During a paused wait a batch is; a revocation then finishes it
 (delivered and committed, or its transaction committed) before the partitions
@@ -163,6 +171,7 @@ class _Call:
         except BaseException as e:
             self._error = e
         finally:
+            self._fn, self._args = None, ()  # do not keep the client alive
             self._done.set()
 
     def wait(self, timeout: float) -> bool:
@@ -184,16 +193,6 @@ _PRODUCER_IDENTITY_ERRORS = frozenset(
         KafkaError.INVALID_PRODUCER_ID_MAPPING,
     }
 )
-
-
-def _dispose(producer: Any) -> None:
-    """Drop a producer on a daemon thread: its destruction may wait on the network."""
-
-    def drop(p: Any) -> None:
-        p.purge()
-        p.flush(0)
-
-    threading.Thread(target=drop, args=(producer,), daemon=True, name="kafka-dispose").start()
 
 
 def _kafka_error(e: BaseException) -> KafkaError | None:
@@ -246,9 +245,12 @@ class Pipeline:
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         self._tid = kafka_clients.transactional_id(settings) if self.exactly_once else None
+        self._link_broken = False  # exactly-once: the producer lost a broker connection
         # Producers are (re)built from these; tests point them at a proxy to cut the alert side.
         self.producer_settings = settings
-        self.producer = kafka_clients.make_producer(settings, transactional_id=self._tid)
+        self.producer = kafka_clients.make_producer(
+            settings, transactional_id=self._tid, error_cb=self._producer_error
+        )
         self._stuck: list[Any] = []  # producers a transactional call never returned from
         self._producer_unusable = ""  # why the producer must be replaced before next use
         if self.exactly_once:
@@ -452,9 +454,10 @@ class Pipeline:
         """
         if batch.state is not _State.OPEN:
             return
+        error = ""
         try:
             if self.exactly_once and not batch.in_txn:
-                if self._producer_unusable:  # left so by a rebalance callback
+                if self._producer_unusable or self._link_broken:
                     self._replace_producer()
                 if self._txn_open:
                     # Left open by a failed abort: it holds a rewound batch's records.
@@ -473,6 +476,9 @@ class Pipeline:
                 )
             offsets = [TopicPartition(self.s.input_topic, p, o) for p, o in batch.next.items()]
             if self.exactly_once:
+                if self._link_broken:
+                    # See _replace_producer: do not trust this producer with the offsets.
+                    raise DeliveryError("the producer lost its broker connection")
                 meta = self.consumer.consumer_group_metadata()
                 self._txn_call("send_offsets_to_transaction", deadline, offsets, meta)
                 self._txn_call("commit_transaction", deadline)
@@ -486,7 +492,11 @@ class Pipeline:
         except (DeliveryError, KafkaException) as e:
             if _fatal(e):
                 raise
-            batch.error = batch.error or str(e)
+            error = str(e)
+        if error:
+            # Outside the except block: its traceback would keep the old producer alive
+            # through _fail, and an old producer must be gone before a new one starts.
+            batch.error = batch.error or error
             self._fail(batch, deadline=deadline)
 
     def _drive(self, batch: _Batch, deadline: float | None) -> None:
@@ -610,20 +620,31 @@ class Pipeline:
         """A new transactional producer with the same transactional.id.
 
         Its ``init_transactions`` fences the old producer and aborts whatever transaction
-        the old one left open, so nothing of a failed batch is ever committed. An init that
-        times out is retried with yet another new producer: retrying on the same one was
-        seen to time out for ever after a network cut, even once the broker was back.
+        the old one left open, so nothing of a failed batch is ever committed.
+
+        Used when a producer is unusable (a call never returned, or aborting keeps failing)
+        and, between transactions, when it lost its broker connection: librdkafka can then
+        block in ``send_offsets_to_transaction`` for ever (librdkafka issues 5456, 5511),
+        which a fresh producer avoids. The old producer is destroyed first: left running,
+        it retries its abort with the fenced epoch, and Tansu answers that by closing the
+        connection (which, through ``tansu proxy``, breaks every client of the proxy).
         """
-        log.error("transactional producer unusable (%s): replacing it", self._producer_unusable)
+        why = self._producer_unusable or "lost its broker connection"
+        log.warning("replacing the transactional producer (%s)", why)
+        t0 = time.monotonic()
+        old = self.producer
+        if not any(old is p for p in self._stuck):
+            old.purge()  # only a failed batch's records: they are redone anyway
+        self.producer = None  # type: ignore[assignment]
+        del old  # the last reference: librdkafka destroys the handle here
+        log.debug("old producer destroyed in %.2fs", time.monotonic() - t0)
         while True:
             self._keep_membership()
-            old = self.producer
+            self._link_broken = False
             self.producer = kafka_clients.make_producer(
-                self.producer_settings, transactional_id=self._tid
+                self.producer_settings, transactional_id=self._tid, error_cb=self._producer_error
             )
             self._txn_open = False
-            if not any(old is p for p in self._stuck):
-                _dispose(old)
             try:
                 self.producer.init_transactions(TXN_CALL_S)
                 self._producer_unusable = ""
@@ -631,9 +652,19 @@ class Pipeline:
             except KafkaException as e:
                 if _fatal(e) or not _retriable(e) or self.stop_event.is_set():
                     raise
-                log.warning("init_transactions failed, retrying with a new producer: %s", e)
-                if self.health is not None:
-                    self.health.heartbeat()
+                log.warning("init_transactions failed, retrying: %s", e)
+            if self.health is not None:
+                self.health.heartbeat()
+            # An init that timed out keeps running inside the handle; a fresh handle starts
+            # clean once the broker is back (a retry on the same one was seen to hang).
+            self.producer = None  # type: ignore[assignment]
+
+    def _producer_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (served inside producer.poll)."""
+        if err.fatal():
+            log.error("producer fatal error: %s", err)
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            self._link_broken = self.exactly_once
 
     # ---- backpressure -------------------------------------------------------------------
 
@@ -669,9 +700,10 @@ class Pipeline:
         without a new producer (a new producer id) nothing would ever be delivered again.
         """
         log.warning("the broker refuses this producer (%s): starting a new one", err)
-        old = self.producer
+        self.producer.purge()  # what it holds belongs to batches that are redone anyway
+        # Dropped before the new one exists, so it sends nothing more (see _replace_producer).
+        self.producer = None  # type: ignore[assignment]
         self.producer = kafka_clients.make_producer(self.producer_settings)
-        _dispose(old)  # what it still holds belongs to batches that are redone anyway
 
     def _keep_membership(self) -> None:
         """Between abort attempts: keep polling (paused), so a long outage costs no rebalance.
@@ -830,6 +862,8 @@ class Pipeline:
     def close(self) -> None:
         """Flush what is queued and leave the group (offsets were committed per batch)."""
         try:
+            if self.producer is None:  # stopped while a replacement was being set up
+                return
             if self._txn_open and not self._producer_unusable:
                 # Only left open when an abort failed; end it rather than leave it dangling.
                 with contextlib.suppress(KafkaException):

@@ -55,9 +55,13 @@ def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
     base = settings.model_name
 
     def on_swap(ev: Any) -> None:
-        if metrics is not None and ev.to_version is not None:
+        if metrics is None:
+            return
+        if ev.to_version is not None:
             metrics.set_model(ev.model, ev.to_version)
             metrics.record_reload(ev.model, True, ev.load_seconds)
+        else:  # demoted: its tenant is back on the global model
+            metrics.remove_model(ev.model)
 
     def on_failure(name: str, _version: str, _reason: str) -> None:
         if metrics is not None:

@@ -39,7 +39,8 @@ T = TypeVar("T")
 
 TENANTS = ("acme", "globex", "initech")
 
-# Hostile records mixed into the input: each must end on the dead-letter topic.
+# Hostile records mixed into the input: each must end on the dead-letter topic, with one
+# of HOSTILE_REASONS.
 HOSTILE: tuple[bytes, ...] = (
     b"{not json",
     b'{"tenant_id": "../../etc/passwd", "bytes_transferred": 1}',
@@ -51,6 +52,7 @@ HOSTILE: tuple[bytes, ...] = (
     b'{"tenant_id": "acme", "pad": "' + b"x" * 9000 + b'"}',  # over the tests' 8000-byte limit
 )
 MAX_MESSAGE_BYTES = 8000
+HOSTILE_REASONS = frozenset({"malformed_json", "invalid_tenant", "empty_message", "oversize"})
 
 _models: dict[str, str] = {}
 
@@ -225,6 +227,11 @@ class Proxy:
 
 
 def high_watermarks(bootstrap: str, topic: str) -> int:
+    """Sum of the topic's high watermarks: a progress signal only.
+
+    Tansu 0.6 answers ListOffsets with the last batch's base offset + 1, so this lags by
+    up to a batch; counts come from ``read_topic`` and ``committed``.
+    """
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
     try:
         return sum(
@@ -287,6 +294,10 @@ class Ledger:
     def duplicates(self) -> int:
         """Records beyond the first per input offset."""
         return sum(len(v) - 1 for v in self.copies.values() if len(v) > 1)
+
+    def dead_letter_reasons(self) -> Counter[str]:
+        return Counter(c.alert_id.rsplit("/", 1)[1] for v in self.copies.values() for c in v
+                       if c.alert_id.startswith("dlq/"))
 
     def duplicated(self) -> dict[tuple[int, int], list[Copy]]:
         return {k: v for k, v in self.copies.items() if len(v) > 1}
@@ -457,8 +468,9 @@ def route_producer(pipeline: Pipeline, bootstrap: str, **props: str) -> None:
     pipeline.producer_settings = dataclasses.replace(
         s, bootstrap_servers=bootstrap, kafka_properties=(*s.kafka_properties, *props.items()))
     old = pipeline.producer
-    pipeline.producer = kafka_clients.make_producer(pipeline.producer_settings,
-                                                    transactional_id=pipeline._tid)
+    pipeline.producer = kafka_clients.make_producer(
+        pipeline.producer_settings, transactional_id=pipeline._tid,
+        error_cb=pipeline._producer_error)
     if pipeline._tid:
         pipeline.producer.init_transactions(30)
     old.flush(5)

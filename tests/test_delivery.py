@@ -12,7 +12,7 @@ Kafka-protocol proxy that the test cuts or stalls. What must hold:
   no input offset is lost or skipped;
 - a revocation while a batch is in flight settles that batch before the
   partitions go: the next owner starts right after it (exactly-once: no input
-  offset is processed by both);
+  offset is processed by both), and the revoked partitions' lag series go;
 - secrets in pass-through client properties never reach the logs.
 """
 
@@ -30,6 +30,7 @@ from stream import kafka as kafka_clients
 from stream import service
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
+from stream.metrics import Metrics
 from tests import faultutil as fu
 
 
@@ -149,12 +150,13 @@ def test_revocation_settles_the_batch_in_flight_exactly_once(
     topics.create(broker, 4)
     first = fu.fill(broker.bootstrap, topics.input, 2000, seed=9)
 
-    def build(name: str) -> Any:
+    def build(name: str, metrics: Metrics | None = None) -> Any:
         return service.build(fu.settings(
             broker.bootstrap, topics, tracking_uri, model, delivery="exactly-once",
-            kafka_properties=(("transactional.id", f"tx-{name}-{unique}"),)))
+            kafka_properties=(("transactional.id", f"tx-{name}-{unique}"),)), metrics=metrics)
 
-    old = build("old")
+    old_metrics = Metrics()
+    old = build("old", old_metrics)
     fu.route_producer(old, proxy.bootstrap)
     old_thread = fu.start(old)
     fu.wait_until(lambda: old.stats.consumed >= first, 60, "the first events")
@@ -162,6 +164,8 @@ def test_revocation_settles_the_batch_in_flight_exactly_once(
     proxy.freeze()
     n = first + fu.fill(broker.bootstrap, topics.input, 20000, seed=10)
     fu.wait_until(lambda: old.stats.pauses >= 1, 15, "partitions paused")
+    for p in range(4):  # a lag series per partition, as the periodic lag report leaves them
+        old_metrics.set_lag(topics.input, p, 7)
 
     new = build("new")
     new_thread = fu.start(new)
@@ -170,6 +174,10 @@ def test_revocation_settles_the_batch_in_flight_exactly_once(
     time.sleep(1)
     proxy.thaw()
     fu.wait_until(lambda: new.stats.consumed > 0, 60, "the new owner's first batch")
+    kept = {tp.partition for tp in old.consumer.assignment()}
+    lag_series = {p for p in range(4) if old_metrics.registry.get_sample_value(
+        "stream_consumer_lag", {"topic": topics.input, "partition": str(p)}) is not None}
+    assert 0 < len(kept) < 4 and lag_series == kept, "a revoked partition kept its lag series"
     fu.wait_until(lambda: old.stats.consumed + new.stats.consumed >= n, 120, "the input")
     fu.stop(new, new_thread)
     fu.stop(old, old_thread)

@@ -47,6 +47,8 @@ def _check_no_loss(led: fu.Ledger) -> None:
     assert not lost, f"{len(lost)} input offsets without an outcome: {lost[:10]}"
     assert led.stray == 0, "an outcome names an offset that is not in the input"
     assert led.inexact() == [], "a duplicate differs from its original (id, score or model)"
+    reasons = led.dead_letter_reasons()
+    assert reasons and set(reasons) <= fu.HOSTILE_REASONS, reasons  # hostile input, dead-lettered
 
 
 # ---- crash ------------------------------------------------------------------------------
@@ -80,22 +82,30 @@ def _crash_run(broker: EmbeddedBroker, tracking_uri: str, model: str, log: Path,
                         STREAM_KAFKA_PROPERTIES=f"transactional.id=stream-{topics.unique}")
     rng = random.Random(seed)
     lives: list[tuple[float, float]] = []
-    for k in range(kills):
-        before = fu.high_watermarks(bootstrap, topics.alerts)
+    procs: list[fu.StreamProcess] = []
+    try:
+        for k in range(kills):
+            before = fu.high_watermarks(bootstrap, topics.alerts)
+            start = time.time()
+            proc = fu.StreamProcess(env, log).start()
+            procs.append(proc)
+            fu.wait_until(lambda: fu.high_watermarks(bootstrap, topics.alerts) > before,  # noqa: B023
+                          120, f"life {k} to produce alerts")
+            time.sleep(rng.uniform(0.05, 0.5))  # a random point: mid-batch, mid-commit, ...
+            assert proc.alive, proc.log()[-2000:]
+            proc.kill()
+            lives.append((start, time.time()))
+            assert _done(bootstrap, topics) < n, f"input exhausted before kill {k}: add events"
         start = time.time()
-        proc = fu.StreamProcess(env, log).start()
-        fu.wait_until(lambda: fu.high_watermarks(bootstrap, topics.alerts) > before,  # noqa: B023
-                      120, f"life {k} to produce alerts")
-        time.sleep(rng.uniform(0.05, 0.5))  # a random point: mid-batch, mid-commit, ...
-        assert proc.alive, proc.log()[-2000:]
-        proc.kill()
+        final = fu.StreamProcess(env, log).start()
+        procs.append(final)
+        fu.wait_until(lambda: _done(bootstrap, topics) >= n, 240, "the last life to finish")
+        assert final.stop() == 0, final.log()[-3000:]
         lives.append((start, time.time()))
-        assert _done(bootstrap, topics) < n, f"input exhausted before kill {k}: add events"
-    start = time.time()
-    final = fu.StreamProcess(env, log).start()
-    fu.wait_until(lambda: _done(bootstrap, topics) >= n, 240, "the last life to finish")
-    assert final.stop() == 0, final.log()[-3000:]
-    lives.append((start, time.time()))
+    finally:
+        for p in procs:
+            if p.alive:
+                p.kill()
     led = fu.ledger(bootstrap, topics)  # read_committed, as an alert subscriber should read
     assert len(led.inputs) == n
     return CrashRun(mode, lives, led, time.monotonic() - t0)
