@@ -338,6 +338,8 @@ class Pipeline:
                 self.producer.poll(0)
                 if not msgs:
                     self._update_ready()
+                    # Idle is when a drained backlog's lag must drop to zero on the gauge.
+                    self._maybe_report_lag()
                     continue
                 msgs = self._drop_errors(msgs)
                 if msgs:
@@ -806,10 +808,7 @@ class Pipeline:
             ts = ts[ts > 0]
             if len(ts):
                 m.observe_event_age(time.time() - ts / 1000.0)
-            now = time.monotonic()
-            if now - self._last_lag > 5.0:
-                self._last_lag = now
-                self._report_lag()
+            self._maybe_report_lag()
         if self.on_batch is not None:
             self.on_batch(outcome)
 
@@ -834,6 +833,15 @@ class Pipeline:
                     100 * rep["agreement"],
                     rep["mean_score_diff"],
                 )
+
+    def _maybe_report_lag(self) -> None:
+        """Lag gauges, at most every 5 s (watermark reads are not free)."""
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        if now - self._last_lag > 5.0:
+            self._last_lag = now
+            self._report_lag()
 
     def _report_lag(self) -> None:
         try:

@@ -16,8 +16,7 @@ the topics:
   rebalance and per model load.
 - A model load uses the configured tracking URI even when ``MLFLOW_REGISTRY_URI``
   names another registry.
-- Known bug, kept as a strict xfail until fixed: once a backlog is drained the lag
-  gauge keeps its last non-zero value.
+- Once a backlog is drained, the lag gauge of every assigned partition drops to zero.
 
 Two fast tests cover ``stream.logs``: the JSON formatter (warnings, extra fields,
 exceptions) and ``BurstLog``, which limits a recurring condition to one line per burst
@@ -600,13 +599,6 @@ def test_metrics_match_the_topics_and_logs_are_json(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: Pipeline reports lag only after a batch, at most every 5 s, so once "
-    "a backlog is drained the gauge keeps a stale non-zero value (and partitions not yet "
-    "read at that report get no series) until traffic resumes",
-)
 def test_lag_gauge_reaches_zero_once_the_backlog_is_drained(
     broker: EmbeddedBroker, tracking_uri: str, served: dict[str, Any], unique: str
 ) -> None:
