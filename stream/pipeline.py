@@ -839,16 +839,18 @@ class Pipeline:
         if self.metrics is None:
             return
         now = time.monotonic()
-        if now - self._last_lag > 5.0:
+        # The clock restarts only once a gauge was set: before assignment or the first
+        # fetch there is nothing to report, and the first batch must not wait 5 s for it.
+        if now - self._last_lag > 5.0 and self._report_lag():
             self._last_lag = now
-            self._report_lag()
 
-    def _report_lag(self) -> None:
+    def _report_lag(self) -> bool:
         try:
             assignment = self.consumer.assignment()
             positions = self.consumer.position(assignment)
         except KafkaException:
-            return
+            return False
+        reported = False
         for tp in positions:
             try:
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
@@ -856,6 +858,8 @@ class Pipeline:
                 continue
             if tp.offset >= 0 and high >= 0:
                 self.metrics.set_lag(tp.topic, tp.partition, max(0, high - tp.offset))
+                reported = True
+        return reported
 
     def shadow_summary(self) -> dict[str, dict[str, float]]:
         return {
