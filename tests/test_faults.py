@@ -144,14 +144,14 @@ def _crash_both_modes(broker: EmbeddedBroker, tracking_uri: str, model: str, tmp
 def test_crash_sigkill_three_times_loses_nothing(
     broker: EmbeddedBroker, tracking_uri: str, model: str, tmp_path: Path
 ) -> None:
-    _crash_both_modes(broker, tracking_uri, model, tmp_path, events=40000, kills=3)
+    _crash_both_modes(broker, tracking_uri, model, tmp_path, events=100000, kills=3)
 
 
 @pytest.mark.soak
-def test_soak_crash_100k_events_five_sigkills(
+def test_soak_crash_200k_events_five_sigkills(
     broker: EmbeddedBroker, tracking_uri: str, model: str, tmp_path: Path
 ) -> None:
-    _crash_both_modes(broker, tracking_uri, model, tmp_path, events=100000, kills=5)
+    _crash_both_modes(broker, tracking_uri, model, tmp_path, events=200000, kills=5)
 
 
 # ---- group ------------------------------------------------------------------------------
