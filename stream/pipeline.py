@@ -231,7 +231,8 @@ class Pipeline:
         self.min_level = LEVEL_CODES[settings.min_level]
         self.exactly_once = settings.delivery == "exactly-once"
         self.stop_event = threading.Event()
-        self._assignment: set[tuple[str, int]] = set()
+        # Rebound, never mutated in place, so other threads can read it (``assignment``).
+        self._assignment: frozenset[tuple[str, int]] = frozenset()
         self._paused: set[tuple[str, int]] = set()
         self._paused_since = 0.0
         self._held: list[Message] = []
@@ -258,10 +259,20 @@ class Pipeline:
             # left open, so its half-written batch never counts as committed.
             self.producer.init_transactions(30)
 
+    @property
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The (topic, partition) pairs this consumer owns; safe to read from any thread.
+
+        confluent-kafka serialises calls on one consumer: another thread calling
+        ``consumer.assignment()`` waits for a gap between the loop's polls, which a
+        busy loop may not leave for minutes.
+        """
+        return self._assignment
+
     # ---- rebalance ----------------------------------------------------------------
 
     def _on_assign(self, c: Any, parts: list[TopicPartition]) -> None:
-        self._assignment |= {(p.topic, p.partition) for p in parts}
+        self._assignment = self._assignment | {(p.topic, p.partition) for p in parts}
         if self._paused and parts:
             # Backpressure in progress: new partitions must not start fetching either.
             # Assign them here (the client then skips its own assign) so they can be paused.
@@ -303,7 +314,7 @@ class Pipeline:
             # librdkafka keeps a partition's pause across unassign and assign: one paused
             # now would come back paused after the next rebalance and never be read.
             self.consumer.resume([TopicPartition(t, p) for t, p in paused])
-        self._assignment -= gone
+        self._assignment = self._assignment - gone
         self._paused -= gone
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
         if self.metrics is not None:

@@ -251,12 +251,19 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         c.close()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> float:
-    """Poll ``pred`` until true; returns the seconds it took."""
+def wait_until(
+    pred: Callable[[], bool], timeout: float, what: str, step: float = 0.1,
+    state: Callable[[], object] | None = None,
+) -> float:
+    """Poll ``pred`` until true; returns the seconds it took.
+
+    ``state`` describes what the system looked like, for the message of a timeout.
+    """
     t0 = time.monotonic()
     while not pred():
         if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            seen = f"; state: {state()}" if state is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{seen}")
         time.sleep(step)
     return time.monotonic() - t0
 

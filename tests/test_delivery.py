@@ -58,6 +58,8 @@ def _check_ledger(broker: EmbeddedBroker, topics: fu.Topics, n: int) -> fu.Ledge
     per_partition: dict[int, int] = {}
     for p, o in led.inputs:
         per_partition[p] = max(per_partition.get(p, 0), o + 1)
+    # Unkeyed input may leave a partition empty (sticky partitioner); it has no commit.
+    ends = {p: o for p, o in ends.items() if p in per_partition or o >= 0}
     assert ends == per_partition, "committed offsets must end exactly at the input's end"
     return led
 
@@ -141,9 +143,6 @@ def test_full_producer_queue_pauses_instead_of_buffering(
     assert led.duplicates == 0
 
 
-# Flaky in the default suite: in 1 of 3 full fresh-clone runs it timed out waiting for the
-# new owner's first batch (60 s). Kept runnable with --soak until the cause is found.
-@pytest.mark.soak
 def test_revocation_settles_the_batch_in_flight_exactly_once(
     broker: EmbeddedBroker, proxy: fu.Proxy, tracking_uri: str, model: str, unique: str,
     caplog: pytest.LogCaptureFixture,
@@ -172,16 +171,23 @@ def test_revocation_settles_the_batch_in_flight_exactly_once(
 
     new = build("new")
     new_thread = fu.start(new)
+
+    def state() -> str:
+        return (f"old: {sorted(old.assignment)} {old.stats}; new: {sorted(new.assignment)} "
+                f"{new.stats}; log: {[r.getMessage()[:120] for r in caplog.records[-30:]]}")
+
     fu.wait_until(lambda: "revocation with a batch in flight" in caplog.text, 60,
-                  "a revocation while a batch is in flight")
+                  "a revocation while a batch is in flight", state=state)
     time.sleep(1)
     proxy.thaw()
-    fu.wait_until(lambda: new.stats.consumed > 0, 60, "the new owner's first batch")
-    kept = {tp.partition for tp in old.consumer.assignment()}
+    fu.wait_until(lambda: new.stats.consumed > 0, 60, "the new owner's first batch",
+                  state=state)
+    kept = {p for _t, p in old.assignment}
     lag_series = {p for p in range(4) if old_metrics.registry.get_sample_value(
         "stream_consumer_lag", {"topic": topics.input, "partition": str(p)}) is not None}
     assert 0 < len(kept) < 4 and lag_series == kept, "a revoked partition kept its lag series"
-    fu.wait_until(lambda: old.stats.consumed + new.stats.consumed >= n, 120, "the input")
+    fu.wait_until(lambda: old.stats.consumed + new.stats.consumed >= n, 120, "the input",
+                  state=state)
     fu.stop(new, new_thread)
     fu.stop(old, old_thread)
 
