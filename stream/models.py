@@ -122,6 +122,8 @@ class ModelTable:
         self.failures: deque[LoadFailure] = deque(maxlen=200)
         self.failure_count = 0
         self.evictions = 0
+        # Bumped whenever a model enters or leaves the table (heap.HeapFreezer watches it).
+        self.changes = 0
         self.polls = 0
         self.poll_errors = 0  # consecutive failed polls (0 while the registry answers)
         self.poll_errors_total = 0
@@ -223,6 +225,18 @@ class ModelTable:
     @property
     def view(self) -> RegistryView:
         return self._view
+
+    def wait_for_loads(self, timeout: float) -> bool:
+        """Wait until no model load is running; False if some still run after ``timeout``.
+
+        Loads run on worker threads that share the GIL with scoring, so a
+        measurement of warm scoring must not overlap them.
+        """
+        with self._lock:
+            futures = list(self._inflight.values())
+        wait_futures(futures, timeout=timeout)
+        with self._lock:
+            return not self._inflight
 
     @property
     def registry_reachable(self) -> bool:
@@ -390,6 +404,7 @@ class ModelTable:
                 stale = False
                 old = self._challengers.get(name)
                 self._challengers[name] = model
+                self.changes += 1
             elif (old := self._loaded.get(name)) is not None and old.version == version:
                 # Loaded meanwhile by the other thread: keep the one already serving.
                 self._loaded.move_to_end(name)
@@ -399,6 +414,7 @@ class ModelTable:
                 self._loaded[name] = model
                 self._loaded.move_to_end(name)
                 self._pending.pop(name, None)
+                self.changes += 1
                 event = SwapEvent(name, old.version if old else None, version, model.load_seconds)
                 self.swaps.append(event)
                 self._evict()
@@ -437,6 +453,7 @@ class ModelTable:
             del self._loaded[victim]
             self._challengers.pop(victim, None)
             self.evictions += 1
+            self.changes += 1
 
     # ---- the watcher ------------------------------------------------------------------
 
@@ -461,6 +478,7 @@ class ModelTable:
             self.last_poll_seconds = time.perf_counter() - t0
             for name in [n for n in self._loaded if n not in view.production]:
                 gone = self._loaded.pop(name)
+                self.changes += 1
                 event = SwapEvent(name, gone.version, None, 0.0)
                 self.swaps.append(event)
                 removed.append(event)

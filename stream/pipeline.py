@@ -62,6 +62,7 @@ from stream import kafka as kafka_clients
 from stream.batch import BatchOutcome, ShadowResult, process_batch
 from stream.config import Settings
 from stream.events import REASONS
+from stream.heap import HeapFreezer
 from stream.models import ModelTable
 from stream.scoring import LEVEL_CODES
 
@@ -241,6 +242,7 @@ class Pipeline:
         self._txn_open = False
         self._failures_in_row = 0
         self._last_lag = 0.0
+        self.heap = HeapFreezer(lambda: table.changes)
         self._last_shadow_log = 0.0
         self.consumer = kafka_clients.make_consumer(
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -342,6 +344,8 @@ class Pipeline:
             while not self.stop_event.is_set():
                 if self.health is not None:
                     self.health.heartbeat()
+                # Between batches: no record of a batch is alive, the best time to collect.
+                self.heap.maybe_freeze()
                 if self._held:
                     msgs, self._held = self._held, []
                 else:

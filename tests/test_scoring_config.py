@@ -88,6 +88,9 @@ def test_fast_isolation_forest_is_bit_identical_or_refused() -> None:
     Y = np.vstack([rng.lognormal(3, 2, (3000, 3)), [[0, 0, 0], [1e12, 1e9, 1e6]]])
     assert np.array_equal(fast(Y), pipe.decision_function(Y))
     assert np.array_equal(fast(Y[:1]), pipe.decision_function(Y[:1]))
+    # Small calls walk all trees at once; large ones tree by tree: the same floats.
+    small = np.concatenate([fast(Y[i : i + 37]) for i in range(0, len(Y), 37)])
+    assert np.array_equal(small, pipe.decision_function(Y))
     with pytest.raises(ValueError, match="features"):
         fast(Y[:, :2])
     # Feature subsampling walks each tree on its own columns.
@@ -96,6 +99,15 @@ def test_fast_isolation_forest_is_bit_identical_or_refused() -> None:
                                                          random_state=0))]).fit(X)
     fast_sub = fast_isolation_forest(sub)
     assert fast_sub is not None and np.array_equal(fast_sub(Y), sub.decision_function(Y))
+    assert np.array_equal(np.concatenate([fast_sub(Y[i : i + 50]) for i in range(0, len(Y), 50)]),
+                          sub.decision_function(Y))
+    # A scaler without centring or scaling is followed too.
+    forest = IsolationForest(n_estimators=20, random_state=0)
+    plain = Pipeline([("scaler", build_pipeline()[0].set_params(with_mean=False)),
+                      ("isolation_forest", forest)]).fit(X)
+    fast_plain = fast_isolation_forest(plain)
+    assert fast_plain is not None
+    assert np.array_equal(fast_plain(Y[:20]), plain.decision_function(Y[:20]))
     # Anything else keeps the model's own decision_function.
     other = Pipeline([("scaler", MinMaxScaler()), ("f", IsolationForest(n_estimators=5))]).fit(X)
     assert fast_isolation_forest(other) is None
