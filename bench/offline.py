@@ -110,26 +110,24 @@ def run_offline(wl: Workload, rounds: int = 5, per_event_sample: int = 200,
     X_all = np.array(
         [[orjson.loads(v)[f] for f in wl.features] for v in wl.values], dtype=np.float64
     )
-    ready: list[list[tuple[Any, np.ndarray]]] = []
+    ready: list[list[tuple[LoadedModel, np.ndarray]]] = []
     for lo, vals in batches:
         sl = slice(lo, lo + len(vals))
         t_b, X_b = tenant_col[sl], X_all[sl]
-        ready.append([(by_tenant[t].estimator, X_b[t_b == t]) for t in TENANTS
+        ready.append([(by_tenant[t], X_b[t_b == t]) for t in TENANTS
                       if (t_b == t).any()])
 
     def model_only() -> None:
         for calls in ready:
-            for est, X in calls:
-                est.decision_function(X)
+            for m, X in calls:
+                m.estimator.decision_function(X)
 
     # (1b) the same calls through the scorer the pipeline really uses (the loaded model's
     # bit-identical fast path, see scoring.fast_isolation_forest).
-    scorers = {id(m.estimator): m.score for m in by_tenant.values()}
-
     def model_only_fast() -> None:
         for calls in ready:
-            for est, X in calls:
-                scorers[id(est)](X)
+            for m, X in calls:
+                m.score(X)
 
     # (2) our pipeline, values in -> alert bytes out, with the consumer's model table.
     table = table_for(models)
@@ -218,7 +216,7 @@ def _per_event(values: Sequence[bytes], models: dict[str, LoadedModel], ref: byt
     return n
 
 
-def _traced_peak(wl: Workload, key: str, ready: list[list[tuple[Any, np.ndarray]]],
+def _traced_peak(wl: Workload, key: str, ready: list[list[tuple[LoadedModel, np.ndarray]]],
                  table: ModelTable, detectors: dict[str, DesignNoteDetector]) -> int:
     """Peak Python+numpy allocation while one micro-batch goes through row ``key``."""
     lo, vals = next(wl.batches())
@@ -226,8 +224,8 @@ def _traced_peak(wl: Workload, key: str, ready: list[list[tuple[Any, np.ndarray]
     tracemalloc.start()
     try:
         if key == "1":
-            for est, X in ready[0]:
-                est.decision_function(X)
+            for m, X in ready[0]:
+                m.estimator.decision_function(X)
         elif key == "2":
             partitions, offsets = _positions(lo, len(vals))
             process_batch(vals, table.resolve, topic="flows", partitions=partitions,

@@ -106,27 +106,23 @@ def test_score_file_matches_models_and_reports_bad_lines(
     assert len(high) == sum(a["threat_level"] in ("high", "critical") for a in alerts)
 
 
+def _evaluate_json(path: Path, base: str, tracking_uri: str) -> dict[str, Any]:
+    """``stream evaluate PATH --label-field label --json``: its report."""
+    r = CliRunner().invoke(
+        main,
+        ["evaluate", str(path), "--label-field", "label", "--json", "--model-name", base,
+         "--tracking-uri", tracking_uri],
+    )
+    assert r.exit_code == 0, r.output
+    return orjson.loads(r.stdout.strip().splitlines()[-1])
+
+
 def test_evaluate_reports_per_tenant_and_overall(
     tmp_path: Path, tracking_uri: str, base: str
 ) -> None:
     src = tmp_path / "labelled.jsonl"
     write_jsonl(src, generate_flows(6000, TENANTS, seed=8, attack_rate=0.05))
-    r = CliRunner().invoke(
-        main,
-        [
-            "evaluate",
-            str(src),
-            "--label-field",
-            "label",
-            "--json",
-            "--model-name",
-            base,
-            "--tracking-uri",
-            tracking_uri,
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    result = orjson.loads(r.stdout.strip().splitlines()[-1])
+    result = _evaluate_json(src, base, tracking_uri)
     overall = result["overall"]
     assert overall["n"] == overall["scored"] == 6000
     assert overall["positives"] == pytest.approx(300, abs=60)
@@ -142,22 +138,7 @@ def test_evaluate_reports_per_tenant_and_overall(
     # A tenant scored by its own model: attacks are injected to be anomalous for it.
     own = tmp_path / "acme.jsonl"
     write_jsonl(own, generate_flows(4000, ("acme",), seed=9, attack_rate=0.08))
-    r = CliRunner().invoke(
-        main,
-        [
-            "evaluate",
-            str(own),
-            "--label-field",
-            "label",
-            "--json",
-            "--model-name",
-            base,
-            "--tracking-uri",
-            tracking_uri,
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    acme = orjson.loads(r.stdout.strip().splitlines()[-1])["tenants"]["acme"]
+    acme = _evaluate_json(own, base, tracking_uri)["tenants"]["acme"]
     print("acme own-model evaluation:", acme)
     assert acme["roc_auc"] > 0.7
     r = CliRunner().invoke(
