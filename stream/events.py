@@ -32,33 +32,23 @@ import msgspec
 import numpy as np
 import orjson
 
+# Re-exported: the decoder's reason codes.
+from stream.reasons import (  # noqa: F401
+    EMPTY,
+    INVALID_TENANT,
+    MALFORMED_JSON,
+    MISSING_FEATURE,
+    MODEL_ERROR,
+    NO_MODEL,
+    NON_FINITE_FEATURE,
+    NON_NUMERIC_FEATURE,
+    NOT_OBJECT,
+    OK,
+    OVERSIZE,
+    REASONS,
+)
+
 TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-# Reason codes: small, fixed, usable as metric labels and dead-letter headers.
-OK = 0
-OVERSIZE = 1
-MALFORMED_JSON = 2
-NOT_OBJECT = 3
-INVALID_TENANT = 4
-MISSING_FEATURE = 5
-NON_NUMERIC_FEATURE = 6
-NON_FINITE_FEATURE = 7
-NO_MODEL = 8
-MODEL_ERROR = 9
-EMPTY = 10
-
-REASONS: dict[int, str] = {
-    OVERSIZE: "oversize",
-    MALFORMED_JSON: "malformed_json",
-    NOT_OBJECT: "not_object",
-    INVALID_TENANT: "invalid_tenant",
-    MISSING_FEATURE: "missing_feature",
-    NON_NUMERIC_FEATURE: "non_numeric_feature",
-    NON_FINITE_FEATURE: "non_finite_feature",
-    NO_MODEL: "no_model",
-    MODEL_ERROR: "model_error",
-    EMPTY: "empty_message",
-}
 
 _NUMERIC_TYPES = frozenset({int, float})
 # Feature names the fast decoder reads. Learned from the columns asked for (the

@@ -1,0 +1,33 @@
+"""Dead-letter reason codes: small, fixed, usable as metric labels and record headers.
+
+One table for every module that rejects a record (decode, features, routing,
+scoring), so a code means the same thing on the dead-letter topic, in
+``stream score --dead-letters`` and in the metrics.
+"""
+
+from __future__ import annotations
+
+OK = 0
+OVERSIZE = 1
+MALFORMED_JSON = 2
+NOT_OBJECT = 3
+INVALID_TENANT = 4
+MISSING_FEATURE = 5
+NON_NUMERIC_FEATURE = 6
+NON_FINITE_FEATURE = 7
+NO_MODEL = 8
+MODEL_ERROR = 9
+EMPTY = 10
+
+REASONS: dict[int, str] = {
+    OVERSIZE: "oversize",
+    MALFORMED_JSON: "malformed_json",
+    NOT_OBJECT: "not_object",
+    INVALID_TENANT: "invalid_tenant",
+    MISSING_FEATURE: "missing_feature",
+    NON_NUMERIC_FEATURE: "non_numeric_feature",
+    NON_FINITE_FEATURE: "non_finite_feature",
+    NO_MODEL: "no_model",
+    MODEL_ERROR: "model_error",
+    EMPTY: "empty_message",
+}
