@@ -31,11 +31,11 @@ from bench.workload import (
     rss_bytes,
     zipf_tenants,
 )
-from stream.alerts import encode_alert, model_ref, utc_now_iso
 from stream.batch import process_batch
 from stream.models import ModelTable
+from stream.outcomes import LEVEL_CODES, encode_alert, model_ref, threat_levels, utc_now_iso
 from stream.registry import TRUSTED_TYPES, LoadedModel, RegistryView, registered_name
-from stream.scoring import LEVEL_CODES, fast_isolation_forest, threat_levels
+from stream.scoring import fast_isolation_forest
 
 PARTITIONS = 4
 MIN_LEVEL = LEVEL_CODES["medium"]

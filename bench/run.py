@@ -24,7 +24,7 @@ import numpy as np
 from bench import broker as broker_rows
 from bench import offline, workload
 from stream.config import Settings
-from stream.scoring import threat_levels
+from stream.outcomes import threat_levels
 
 TARGETS = {
     "(2)/(1)": 0.8,

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from stream import events
-from stream.alerts import encode_alerts, model_ref, utc_now_iso
 from stream.events import DecodedBatch
+from stream.outcomes import LEVEL_NAMES, encode_alerts, model_ref, threat_levels, utc_now_iso
 from stream.registry import LoadedModel
 
 Resolver = Callable[[Sequence[str]], list[LoadedModel | None]]
@@ -34,6 +35,10 @@ class ShadowResult:
     rows: int
     agree: int
     score_diff_sum: float
+
+    def encode(self) -> bytes:
+        """The record on ``--shadow-topic``."""
+        return orjson.dumps(self.__dict__)
 
 
 @dataclass
@@ -72,8 +77,6 @@ class BatchOutcome:
 
     def alert_counts(self) -> Counter[tuple[str, str]]:
         """(tenant, level name) -> alerts in this batch."""
-        from stream.scoring import LEVEL_NAMES
-
         tenants = self.decoded.tenants
         return Counter(
             (tenants[i], LEVEL_NAMES[lv])
@@ -152,7 +155,7 @@ def process_batch(
             )
             continue
         scores[good] = s
-        levels[good] = 3 - np.searchsorted(model.thresholds, s, side="right")
+        levels[good] = threat_levels(s, model.thresholds)
         model_index[good] = mi
         if challenger is not None:
             ch = challenger(model)
@@ -197,8 +200,8 @@ def _shadow(
         cs = chal.score(X)
     except Exception:
         return []
-    pl = 3 - np.searchsorted(prod.thresholds, prod_scores, side="right")
-    cl = 3 - np.searchsorted(chal.thresholds, cs, side="right")
+    pl = threat_levels(prod_scores, prod.thresholds)
+    cl = threat_levels(cs, chal.thresholds)
     out = []
     tcodes = tenant_codes[rows]
     for tc in np.unique(tcodes).tolist():

@@ -28,7 +28,13 @@ import numpy as np
 
 from stream import registry
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
-from stream.scoring import DEFAULT_THRESHOLDS, LEVEL_NAMES, score_to_threat_level, threat_levels
+from stream.outcomes import (
+    DEFAULT_THRESHOLDS,
+    LEVEL_NAMES,
+    is_anomaly,
+    score_to_threat_level,
+    threat_levels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +226,19 @@ class MLflowAnomalyDetector:
         return [
             {
                 "index": i,
-                "is_anomaly": bool(s < 0),
-                "anomaly_score": float(s),
+                "is_anomaly": flag,
+                "anomaly_score": s,
                 "threat_level": LEVEL_NAMES[lv],
                 "original_data": rec,
             }
-            for i, (s, lv, rec) in enumerate(
-                zip(scores.tolist(), levels.tolist(), network_data, strict=True)
+            for i, (s, flag, lv, rec) in enumerate(
+                zip(
+                    scores.tolist(),
+                    is_anomaly(scores).tolist(),
+                    levels.tolist(),
+                    network_data,
+                    strict=True,
+                )
             )
         ]
 

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-LEVELS: tuple[str, ...] = ("low", "medium", "high", "critical")
+from stream.outcomes import LEVEL_NAMES as LEVELS
+
 DELIVERY_MODES: tuple[str, ...] = ("at-least-once", "exactly-once")
 DEFAULT_MODEL_NAME = "isolation_forest_anomaly_detector"
 DEFAULT_EXPERIMENT = "securenet-anomaly-detection"
@@ -86,6 +87,14 @@ class Settings:
         "", "STREAM_SHADOW_TOPIC", "Topic for challenger-vs-production reports (empty = off)."
     )
     log_format: str = _opt("text", "STREAM_LOG_FORMAT", "Log format.", choices=("text", "json"))
+    topic_partitions: int = _opt(
+        3, "STREAM_TOPIC_PARTITIONS", "Partitions of topics that --create-topics creates."
+    )
+    topic_replication_factor: int = _opt(
+        -1,
+        "STREAM_TOPIC_REPLICATION_FACTOR",
+        "Replication factor of topics that --create-topics creates (-1 = the broker's default).",
+    )
     kafka_properties: tuple[tuple[str, str], ...] = field(
         default=(),
         metadata={

@@ -25,7 +25,7 @@ from stream import registry, service
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
 from stream.generate import generate_flows, training_flows
-from stream.scoring import LEVEL_NAMES
+from stream.outcomes import LEVEL_NAMES
 
 log = logging.getLogger(__name__)
 

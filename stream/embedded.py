@@ -9,15 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from stream.kafka import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +110,8 @@ class EmbeddedBroker:
         return self._proc.wait()
 
     def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
-        create_topics(self.bootstrap, names, partitions)
+        """Create missing topics (replication factor 1: the embedded broker is one node)."""
+        create_topics({"bootstrap.servers": self.bootstrap}, names, partitions, 1)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -124,35 +123,3 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def create_topics(
-    bootstrap: str,
-    names: Iterable[str],
-    partitions: int = 1,
-    extra: dict[str, str] | None = None,
-) -> None:
-    """Create topics that do not exist yet; existing ones are left alone."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
-    existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [
-        NewTopic(n, num_partitions=partitions, replication_factor=1)
-        for n in dict.fromkeys(names)
-        if n not in existing
-    ]
-    if not wanted:
-        return
-    for name, fut in admin.create_topics(wanted, request_timeout=15).items():
-        try:
-            fut.result()
-        except Exception as e:  # a racing creator is fine; anything else is not
-            if "TOPIC_ALREADY_EXISTS" not in str(e):
-                raise RuntimeError(f"cannot create topic {name!r}: {e}") from e
-
-
-def tansu_available() -> bool:
-    """True when the broker binary can be found (used to skip nothing silently in tests)."""
-    try:
-        return shutil.which(broker_binary()) is not None or Path(broker_binary()).exists()
-    except Exception:
-        return False

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from stream.outcomes import LEVEL_NAMES
+
 __all__ = ["LEVEL_NAMES", "evaluate", "format_report", "labels_from_field"]
 
-LEVEL_NAMES: tuple[str, ...] = ("low", "medium", "high", "critical")
 # "At level L" means an event counts as flagged when its level code is >= L.
 _THRESHOLDS: tuple[tuple[str, int], ...] = (("medium", 1), ("high", 2), ("critical", 3))
 _NEGATIVE_WORDS = frozenset({"normal", "benign", "0", "false", ""})

@@ -145,6 +145,14 @@ class DecodedBatch:
             ]
         return self._docs
 
+    def doc(self, i: int) -> Any:
+        """Row ``i`` as orjson parses it (None for a row rejected before parsing)."""
+        if self._docs is not None:
+            return self._docs[i]
+        if i in self._slow:
+            return self._slow[i]
+        return orjson.loads(self.values[i])  # type: ignore[arg-type]
+
     # ---- parsing --------------------------------------------------------------------
 
     def _parse(self, max_bytes: int) -> list[Any]:

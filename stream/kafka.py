@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream.config import Settings
 
@@ -156,3 +156,48 @@ def make_producer(
 
 def _fmt(parts: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in parts) or "(none)"
+
+
+def usable_messages(msgs: list[Message]) -> list[Message]:
+    """The messages of a poll that carry data: end-of-partition events are skipped, other
+    errors logged and skipped, a fatal one raised."""
+    good = []
+    for m in msgs:
+        err = m.error()
+        if err is None:
+            good.append(m)
+        elif err.code() == KafkaError._PARTITION_EOF:
+            continue
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            log.warning("consumer error: %s", err)
+    return good
+
+
+def create_topics(
+    conf: dict[str, Any], names: Iterable[str], partitions: int, replication_factor: int
+) -> list[str]:
+    """Create the topics of ``names`` that do not exist yet; returns the ones it created.
+
+    ``replication_factor`` -1 leaves it to the broker's ``default.replication.factor``.
+    Existing topics are left alone, whatever their partitions.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(conf)
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
+        for n in dict.fromkeys(names)
+        if n not in existing
+    ]
+    if not wanted:
+        return []
+    for name, fut in admin.create_topics(wanted, request_timeout=15).items():
+        try:
+            fut.result()
+        except Exception as e:  # a racing creator is fine; anything else is not
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise RuntimeError(f"cannot create topic {name!r}: {e}") from e
+    return [t.topic for t in wanted]

@@ -23,19 +23,20 @@ Routing rules (what ``resolve`` returns for tenant ``T``):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import orjson
 
 from stream import registry
-from stream.events import DecodedBatch, valid_tenant
+from stream.events import valid_tenant
 from stream.registry import LoadedModel, ModelLoadError, RegistryView
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,17 @@ class ModelTable:
         load_workers: int = 4,
         on_swap: Callable[[SwapEvent], None] | None = None,
         on_failure: Callable[[str, str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_name = base_name
         self._poller = poller
         self._loader = loader
         self.cache_size = max(1, cache_size)
         self.load_wait = load_wait
+        # (first, cap): a refused version is retried after first, 2*first, ... up to cap
+        # seconds of ``clock`` (injectable, so tests move time instead of sleeping).
         self.retry_backoff = retry_backoff
+        self._clock = clock
         # One lock guards every mutable structure below; it is only ever held for
         # dictionary work, never across a registry call or a model load.
         self._lock = threading.Lock()
@@ -113,8 +118,9 @@ class ModelTable:
         # (name, version) -> (attempts, monotonic time of the next attempt)
         self._failed: dict[tuple[str, str], tuple[int, float]] = {}
         self._inflight: dict[tuple[str, str, str], Future[LoadedModel | None]] = {}
-        self._canary: deque[bytes] = deque(maxlen=canary_size)
-        self._canary_by_tenant: OrderedDict[str, deque[bytes]] = OrderedDict()
+        # Recent valid events as the batches decoded them (dicts), overall and per tenant.
+        self._canary: deque[Any] = deque(maxlen=canary_size)
+        self._canary_by_tenant: OrderedDict[str, deque[Any]] = OrderedDict()
         self._registry_down = False
         self._on_swap = on_swap
         self._on_failure = on_failure
@@ -186,25 +192,19 @@ class ModelTable:
 
     def challenger_for(self, model: LoadedModel) -> LoadedModel | None:
         """The version shadow-scored beside ``model`` (alias challenger / stage Staging)."""
-        ch = self._challengers.get(model.name)
+        with self._lock:
+            ch = self._challengers.get(model.name)
         return ch if ch is not None and ch.version != model.version else None
 
-    def remember(self, values: Iterable[bytes]) -> None:
-        """Keep a few recent valid events (overall and per tenant) as the canary batch."""
-        values = list(values)
-        tenants: list[str | None] = []
-        for v in values:
-            try:
-                doc = orjson.loads(v)
-            except orjson.JSONDecodeError:
-                doc = None
-            t = doc.get("tenant_id") if type(doc) is dict else None
-            tenants.append(t if type(t) is str else None)
+    def remember(self, tenants: Sequence[str], docs: Sequence[Any]) -> None:
+        """Keep a few recent valid events (overall and per tenant) as the canary batch.
+
+        ``docs`` are events as the batch decoded them, ``tenants`` their validated tenant
+        ids: nothing is parsed again here.
+        """
         with self._lock:
-            self._canary.extend(values)
-            for v, t in zip(values, tenants, strict=True):
-                if t is None:
-                    continue
+            self._canary.extend(docs)
+            for t, doc in zip(tenants, docs, strict=True):
                 q = self._canary_by_tenant.get(t)
                 if q is None:
                     q = self._canary_by_tenant[t] = deque(maxlen=CANARY_PER_TENANT)
@@ -212,7 +212,7 @@ class ModelTable:
                         self._canary_by_tenant.popitem(last=False)
                 else:
                     self._canary_by_tenant.move_to_end(t)
-                q.append(v)
+                q.append(doc)
 
     def loaded(self) -> dict[str, str]:
         with self._lock:
@@ -224,7 +224,8 @@ class ModelTable:
 
     @property
     def view(self) -> RegistryView:
-        return self._view
+        with self._lock:
+            return self._view
 
     def wait_for_loads(self, timeout: float) -> bool:
         """Wait until no model load is running; False if some still run after ``timeout``.
@@ -241,10 +242,12 @@ class ModelTable:
     @property
     def registry_reachable(self) -> bool:
         """False after a failed poll, until a poll succeeds again."""
-        return not self._registry_down
+        with self._lock:
+            return not self._registry_down
 
     def has_global(self) -> bool:
-        return self.base_name in self._loaded
+        with self._lock:
+            return self.base_name in self._loaded
 
     def _note_pending(self, name: str) -> None:
         # Caller holds the lock.
@@ -311,11 +314,8 @@ class ModelTable:
             own = list(self._canary_by_tenant.get(tenant, ())) if tenant is not None else []
             sample = own or list(self._canary)
         if sample:
-            batch = DecodedBatch(sample)
-            rows = np.flatnonzero(batch.reason == 0)
-            X, good = batch.matrix(rows, model.features)
-            if len(good) == 0:
-                reasons = sorted(set(batch.detail.values()))[:3]
+            X, reasons = canary_matrix(sample, model.features)
+            if len(X) == 0:
                 whose = f"of tenant {tenant}" if own else "of any tenant"
                 raise ModelLoadError(
                     f"{source}: declares features {list(model.features)} but none of "
@@ -333,7 +333,7 @@ class ModelTable:
     def _due(self, name: str, version: str) -> bool:
         """False while a failed version waits for its next retry (caller holds the lock)."""
         failed = self._failed.get((name, version))
-        return failed is None or failed[1] <= time.monotonic()
+        return failed is None or failed[1] <= self._clock()
 
     def _submit(self, name: str, version: str, role: str) -> Future[LoadedModel | None]:
         """Start loading a version (or join the load already running for it)."""
@@ -367,7 +367,7 @@ class ModelTable:
         with self._lock:
             attempts = self._failed.get((name, version), (0, 0.0))[0] + 1
             backoff = min(cap, first * 2 ** (attempts - 1))
-            self._failed[(name, version)] = (attempts, time.monotonic() + backoff)
+            self._failed[(name, version)] = (attempts, self._clock() + backoff)
             failure = LoadFailure(name, version, role, reason, attempts, backoff)
             self.failures.append(failure)
             self.failure_count += 1
@@ -461,21 +461,39 @@ class ModelTable:
         """Poll the registry once and apply what changed. Raises if the registry is down.
 
         Returns after every load it started has finished (swapped in or refused).
+        Phases: poll; apply the new view (drop what lost production, end stale shadows,
+        list the loads it asks for); load production versions; then challengers, so a
+        model loaded by this very poll gets its shadow at once.
         """
         t0 = time.perf_counter()
         try:
             view = self._poller()
         except Exception:
-            self._registry_down = True
+            with self._lock:
+                self._registry_down = True
             raise
-        self._registry_down = False
+        removed, jobs = self._apply_view(view, time.perf_counter() - t0)
+        self._announce_removed(removed)
+        if jobs:
+            wait_futures([self._submit(*j) for j in jobs])
+        jobs = self._challenger_jobs(view)
+        if jobs:
+            wait_futures([self._submit(*j) for j in jobs])
+        return view
+
+    def _apply_view(
+        self, view: RegistryView, poll_seconds: float
+    ) -> tuple[list[SwapEvent], list[tuple[str, str, str]]]:
+        """Install ``view``: drop models that lost production, end stale shadow scoring,
+        forget failures nobody asks for, and return the production loads now due."""
         removed: list[SwapEvent] = []
         jobs: list[tuple[str, str, str]] = []
         with self._lock:
+            self._registry_down = False
             self._view = view
             self.polls += 1
             self.last_poll_requests = view.requests
-            self.last_poll_seconds = time.perf_counter() - t0
+            self.last_poll_seconds = poll_seconds
             for name in [n for n in self._loaded if n not in view.production]:
                 gone = self._loaded.pop(name)
                 self.changes += 1
@@ -500,12 +518,12 @@ class ModelTable:
                 version = view.production.get(name)
                 if version is not None and name not in self._loaded:
                     jobs.append((name, version, PRODUCTION))
-            # Forget failures of versions nobody asks for any more.
-            targets = {(n, v) for n, v in view.production.items()}
-            targets |= {(n, v) for n, v in view.challenger.items()}
+            targets = set(view.production.items()) | set(view.challenger.items())
             for key in [k for k in self._failed if k not in targets]:
                 del self._failed[key]
-            jobs = [j for j in jobs if self._due(j[0], j[1])]
+            return removed, [j for j in jobs if self._due(j[0], j[1])]
+
+    def _announce_removed(self, removed: list[SwapEvent]) -> None:
         for event in removed:
             if event.model == self.base_name:
                 log.warning(
@@ -523,11 +541,10 @@ class ModelTable:
                 )
             if self._on_swap:
                 self._on_swap(event)
-        if jobs:
-            wait_futures([self._submit(*j) for j in jobs])
-        # Challengers second, so a model loaded by this very poll gets its shadow at once.
+
+    def _challenger_jobs(self, view: RegistryView) -> list[tuple[str, str, str]]:
         with self._lock:
-            jobs = [
+            return [
                 (name, chal, CHALLENGER)
                 for name, model in self._loaded.items()
                 if (chal := view.challenger.get(name)) is not None
@@ -535,9 +552,6 @@ class ModelTable:
                 and name not in self._challengers
                 and self._due(name, chal)
             ]
-        if jobs:
-            wait_futures([self._submit(*j) for j in jobs])
-        return view
 
     def start(self, interval: float) -> None:
         """Start the background watcher (polls every ``interval`` seconds)."""
@@ -580,3 +594,20 @@ class ModelTable:
             self._thread.join(timeout=30)
             self._thread = None
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def canary_matrix(docs: Sequence[Any], features: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The canary events that carry every feature as a finite number, as a matrix, and
+    (when none does) up to three reasons why not."""
+    rows: list[list[float]] = []
+    reasons: set[str] = set()
+    for doc in docs:
+        values = [doc.get(f) if type(doc) is dict else None for f in features]
+        bad = next((f for f, v in zip(features, values, strict=True)
+                    if type(v) not in (int, float) or not math.isfinite(v)), None)
+        if bad is None:
+            rows.append([float(v) for v in values])  # type: ignore[arg-type]
+        else:
+            reasons.add(f"feature {bad!r}: missing or not a finite number")
+    X = np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
+    return X, sorted(reasons)[:3]

@@ -24,8 +24,8 @@ from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
 from stream.events import REASONS
 from stream.models import ModelTable
+from stream.outcomes import LEVEL_CODES
 from stream.replay import FieldMapping, iter_records
-from stream.scoring import LEVEL_CODES
 
 
 @dataclass

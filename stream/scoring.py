@@ -1,8 +1,7 @@
-"""Batch scoring and threat levels.
+"""Model scores: one call per matrix, threshold validation and calibration, the fast forest.
 
 Scores come from the model's ``decision_function`` (lower = more anomalous);
-levels come from three cut points with one vectorized ``searchsorted``:
-score < t0 -> critical, < t1 -> high, < t2 -> medium, else low.
+what a score becomes (its threat level, an alert) is ``stream.outcomes``.
 """
 
 from __future__ import annotations
@@ -12,16 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from stream.config import LEVELS
-
-# The design note's fixed cut-offs: < -0.5 critical, < -0.2 high, < 0 medium.
-DEFAULT_THRESHOLDS: tuple[float, float, float] = (-0.5, -0.2, 0.0)
+from stream.outcomes import DEFAULT_THRESHOLDS  # noqa: F401  (a model's default cut-offs)
 
 Scorer = Callable[[np.ndarray], np.ndarray]
-
-LOW, MEDIUM, HIGH, CRITICAL = 0, 1, 2, 3
-LEVEL_NAMES: tuple[str, ...] = LEVELS
-LEVEL_CODES: dict[str, int] = {name: i for i, name in enumerate(LEVEL_NAMES)}
 
 
 def check_thresholds(thresholds: Sequence[float]) -> np.ndarray:
@@ -32,16 +24,6 @@ def check_thresholds(thresholds: Sequence[float]) -> np.ndarray:
             f"thresholds must be 3 strictly increasing finite numbers, got {list(thresholds)}"
         )
     return t
-
-
-def threat_levels(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Level code per score (0 low .. 3 critical); NaN scores get level 0."""
-    return (3 - np.searchsorted(thresholds, scores, side="right")).astype(np.int8)
-
-
-def score_to_threat_level(score: float, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> str:
-    """One score's level name (the design note's ``_score_to_threat_level``)."""
-    return LEVEL_NAMES[int(threat_levels(np.array([score]), np.asarray(thresholds))[0])]
 
 
 def decision_scores(estimator: Any, X: np.ndarray) -> np.ndarray:

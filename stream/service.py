@@ -16,7 +16,7 @@ from typing import Any
 
 from stream import registry
 from stream.config import Settings
-from stream.embedded import create_topics
+from stream.kafka import create_topics
 from stream.models import ModelTable
 from stream.pipeline import Pipeline, RunStats
 
@@ -118,7 +118,14 @@ def build(
         topics = [settings.input_topic, settings.alert_topic, settings.dlq_topic]
         if settings.shadow_topic:
             topics.append(settings.shadow_topic)
-        create_topics(settings.bootstrap_servers, topics, extra=dict(settings.kafka_properties))
+        created = create_topics(
+            settings.kafka_common(),
+            topics,
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+        )
+        if created:
+            log.info("created topics %s", ", ".join(created))
     table = build_table(settings, metrics)
     first_refresh(table)
     table.start(settings.reload_interval)

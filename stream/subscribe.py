@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-from stream.scoring import LEVEL_CODES
+from stream.outcomes import LEVEL_CODES
 
 LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
 

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from stream import kafka as kafka_clients
 from stream import registry
 from stream.config import Settings
+from stream.delivery import Transactional
 from stream.embedded import EmbeddedBroker, broker_binary, free_port, wait_for_port
 from stream.generate import generate_flows, training_flows
 from stream.pipeline import Pipeline
@@ -471,15 +471,14 @@ def route_producer(pipeline: Pipeline, bootstrap: str, **props: str) -> None:
 
     Exactly-once: same transactional.id, so the new producer fences the original one.
     """
+    d = pipeline.delivery
     s = pipeline.s
-    pipeline.producer_settings = dataclasses.replace(
+    d.producer_settings = dataclasses.replace(  # type: ignore[attr-defined]
         s, bootstrap_servers=bootstrap, kafka_properties=(*s.kafka_properties, *props.items()))
-    old = pipeline.producer
-    pipeline.producer = kafka_clients.make_producer(
-        pipeline.producer_settings, transactional_id=pipeline._tid,
-        error_cb=pipeline._producer_error)
-    if pipeline._tid:
-        pipeline.producer.init_transactions(30)
+    old = d.producer
+    d.producer = d.new_producer()  # type: ignore[attr-defined]
+    if isinstance(d, Transactional):
+        d.producer.init_transactions(30)
     old.flush(5)
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from stream.alerts import alert_id, encode_alert, model_ref, utc_now_iso
+from stream.outcomes import alert_id, encode_alert, model_ref, utc_now_iso
 
 EVENT = (b'{"tenant_id":"acme","bytes_transferred":48213,"packet_count":41,'
          b'"connection_duration":2.7,"note":"caf\xc3\xa9 \\u2713","nested":{"a":[1,2.5e-3]}}')

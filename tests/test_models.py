@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import pytest
 
 from stream import service
@@ -99,12 +98,31 @@ def reg() -> FakeRegistry:
     return r
 
 
+class FakeClock:
+    """The table's clock for retry backoff: moved by the test, never slept through."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def make_table(reg: FakeRegistry) -> Iterator:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_table(reg: FakeRegistry, clock: FakeClock) -> Iterator:
     tables: list[ModelTable] = []
 
     def make(**kw) -> ModelTable:
         kw.setdefault("retry_backoff", (0.2, 0.8))
+        kw.setdefault("clock", clock)
         t = ModelTable(BASE, poller=reg.poll, loader=reg.load, **kw)
         tables.append(t)
         return t
@@ -114,16 +132,26 @@ def make_table(reg: FakeRegistry) -> Iterator:
         t.stop()
 
 
-def event(tenant: str, **extra: float) -> bytes:
-    return orjson.dumps(
-        {
-            "tenant_id": tenant,
-            "bytes_transferred": 100,
-            "packet_count": 3,
-            "connection_duration": 0.5,
-            **extra,
-        }
-    )
+def event(tenant: str, **extra: float) -> dict:
+    return {
+        "tenant_id": tenant,
+        "bytes_transferred": 100,
+        "packet_count": 3,
+        "connection_duration": 0.5,
+        **extra,
+    }
+
+
+def remember(table: ModelTable, *events: dict) -> None:
+    """What the consumer hands the table after a batch: tenants and decoded events."""
+    table.remember([e["tenant_id"] for e in events], list(events))
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition()
 
 
 def served(table: ModelTable, *tenants: str) -> list[tuple[str, str] | None]:
@@ -240,13 +268,13 @@ def test_demoted_tenant_model_falls_back_to_global(reg: FakeRegistry, make_table
 
 
 def test_version_failing_its_check_is_not_swapped_and_retried_with_backoff(
-    reg: FakeRegistry, make_table
+    reg: FakeRegistry, make_table, clock: FakeClock
 ) -> None:
     reg.add("m", "2", Spec(features=(*FEATURES, "entropy")), promote=False)
     failures: list[tuple[str, str, str]] = []
     table = make_table(on_failure=lambda *f: failures.append(f))
     table.refresh()
-    table.remember([event("acme"), event("globex")])
+    remember(table, event("acme"), event("globex"))
     reg.production["m"] = "2"
     table.refresh()
     assert served(table, "acme") == [("m", "1")]  # v1 keeps serving
@@ -257,7 +285,10 @@ def test_version_failing_its_check_is_not_swapped_and_retried_with_backoff(
     assert failures == [("m", "2", f.reason)]
     table.refresh()  # within the backoff: not tried again
     assert reg.loads_of("m") == ["1", "2"]
-    time.sleep(0.25)
+    clock.advance(0.19)
+    table.refresh()  # still within the 0.2 s backoff
+    assert reg.loads_of("m") == ["1", "2"]
+    clock.advance(0.02)
     table.refresh()  # backoff over: second attempt, backoff doubled
     assert reg.loads_of("m") == ["1", "2", "2"]
     assert table.failures[-1].attempt == 2
@@ -270,7 +301,7 @@ def test_tenant_canary_prefers_the_tenants_own_events(reg: FakeRegistry, make_ta
     reg.add("m_acme", "1", Spec(features=(*FEATURES, "dns_queries")), promote=False)
     table = make_table()
     table.refresh()
-    table.remember([event("globex")] * 5 + [event("acme", dns_queries=4)])
+    remember(table, *[event("globex")] * 5, event("acme", dns_queries=4))
     reg.production["m_acme"] = "1"
     table.refresh()
     assert served(table, "acme") == [("m_acme", "1")]
@@ -282,7 +313,7 @@ def test_non_finite_or_raising_versions_are_refused(reg: FakeRegistry, make_tabl
     reg.add("m", "3", Spec(error="asks to trust types outside the allow-list"), promote=False)
     table = make_table()
     table.refresh()
-    table.remember([event("acme")])
+    remember(table, event("acme"))
     for v in ("2", "3"):
         reg.production["m"] = v
         table.refresh()
@@ -293,7 +324,7 @@ def test_non_finite_or_raising_versions_are_refused(reg: FakeRegistry, make_tabl
 
 
 def test_first_sight_failure_falls_back_and_only_the_watcher_retries(
-    reg: FakeRegistry, make_table
+    reg: FakeRegistry, make_table, clock: FakeClock
 ) -> None:
     reg.add("m_acme", "1", Spec(error="download failed"))
     table = make_table()
@@ -304,7 +335,7 @@ def test_first_sight_failure_falls_back_and_only_the_watcher_retries(
         assert served(table, "acme") == [("m", "1")]
     assert reg.loads_of("m_acme") == ["1"], "the hot path must not retry a failed load"
     reg.specs[("m_acme", "1")] = Spec()  # e.g. the artifact store is back
-    time.sleep(0.25)
+    clock.advance(0.25)
     table.refresh()
     assert [t for n, _, t in reg.loads if n == "m_acme"][-1].startswith("model-load")
     assert served(table, "acme") == [("m_acme", "1")]
@@ -335,7 +366,7 @@ def test_slow_first_sight_load_does_not_hold_the_batch(reg: FakeRegistry, make_t
     t0 = time.monotonic()
     assert served(table, "acme") == [("m", "1")]
     assert time.monotonic() - t0 < 0.3
-    time.sleep(0.6)  # the load finished in the background and was installed
+    wait_until(lambda: "m_acme" in table.loaded())  # finished in the background, installed
     assert served(table, "acme") == [("m_acme", "1")]
     assert reg.loads_of("m_acme") == ["1"]
 
@@ -437,7 +468,10 @@ def test_watcher_survives_outage_and_resumes(reg: FakeRegistry, make_table) -> N
 
 
 def test_concurrent_resolve_and_refresh_never_mix_versions(reg: FakeRegistry, make_table) -> None:
+    """While the watcher flips every model between two versions, each batch (one resolve)
+    is scored by exactly one version of each model it uses."""
     tenants = [f"t{i}" for i in range(20)]
+    reg.add(BASE, "2", promote=False)
     for t in tenants:
         reg.add(f"m_{t}", "1")
         reg.add(f"m_{t}", "2", promote=False)
@@ -450,6 +484,7 @@ def test_concurrent_resolve_and_refresh_never_mix_versions(reg: FakeRegistry, ma
         v = 1
         while not stop.is_set():
             v = 3 - v
+            reg.production[BASE] = str(v)
             for t in tenants:
                 reg.production[f"m_{t}"] = str(v)
             try:
@@ -459,17 +494,27 @@ def test_concurrent_resolve_and_refresh_never_mix_versions(reg: FakeRegistry, ma
 
     w = threading.Thread(target=watcher)
     w.start()
-    batches = 0
+    # Every tenant twice, plus tenants without a model of their own (the global model's):
+    # within one batch a model name must always come with one version.
+    batch_tenants = [*tenants, *tenants, "unknown1", "unknown2", "unknown3"]
+    batches = mixed_batches = 0
+    versions_seen: set[str] = set()
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        got = table.resolve(tenants)
-        for t, m in zip(tenants, got, strict=True):
-            assert m is not None and m.name in (f"m_{t}", BASE) and m.version in ("1", "2")
+        got = table.resolve(batch_tenants)
+        by_name: dict[str, set[str]] = {}
+        for t, m in zip(batch_tenants, got, strict=True):
+            assert m is not None and m.name in (f"m_{t}", BASE)
+            by_name.setdefault(m.name, set()).add(m.version)
+        mixed_batches += any(len(v) > 1 for v in by_name.values())
+        versions_seen |= {v for vs in by_name.values() for v in vs}
         batches += 1
     stop.set()
     w.join(5)
     assert not errors
     assert batches > 10 and reg.polls > 10
+    assert versions_seen == {"1", "2"}, "both versions served over the run"
+    assert mixed_batches == 0, f"{mixed_batches} of {batches} batches mixed two versions"
     assert len(table.loaded()) <= 8
 
 
@@ -486,7 +531,7 @@ def test_challenger_loads_in_the_same_poll_as_its_production_model(
 def test_remember_keeps_a_bounded_canary() -> None:
     table = ModelTable(BASE, poller=RegistryView, loader=lambda n, v: None, canary_size=4)  # type: ignore[arg-type,return-value]
     try:
-        table.remember([event("a")] * 10 + [b"not json"])
+        remember(table, *[event("a")] * 10)
         assert len(table._canary) == 4
         assert len(table._canary_by_tenant["a"]) == 8
     finally:

@@ -1,0 +1,71 @@
+"""Producing one batch's records and waiting until the broker has acknowledged each.
+
+Shared by both delivery modes. Every record resolves within
+``message.timeout.ms`` (delivered or failed), so ``send`` ends; while the
+producer does not drain (local queue full, or no acknowledgement for
+``PAUSE_AFTER_S``) it tells the waiter, which pauses the input partitions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stream.delivery.batch import Batch, DeliveryError, Waiter
+
+#: Acknowledgements outstanding this long without progress: the producer is not draining.
+PAUSE_AFTER_S = 1.0
+
+
+def send(
+    producer: Any,
+    batch: Batch,
+    waiter: Waiter,
+    deadline: float | None,
+    heartbeat: Callable[[], None],
+) -> None:
+    """Produce the batch's remaining records and wait until each one is acknowledged.
+
+    Returns early when the batch was settled meanwhile (by a rebalance callback
+    served inside the waiter's poll).
+    """
+    acks = batch.acks
+    progress = (-1, -1)
+    last_progress = time.monotonic()
+    while batch.is_open:
+        full = _produce_some(producer, batch)
+        if batch.produced == len(batch.records) and acks.pending == 0:
+            return
+        producer.poll(0.05)
+        now = time.monotonic()
+        if (batch.produced, acks.pending) != progress:
+            progress = (batch.produced, acks.pending)
+            last_progress = now
+        heartbeat()
+        if deadline is not None and now > deadline:
+            raise DeliveryError(
+                f"{acks.pending} records unacknowledged and "
+                f"{len(batch.records) - batch.produced} not produced by the deadline"
+            )
+        if full or now - last_progress > PAUSE_AFTER_S:
+            waiter.stalled("local queue full" if full else "acknowledgements outstanding")
+
+
+def _produce_some(producer: Any, batch: Batch) -> bool:
+    """Produce records until the local queue is full (True) or none are left (False)."""
+    produce = producer.produce
+    cb = batch.acks
+    records = batch.records
+    i = batch.produced
+    try:
+        while i < len(records):
+            topic, value, key, headers = records[i]
+            produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+            cb.pending += 1  # callbacks only run inside poll(), never before this line
+            i += 1
+    except BufferError:
+        return True
+    finally:
+        batch.produced = i
+    return False
