@@ -115,6 +115,18 @@ def _model_options(func: F) -> F:
     return func
 
 
+def _format_option(func: F) -> F:
+    from stream.sources import FORMATS
+
+    return click.option(
+        "--format",
+        "fmt",
+        default=None,
+        type=click.Choice(FORMATS),
+        help="Input format [default: from suffix and content].",
+    )(func)
+
+
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -130,8 +142,9 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     "input_path",
     required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="Training flows: JSONL (.gz), CSV or Parquet.",
+    help="Training flows: JSONL, CSV, Parquet, Zeek conn.log (TSV or JSON); gzip ok.",
 )
+@_format_option
 @_model_options
 @click.option(
     "--features",
@@ -166,6 +179,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @_tracking_option
 def train(
     input_path: str,
+    fmt: str | None,
     tenant: str | None,
     model_name: str,
     features: str,
@@ -181,16 +195,27 @@ def train(
     """Fit StandardScaler + IsolationForest as one pipeline; log and register it in MLflow."""
     from stream import registry
     from stream.events import valid_tenant
+    from stream.sources import load_records
 
     if tenant is not None and not valid_tenant(tenant):
         raise click.BadParameter(
             "tenant ids are 1-64 characters of [A-Za-z0-9_.-]", param_hint="--tenant"
         )
-    records = registry.read_training_file(input_path)
+    # The readers of replay and score: every format, the Zeek mapping, bad lines reported.
+    loaded = load_records(input_path, fmt=fmt)
+    records = loaded.records
+    # Here --tenant filters (replay and score set tenant_id instead): a file with tenant
+    # ids trains on that tenant's rows; a file without them is all that tenant's.
     if tenant is not None and any("tenant_id" in r for r in records):
         records = [r for r in records if r.get("tenant_id", tenant) == tenant]
     if not records:
-        raise click.UsageError(f"no training records in {input_path} for tenant {tenant!r}")
+        whose = "the global model" if tenant is None else f"tenant {tenant}"
+        raise click.UsageError(
+            f"no training records in {input_path} for {whose} "
+            f"(read as {loaded.format}; {loaded.describe_unreadable()})"
+        )
+    if loaded.unreadable:
+        click.echo(f"{input_path}: skipped {loaded.describe_unreadable()}", err=True)
     cont: float | str = contamination if contamination == "auto" else float(contamination)
     try:
         # With a tracking server MLflow writes "View run ... at: URL" lines to stdout;
@@ -372,13 +397,7 @@ def _replay_inputs(func: F) -> F:
         required=True,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
     )(func)
-    func = click.option(
-        "--format",
-        "fmt",
-        default=None,
-        type=click.Choice(["jsonl", "csv", "parquet", "zeek", "zeek-json"]),
-        help="Input format [default: from suffix and content].",
-    )(func)
+    func = _format_option(func)
     func = click.option(
         "--map",
         "maps",
@@ -392,7 +411,7 @@ def _replay_inputs(func: F) -> F:
 
 
 def _mapping(maps: tuple[str, ...]) -> Any:
-    from stream.replay import MappingError, parse_mapping
+    from stream.sources import MappingError, parse_mapping
 
     try:
         return parse_mapping(maps) if maps else None

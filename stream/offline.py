@@ -1,6 +1,6 @@
 """Scoring recorded files without a broker: ``stream score`` and ``stream evaluate``.
 
-Records are read with the replay readers, encoded as the consumer would
+Records are read with ``stream.sources``, encoded as the consumer would
 receive them, and pushed through the same ``process_batch`` as the consumer:
 same decode, routing, models, thresholds and alert format. An alert's
 ``source`` names the file (as ``topic``), partition 0 and the line number
@@ -25,7 +25,7 @@ from stream.config import Settings
 from stream.events import REASONS
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES
-from stream.replay import FieldMapping, iter_records
+from stream.sources import FieldMapping, iter_records
 
 
 @dataclass

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -507,25 +507,3 @@ def train(
         promote(result.model_name, result.version, uri=uri)
         result = TrainResult(**{**result.__dict__, "promoted": True})
     return result
-
-
-def read_training_file(path: str | Path) -> list[dict[str, Any]]:
-    """Records from a JSONL (optionally .gz), CSV or Parquet file."""
-    import gzip
-
-    import orjson
-    import pandas as pd
-
-    p = Path(path)
-    suffixes = "".join(p.suffixes).lower()
-    if suffixes.endswith((".parquet", ".pq")):
-        return list(pd.read_parquet(p).to_dict(orient="records"))
-    if suffixes.endswith((".csv", ".csv.gz")):
-        return list(pd.read_csv(p).to_dict(orient="records"))
-    opener: Any = gzip.open if suffixes.endswith(".gz") else open
-    with opener(p, "rb") as fh:
-        return [orjson.loads(line) for line in fh if line.strip()]
-
-
-def iter_tenants(records: Iterable[dict[str, Any]]) -> list[str]:
-    return sorted({str(r["tenant_id"]) for r in records if r.get("tenant_id")})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import orjson
@@ -95,3 +96,72 @@ def test_train_rejects_bad_input_with_clear_errors(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "tenant" in r.output
     r = runner.invoke(main, ["promote", "--version", "7"], env={"MLFLOW_TRACKING_URI": uri})
     assert r.exit_code == 1 and "cannot promote" in r.output
+
+
+CONN_LOG = Path(__file__).parent / "data" / "conn.log"
+
+
+def test_train_reads_a_zeek_conn_log(tracking_uri: str, unique: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    # Flow names, not Zeek names: the Zeek mapping is applied as replay and score apply it.
+    # (The S0 connection has no byte counts, so bytes_transferred cannot be a feature here.)
+    args = ["--features", "packet_count,src_port,dst_port", "--n-estimators", "10", "--json"]
+    r = runner.invoke(
+        main,
+        ["train", "--input", str(CONN_LOG), "--tenant", "acme", "--model-name", unique, *args],
+        env=env,
+    )
+    assert r.exit_code == 0, r.output
+    result = orjson.loads(r.stdout.strip().splitlines()[-1])
+    assert result["model_name"] == f"{unique}_acme"
+    assert result["features"] == ["packet_count", "src_port", "dst_port"]
+    assert result["metrics"]["training_samples"] == 6  # no tenant ids in the log: all of it
+    assert "unreadable" not in r.stderr
+
+    # Gzip under a name that says nothing, --format, and a broken line: skipped, reported once.
+    lines = CONN_LOG.read_text().splitlines()
+    capture = tmp_path / "capture.dat"
+    capture.write_bytes(gzip.compress("\n".join([*lines[:9], "one\ttwo", *lines[9:]]).encode()))
+    r = runner.invoke(
+        main,
+        ["train", "--input", str(capture), "--format", "zeek", "--model-name", unique, *args],
+        env=env,
+    )
+    assert r.exit_code == 0, r.output
+    result = orjson.loads(r.stdout.strip().splitlines()[-1])
+    assert result["model_name"] == unique
+    assert result["metrics"]["training_samples"] == 6
+    report = [line for line in r.stderr.splitlines() if "unreadable" in line]
+    assert report == [f"{capture}: skipped 1 unreadable line: line 10: expected 21 fields, got 2"]
+
+
+def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'cli.db'}"}
+    notes = tmp_path / "notes.txt"
+    notes.write_text(
+        "Notes from the incident call\n"
+        "The firewall, the proxy and the VPN all looked fine.\n"
+        "Next steps: collect flows, then train, then replay.\n"
+    )
+    r = runner.invoke(main, ["train", "--input", str(notes)], env=env)
+    assert r.exit_code == 2, r.output
+    assert isinstance(r.exception, SystemExit)  # a usage error, not a crash
+    assert "Traceback" not in r.output
+    assert (
+        f"no training records in {notes} for the global model (read as csv; 2 unreadable lines: "
+        "line 2: expected 1 columns, got 2; line 3: expected 1 columns, got 3)"
+    ) in " ".join(r.stderr.split())
+
+    r = runner.invoke(main, ["train", "--input", str(notes), "--tenant", "acme"], env=env)
+    assert r.exit_code == 2, r.output
+    assert f"no training records in {notes} for tenant acme" in r.stderr
+    assert "None" not in r.stderr
+
+    # Prose without commas reads as one-column CSV rows: they lack every feature.
+    notes.write_text("Notes from the incident call\nNothing here is a flow record\n")
+    r = runner.invoke(main, ["train", "--input", str(notes)], env=env)
+    assert r.exit_code == 2, r.output
+    assert "lacks feature 'bytes_transferred'" in r.stderr
+    assert "Traceback" not in r.output

@@ -14,7 +14,7 @@ from stream.cli import main
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
 from stream.generate import generate_flows, training_flows
-from stream.replay import iter_records
+from stream.sources import iter_records
 from tests.kafkautil import read_all, run_until
 from tests.test_replay import _write_all_formats
 

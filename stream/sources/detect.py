@@ -1,0 +1,115 @@
+"""Formats: their names, guessing a file's format, and counting its records cheaply.
+
+The content decides first (Parquet magic, Zeek ``#fields`` headers, JSON
+objects with Zeek field names), the file name second, because captures are
+often renamed or compressed under names that say nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+
+from stream.sources.readers import GZIP_MAGIC, PARQUET_MAGIC, open_binary
+
+__all__ = ["FORMATS", "ZEEK_FORMATS", "count_records", "detect_format", "normalize_format"]
+
+FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "zeek", "zeek-json")
+_FORMAT_ALIASES = {
+    "json": "jsonl",
+    "ndjson": "jsonl",
+    "zeek-tsv": "zeek",
+    "zeek_tsv": "zeek",
+    "tsv": "zeek",
+    "zeek_json": "zeek-json",
+    "zeekjson": "zeek-json",
+    "pq": "parquet",
+}
+ZEEK_FORMATS = frozenset({"zeek", "zeek-json"})
+"""Formats whose records get ``ZEEK_MAPPING`` before any user mapping."""
+
+
+def _head_lines(path: Path, limit: int = 5) -> list[bytes]:
+    """The first ``limit`` non-blank lines, for sniffing the format."""
+    lines: list[bytes] = []
+    try:
+        with open_binary(path) as fh:
+            for line in fh:
+                stripped = line.strip()
+                if stripped:
+                    lines.append(stripped.removeprefix(b"\xef\xbb\xbf"))
+                    if len(lines) >= limit:
+                        break
+    except (OSError, EOFError):  # a truncated gzip still gives its first lines
+        pass
+    return lines
+
+
+def normalize_format(fmt: str) -> str:
+    """Canonical format name for ``fmt`` (accepts aliases such as ``json`` or ``zeek-tsv``)."""
+    name = fmt.strip().lower()
+    name = _FORMAT_ALIASES.get(name, name)
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return name
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format from the content first, then from the file name."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    ext = suffixes[-1] if suffixes else ""
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if ext in (".parquet", ".pq") or magic == PARQUET_MAGIC:
+        return "parquet"
+    head = _head_lines(path)
+    if head and head[0].startswith((b"#separator", b"#fields")):
+        return "zeek"
+    if head and head[0].startswith(b"{"):
+        for line in head:
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and ("id.orig_h" in obj or "orig_bytes" in obj):
+                return "zeek-json"
+        return "jsonl"
+    if ext in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if ext in (".log", ".tsv"):
+        return "zeek"
+    return "csv"
+
+
+def count_records(path: str | Path, fmt: str | None = None) -> int | None:
+    """Cheap record count for a progress bar, or None when it would cost a full decompression.
+
+    Counts lines, so blank or broken lines make it an upper bound.
+    """
+    path = Path(path)
+    kind = normalize_format(fmt) if fmt else detect_format(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(str(path)).metadata.num_rows)
+        except Exception:
+            return None
+    with path.open("rb") as fh:
+        if fh.read(2) == GZIP_MAGIC:
+            return None
+        fh.seek(0)
+        if kind == "zeek":
+            return sum(1 for line in fh if line.strip() and not line.startswith(b"#"))
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        # A last line without a newline still holds a record.
+        fh.seek(0, io.SEEK_END)
+        if fh.tell():
+            fh.seek(-1, io.SEEK_END)
+            lines += fh.read(1) != b"\n"
+    return max(lines - 1, 0) if kind == "csv" else lines  # a CSV header is not a record
