@@ -46,6 +46,9 @@ class BatchOutcome:
     """What became of every row: scored (with level) or rejected (with reason)."""
 
     decoded: DecodedBatch
+    topic: str
+    partitions: np.ndarray
+    offsets: np.ndarray
     scores: np.ndarray
     levels: np.ndarray  # -1 for rejected rows
     model_index: np.ndarray  # index into ``models``, -1 for rejected rows
@@ -176,7 +179,10 @@ def process_batch(
         detected_at=utc_now_iso(),
         events=batch.values,
     )
-    return BatchOutcome(batch, scores, levels, model_index, models, alert_rows, alerts, shadow)
+    return BatchOutcome(
+        batch, topic, partitions, offsets, scores, levels, model_index, models, alert_rows,
+        alerts, shadow,
+    )
 
 
 def _shadow(

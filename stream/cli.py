@@ -1,7 +1,9 @@
 """Command line: run, train, promote, models, broker, demo, generate, replay, score, ...
 
-Options of ``stream run`` are generated from ``stream.config.FIELDS``, so the
-flags, the environment variables and the README table never disagree.
+Every option that is a setting (``stream.config.FIELDS``: broker address, topics,
+registry URI, model name, ``-X``, ...) is generated from its one declaration by
+``settings_options``, whatever the command, so flags, environment variables,
+defaults, ranges and the README table never disagree.
 """
 
 from __future__ import annotations
@@ -18,33 +20,71 @@ import click
 import orjson
 
 from stream import config, logs
-from stream.config import DEFAULT_MODEL_NAME
 
 log = logging.getLogger("stream")
 
 F = Callable[..., Any]
 
 
-def settings_options(func: F) -> F:
-    """Add one ``--flag`` per ``Settings`` field (env var fallback is handled by config)."""
-    for f in reversed(config.FIELDS):
-        help_text = f"{f.metadata['help']} [env: {f.metadata['env']}; default: {f.default!r}]"
-        if f.name == "kafka_properties":
-            func = click.option(
-                "-X",
-                "--kafka-property",
-                "kafka_properties",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help=help_text,
-            )(func)
-            continue
-        choices = f.metadata.get("choices")
-        typ: Any = click.Choice(choices) if choices else type(f.default)
-        func = click.option(
-            "--" + f.name.replace("_", "-"), f.name, type=typ, default=None, help=help_text
-        )(func)
-    return func
+def settings_options(*names: str, aliases: dict[str, str] | None = None) -> Callable[[F], F]:
+    """Options for the ``Settings`` fields ``names`` (every field when none is given).
+
+    Each option's default is None ("not given"): ``load_settings`` then takes the
+    environment variable, else the declared default. ``aliases`` adds a second flag to
+    a field (``stream replay --topic`` for ``--input-topic``).
+    """
+    fields = [f for f in config.FIELDS if not names or f.name in names]
+    unknown = set(names) - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"no such settings: {sorted(unknown)}")
+    aliases = aliases or {}
+
+    def decorate(func: F) -> F:
+        for f in reversed(fields):
+            default = f.default if f.default not in ("", ()) else "(empty)"
+            help_text = f"{f.metadata['help']} [env: {f.metadata['env']}; default: {default}]"
+            if f.name == "kafka_properties":
+                func = click.option(
+                    "-X", "--kafka-property", "kafka_properties", multiple=True,
+                    metavar="KEY=VALUE", help=help_text,
+                )(func)
+            else:
+                flags = ["--" + f.name.replace("_", "-")]
+                if f.name in aliases:
+                    flags.append(aliases[f.name])
+                func = click.option(
+                    *flags, f.name, type=_click_type(f), default=None, help=help_text
+                )(func)
+            func.__click_params__[-1].stream_setting = True  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def _click_type(f: Any) -> Any:
+    """The click type of a setting: its choices, or its type with its declared range."""
+    choices = f.metadata.get("choices")
+    if choices:
+        return click.Choice(choices)
+    typ = type(f.default)
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if typ is int and (lo is not None or hi is not None):
+        return click.IntRange(lo, hi)
+    if typ is float and (lo is not None or hi is not None):
+        return click.FloatRange(lo, hi, min_open=bool(f.metadata.get("min_open")))
+    if typ is bool:
+        return click.BOOL
+    return typ
+
+
+def settings_usage() -> dict[str, list[str]]:
+    """Setting name -> the commands that take it as an option (for the README table)."""
+    used: dict[str, list[str]] = {}
+    for name, command in sorted(main.commands.items()):
+        for param in command.params:
+            if getattr(param, "stream_setting", False) and param.name:
+                used.setdefault(param.name, []).append(name)
+    return used
 
 
 def load_settings(**kwargs: Any) -> config.Settings:
@@ -52,6 +92,20 @@ def load_settings(**kwargs: Any) -> config.Settings:
         return config.from_env(**kwargs)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+
+
+def _check_tenant(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from stream.events import valid_tenant
+
+    if value is not None and not valid_tenant(value):
+        raise click.BadParameter(
+            f"{value!r}: tenant ids are 1-64 characters of [A-Za-z0-9_.-]"
+        )
+    return value
+
+
+def _tenant_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--tenant", default=None, callback=_check_tenant, help=help_text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -79,8 +133,13 @@ def main(log_level: str, log_format: str | None) -> None:
 
 
 @main.command()
-@settings_options
-@click.option("--create-topics", is_flag=True, help="Create missing topics before consuming.")
+@settings_options()
+@click.option(
+    "--create-topics",
+    is_flag=True,
+    help="Create missing topics before consuming (--topic-partitions, "
+    "--topic-replication-factor).",
+)
 def run(create_topics: bool, **kwargs: Any) -> None:
     """Consume flow events, score them with each tenant's production model, publish alerts."""
     from stream import service
@@ -89,30 +148,6 @@ def run(create_topics: bool, **kwargs: Any) -> None:
     if kwargs.get("log_format"):  # `stream run --log-format` overrides the group-level option
         logs.setup(settings.log_format, logging.getLogger().level)
     service.serve(settings, create_missing_topics=create_topics)
-
-
-def _tracking_option(func: F) -> F:
-    return click.option(
-        "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        default=config.DEFAULT_TRACKING_URI,
-        show_default=True,
-        help="MLflow tracking/registry URI [env: MLFLOW_TRACKING_URI].",
-    )(func)
-
-
-def _model_options(func: F) -> F:
-    func = click.option("--tenant", default=None, help="Tenant id (omit for the global model).")(
-        func
-    )
-    func = click.option(
-        "--model-name",
-        envvar="STREAM_MODEL_NAME",
-        default=DEFAULT_MODEL_NAME,
-        show_default=True,
-        help="Base registered-model name.",
-    )(func)
-    return func
 
 
 def _format_option(func: F) -> F:
@@ -145,7 +180,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     help="Training flows: JSONL, CSV, Parquet, Zeek conn.log (TSV or JSON); gzip ok.",
 )
 @_format_option
-@_model_options
+@_tenant_option("Tenant id (omit for the global model).")
+@settings_options("model_name", "tracking_uri", "experiment_name")
 @click.option(
     "--features",
     default=",".join(("bytes_transferred", "packet_count", "connection_duration")),
@@ -176,12 +212,13 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @click.option("--promote", is_flag=True, help="Promote the new version to production.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@_tracking_option
 def train(
     input_path: str,
     fmt: str | None,
     tenant: str | None,
-    model_name: str,
+    model_name: str | None,
+    tracking_uri: str | None,
+    experiment_name: str | None,
     features: str,
     n_estimators: int,
     contamination: str,
@@ -190,17 +227,14 @@ def train(
     calibrate: str | None,
     promote: bool,
     as_json: bool,
-    tracking_uri: str,
 ) -> None:
     """Fit StandardScaler + IsolationForest as one pipeline; log and register it in MLflow."""
     from stream import registry
-    from stream.events import valid_tenant
     from stream.sources import load_records
 
-    if tenant is not None and not valid_tenant(tenant):
-        raise click.BadParameter(
-            "tenant ids are 1-64 characters of [A-Za-z0-9_.-]", param_hint="--tenant"
-        )
+    s = load_settings(
+        model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name
+    )
     # The readers of replay and score: every format, the Zeek mapping, bad lines reported.
     loaded = load_records(input_path, fmt=fmt)
     records = loaded.records
@@ -224,14 +258,15 @@ def train(
             result = registry.train(
                 records,
                 tenant=tenant,
-                model_name=model_name,
+                model_name=s.model_name,
                 features=[f.strip() for f in features.split(",") if f.strip()],
                 n_estimators=n_estimators,
                 contamination=cont,
                 random_state=random_state,
                 thresholds=_floats(thresholds, "--thresholds"),  # type: ignore[arg-type]
                 calibrate=_floats(calibrate, "--calibrate"),
-                uri=tracking_uri,
+                uri=s.tracking_uri,
+                experiment=s.experiment_name,
                 do_promote=promote,
             )
     except ValueError as e:
@@ -247,7 +282,8 @@ def train(
 
 
 @main.command()
-@_model_options
+@_tenant_option("Tenant id (omit for the global model).")
+@settings_options("model_name", "tracking_uri")
 @click.option("--version", required=True, help="Model version to promote.")
 @click.option(
     "--alias",
@@ -256,34 +292,39 @@ def train(
     show_default=True,
     help="challenger = shadow-scored beside production.",
 )
-@_tracking_option
 def promote(
-    tenant: str | None, model_name: str, version: str, alias: str, tracking_uri: str
+    tenant: str | None,
+    model_name: str | None,
+    tracking_uri: str | None,
+    version: str,
+    alias: str,
 ) -> None:
     """Point alias production (and stage Production) at a version; or set the challenger."""
     from stream import registry
 
-    name = registry.registered_name(model_name, tenant)
+    s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
+    name = registry.registered_name(s.model_name, tenant)
     try:
         if alias == "production":
-            registry.promote(name, version, uri=tracking_uri)
+            registry.promote(name, version, uri=s.tracking_uri)
         else:
-            registry.set_challenger(name, version, uri=tracking_uri)
+            registry.set_challenger(name, version, uri=s.tracking_uri)
     except Exception as e:
         raise click.ClickException(f"cannot promote {name} v{version}: {e}") from e
     click.echo(f"{name} v{version} is now {alias}")
 
 
 @main.command()
-@_model_options
-@_tracking_option
-def demote(tenant: str | None, model_name: str, tracking_uri: str) -> None:
+@_tenant_option("Tenant id (omit for the global model).")
+@settings_options("model_name", "tracking_uri")
+def demote(tenant: str | None, model_name: str | None, tracking_uri: str | None) -> None:
     """Remove alias production (and stage Production): the tenant falls back to the global model."""
     from stream import registry
 
-    name = registry.registered_name(model_name, tenant)
+    s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
+    name = registry.registered_name(s.model_name, tenant)
     try:
-        registry.demote(name, uri=tracking_uri)
+        registry.demote(name, uri=s.tracking_uri)
     except Exception as e:
         raise click.ClickException(f"cannot demote {name}: {e}") from e
     click.echo(f"{name} has no production version now")
@@ -291,15 +332,15 @@ def demote(tenant: str | None, model_name: str, tracking_uri: str) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
-@_tracking_option
-def models(as_json: bool, tracking_uri: str) -> None:
+@settings_options("tracking_uri")
+def models(as_json: bool, tracking_uri: str | None) -> None:
     """List registered models with their production (and challenger) versions."""
     from rich.console import Console
     from rich.table import Table
 
     from stream import registry
 
-    rows = registry.list_models(uri=tracking_uri)
+    rows = registry.list_models(uri=load_settings(tracking_uri=tracking_uri).tracking_uri)
     if as_json:
         for r in rows:
             click.echo(orjson.dumps(r).decode())
@@ -406,7 +447,7 @@ def _replay_inputs(func: F) -> F:
         help="Field mapping: EXPR is a column or a sum of columns (a+b). "
         "Zeek conn.log fields are mapped automatically.",
     )(func)
-    func = click.option("--tenant", default=None, help="Set or override tenant_id.")(func)
+    func = _tenant_option("Set or override tenant_id.")(func)
     return func
 
 
@@ -421,12 +462,8 @@ def _mapping(maps: tuple[str, ...]) -> Any:
 
 @main.command()
 @_replay_inputs
-@click.option("--topic", default="flows", show_default=True)
-@click.option(
-    "--bootstrap-servers",
-    envvar="KAFKA_BOOTSTRAP_SERVERS",
-    default="127.0.0.1:9092",
-    show_default=True,
+@settings_options(
+    "bootstrap_servers", "input_topic", "kafka_properties", aliases={"input_topic": "--topic"}
 )
 @click.option(
     "--speed",
@@ -441,25 +478,29 @@ def _mapping(maps: tuple[str, ...]) -> Any:
 @click.option("--timestamp-field", default="timestamp", show_default=True)
 @click.option("--strict", is_flag=True, help="Abort on the first bad line.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("-X", "--kafka-property", "props", multiple=True, metavar="KEY=VALUE")
 def replay(
     files: tuple[Path, ...],
     fmt: str | None,
     maps: tuple[str, ...],
     tenant: str | None,
-    topic: str,
-    bootstrap_servers: str,
+    bootstrap_servers: str | None,
+    input_topic: str | None,
+    kafka_properties: tuple[str, ...],
     speed: float | None,
     rate: float | None,
     as_fast: bool,
     timestamp_field: str,
     strict: bool,
     no_progress: bool,
-    props: tuple[str, ...],
 ) -> None:
     """Produce recorded flows (JSONL/.gz, CSV, Parquet, Zeek conn.log) to the input topic."""
     from stream import replay as rp
 
+    s = load_settings(
+        bootstrap_servers=bootstrap_servers,
+        input_topic=input_topic,
+        kafka_properties=kafka_properties,
+    )
     if sum(x is not None and x is not False for x in (speed, rate, as_fast or None)) > 1:
         raise click.UsageError("choose one of --speed, --rate, --max")
     pacing = (
@@ -472,15 +513,15 @@ def replay(
     try:
         summary = rp.replay(
             list(files),
-            bootstrap=bootstrap_servers,
-            topic=topic,
+            bootstrap=s.bootstrap_servers,
+            topic=s.input_topic,
             pacing=pacing,
             tenant=tenant,
             mapping=_mapping(maps),
             strict=strict,
             fmt=fmt,
             progress=not no_progress,
-            producer_config=dict(config.parse_properties(props)),
+            producer_config=dict(s.kafka_properties),
             timestamp_field=timestamp_field,
         )
     except rp.ReplayError as e:
@@ -498,15 +539,17 @@ def replay(
         sys.exit(1)
 
 
-def _offline_table(tracking_uri: str, model_name: str) -> Any:
+def _offline_table(**given: Any) -> Any:
+    """Settings and a refreshed model table for ``score`` and ``evaluate``."""
     from stream import service
 
-    settings = config.from_env(tracking_uri=tracking_uri, model_name=model_name)
+    settings = load_settings(**given)
     table = service.build_table(settings)
     view = table.refresh()
     if not view.production:
         raise click.ClickException(
-            f"no production model named {model_name}[_TENANT] in {tracking_uri}"
+            f"no production model named {settings.model_name}[_TENANT] in "
+            f"{settings.tracking_uri}"
         )
     return settings, table
 
@@ -514,45 +557,39 @@ def _offline_table(tracking_uri: str, model_name: str) -> Any:
 @main.command()
 @_replay_inputs
 @click.option("--output", "-o", default="-", show_default=True, help="Alerts JSONL file or -.")
-@click.option(
-    "--min-level",
-    type=click.Choice(config.LEVELS),
-    default="medium",
-    show_default=True,
-    help="low = a record for every scored event.",
-)
+@settings_options("min_level", "model_name", "tracking_uri", "max_message_bytes")
 @click.option(
     "--dead-letters",
     type=click.Path(dir_okay=False),
     default=None,
     help="Write rejected records (with reasons) to this JSONL file.",
 )
-@click.option(
-    "--model-name", envvar="STREAM_MODEL_NAME", default=DEFAULT_MODEL_NAME, show_default=True
-)
-@_tracking_option
 def score(
     files: tuple[Path, ...],
     fmt: str | None,
     maps: tuple[str, ...],
     tenant: str | None,
     output: str,
-    min_level: str,
+    min_level: str | None,
+    model_name: str | None,
+    tracking_uri: str | None,
+    max_message_bytes: int | None,
     dead_letters: str | None,
-    model_name: str,
-    tracking_uri: str,
 ) -> None:
     """Score files with the production models, no broker: alerts as JSON lines."""
     from stream.offline import score_to_file
 
-    settings, table = _offline_table(tracking_uri, model_name)
+    settings, table = _offline_table(
+        min_level=min_level, model_name=model_name, tracking_uri=tracking_uri,
+        max_message_bytes=max_message_bytes,
+    )
     summary = score_to_file(
         list(files),
         table,
         settings,
         output,
         dead_letters=dead_letters,
-        min_level=min_level,
+        min_level=settings.min_level,
         fmt=fmt,
         mapping=_mapping(maps),
         tenant=tenant,
@@ -576,10 +613,7 @@ def score(
     "normal/benign/0/false/empty].",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@click.option(
-    "--model-name", envvar="STREAM_MODEL_NAME", default=DEFAULT_MODEL_NAME, show_default=True
-)
-@_tracking_option
+@settings_options("model_name", "tracking_uri", "max_message_bytes")
 def evaluate(
     files: tuple[Path, ...],
     fmt: str | None,
@@ -588,14 +622,17 @@ def evaluate(
     label_field: str,
     positive: tuple[str, ...],
     as_json: bool,
-    model_name: str,
-    tracking_uri: str,
+    model_name: str | None,
+    tracking_uri: str | None,
+    max_message_bytes: int | None,
 ) -> None:
     """ROC-AUC, average precision, precision/recall per threat level, per tenant and overall."""
     from stream import evaluate as ev
     from stream.offline import collect_for_evaluation
 
-    settings, table = _offline_table(tracking_uri, model_name)
+    settings, table = _offline_table(
+        model_name=model_name, tracking_uri=tracking_uri, max_message_bytes=max_message_bytes
+    )
     tenants, scores, levels, raw, summary = collect_for_evaluation(
         list(files), table, settings, label_field, fmt=fmt, mapping=_mapping(maps), tenant=tenant
     )
@@ -616,28 +653,30 @@ def evaluate(
 
 
 @main.command()
-@click.option("--topic", envvar="STREAM_ALERT_TOPIC", default="alerts", show_default=True)
-@click.option(
-    "--bootstrap-servers",
-    envvar="KAFKA_BOOTSTRAP_SERVERS",
-    default="127.0.0.1:9092",
-    show_default=True,
+@settings_options(
+    "bootstrap_servers", "alert_topic", "kafka_properties", aliases={"alert_topic": "--topic"}
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep reading new alerts.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest alert on the topic.")
-@click.option("--tenant", default=None)
-@click.option("--min-level", type=click.Choice(config.LEVELS), default="low", show_default=True)
+@_tenant_option("Only this tenant's alerts.")
+@click.option(
+    "--min-level",
+    "show_level",
+    type=click.Choice(config.LEVELS),
+    default="low",
+    show_default=True,
+    help="Only alerts at this level or above.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (for piping).")
-@click.option("-X", "--kafka-property", "props", multiple=True, metavar="KEY=VALUE")
 def alerts(
-    topic: str,
-    bootstrap_servers: str,
+    bootstrap_servers: str | None,
+    alert_topic: str | None,
+    kafka_properties: tuple[str, ...],
     follow: bool,
     from_beginning: bool,
     tenant: str | None,
-    min_level: str,
+    show_level: str,
     as_json: bool,
-    props: tuple[str, ...],
 ) -> None:
     """Print alerts from the alert topic as a table, or as JSON lines."""
     from rich.console import Console
@@ -647,12 +686,17 @@ def alerts(
     console = Console()
     shown = 0
     try:
+        s = load_settings(
+            bootstrap_servers=bootstrap_servers,
+            alert_topic=alert_topic,
+            kafka_properties=kafka_properties,
+        )
         stream = read_alerts(
-            bootstrap_servers,
-            topic,
+            s.bootstrap_servers,
+            s.alert_topic,
             follow=follow,
             from_beginning=from_beginning,
-            extra=dict(config.parse_properties(props)),
+            extra=dict(s.kafka_properties),
         )
         if not as_json:
             console.print(
@@ -661,7 +705,7 @@ def alerts(
                 style="bold",
             )
         for alert in stream:
-            if not matches(alert, tenant, min_level):
+            if not matches(alert, tenant, show_level):
                 continue
             shown += 1
             if as_json:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import tempfile
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,23 +104,8 @@ class MLModelManager:
         return registry.load_version(name, version, uri=self.tracking_uri).estimator
 
     def _production_version(self, name: str) -> str | None:
-        try:
-            return str(
-                self.client.get_model_version_by_alias(name, registry.PRODUCTION_ALIAS).version
-            )
-        except Exception:
-            pass
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            try:
-                found = self.client.get_latest_versions(name, stages=[registry.PRODUCTION_STAGE])
-                if not found:
-                    found = self.client.get_latest_versions(name)
-            except Exception:
-                return None
-        if not found:
-            return None
-        return str(max(int(v.version) for v in found))
+        """Alias production, else stage Production, else (logged) the latest version."""
+        return registry.production_version(name, uri=self.tracking_uri, fallback_to_latest=True)
 
     def promote_model_to_production(
         self, model_name: str, version: str | int, tenant_id: str | None = None

@@ -1,6 +1,8 @@
-"""Typed settings, declared once: name, default, environment variable and help text.
+"""Typed settings, declared once: name, default, environment variable, valid range, help.
 
-The CLI builds its options from ``FIELDS``, the README's configuration table is
+Every command builds the options it shares with others from ``FIELDS``
+(``stream.cli.settings_options``), so a flag, its environment variable, its
+default and its range are written once. The README's configuration table is
 generated from it (``python -m stream.config``), and the compose file's
 environment is checked against it in the tests.
 """
@@ -21,8 +23,24 @@ DEFAULT_EXPERIMENT = "securenet-anomaly-detection"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
-def _opt(default: Any, env: str, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+def _opt(
+    default: Any,
+    env: str,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+) -> Any:
+    """One setting. ``min``/``max`` bound a number (``min_open``: strictly above ``min``)."""
+    return field(
+        default=default,
+        metadata={
+            "env": env, "help": help, "choices": choices, "min": min, "max": max,
+            "min_open": min_open,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -49,9 +67,12 @@ class Settings:
         "STREAM_MODEL_NAME",
         "Base registered-model name; tenant T's model is NAME_T, the global one NAME.",
     )
-    batch_size: int = _opt(5000, "STREAM_BATCH_SIZE", "Maximum events per micro-batch.")
+    batch_size: int = _opt(
+        5000, "STREAM_BATCH_SIZE", "Maximum events per micro-batch.", min=1, max=1_000_000
+    )
     batch_max_wait_ms: int = _opt(
-        200, "STREAM_BATCH_MAX_WAIT_MS", "Maximum time to wait while filling a micro-batch."
+        200, "STREAM_BATCH_MAX_WAIT_MS", "Maximum time to wait while filling a micro-batch.",
+        min=1, max=60_000,
     )
     min_level: str = _opt(
         "medium",
@@ -63,16 +84,22 @@ class Settings:
         "at-least-once", "STREAM_DELIVERY", "Delivery guarantee.", choices=DELIVERY_MODES
     )
     reload_interval: float = _opt(
-        5.0, "STREAM_RELOAD_INTERVAL", "Seconds between registry polls for new production versions."
+        5.0,
+        "STREAM_RELOAD_INTERVAL",
+        "Seconds between registry polls for new production versions.",
+        min=0, min_open=True,
     )
     model_cache_size: int = _opt(
-        256, "STREAM_MODEL_CACHE_SIZE", "Loaded tenant models kept in memory (LRU)."
+        256, "STREAM_MODEL_CACHE_SIZE", "Loaded tenant models kept in memory (LRU).", min=1
     )
     max_message_bytes: int = _opt(
-        1_000_000, "STREAM_MAX_MESSAGE_BYTES", "Larger input messages go to the dead-letter topic."
+        1_000_000,
+        "STREAM_MAX_MESSAGE_BYTES",
+        "Larger input messages go to the dead-letter topic.",
+        min=1, max=100_000_000,
     )
     session_timeout_ms: int = _opt(
-        10000, "KAFKA_SESSION_TIMEOUT_MS", "Consumer group session timeout."
+        10000, "KAFKA_SESSION_TIMEOUT_MS", "Consumer group session timeout.", min=1000
     )
     auto_offset_reset: str = _opt(
         "earliest",
@@ -81,19 +108,22 @@ class Settings:
         choices=("earliest", "latest"),
     )
     metrics_port: int = _opt(
-        0, "STREAM_METRICS_PORT", "Port for /metrics, /healthz and /readyz (0 = off)."
+        0, "STREAM_METRICS_PORT", "Port for /metrics, /healthz and /readyz (0 = off).",
+        min=0, max=65535,
     )
     shadow_topic: str = _opt(
         "", "STREAM_SHADOW_TOPIC", "Topic for challenger-vs-production reports (empty = off)."
     )
     log_format: str = _opt("text", "STREAM_LOG_FORMAT", "Log format.", choices=("text", "json"))
     topic_partitions: int = _opt(
-        3, "STREAM_TOPIC_PARTITIONS", "Partitions of topics that --create-topics creates."
+        3, "STREAM_TOPIC_PARTITIONS", "Partitions of topics that --create-topics creates.",
+        min=1, max=100_000,
     )
     topic_replication_factor: int = _opt(
         -1,
         "STREAM_TOPIC_REPLICATION_FACTOR",
         "Replication factor of topics that --create-topics creates (-1 = the broker's default).",
+        min=-1, max=32,
     )
     kafka_properties: tuple[tuple[str, str], ...] = field(
         default=(),
@@ -102,6 +132,9 @@ class Settings:
             "help": "Extra librdkafka properties as key=value (repeatable; env: comma-separated), "
             "e.g. security.protocol=SASL_SSL.",
             "choices": None,
+            "min": None,
+            "max": None,
+            "min_open": False,
         },
     )
 
@@ -128,15 +161,53 @@ def parse_properties(items: str | list[str] | tuple[str, ...]) -> tuple[tuple[st
     return tuple(out)
 
 
-def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(raw: Any) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case): what users expect of a flag in
+    the environment (``bool("false")`` would be True)."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected one of {', '.join(sorted(_TRUE | _FALSE))}, got {raw!r}")
+
+
+def check_range(f: dataclasses.Field[Any], value: Any) -> None:
+    """Raise ValueError when a number is outside the setting's declared range."""
+    lo, hi, open_lo = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("min_open")
+    if lo is not None and (value <= lo if open_lo else value < lo):
+        raise ValueError(f"must be {'>' if open_lo else '>='} {lo:g}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"must be <= {hi:g}, got {value!r}")
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    """``raw`` (from ``source``: an environment variable or a flag) as the field's type."""
     if f.name == "kafka_properties":
         return parse_properties(raw)
     typ = type(f.default)
-    value = typ(raw)
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ValueError(f"{f.metadata['env']}={raw!r}: expected one of {', '.join(choices)}")
+    try:
+        value = parse_bool(raw) if typ is bool else typ(raw)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        if typ in (int, float):
+            check_range(f, value)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
     return value
+
+
+def flag_name(f: dataclasses.Field[Any]) -> str:
+    if f.name == "kafka_properties":
+        return "-X/--kafka-property"
+    return "--" + f.name.replace("_", "-")
 
 
 def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -146,12 +217,12 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     for f in FIELDS:
         name = f.metadata["env"]
         if name in env and env[name] != "":
-            values[f.name] = _coerce(f, env[name])
+            values[f.name] = _coerce(f, env[name], name)
     for key, value in overrides.items():
         if value is None or (key == "kafka_properties" and not value):
             continue
         f = next(x for x in FIELDS if x.name == key)
-        values[key] = _coerce(f, value)
+        values[key] = _coerce(f, value, flag_name(f))
     return Settings(**values)
 
 
@@ -160,18 +231,36 @@ def env_vars() -> set[str]:
     return {f.metadata["env"] for f in FIELDS}
 
 
-def markdown_table() -> str:
-    """The configuration table in the README, generated from ``FIELDS``."""
-    rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+def markdown_table(used_by: dict[str, list[str]] | None = None) -> str:
+    """The configuration table in the README, generated from ``FIELDS``.
+
+    ``used_by`` maps a setting to the commands that take it as an option (default:
+    read from the command line definitions in ``stream.cli``).
+    """
+    if used_by is None:
+        from stream.cli import settings_usage
+
+        used_by = settings_usage()
+    rows = [
+        "| flag | environment | default | commands | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for f in FIELDS:
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "kafka_properties":
-            flag = "-X / --kafka-property"
         default = f.default if f.default not in ("", ()) else "(empty)"
         help_text = f.metadata["help"]
         if f.metadata.get("choices"):
             help_text += " One of: " + ", ".join(f.metadata["choices"]) + "."
-        rows.append(f"| `{flag}` | `{f.metadata['env']}` | `{default}` | {help_text} |")
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None or hi is not None:
+            op = ">" if f.metadata.get("min_open") else ">="
+            low = "" if lo is None else f"{op} {lo:g}"
+            high = "" if hi is None else f"<= {hi:g}"
+            help_text += " Range: " + ", ".join(x for x in (low, high) if x) + "."
+        commands = ", ".join(used_by.get(f.name, []))
+        rows.append(
+            f"| `{flag_name(f).replace('/', ' / ')}` | `{f.metadata['env']}` | `{default}` "
+            f"| {commands} | {help_text} |"
+        )
     return "\n".join(rows)
 
 

@@ -22,9 +22,9 @@ import orjson
 
 from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
-from stream.events import REASONS
 from stream.models import ModelTable
-from stream.outcomes import LEVEL_CODES
+from stream.outcomes import LEVEL_CODES, dead_letter_json
+from stream.reasons import REASONS
 from stream.sources import FieldMapping, iter_records
 
 
@@ -123,15 +123,18 @@ def score_to_file(
             for alert in outcome.alerts:
                 out.write(alert + b"\n")
             if dlq is not None:
+                # The same fields the dead-letter topic carries in headers (file = topic,
+                # partition 0, line number = offset), then the original bytes.
                 d = outcome.decoded
                 for i in outcome.rejected_rows.tolist():
                     dlq.write(
-                        orjson.dumps(
-                            {
-                                "reason": REASONS[int(d.reason[i])],
-                                "detail": d.detail.get(i, ""),
-                                "value": (d.values[i] or b"").decode("utf-8", "replace"),
-                            }
+                        dead_letter_json(
+                            REASONS[int(d.reason[i])],
+                            d.detail.get(i, ""),
+                            outcome.topic,
+                            int(outcome.partitions[i]),
+                            int(outcome.offsets[i]),
+                            d.values[i],
                         )
                         + b"\n"
                     )

@@ -16,7 +16,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", default=False, help="run long soak tests")
 
 
+#: Fixtures that mean a test talks to real services (the embedded broker, an MLflow
+#: registry): such a test is marked ``integration``, so ``pytest -m "not integration"``
+#: is the fast unit run.
+INTEGRATION_FIXTURES = frozenset({"broker", "tracking_uri"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    integration = pytest.mark.integration
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(integration)
     if config.getoption("--soak"):
         return
     skip = pytest.mark.skip(reason="soak test: run with --soak")

@@ -6,11 +6,13 @@ import gzip
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
 
 
+@pytest.mark.integration
 def test_train_promote_models_roundtrip(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'cli.db'}"
     runner = CliRunner()
@@ -81,6 +83,7 @@ def test_train_promote_models_roundtrip(tmp_path: Path) -> None:
     assert row["production"] is None and row["challenger"] == "2"
 
 
+@pytest.mark.integration
 def test_train_rejects_bad_input_with_clear_errors(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'cli.db'}"
     runner = CliRunner()
@@ -136,6 +139,7 @@ def test_train_reads_a_zeek_conn_log(tracking_uri: str, unique: str, tmp_path: P
     assert report == [f"{capture}: skipped 1 unreadable line: line 10: expected 21 fields, got 2"]
 
 
+@pytest.mark.integration
 def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> None:
     runner = CliRunner()
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'cli.db'}"}

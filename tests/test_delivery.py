@@ -34,6 +34,9 @@ from stream.embedded import EmbeddedBroker
 from stream.metrics import Metrics
 from tests import faultutil as fu
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def model(tracking_uri: str) -> str:

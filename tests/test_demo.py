@@ -6,6 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 
 def test_demo_exits_zero_and_prints_summary() -> None:
     t0 = time.monotonic()

@@ -31,6 +31,9 @@ from stream import service
 from stream.embedded import EmbeddedBroker
 from tests import faultutil as fu
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def model(tracking_uri: str) -> str:

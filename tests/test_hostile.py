@@ -31,6 +31,9 @@ from stream.events import REASONS, TENANT_RE
 from stream.pipeline import Pipeline
 from tests import faultutil as fu
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 FEATURES = ("bytes_transferred", "packet_count", "connection_duration")
 MAX_BYTES = fu.MAX_MESSAGE_BYTES
 ANY_REASON = frozenset(REASONS.values())

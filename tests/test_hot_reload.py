@@ -55,6 +55,7 @@ from tests.kafkautil import read_all
 from tests.servers import MlflowServer, postgres_available
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.server,
     pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL for the MLflow server"),
 ]

@@ -18,6 +18,7 @@ import pytest
 from tests.servers import MlflowServer, postgres_available
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.server,
     pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL for the MLflow server"),
 ]

@@ -17,6 +17,9 @@ from stream.embedded import EmbeddedBroker
 from stream.generate import generate_flows, training_flows, write_jsonl
 from tests.kafkautil import produce
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 TENANTS = ("acme", "globex", "initech")
 
 
@@ -73,6 +76,14 @@ def test_score_file_matches_models_and_reports_bad_lines(
     alerts = _lines(out)
     assert len(alerts) == 2000
     assert [d["reason"] for d in _lines(dlq)] == ["non_numeric_feature"]
+    # The same fields as the dead-letter topic's headers, then the original record.
+    (dead,) = _lines(dlq)
+    assert set(dead) == {"reason", "detail", "source.topic", "source.partition",
+                         "source.offset", "key", "value"}
+    assert (dead["source.topic"], dead["source.partition"], dead["source.offset"]) == (
+        "flows.jsonl", "0", "2002")
+    assert "bytes_transferred" in dead["detail"]
+    assert orjson.loads(dead["value"])["bytes_transferred"] == "many"
     assert "unreadable lines 1" in r.output
     assert {a["model"]["name"] for a in alerts if a["tenant_id"] == "acme"} == {f"{base}_acme"}
     assert {a["model"]["name"] for a in alerts if a["tenant_id"] != "acme"} == {base}

@@ -53,6 +53,9 @@ from stream.generate import generate_flows, training_flows
 from stream.metrics import OTHER, Metrics
 from tests.kafkautil import produce, read_all
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 TENANTS = ("acme", "globex", "initech")  # acme has its own model, the others use the global one
 # The tenant label cap of the consumer process: Metrics' default.
 TENANT_LABEL_CAP: int = inspect.signature(Metrics).parameters["max_tenant_labels"].default

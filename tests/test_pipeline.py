@@ -28,6 +28,9 @@ from stream.embedded import EmbeddedBroker
 from stream.generate import generate_flows, training_flows
 from tests.kafkautil import produce, read_all, run_until
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 TENANTS = ("acme", "globex", "initech")  # initech has no model of its own
 FEATURES = registry.DEFAULT_FEATURES
 

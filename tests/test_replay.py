@@ -217,6 +217,7 @@ def _read_topic(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes |
         consumer.close()
 
 
+@pytest.mark.integration
 def test_replay_every_format_into_a_real_broker(tmp_path: Path) -> None:
     from stream.embedded import EmbeddedBroker
 

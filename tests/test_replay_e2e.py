@@ -18,6 +18,9 @@ from stream.sources import iter_records
 from tests.kafkautil import read_all, run_until
 from tests.test_replay import _write_all_formats
 
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def base(tracking_uri: str) -> str:

@@ -107,3 +107,35 @@ def test_fast_isolation_forest_is_bit_identical_or_refused() -> None:
     other = Pipeline([("scaler", MinMaxScaler()), ("f", IsolationForest(n_estimators=5))]).fit(X)
     assert fast_isolation_forest(other) is None
     assert fast_isolation_forest(IsolationForest(n_estimators=5).fit(X)) is None
+
+
+def test_bool_and_range_settings_parse_as_users_expect() -> None:
+    assert [config.parse_bool(v) for v in ("1", "true", "YES", "on", "0", "false", "No", "off")] \
+        == [True] * 4 + [False] * 4
+    with pytest.raises(ValueError, match="expected one of"):
+        config.parse_bool("maybe")
+    with pytest.raises(ValueError, match="STREAM_BATCH_SIZE: must be >= 1, got 0"):
+        config.from_env({"STREAM_BATCH_SIZE": "0"})
+    with pytest.raises(ValueError, match="--reload-interval: must be > 0"):
+        config.from_env({}, reload_interval=0)
+    with pytest.raises(ValueError, match="STREAM_METRICS_PORT: must be <= 65535"):
+        config.from_env({"STREAM_METRICS_PORT": "70000"})
+    assert config.from_env({"STREAM_TOPIC_REPLICATION_FACTOR": "-1"}).topic_replication_factor == -1
+
+
+def test_every_command_takes_shared_settings_from_their_one_declaration() -> None:
+    """No command redeclares a setting's flag with a literal default of its own."""
+    from stream.cli import main, settings_usage
+
+    settings = {f.name for f in config.FIELDS}
+    for name, command in main.commands.items():
+        for param in command.params:
+            if param.name in settings:
+                assert getattr(param, "stream_setting", False), (name, param.name)
+                literal = isinstance(param.default, str | int | float | tuple)
+                assert not literal or param.default == (), (name, param.name, param.default)
+    used = settings_usage()
+    assert set(used["tracking_uri"]) >= {"run", "train", "promote", "demote", "models", "score",
+                                          "evaluate"}
+    assert set(used["bootstrap_servers"]) >= {"run", "replay", "alerts"}
+    assert set(used["kafka_properties"]) >= {"run", "replay", "alerts"}

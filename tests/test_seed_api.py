@@ -11,6 +11,10 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+# Real broker, registry or child processes: not part of the fast unit run.
+pytestmark = pytest.mark.integration
 
 TRAIN = textwrap.dedent(
     """

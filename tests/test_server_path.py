@@ -40,6 +40,7 @@ from tests.test_ops_integration import consumer_env, consumer_process, topic_nam
 
 # CI provides PostgreSQL, so there a missing database fails the tests instead of skipping them.
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.server,
     pytest.mark.skipif(
         not os.environ.get("CI") and not postgres_available(),

@@ -1,0 +1,76 @@
+"""MLflow, split by job: ``training`` (fit, log, register), ``admin`` (promote, demote,
+poll, list, resolve production), ``loading`` (trusted load and checks), and ``client``
+(URIs, names). Everything callers use is importable from ``stream.registry``.
+"""
+
+from __future__ import annotations
+
+from stream.registry.admin import (
+    RegistryView,
+    demote,
+    list_models,
+    poll,
+    production_version,
+    promote,
+    resolve,
+    set_challenger,
+)
+from stream.registry.client import (
+    CHALLENGER_ALIAS,
+    CHALLENGER_STAGE,
+    PRODUCTION_ALIAS,
+    PRODUCTION_STAGE,
+    client,
+    ensure_experiment,
+    registered_name,
+    tracking_uri,
+    using_uri,
+)
+from stream.registry.loading import (
+    TRUSTED_TYPES,
+    LoadedModel,
+    ModelLoadError,
+    check_trusted,
+    load_version,
+    model_spec,
+)
+from stream.registry.training import (
+    DEFAULT_FEATURES,
+    TrainResult,
+    build_pipeline,
+    feature_matrix,
+    log_pipeline,
+    train,
+)
+
+__all__ = [
+    "CHALLENGER_ALIAS",
+    "CHALLENGER_STAGE",
+    "DEFAULT_FEATURES",
+    "PRODUCTION_ALIAS",
+    "PRODUCTION_STAGE",
+    "TRUSTED_TYPES",
+    "LoadedModel",
+    "ModelLoadError",
+    "RegistryView",
+    "TrainResult",
+    "build_pipeline",
+    "check_trusted",
+    "client",
+    "demote",
+    "ensure_experiment",
+    "feature_matrix",
+    "list_models",
+    "load_version",
+    "log_pipeline",
+    "model_spec",
+    "poll",
+    "production_version",
+    "promote",
+    "registered_name",
+    "resolve",
+    "set_challenger",
+    "tracking_uri",
+    "train",
+    "using_uri",
+]
