@@ -382,7 +382,7 @@ def test_promotion_mid_stream_swaps_between_batches(
             assert v == {(base, "2")}, "a batch that started after the swap named v1"
 
     latency = swap.at - t_promote
-    ends = c.pipeline.stats.batch_ends
+    ends = list(c.pipeline.stats.batch_ends)
     median = steady_median_gap(ends)
     during = gaps_between(ends, t_promote, swap.at + 1.0)
     elsewhere = gaps_between(ends, ends[6], t_promote) + gaps_between(ends, swap.at + 1.0, ends[-1])
@@ -487,7 +487,7 @@ def test_registry_outage_never_stops_scoring(
         produced = traffic.stop()
         c.finish(produced)
 
-    ends = c.pipeline.stats.batch_ends
+    ends = list(c.pipeline.stats.batch_ends)
     median = steady_median_gap(ends)
     outage = gaps_between(ends, t_down, t_up)
     print(
