@@ -17,9 +17,11 @@ import numpy as np
 import orjson
 
 from stream import events
-from stream.events import DecodedBatch
+from stream.events import DecodedBatch, RowSubset, compute_rows
+from stream.features.columns import ColumnSource
 from stream.outcomes import LEVEL_NAMES, encode_alerts, model_ref, threat_levels, utc_now_iso
 from stream.registry import LoadedModel
+from stream.sources.view import columns_for
 
 Resolver = Callable[[Sequence[str]], list[LoadedModel | None]]
 
@@ -111,9 +113,18 @@ def process_batch(
     min_level: int = 1,
     max_bytes: int = 1_000_000,
     challenger: Callable[[LoadedModel], LoadedModel | None] | None = None,
+    schema: str = "native",
+    tenant_field: str = "tenant_id",
+    tenants: Sequence[object] | None = None,
 ) -> BatchOutcome:
-    """Decode, route, score, threshold and encode alerts for one batch of message values."""
-    batch = DecodedBatch(values, max_bytes)
+    """Decode, route, score, threshold and encode alerts for one batch of message values.
+
+    ``schema`` names the sensor schema the events are in (``--input-schema``); the
+    tenant of an event is its ``tenant_field``, or ``tenants`` when given (taken from
+    the message key, a header or a constant: ``--tenant-from``).
+    """
+    batch = DecodedBatch(values, max_bytes, tenant_field=tenant_field, tenants=tenants)
+    source = columns_for(batch, schema)
     n = batch.n
     scores = np.full(n, np.nan)
     levels = np.full(n, -1, dtype=np.int8)
@@ -147,7 +158,7 @@ def process_batch(
 
     for mi, rows in group_rows(row_model):
         model = models[mi]
-        X, good = batch.matrix(rows, model.features)
+        X, good = compute_rows(batch, source, rows, model.spec)
         if len(good) == 0:
             continue
         try:
@@ -163,7 +174,7 @@ def process_batch(
         if challenger is not None:
             ch = challenger(model)
             if ch is not None:
-                shadow.extend(_shadow(batch, model, ch, good, X, s, tenant_codes, uniques))
+                shadow.extend(_shadow(source, model, ch, good, X, s, tenant_codes, uniques))
 
     alert_rows = np.flatnonzero(levels >= min_level)
     alerts = encode_alerts(
@@ -186,7 +197,7 @@ def process_batch(
 
 
 def _shadow(
-    batch: DecodedBatch,
+    source: ColumnSource,
     prod: LoadedModel,
     chal: LoadedModel,
     rows: np.ndarray,
@@ -195,11 +206,17 @@ def _shadow(
     tenant_codes: np.ndarray,
     uniques: Sequence[str],
 ) -> list[ShadowResult]:
-    """Score the challenger on the same rows; agreement on level and mean score difference."""
-    if chal.features != prod.features:
-        cX, cgood = _matrix_quiet(batch, rows, chal.features)
-        keep = np.isin(rows, cgood)
-        rows, X, prod_scores = rows[keep], cX, prod_scores[keep]
+    """Score the challenger on the same rows; agreement on level and mean score difference.
+
+    The challenger's own feature spec computes its inputs; rows it cannot compute are
+    left out of the comparison (shadow scoring changes no outcome).
+    """
+    if chal.spec is not prod.spec and not (
+        chal.spec.is_plain and prod.spec.is_plain and chal.features == prod.features
+    ):
+        computed = chal.spec.compute(RowSubset(source, rows))
+        keep = computed.reason == events.OK
+        rows, X, prod_scores = rows[keep], computed.X[keep], prod_scores[keep]
     if len(rows) == 0:
         return []
     try:
@@ -224,17 +241,3 @@ def _shadow(
             )
         )
     return out
-
-
-def _matrix_quiet(
-    batch: DecodedBatch, rows: np.ndarray, features: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``DecodedBatch.matrix`` without rejecting rows: shadow scoring changes no outcome."""
-    keep = np.ones(len(rows), dtype=bool)
-    cols = []
-    for f in features:
-        arr, codes = batch.column(f)
-        keep &= codes[rows] == events.OK
-        cols.append(arr)
-    good = rows[keep]
-    return np.column_stack([a[good] for a in cols]) if cols else np.empty((len(good), 0)), good

@@ -48,6 +48,11 @@ def settings_options(*names: str, aliases: dict[str, str] | None = None) -> Call
                     "-X", "--kafka-property", "kafka_properties", multiple=True,
                     metavar="KEY=VALUE", help=help_text,
                 )(func)
+            elif f.name == "trust_types":
+                func = click.option(
+                    "--trust-type", "trust_types", multiple=True, metavar="MODULE.TYPE",
+                    help=help_text,
+                )(func)
             else:
                 flags = ["--" + f.name.replace("_", "-")]
                 if f.name in aliases:
@@ -162,6 +167,34 @@ def _format_option(func: F) -> F:
     )(func)
 
 
+def _feature_spec(
+    features: str | None, exprs: tuple[str, ...], path: str | None
+) -> Any:
+    """The feature spec from --features, --feature or --feature-file (one of them)."""
+    from stream.features import FeatureSpec, SpecError
+    from stream.registry import DEFAULT_FEATURES
+
+    given = sum(bool(x) for x in (features, exprs, path))
+    if given > 1:
+        raise click.UsageError("choose one of --features, --feature and --feature-file")
+    try:
+        if exprs:
+            return FeatureSpec.from_cli(list(exprs))
+        if path:
+            return FeatureSpec.from_file(path)
+        names = [f.strip() for f in (features or "").split(",") if f.strip()]
+        return FeatureSpec.from_fields(names or list(DEFAULT_FEATURES))
+    except SpecError as e:
+        hint = "--feature-file" if path else ("--feature" if exprs else "--features")
+        raise click.BadParameter(str(e), param_hint=hint) from e
+
+
+def _default_min_records(detector: str) -> int:
+    # IsolationForest draws up to 256 samples per tree: fewer records make a forest
+    # of near-identical trees whose scores say little.
+    return 256 if detector == "isolation_forest" else 2
+
+
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -181,12 +214,40 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @_format_option
 @_tenant_option("Tenant id (omit for the global model).")
-@settings_options("model_name", "tracking_uri", "experiment_name")
+@settings_options("model_name", "tracking_uri", "experiment_name", "input_schema", "trust_types")
 @click.option(
     "--features",
-    default=",".join(("bytes_transferred", "packet_count", "connection_duration")),
+    default=None,
+    help="Comma-separated plain feature fields "
+    "[default: bytes_transferred,packet_count,connection_duration].",
+)
+@click.option(
+    "--feature",
+    "feature_exprs",
+    multiple=True,
+    metavar="NAME=EXPR",
+    help="A named feature expression (repeatable), e.g. 'ld=log(fill(duration, 0) + 0.1)'. "
+    "See the README's Features section for the grammar.",
+)
+@click.option(
+    "--feature-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A YAML feature spec: features: {NAME: EXPR, ...}.",
+)
+@click.option(
+    "--detector",
+    type=click.Choice(["isolation_forest", "lof", "ocsvm", "elliptic"]),
+    default="isolation_forest",
     show_default=True,
-    help="Comma-separated feature fields.",
+    help="The detector after the StandardScaler; all are scored with decision_function.",
+)
+@click.option(
+    "--min-records",
+    type=click.IntRange(1),
+    default=None,
+    help="Refuse fewer usable training records than this [default: the forest's sample "
+    "size, 256, or 2 for other detectors].",
 )
 @click.option("--n-estimators", default=100, show_default=True, type=click.IntRange(1, 10000))
 @click.option(
@@ -219,7 +280,13 @@ def train(
     model_name: str | None,
     tracking_uri: str | None,
     experiment_name: str | None,
-    features: str,
+    input_schema: str | None,
+    trust_types: tuple[str, ...],
+    features: str | None,
+    feature_exprs: tuple[str, ...],
+    feature_file: str | None,
+    detector: str,
+    min_records: int | None,
     n_estimators: int,
     contamination: str,
     random_state: int,
@@ -228,15 +295,18 @@ def train(
     promote: bool,
     as_json: bool,
 ) -> None:
-    """Fit StandardScaler + IsolationForest as one pipeline; log and register it in MLflow."""
+    """Fit a feature spec and StandardScaler + detector; log and register it in MLflow."""
     from stream import registry
     from stream.sources import load_records
 
     s = load_settings(
-        model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name
+        model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name,
+        input_schema=input_schema, trust_types=trust_types,
     )
-    # The readers of replay and score: every format, the Zeek mapping, bad lines reported.
-    loaded = load_records(input_path, fmt=fmt)
+    spec = _feature_spec(features, feature_exprs, feature_file)
+    # The readers of replay and score: every format, bad lines reported. A sensor schema
+    # named explicitly maps the raw records (the Zeek mapping is the default for Zeek files).
+    loaded = load_records(input_path, fmt=fmt, raw=s.input_schema != "native")
     records = loaded.records
     # Here --tenant filters (replay and score set tenant_id instead): a file with tenant
     # ids trains on that tenant's rows; a file without them is all that tenant's.
@@ -259,7 +329,11 @@ def train(
                 records,
                 tenant=tenant,
                 model_name=s.model_name,
-                features=[f.strip() for f in features.split(",") if f.strip()],
+                features=spec,
+                detector=detector,
+                input_schema=s.input_schema,
+                trusted_types=s.trust_types,
+                min_records=min_records or _default_min_records(detector),
                 n_estimators=n_estimators,
                 contamination=cont,
                 random_state=random_state,
@@ -271,6 +345,12 @@ def train(
             )
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+    if result.skipped:
+        click.echo(
+            f"{input_path}: left out {sum(result.skipped.values())} records the features "
+            f"cannot use: {result.skipped}",
+            err=True,
+        )
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
@@ -463,7 +543,8 @@ def _mapping(maps: tuple[str, ...]) -> Any:
 @main.command()
 @_replay_inputs
 @settings_options(
-    "bootstrap_servers", "input_topic", "kafka_properties", aliases={"input_topic": "--topic"}
+    "bootstrap_servers", "input_topic", "kafka_properties", "input_schema",
+    aliases={"input_topic": "--topic"},
 )
 @click.option(
     "--speed",
@@ -486,6 +567,7 @@ def replay(
     bootstrap_servers: str | None,
     input_topic: str | None,
     kafka_properties: tuple[str, ...],
+    input_schema: str | None,
     speed: float | None,
     rate: float | None,
     as_fast: bool,
@@ -500,6 +582,7 @@ def replay(
         bootstrap_servers=bootstrap_servers,
         input_topic=input_topic,
         kafka_properties=kafka_properties,
+        input_schema=input_schema,
     )
     if sum(x is not None and x is not False for x in (speed, rate, as_fast or None)) > 1:
         raise click.UsageError("choose one of --speed, --rate, --max")
@@ -522,6 +605,9 @@ def replay(
             fmt=fmt,
             progress=not no_progress,
             producer_config=dict(s.kafka_properties),
+            # A sensor schema named explicitly: records go out in the sensor's own form,
+            # for a consumer run with the same --input-schema.
+            raw=s.input_schema != "native",
             timestamp_field=timestamp_field,
         )
     except rp.ReplayError as e:
@@ -544,6 +630,11 @@ def _offline_table(**given: Any) -> Any:
     from stream import service
 
     settings = load_settings(**given)
+    if settings.tenant_source.kind in ("key", "header"):
+        raise click.BadParameter(
+            "files have no message keys or headers: use field:NAME or const:TENANT",
+            param_hint="--tenant-from",
+        )
     table = service.build_table(settings)
     view = table.refresh()
     if not view.production:
@@ -557,7 +648,10 @@ def _offline_table(**given: Any) -> Any:
 @main.command()
 @_replay_inputs
 @click.option("--output", "-o", default="-", show_default=True, help="Alerts JSONL file or -.")
-@settings_options("min_level", "model_name", "tracking_uri", "max_message_bytes")
+@settings_options(
+    "min_level", "model_name", "tracking_uri", "max_message_bytes", "input_schema",
+    "tenant_from", "trust_types",
+)
 @click.option(
     "--dead-letters",
     type=click.Path(dir_okay=False),
@@ -574,6 +668,9 @@ def score(
     model_name: str | None,
     tracking_uri: str | None,
     max_message_bytes: int | None,
+    input_schema: str | None,
+    tenant_from: str | None,
+    trust_types: tuple[str, ...],
     dead_letters: str | None,
 ) -> None:
     """Score files with the production models, no broker: alerts as JSON lines."""
@@ -581,7 +678,8 @@ def score(
 
     settings, table = _offline_table(
         min_level=min_level, model_name=model_name, tracking_uri=tracking_uri,
-        max_message_bytes=max_message_bytes,
+        max_message_bytes=max_message_bytes, input_schema=input_schema,
+        tenant_from=tenant_from, trust_types=trust_types,
     )
     summary = score_to_file(
         list(files),
@@ -613,7 +711,10 @@ def score(
     "normal/benign/0/false/empty].",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@settings_options("model_name", "tracking_uri", "max_message_bytes")
+@settings_options(
+    "model_name", "tracking_uri", "max_message_bytes", "input_schema", "tenant_from",
+    "trust_types",
+)
 def evaluate(
     files: tuple[Path, ...],
     fmt: str | None,
@@ -625,13 +726,17 @@ def evaluate(
     model_name: str | None,
     tracking_uri: str | None,
     max_message_bytes: int | None,
+    input_schema: str | None,
+    tenant_from: str | None,
+    trust_types: tuple[str, ...],
 ) -> None:
     """ROC-AUC, average precision, precision/recall per threat level, per tenant and overall."""
     from stream import evaluate as ev
     from stream.offline import collect_for_evaluation
 
     settings, table = _offline_table(
-        model_name=model_name, tracking_uri=tracking_uri, max_message_bytes=max_message_bytes
+        model_name=model_name, tracking_uri=tracking_uri, max_message_bytes=max_message_bytes,
+        input_schema=input_schema, tenant_from=tenant_from, trust_types=trust_types,
     )
     tenants, scores, levels, raw, summary = collect_for_evaluation(
         list(files), table, settings, label_field, fmt=fmt, mapping=_mapping(maps), tenant=tenant

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 
 from stream import registry
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from stream.features import FeatureSpec, RecordColumns
 from stream.outcomes import (
     DEFAULT_THRESHOLDS,
     LEVEL_NAMES,
@@ -36,6 +38,23 @@ from stream.outcomes import (
 )
 
 log = logging.getLogger(__name__)
+
+
+FeaturesArg = Sequence[str] | Mapping[str, str] | FeatureSpec | None
+
+
+def as_spec(features: FeaturesArg, default: Sequence[str]) -> FeatureSpec:
+    """A FeatureSpec from what the design note's API accepts (see ``train_model``)."""
+    if features is None:
+        return FeatureSpec.from_fields(list(default))
+    if isinstance(features, FeatureSpec):
+        return features
+    if isinstance(features, Mapping):
+        return FeatureSpec.parse(list(features.items()))
+    items = list(features)
+    if any("=" in f for f in items):
+        return FeatureSpec.from_cli(items)
+    return FeatureSpec.from_fields(items)
 
 
 class MLModelManager:
@@ -152,6 +171,7 @@ class MLflowAnomalyDetector:
         self.model: Any | None = None
         self.model_name = DEFAULT_MODEL_NAME
         self.features: tuple[str, ...] = registry.DEFAULT_FEATURES
+        self.spec: FeatureSpec = FeatureSpec.from_fields(list(registry.DEFAULT_FEATURES))
         self.thresholds = np.asarray(DEFAULT_THRESHOLDS)
         self.version: str | None = None
 
@@ -160,14 +180,28 @@ class MLflowAnomalyDetector:
         """The fitted StandardScaler inside the loaded pipeline (None before load/train)."""
         return None if self.model is None else self.model.named_steps["scaler"]
 
-    def train_model(self, network_data: list[dict[str, Any]], tenant_id: str | None = None) -> str:
-        """Fit StandardScaler + IsolationForest on ``network_data``; log and register; run id."""
-        records = [{f: r.get(f, 0) for f in self.features} for r in network_data]
+    def train_model(
+        self,
+        network_data: list[dict[str, Any]],
+        tenant_id: str | None = None,
+        features: FeaturesArg = None,
+    ) -> str:
+        """Fit the features and StandardScaler + IsolationForest on ``network_data``; log,
+        register and load it; returns the run id.
+
+        ``features``: plain field names (the note's default: bytes, packets, duration),
+        ``"NAME=EXPR"`` strings, a ``{name: expr}`` mapping, or a ``FeatureSpec``. With
+        plain names a missing value counts as 0, as in the note.
+        """
+        spec = as_spec(features, self.features)
+        records = network_data
+        if spec.is_plain:
+            records = [{f: r.get(f) or 0 for f in spec.plain_fields} for r in network_data]
         result = registry.train(
             records,
             tenant=tenant_id,
             model_name=self.model_name,
-            features=self.features,
+            features=spec,
             n_estimators=100,
             contamination=0.1,
             random_state=42,
@@ -196,6 +230,7 @@ class MLflowAnomalyDetector:
 
     def _use(self, loaded: registry.LoadedModel) -> None:
         self.model = loaded.estimator
+        self.spec = loaded.spec
         self.features = loaded.features
         self.thresholds = loaded.thresholds
         self.version = loaded.version
@@ -204,6 +239,8 @@ class MLflowAnomalyDetector:
         """One result per record: index, is_anomaly, anomaly_score, threat_level, original_data."""
         if self.model is None:
             raise ValueError("Model not loaded. Call load_model() first.")
+        if not self.spec.is_plain:
+            return self._detect_with_spec(network_data)
         X = self._extract_features(network_data)
         scores = np.asarray(self.model.decision_function(X), dtype=np.float64)
         levels = threat_levels(scores, self.thresholds)
@@ -225,6 +262,28 @@ class MLflowAnomalyDetector:
                 )
             )
         ]
+
+    def _detect_with_spec(self, network_data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Scores from the model's feature spec (the one module the stream uses); a record it
+        cannot compute gets no score and says why (``error``)."""
+        computed = self.spec.compute(RecordColumns(network_data))
+        ok = np.flatnonzero(computed.reason == 0)
+        scores = np.full(len(network_data), np.nan)
+        if len(ok):
+            assert self.model is not None
+            scores[ok] = self.model.decision_function(computed.X[ok])
+        levels = threat_levels(scores, self.thresholds)
+        out: list[dict[str, Any]] = []
+        for i, rec in enumerate(network_data):
+            if computed.reason[i]:
+                out.append({"index": i, "is_anomaly": None, "anomaly_score": None,
+                            "threat_level": None, "error": computed.detail.get(i, ""),
+                            "original_data": rec})
+            else:
+                s = float(scores[i])
+                out.append({"index": i, "is_anomaly": s < 0, "anomaly_score": s,
+                            "threat_level": LEVEL_NAMES[int(levels[i])], "original_data": rec})
+        return out
 
     def _extract_features(self, network_data: list[dict[str, Any]]) -> np.ndarray:
         """The model's features in its order; missing values count as 0 (the note's fillna(0))."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream.outcomes import LEVEL_NAMES as LEVELS
+from stream.sources.view import SCHEMA_NAMES
 
 DELIVERY_MODES: tuple[str, ...] = ("at-least-once", "exactly-once")
 DEFAULT_MODEL_NAME = "isolation_forest_anomaly_detector"
@@ -114,6 +115,25 @@ class Settings:
     shadow_topic: str = _opt(
         "", "STREAM_SHADOW_TOPIC", "Topic for challenger-vs-production reports (empty = off)."
     )
+    input_schema: str = _opt(
+        "native",
+        "STREAM_INPUT_SCHEMA",
+        "The sensor schema of the input events; its fields are mapped to the canonical "
+        "ones (see Sensor schemas).",
+        choices=SCHEMA_NAMES,
+    )
+    tenant_from: str = _opt(
+        "field:tenant_id",
+        "STREAM_TENANT_FROM",
+        "Where an event's tenant comes from: field:NAME (a field of the event), key "
+        "(the message key), header:NAME (a message header) or const:TENANT.",
+    )
+    trust_types: tuple[str, ...] = _opt(
+        (),
+        "STREAM_TRUST_TYPES",
+        "Extra types a model may ask skops to trust, beyond the built-in allow-list "
+        "(repeatable; env: comma-separated). Only for types known to be safe.",
+    )
     log_format: str = _opt("text", "STREAM_LOG_FORMAT", "Log format.", choices=("text", "json"))
     topic_partitions: int = _opt(
         3, "STREAM_TOPIC_PARTITIONS", "Partitions of topics that --create-topics creates.",
@@ -137,6 +157,10 @@ class Settings:
             "min_open": False,
         },
     )
+
+    @property
+    def tenant_source(self) -> TenantFrom:
+        return parse_tenant_from(self.tenant_from)
 
     def kafka_common(self) -> dict[str, Any]:
         """Client properties shared by the consumer, producer and admin client."""
@@ -187,10 +211,41 @@ def check_range(f: dataclasses.Field[Any], value: Any) -> None:
         raise ValueError(f"must be <= {hi:g}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class TenantFrom:
+    """Where a Kafka event's tenant comes from (``--tenant-from``)."""
+
+    kind: str  # "field", "key", "header" or "const"
+    name: str = ""  # the field or header name, or the constant tenant
+
+
+def parse_tenant_from(text: str) -> TenantFrom:
+    """``field:NAME``, ``key``, ``header:NAME`` or ``const:TENANT``; ValueError otherwise."""
+    from stream.events import valid_tenant
+
+    kind, sep, name = text.strip().partition(":")
+    if kind == "key" and not sep:
+        return TenantFrom("key")
+    if kind in ("field", "header", "const") and sep and name:
+        if kind == "const" and not valid_tenant(name):
+            raise ValueError(f"const:{name}: tenant ids are 1-64 characters of [A-Za-z0-9_.-]")
+        return TenantFrom(kind, name)
+    raise ValueError(f"{text!r}: expected field:NAME, key, header:NAME or const:TENANT")
+
+
 def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
     """``raw`` (from ``source``: an environment variable or a flag) as the field's type."""
     if f.name == "kafka_properties":
         return parse_properties(raw)
+    if f.name == "trust_types":
+        items = raw.split(",") if isinstance(raw, str) else raw
+        return tuple(t.strip() for t in items if t.strip())
+    if f.name == "tenant_from":
+        try:
+            parse_tenant_from(raw)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+        return str(raw).strip()
     typ = type(f.default)
     try:
         value = parse_bool(raw) if typ is bool else typ(raw)
@@ -207,6 +262,8 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
 def flag_name(f: dataclasses.Field[Any]) -> str:
     if f.name == "kafka_properties":
         return "-X/--kafka-property"
+    if f.name == "trust_types":
+        return "--trust-type"
     return "--" + f.name.replace("_", "-")
 
 
@@ -219,7 +276,7 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         if name in env and env[name] != "":
             values[f.name] = _coerce(f, env[name], name)
     for key, value in overrides.items():
-        if value is None or (key == "kafka_properties" and not value):
+        if value is None or (key in ("kafka_properties", "trust_types") and not value):
             continue
         f = next(x for x in FIELDS if x.name == key)
         values[key] = _coerce(f, value, flag_name(f))

@@ -1,13 +1,17 @@
 """Decoding a micro-batch of raw message values into columns, with validation.
 
 A batch of Kafka message values becomes: a tenant id per row, a reason code per
-row (0 = usable), and numeric feature columns built on demand, one numpy array
-per feature for the whole batch.
+row (0 = usable), and raw field columns built on demand, one numpy array per
+field path for the whole batch: ``DecodedBatch`` is the stream's
+``stream.features.ColumnSource``, so feature specs compute on it exactly as on
+the records of a file (same path rule, same value rules).
 
 Fast path: each message is decoded on its own (never joined with its
 neighbours, so a hostile value cannot shift another message's fields) by a
-msgspec decoder that reads only ``tenant_id`` and the feature names the models
-have asked for, skipping the rest of the document in C. Two batch-wide scans
+msgspec decoder that reads only the tenant field and the top-level keys the
+models have asked for (literal keys, dotted ones such as Zeek's ``id.orig_h``
+included), skipping the rest of the document in C. Nested paths (Suricata's
+``flow.bytes_toserver``) are looked up in the parsed document. Two batch-wide scans
 then make that decoder exactly as strict as a full orjson parse, because a
 message's bytes are spliced into its alert and must be JSON that any reader
 accepts: the whole batch must be valid UTF-8, and no number literal may
@@ -32,6 +36,15 @@ import msgspec
 import numpy as np
 import orjson
 
+from stream.features.columns import (
+    MISSING,
+    ColumnSource,
+    lookup,
+    numeric_column,
+    string_column,
+)
+from stream.features.spec import FeatureSpec
+
 # Re-exported: the decoder's reason codes.
 from stream.reasons import (  # noqa: F401
     EMPTY,
@@ -50,7 +63,6 @@ from stream.reasons import (  # noqa: F401
 
 TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-_NUMERIC_TYPES = frozenset({int, float})
 # Feature names the fast decoder reads. Learned from the columns asked for (the
 # first batch that needs a new name takes the slow path once); bounded so that
 # odd model metadata cannot grow the decoder without limit.
@@ -72,59 +84,96 @@ def valid_tenant(value: object) -> bool:
     return type(value) is str and TENANT_RE.fullmatch(value) is not None
 
 
-class _Schema:
-    """A msgspec decoder of ``tenant_id`` plus a fixed tuple of numeric features.
+#: How the fast decoder types a key: a number, or any scalar (for categories).
+NUMBER, SCALAR = "number", "scalar"
+_SCALAR_TYPE: Any = str | int | float | bool | None
 
-    An absent feature decodes to NaN (JSON itself cannot express NaN, so NaN
-    means "absent"); ``null``, strings, booleans, containers and out-of-range
-    numbers make the decode fail, and the message takes the slow path.
+
+class _Schema:
+    """A msgspec decoder of the tenant field plus a fixed tuple of (key, kind).
+
+    A ``NUMBER`` key that is absent decodes to NaN (JSON itself cannot express NaN,
+    so NaN means "absent"); a ``SCALAR`` key decodes to its value, None when absent
+    or null. ``null`` for a number, strings or booleans for a number, containers and
+    out-of-range numbers make the decode fail, and the message takes the slow path.
     """
 
-    def __init__(self, features: tuple[str, ...]) -> None:
-        self.features = features
-        self.slot = {f: f"f{i}" for i, f in enumerate(features)}
-        fields: list[tuple[str, Any, Any]] = [("t", str | None, None)]
-        fields += [(self.slot[f], float, math.nan) for f in features]
-        rename = {"t": "tenant_id", **{v: k for k, v in self.slot.items()}}
+    def __init__(self, tenant_field: str, keys: tuple[tuple[str, str], ...]) -> None:
+        self.tenant_field = tenant_field
+        self.keys = keys
+        self.kind = dict(keys)
+        slot = {k: f"f{i}" for i, (k, _kind) in enumerate(keys)}
+        fields: list[tuple[str, Any, Any]] = [("t", _SCALAR_TYPE, None)]
+        fields += [
+            (slot[k], float, math.nan) if kind == NUMBER else (slot[k], _SCALAR_TYPE, None)
+            for k, kind in keys
+        ]
+        rename = {"t": tenant_field, **{v: k for k, v in slot.items()}}
         row = msgspec.defstruct("Row", fields, rename=rename, gc=False)
         self.decode: Callable[[bytes], Any] = msgspec.json.Decoder(row).decode
         self.placeholder = row()  # stands in for rows the slow path decided
         self.tenant = attrgetter("t")
-        self.getters = {f: attrgetter(s) for f, s in self.slot.items()}
+        self.getters = {k: attrgetter(s) for k, s in slot.items()}
 
 
 _lock = threading.Lock()
-_schema = _Schema(())
+_schemas: dict[str, _Schema] = {}
 
 
-def _learn(name: str) -> None:
-    """Have later batches read ``name`` on the fast path."""
-    global _schema
+def _schema_for(tenant_field: str) -> _Schema:
     with _lock:
-        known = _schema.features
-        if name in known or name == "tenant_id" or len(known) >= MAX_FAST_FEATURES:
+        schema = _schemas.get(tenant_field)
+        if schema is None:
+            schema = _schemas[tenant_field] = _Schema(tenant_field, ())
+        return schema
+
+
+def _learn(tenant_field: str, key: str, kind: str) -> None:
+    """Have later batches read ``key`` on the fast path (a key read both ways is SCALAR)."""
+    with _lock:
+        schema = _schemas[tenant_field]
+        known = schema.kind.get(key)
+        if key == tenant_field or known in (kind, SCALAR):
             return
-        _schema = _Schema((*known, name))
+        if known is None and len(schema.keys) >= MAX_FAST_FEATURES:
+            return
+        keys = tuple((k, SCALAR if k == key else v) for k, v in schema.keys)
+        if known is None:
+            keys = (*keys, (key, kind))
+        _schemas[tenant_field] = _Schema(tenant_field, keys)
 
 
 class DecodedBatch:
-    """One micro-batch of message values, parsed once; feature columns on demand.
+    """One micro-batch of message values, parsed once; field columns on demand.
 
     ``reason[i]`` is 0 while row ``i`` is usable and a reason code once it is
     rejected; ``detail`` holds a human-readable explanation for rejected rows.
+
+    The tenant of a row is its ``tenant_field`` (default ``tenant_id``), or, when
+    ``tenants`` is given, that list (a tenant taken from the message key, a header
+    or a constant); either way it is validated like ``tenant_id``.
     """
 
-    def __init__(self, values: Sequence[bytes | None], max_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        values: Sequence[bytes | None],
+        max_bytes: int = 1_000_000,
+        *,
+        tenant_field: str = "tenant_id",
+        tenants: Sequence[Any] | None = None,
+    ) -> None:
         self.values = values
         self.n = len(values)
         self.reason = np.zeros(self.n, dtype=np.uint8)
         self.detail: dict[int, str] = {}
-        self._schema = _schema
+        self.tenant_field = tenant_field
+        self._schema = _schema_for(tenant_field)
         # Rows the slow path decided: row -> orjson document (None when rejected).
         self._slow: dict[int, Any] = {}
         self._rows: list[Any] = self._parse(max_bytes)
-        self.tenants: list[str] = self._tenants()
-        self._columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.tenants: list[str] = self._tenants(tenants)
+        self._numeric: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._strings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._docs: list[Any] | None = None
 
     def reject(self, rows: np.ndarray | Sequence[int], code: int, detail: str) -> None:
@@ -214,10 +263,14 @@ class DecodedBatch:
                 self._slow_path(i)
                 rows[i] = self._schema.placeholder
 
-    def _tenants(self) -> list[str]:
-        raw: list[Any] = list(map(self._schema.tenant, self._rows))
-        for i, doc in self._slow.items():
-            raw[i] = doc.get("tenant_id") if type(doc) is dict else None
+    def _tenants(self, given: Sequence[Any] | None) -> list[str]:
+        if given is not None:
+            raw: list[Any] = list(given)
+        else:
+            raw = list(map(self._schema.tenant, self._rows))
+            field = self.tenant_field
+            for i, doc in self._slow.items():
+                raw[i] = doc.get(field) if type(doc) is dict else None
         bad_values: set[Any] = set()
         try:
             for t in set(raw):  # validate each distinct value once, not each row
@@ -236,85 +289,134 @@ class DecodedBatch:
                     self.detail[i] = f"JSON value is a {type(doc).__name__}, not an object"
                 elif not valid_tenant(t):
                     self.reason[i] = INVALID_TENANT
+                    what = "tenant" if given is not None else self.tenant_field
                     self.detail[i] = (
-                        "missing tenant_id"
+                        f"missing {what}"
                         if t is None
-                        else f"invalid tenant_id {str(t)[:80]!r}: want [A-Za-z0-9_.-]{{1,64}}"
+                        else f"invalid {what} {str(t)[:80]!r}: want [A-Za-z0-9_.-]{{1,64}}"
                     )
         if not bad_values and not unhashable:
             return raw  # every value is a valid tenant string already
         return [t if type(t) is str else "" for t in raw]
 
-    # ---- columns --------------------------------------------------------------------
+    # ---- columns (the ColumnSource protocol) --------------------------------------
 
-    def column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Feature ``name`` for every row as float64, with a per-row reason code (0 = ok)."""
-        cached = self._columns.get(name)
+    def numeric(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Field ``path`` for every row as float64, with a per-row reason code (0 = ok)."""
+        cached = self._numeric.get(path)
         if cached is not None:
             return cached
-        getter = self._schema.getters.get(name)
-        if getter is None:
-            _learn(name)
-            arr, codes = self._column_from_docs(name, range(self.n))
+        getter = self._schema.getters.get(path)
+        if getter is None or self._schema.kind[path] != NUMBER:
+            _learn(self.tenant_field, path, NUMBER)
+            if getter is None:
+                col = numeric_column(self._raw_from_docs(path, range(self.n)))
+            else:
+                col = numeric_column(self._raw_fast(path, getter))
         else:
             arr = np.fromiter(map(getter, self._rows), dtype=np.float64, count=self.n)
             # NaN is how the fast decoder says "absent" (JSON has no NaN literal).
-            codes = np.where(np.isnan(arr), MISSING_FEATURE, OK).astype(np.uint8)
-            if self._slow:
-                rows = list(self._slow)
-                arr[rows], codes[rows] = self._column_from_docs(name, rows)
-        self._columns[name] = (arr, codes)
-        return arr, codes
+            absent = np.isnan(arr)
+            codes = np.where(absent, MISSING_FEATURE, OK).astype(np.uint8)
+            # The slow path's rows, and a dotted path that may be nested instead.
+            redo = set(self._slow)
+            if "." in path and absent.any():
+                redo.update(np.flatnonzero(absent).tolist())
+            if redo:
+                rows = sorted(redo)
+                arr[rows], codes[rows] = numeric_column(self._raw_from_docs(path, rows))
+            col = (arr, codes)
+        self._numeric[path] = col
+        return col
 
-    def _column_from_docs(
-        self, name: str, rows: Sequence[int] | range
-    ) -> tuple[np.ndarray, np.ndarray]:
-        docs = self.docs
-        vals = [d.get(name) if type(d) is dict else 0.0 for d in (docs[i] for i in rows)]
-        n = len(vals)
-        codes = np.zeros(n, dtype=np.uint8)
-        if set(map(type, vals)) <= _NUMERIC_TYPES:
-            arr = np.array(vals, dtype=np.float64)
+    def strings(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Field ``path`` for every row as category text, with a per-row reason code."""
+        cached = self._strings.get(path)
+        if cached is not None:
+            return cached
+        getter = self._schema.getters.get(path)
+        if getter is None or self._schema.kind[path] != SCALAR:
+            _learn(self.tenant_field, path, SCALAR)
+            raw = self._raw_from_docs(path, range(self.n))
         else:
-            arr = np.empty(n, dtype=np.float64)
-            for k, v in enumerate(vals):
-                tv = type(v)
-                if tv is int or tv is float:
-                    arr[k] = v
-                else:
-                    arr[k] = np.nan
-                    codes[k] = MISSING_FEATURE if v is None else NON_NUMERIC_FEATURE
-        with np.errstate(invalid="ignore"):
-            nonfinite = ~np.isfinite(arr) & (codes == OK)
-        if nonfinite.any():
-            codes[nonfinite] = NON_FINITE_FEATURE
-        return arr, codes
+            raw = self._raw_fast(path, getter)
+        col = self._strings[path] = string_column(raw)
+        return col
+
+    def _raw_fast(self, path: str, getter: Callable[[Any], Any]) -> list[Any]:
+        """Raw values of a key the fast decoder read; slow rows and nested paths from docs."""
+        raw: list[Any] = list(map(getter, self._rows))
+        if self._schema.kind[path] == NUMBER:
+            raw = [MISSING if v != v else v for v in raw]  # NaN: absent
+        redo = set(self._slow)
+        if "." in path:
+            redo.update(i for i, v in enumerate(raw) if v is None or v is MISSING)
+        for i in sorted(redo):
+            raw[i] = self._lookup(i, path)
+        return raw
+
+    def _raw_from_docs(self, path: str, rows: Sequence[int] | range) -> list[Any]:
+        return [self._lookup(i, path) for i in rows]
+
+    def _lookup(self, i: int, path: str) -> Any:
+        if i in self._slow:
+            doc = self._slow[i]
+        elif self._docs is not None:
+            doc = self._docs[i]
+        else:
+            doc = orjson.loads(self.values[i])  # type: ignore[arg-type]
+        # A row rejected before parsing (or not an object) has nothing to read; its
+        # reason is already set, so any value will do.
+        return lookup(doc, path) if type(doc) is dict else 0.0
+
+    def column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``numeric(name)`` (the name this method had before feature specs)."""
+        return self.numeric(name)
+
+    def features(self, rows: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+        """The model inputs of ``spec`` for ``rows``: (X of usable rows, usable row indices).
+
+        Rows a feature cannot be computed for are rejected here with the reason naming
+        the feature (``missing_feature``, ``non_numeric_feature``, ``non_finite_feature``).
+        """
+        return compute_rows(self, self, rows, spec)
 
     def matrix(self, rows: np.ndarray, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Feature matrix for ``rows``; returns (X of usable rows, the usable row indices).
+        """``features`` for plain field names (the feature list of models before specs)."""
+        return self.features(rows, FeatureSpec.from_fields(list(features)))
 
-        Rows with a missing, non-numeric or non-finite feature are rejected here
-        with the reason naming the feature.
-        """
-        keep = np.ones(len(rows), dtype=bool)
-        cols = []
-        for f in features:
-            arr, codes = self.column(f)
-            c = codes[rows]
-            bad = c != OK
-            if bad.any():
-                for code in np.unique(c[bad]).tolist():
-                    sel = rows[(c == code) & keep]
-                    self.reject(sel, int(code), f"feature {f!r}: {REASONS[int(code)]}")
-                keep &= ~bad
-            cols.append(arr)
-        good = rows[keep] if not keep.all() else rows
-        if not cols:
-            return np.empty((len(good), 0)), good
-        X = np.empty((len(good), len(cols)), dtype=np.float64)
-        for j, a in enumerate(cols):
-            X[:, j] = a[good]
-        return X, good
+
+def compute_rows(
+    batch: DecodedBatch, source: ColumnSource, rows: np.ndarray, spec: FeatureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """``spec`` over ``rows`` of ``source`` (the batch, or a sensor schema's view of it);
+    rows it rejects are rejected in ``batch``. Returns (X of usable rows, their indices)."""
+    computed = spec.compute(RowSubset(source, rows))
+    ok = computed.reason == OK
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        for k in bad.tolist():
+            batch.reject([int(rows[k])], int(computed.reason[k]), computed.detail.get(k, ""))
+        return computed.X[ok], rows[ok]
+    return computed.X, rows
+
+
+class RowSubset:
+    """A ColumnSource of some rows of another (columns computed once per batch, sliced)."""
+
+    def __init__(self, source: ColumnSource, rows: np.ndarray) -> None:
+        self.source = source
+        self.rows = rows
+        self.n = len(rows)
+        self._whole = len(rows) == source.n
+
+    def numeric(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        values, codes = self.source.numeric(path)
+        return (values, codes) if self._whole else (values[self.rows], codes[self.rows])
+
+    def strings(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        values, codes = self.source.strings(path)
+        return (values, codes) if self._whole else (values[self.rows], codes[self.rows])
 
 
 def _suspects(parts: list[bytes]) -> set[int]:

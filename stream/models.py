@@ -23,7 +23,6 @@ Routing rules (what ``resolve`` returns for tenant ``T``):
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,7 +36,9 @@ import numpy as np
 
 from stream import registry
 from stream.events import valid_tenant
+from stream.features import RecordColumns
 from stream.registry import LoadedModel, ModelLoadError, RegistryView
+from stream.sources.view import columns_for
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class ModelTable:
         on_swap: Callable[[SwapEvent], None] | None = None,
         on_failure: Callable[[str, str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        schema: str = "native",
     ) -> None:
         self.base_name = base_name
         self._poller = poller
@@ -106,6 +108,8 @@ class ModelTable:
         # seconds of ``clock`` (injectable, so tests move time instead of sleeping).
         self.retry_backoff = retry_backoff
         self._clock = clock
+        # The sensor schema of the events (--input-schema): the canary is read through it.
+        self.schema = schema
         # One lock guards every mutable structure below; it is only ever held for
         # dictionary work, never across a registry call or a model load.
         self._lock = threading.Lock()
@@ -314,11 +318,14 @@ class ModelTable:
             own = list(self._canary_by_tenant.get(tenant, ())) if tenant is not None else []
             sample = own or list(self._canary)
         if sample:
-            X, reasons = canary_matrix(sample, model.features)
+            computed = model.spec.compute(columns_for(RecordColumns(sample), self.schema))
+            ok = computed.reason == 0
+            X = computed.X[ok]
             if len(X) == 0:
                 whose = f"of tenant {tenant}" if own else "of any tenant"
+                reasons = sorted(set(computed.detail.values()))[:3]
                 raise ModelLoadError(
-                    f"{source}: declares features {list(model.features)} but none of "
+                    f"{source}: declares features {list(model.spec.names)} but none of "
                     f"{len(sample)} recent events {whose} has them ({'; '.join(reasons)})"
                 )
         else:
@@ -595,19 +602,3 @@ class ModelTable:
             self._thread = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def canary_matrix(docs: Sequence[Any], features: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """The canary events that carry every feature as a finite number, as a matrix, and
-    (when none does) up to three reasons why not."""
-    rows: list[list[float]] = []
-    reasons: set[str] = set()
-    for doc in docs:
-        values = [doc.get(f) if type(doc) is dict else None for f in features]
-        bad = next((f for f, v in zip(features, values, strict=True)
-                    if type(v) not in (int, float) or not math.isfinite(v)), None)
-        if bad is None:
-            rows.append([float(v) for v in values])  # type: ignore[arg-type]
-        else:
-            reasons.add(f"feature {bad!r}: missing or not a finite number")
-    X = np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
-    return X, sorted(reasons)[:3]

@@ -48,11 +48,13 @@ def _batches(
     tenant: str | None,
     batch_size: int,
     summary: ScoreSummary,
+    raw: bool,
 ) -> Iterator[tuple[str, list[bytes], np.ndarray]]:
     for path in paths:
         values: list[bytes] = []
         lines: list[int] = []
-        for line_no, record, reason in iter_records(path, fmt=fmt, mapping=mapping, tenant=tenant):
+        rows = iter_records(path, fmt=fmt, mapping=mapping, tenant=tenant, raw=raw)
+        for line_no, record, reason in rows:
             if record is None:
                 summary.unreadable.append((str(path), line_no, reason or "unreadable"))
                 continue
@@ -77,11 +79,26 @@ def score_batches(
     batch_size: int = 10000,
     summary: ScoreSummary | None = None,
 ) -> Iterator[BatchOutcome]:
-    """Outcomes of every batch of ``paths``, scored exactly as the consumer would."""
+    """Outcomes of every batch of ``paths``, scored exactly as the consumer would.
+
+    The records are read in the sensor schema of ``settings.input_schema`` (a Zeek file
+    keeps its own field names when the schema says zeek), and each event's tenant is
+    ``tenant`` when given, else as ``settings.tenant_from`` says (a field, or a constant;
+    files have no message keys or headers).
+    """
     summary = summary if summary is not None else ScoreSummary()
     level = LEVEL_CODES[min_level]
+    src = settings.tenant_source
+    if src.kind in ("key", "header"):
+        raise ValueError(f"--tenant-from {src.kind}: files have no message keys or headers")
+    if src.kind == "const" and tenant is None:
+        tenant = src.name
+    tenant_field = src.name if src.kind == "field" else "tenant_id"
+    if tenant is not None and tenant_field != "tenant_id":
+        tenant_field = "tenant_id"  # --tenant sets tenant_id in every record
     for name, values, lines in _batches(
-        paths, fmt=fmt, mapping=mapping, tenant=tenant, batch_size=batch_size, summary=summary
+        paths, fmt=fmt, mapping=mapping, tenant=tenant, batch_size=batch_size, summary=summary,
+        raw=settings.input_schema != "native",
     ):
         outcome = process_batch(
             values,
@@ -91,6 +108,8 @@ def score_batches(
             offsets=lines,
             min_level=level,
             max_bytes=settings.max_message_bytes,
+            schema=settings.input_schema,
+            tenant_field=tenant_field,
         )
         summary.records += outcome.n
         summary.scored += outcome.scored

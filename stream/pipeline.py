@@ -85,6 +85,7 @@ class Pipeline:
         self.health: HealthSink = health or NullHealth()
         self._probe = health is not None  # readiness is worked out only for a real probe
         self.min_level = LEVEL_CODES[settings.min_level]
+        self.tenant_from = settings.tenant_source
         self.stop_event = threading.Event()
         # Rebound, never mutated in place, so other threads can read it (``assignment``).
         self._assignment: frozenset[tuple[str, int]] = frozenset()
@@ -165,6 +166,9 @@ class Pipeline:
             min_level=self.min_level,
             max_bytes=self.s.max_message_bytes,
             challenger=self.table.challenger_for,
+            schema=self.s.input_schema,
+            tenant_field=self.tenant_from.name if self.tenant_from.kind == "field" else "tenant_id",
+            tenants=self._tenants(msgs),
         )
         batch = Batch.of(self._records(msgs, outcome), partitions, offsets)
         self._batch = batch
@@ -184,6 +188,18 @@ class Pipeline:
         self.delivery.after_failure(batch)
         self._rewind(batch)
         self._backoff(self.retry.next())
+
+    def _tenants(self, msgs: list[Message]) -> list[object] | None:
+        """Tenants from the message key, a header or a constant (``--tenant-from``); None
+        when they come from a field of the event (the decoder reads it)."""
+        src = self.tenant_from
+        if src.kind == "field":
+            return None
+        if src.kind == "const":
+            return [src.name] * len(msgs)
+        if src.kind == "key":
+            return [_text(m.key()) for m in msgs]
+        return [_header(m.headers(), src.name) for m in msgs]
 
     def _records(self, msgs: list[Message], outcome: BatchOutcome) -> list[Record]:
         """Alerts (keyed by tenant), dead letters (original bytes and key), shadow reports."""
@@ -276,3 +292,20 @@ class Pipeline:
         finally:
             with contextlib.suppress(RuntimeError):  # already closed
                 self.consumer.close()
+
+
+def _text(raw: bytes | None) -> str | None:
+    """A key or header as text, None when absent or not UTF-8 (then ``invalid_tenant``)."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return _text(value)
+    return None

@@ -227,6 +227,7 @@ def replay(
     producer_config: dict[str, str] | None = None,
     timestamp_field: str = "timestamp",
     flush_timeout_s: float = 60.0,
+    raw: bool = False,
 ) -> ReplaySummary:
     """Produce every record of ``paths`` to ``topic``, paced, keyed by tenant id.
 
@@ -274,7 +275,10 @@ def replay(
                 producer.poll(0.05)
         producer.poll(0)
 
-    sources = ((str(p), iter_records(p, fmt=kind, mapping=mapping, tenant=tenant)) for p in paths)
+    sources = (
+        (str(p), iter_records(p, fmt=kind, mapping=mapping, tenant=tenant, raw=raw))
+        for p in paths
+    )
     bar = progress_bar(total) if progress else None
     on_progress: Callable[[int, str], Any] | None = None
     if bar is not None:

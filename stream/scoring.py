@@ -34,8 +34,12 @@ def decision_scores(estimator: Any, X: np.ndarray) -> np.ndarray:
     return scores
 
 
+#: Default target rates of critical, high-or-above and medium-or-above on training traffic.
+DEFAULT_CALIBRATION: tuple[float, float, float] = (0.001, 0.005, 0.02)
+
+
 def calibrate_thresholds(
-    train_scores: np.ndarray, rates: Sequence[float] = (0.001, 0.005, 0.02)
+    train_scores: np.ndarray, rates: Sequence[float] = DEFAULT_CALIBRATION
 ) -> tuple[float, float, float]:
     """Cut points so that about ``rates`` of training traffic is critical, high+, medium+.
 

@@ -70,7 +70,10 @@ def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
     return ModelTable(
         base,
         poller=lambda: registry.poll(base, uri=uri),
-        loader=lambda name, version: registry.load_version(name, version, uri=uri),
+        loader=lambda name, version: registry.load_version(
+            name, version, uri=uri, trusted=settings.trust_types
+        ),
+        schema=settings.input_schema,
         cache_size=settings.model_cache_size,
         on_swap=on_swap,
         on_failure=on_failure,

@@ -33,20 +33,27 @@ from stream.registry.loading import (
     check_trusted,
     load_version,
     model_spec,
+    needed_types,
 )
 from stream.registry.training import (
     DEFAULT_FEATURES,
+    DETECTORS,
+    MIN_TRAINING_RECORDS,
+    TrainingError,
     TrainResult,
     build_pipeline,
     feature_matrix,
     log_pipeline,
     train,
+    training_matrix,
 )
 
 __all__ = [
     "CHALLENGER_ALIAS",
     "CHALLENGER_STAGE",
     "DEFAULT_FEATURES",
+    "DETECTORS",
+    "MIN_TRAINING_RECORDS",
     "PRODUCTION_ALIAS",
     "PRODUCTION_STAGE",
     "TRUSTED_TYPES",
@@ -54,6 +61,7 @@ __all__ = [
     "ModelLoadError",
     "RegistryView",
     "TrainResult",
+    "TrainingError",
     "build_pipeline",
     "check_trusted",
     "client",
@@ -64,6 +72,7 @@ __all__ = [
     "load_version",
     "log_pipeline",
     "model_spec",
+    "needed_types",
     "poll",
     "production_version",
     "promote",
@@ -72,5 +81,6 @@ __all__ = [
     "set_challenger",
     "tracking_uri",
     "train",
+    "training_matrix",
     "using_uri",
 ]

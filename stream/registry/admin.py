@@ -68,6 +68,7 @@ def promote(name: str, version: str | int, *, uri: str | None = None) -> None:
             if mv.current_stage == PRODUCTION_STAGE and str(mv.version) != version:
                 c.transition_model_version_stage(name, str(mv.version), "Archived")
 
+
 def set_challenger(name: str, version: str | int, *, uri: str | None = None) -> None:
     """Point alias ``challenger`` (and stage ``Staging``) at ``version``: shadow-scored only."""
     c = client(uri)
@@ -77,6 +78,7 @@ def set_challenger(name: str, version: str | int, *, uri: str | None = None) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         c.transition_model_version_stage(name, version, CHALLENGER_STAGE)
+
 
 def demote(name: str, *, uri: str | None = None) -> None:
     """Remove a model's production alias and stage (its tenant falls back to the global model)."""
@@ -93,6 +95,7 @@ def demote(name: str, *, uri: str | None = None) -> None:
             if mv.current_stage == PRODUCTION_STAGE or mv.version in versions:
                 c.transition_model_version_stage(name, mv.version, "Archived")
 
+
 @dataclass(frozen=True)
 class RegistryView:
     """One poll of the registry: production and challenger version per model name."""
@@ -100,6 +103,7 @@ class RegistryView:
     production: dict[str, str] = field(default_factory=dict)
     challenger: dict[str, str] = field(default_factory=dict)
     requests: int = 0
+
 
 def poll(base_name: str, *, uri: str | None = None, page_size: int = 1000) -> RegistryView:
     """Production/challenger versions of ``base_name`` and every ``base_name_*`` model.
@@ -136,6 +140,7 @@ def poll(base_name: str, *, uri: str | None = None, page_size: int = 1000) -> Re
         if not token:
             break
     return RegistryView(production=production, challenger=challenger, requests=requests)
+
 
 def list_models(*, uri: str | None = None) -> list[dict[str, Any]]:
     """Every registered model with its production and challenger versions."""

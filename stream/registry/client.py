@@ -17,13 +17,16 @@ PRODUCTION_ALIAS, PRODUCTION_STAGE = "production", "Production"
 
 CHALLENGER_ALIAS, CHALLENGER_STAGE = "challenger", "Staging"
 
+
 def tracking_uri() -> str:
     """The tracking URI from ``MLFLOW_TRACKING_URI``, else the local SQLite default."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
+
 def registered_name(model_name: str, tenant: str | None) -> str:
     """``NAME_T`` for a tenant model, ``NAME`` for the global one (the design note's scheme)."""
     return f"{model_name}_{tenant}" if tenant else model_name
+
 
 def client(uri: str | None = None) -> Any:
     """An MlflowClient bound to ``uri`` (tracking and registry alike)."""
@@ -31,6 +34,7 @@ def client(uri: str | None = None) -> Any:
 
     uri = uri or tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
 
 @contextlib.contextmanager
 def using_uri(uri: str) -> Iterator[None]:
@@ -59,6 +63,7 @@ def using_uri(uri: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
 
 def ensure_experiment(name: str) -> str:
     import mlflow

@@ -11,21 +11,48 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stream.features import FeatureSpec, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry.client import client, tracking_uri
 from stream.scoring import check_thresholds, decision_scores, fast_isolation_forest
 
-# The only non-default types an IsolationForest pipeline needs skops to trust.
-TRUSTED_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
+#: Types beyond skops' own defaults (scikit-learn estimators, numpy, scipy) that a model
+#: may ask to trust. Each is one of scikit-learn's compiled data structures, rebuilt by
+#: skops from plain numpy arrays and numbers: loading one runs no code named by the file.
+#: - ``sklearn.tree._tree.Tree``: the trees of IsolationForest;
+#: - ``sklearn.neighbors._kd_tree.KDTree`` / ``_ball_tree.BallTree``: LocalOutlierFactor's
+#:   neighbour index;
+#: - ``sklearn.metrics._dist_metrics.EuclideanDistance64`` (and the Manhattan/Minkowski
+#:   variants): the distance the neighbour index uses.
+#: ``--trust-type`` (train and run) extends the list for a deployment that needs more.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "sklearn.tree._tree.Tree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+)
+
+
+def needed_types(estimator: Any) -> set[str]:
+    """The non-default types skops must trust to load ``estimator`` (checked at training,
+    so a model that could never be served is never registered)."""
+    import skops.io as sio
+
+    return set(sio.get_untrusted_types(data=sio.dumps(estimator)))
+
 
 class ModelLoadError(RuntimeError):
     """A model version that cannot be served: untrusted, malformed or failing its checks."""
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -33,13 +60,20 @@ class LoadedModel:
 
     name: str
     version: str
-    features: tuple[str, ...]
+    features: tuple[str, ...]  # the model's input columns (the spec's output columns)
     thresholds: np.ndarray
     estimator: Any
     load_seconds: float = 0.0
     # The estimator's decision_function without sklearn's per-call overhead, when it has
     # proved bit-identical at load (scoring.fast_isolation_forest); None otherwise.
     scorer: Any = None
+    # How the inputs are computed from an event; plain field references of ``features``
+    # when not given (models trained before feature specs).
+    spec: FeatureSpec = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            object.__setattr__(self, "spec", FeatureSpec.from_fields(list(self.features)))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -50,8 +84,10 @@ class LoadedModel:
             return self.scorer(X)
         return decision_scores(self.estimator, X)
 
-def check_trusted(mlmodel: Any, source: str) -> None:
-    """Refuse a model whose sklearn flavor is pickled or asks skops to trust unknown types."""
+
+def check_trusted(mlmodel: Any, source: str, extra: Sequence[str] = ()) -> None:
+    """Refuse a model whose sklearn flavor is pickled or asks skops to trust unknown types
+    (``TRUSTED_TYPES`` plus ``extra``)."""
     flavor = mlmodel.flavors.get("sklearn")
     if flavor is None:
         raise ModelLoadError(f"{source}: not an sklearn-flavor model")
@@ -62,28 +98,42 @@ def check_trusted(mlmodel: Any, source: str) -> None:
             "(pickle could run arbitrary code)"
         )
     asked = set(flavor.get("skops_trusted_types") or [])
-    extra = asked - set(TRUSTED_TYPES)
-    if extra:
+    outside = asked - set(TRUSTED_TYPES) - set(extra)
+    if outside:
         raise ModelLoadError(
-            f"{source}: asks to trust types outside the allow-list: {sorted(extra)}"
+            f"{source}: asks to trust types outside the allow-list: {sorted(outside)} "
+            "(add one with --trust-type only if you know it is safe)"
         )
 
-def model_spec(mlmodel: Any, source: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """Features and thresholds recorded with the model (the design note's defaults if absent)."""
+
+def model_spec(mlmodel: Any, source: str) -> tuple[FeatureSpec, np.ndarray]:
+    """The feature spec and thresholds recorded with the model.
+
+    Models from before feature specs record only a feature list (or just a signature):
+    their spec is plain field references, which behave exactly as those models did.
+    """
     meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
+    try:
+        thresholds = check_thresholds(meta.get("thresholds") or DEFAULT_THRESHOLDS)
+    except ValueError as e:
+        raise ModelLoadError(f"{source}: {e}") from e
+    if meta.get("spec") is not None:
+        try:
+            return FeatureSpec.from_dict(meta["spec"]), thresholds
+        except (SpecError, ValueError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"{source}: its feature spec does not load: {e}") from e
     features = meta.get("features")
     if features is None:
         sig = getattr(mlmodel, "signature", None)
         features = sig.inputs.input_names() if sig is not None and sig.inputs else None
     if not features or not all(isinstance(f, str) and f for f in features):
         raise ModelLoadError(f"{source}: records no usable feature list")
-    try:
-        thresholds = check_thresholds(meta.get("thresholds") or DEFAULT_THRESHOLDS)
-    except ValueError as e:
-        raise ModelLoadError(f"{source}: {e}") from e
-    return tuple(features), thresholds
+    return FeatureSpec.from_fields(list(features)), thresholds
 
-def load_version(name: str, version: str, *, uri: str | None = None) -> LoadedModel:
+
+def load_version(
+    name: str, version: str, *, uri: str | None = None, trusted: Sequence[str] = ()
+) -> LoadedModel:
     """Download one model version, check it is trusted, load it. One artifact download."""
     import mlflow
     from mlflow.models import Model
@@ -104,18 +154,25 @@ def load_version(name: str, version: str, *, uri: str | None = None) -> LoadedMo
         except Exception as e:
             raise ModelLoadError(f"{source}: download failed: {e}") from e
         mlmodel = Model.load(Path(local))
-        check_trusted(mlmodel, source)
-        features, thresholds = model_spec(mlmodel, source)
+        check_trusted(mlmodel, source, trusted)
+        spec, thresholds = model_spec(mlmodel, source)
         try:
             estimator = mlflow.sklearn.load_model(local)
         except Exception as e:
             raise ModelLoadError(f"{source}: load failed: {e}") from e
     if not hasattr(estimator, "decision_function"):
         raise ModelLoadError(f"{source}: model has no decision_function")
+    n_in = getattr(estimator, "n_features_in_", None)
+    if n_in is not None and n_in != len(spec.columns):
+        raise ModelLoadError(
+            f"{source}: the model takes {n_in} inputs but its feature spec makes "
+            f"{len(spec.columns)}"
+        )
     return LoadedModel(
         name=name,
         version=str(version),
-        features=features,
+        features=spec.columns,
+        spec=spec,
         thresholds=thresholds,
         estimator=estimator,
         load_seconds=time.perf_counter() - t0,

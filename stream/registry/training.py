@@ -10,21 +10,40 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from stream.features import FeatureSpec, RecordColumns, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
+from stream.reasons import OK, REASONS
 from stream.registry.admin import promote
 from stream.registry.client import ensure_experiment, registered_name, tracking_uri, using_uri
-from stream.registry.loading import TRUSTED_TYPES
-from stream.scoring import calibrate_thresholds, check_thresholds, decision_scores
+from stream.registry.loading import TRUSTED_TYPES, needed_types
+from stream.scoring import (
+    DEFAULT_CALIBRATION,
+    calibrate_thresholds,
+    check_thresholds,
+    decision_scores,
+)
+from stream.sources.view import columns_for
 
 DEFAULT_FEATURES: tuple[str, ...] = ("bytes_transferred", "packet_count", "connection_duration")
+
+#: Detectors ``stream train --detector`` builds, each as StandardScaler + the detector in
+#: one Pipeline; every one is scored with ``decision_function`` (lower = more anomalous).
+DETECTORS: tuple[str, ...] = ("isolation_forest", "lof", "ocsvm", "elliptic")
+#: Fewer usable training records than this is refused unless the caller lowers it.
+MIN_TRAINING_RECORDS = 2
+
+
+class TrainingError(ValueError):
+    """Training data or options that cannot make a model (a clear one-line reason)."""
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -35,6 +54,9 @@ class TrainResult:
     thresholds: tuple[float, float, float]
     metrics: dict[str, float]
     promoted: bool = False
+    detector: str = "isolation_forest"
+    # Training records the feature spec could not use, by reason (they were left out).
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,67 +67,128 @@ class TrainResult:
             "thresholds": list(self.thresholds),
             "metrics": self.metrics,
             "promoted": self.promoted,
+            "detector": self.detector,
+            "skipped": self.skipped,
         }
+
 
 def build_pipeline(
     n_estimators: int = 100,
     contamination: float | str = 0.1,
     random_state: int = 42,
     max_samples: str | int = "auto",
+    *,
+    detector: str = "isolation_forest",
 ) -> Any:
-    """The design note's StandardScaler + IsolationForest, as one fitted-together Pipeline."""
-    from sklearn.ensemble import IsolationForest
+    """StandardScaler + a detector as one fitted-together Pipeline (the design note's
+    StandardScaler + IsolationForest by default)."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return Pipeline(
-        [
-            ("scaler", StandardScaler()),
-            (
-                "isolation_forest",
-                IsolationForest(
-                    n_estimators=n_estimators,
-                    contamination=contamination,
-                    max_samples=max_samples,
-                    random_state=random_state,
-                ),
+    if detector == "isolation_forest":
+        from sklearn.ensemble import IsolationForest
+
+        step: tuple[str, Any] = (
+            "isolation_forest",
+            IsolationForest(
+                n_estimators=n_estimators,
+                contamination=contamination,
+                max_samples=max_samples,
+                random_state=random_state,
             ),
-        ]
-    )
+        )
+    elif detector == "lof":
+        from sklearn.neighbors import LocalOutlierFactor
+
+        # novelty=True: the fitted model scores new events (decision_function).
+        step = ("lof", LocalOutlierFactor(novelty=True, contamination=contamination))
+    elif detector == "ocsvm":
+        from sklearn.svm import OneClassSVM
+
+        nu = 0.1 if contamination == "auto" else float(contamination)
+        step = ("ocsvm", OneClassSVM(nu=nu, gamma="scale"))
+    elif detector == "elliptic":
+        from sklearn.covariance import EllipticEnvelope
+
+        cont = 0.1 if contamination == "auto" else float(contamination)
+        step = ("elliptic", EllipticEnvelope(contamination=cont, random_state=random_state))
+    else:
+        raise TrainingError(f"unknown detector {detector!r}; one of {', '.join(DETECTORS)}")
+    return Pipeline([("scaler", StandardScaler()), step])
+
+
+def training_matrix(
+    records: Sequence[Mapping[str, Any]],
+    spec: FeatureSpec,
+    *,
+    schema: str = "native",
+) -> tuple[FeatureSpec, np.ndarray, dict[str, int]]:
+    """Fit ``spec`` on ``records`` (read through the sensor ``schema``) and compute it.
+
+    Returns the fitted spec, the matrix of the records it can use, and the count of
+    the others by reason. The same ``FeatureSpec.compute`` scores the stream.
+    """
+    source = columns_for(RecordColumns(records), schema)
+    try:
+        fitted = spec.fit(source)
+    except SpecError as e:
+        raise TrainingError(str(e)) from e
+    computed = fitted.compute(source)
+    ok = computed.reason == OK
+    skipped: dict[str, int] = {}
+    if not ok.all():
+        codes, counts = np.unique(computed.reason[~ok], return_counts=True)
+        skipped = {REASONS[int(c)]: int(k) for c, k in zip(codes, counts, strict=True)}
+    if not ok.any():
+        first = next(iter(computed.detail.values()), "")
+        raise TrainingError(
+            f"no usable training records: all {len(records)} rejected by the features "
+            f"({first}; {skipped})"
+        )
+    return fitted, computed.X[ok], skipped
+
 
 def feature_matrix(records: Sequence[dict[str, Any]], features: Sequence[str]) -> np.ndarray:
-    """Training matrix from records; a record missing a feature is an error, not a zero."""
-    X = np.empty((len(records), len(features)), dtype=np.float64)
-    for j, f in enumerate(features):
-        try:
-            X[:, j] = [r[f] for r in records]
-        except KeyError as e:
-            raise ValueError(f"training data lacks feature {f!r} in some records") from e
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"training feature {f!r} has non-numeric values") from e
-    if not np.all(np.isfinite(X)):
-        raise ValueError("training data has NaN or infinite feature values")
+    """Training matrix of plain feature fields; a record missing one is an error, not a zero."""
+    _fitted, X, skipped = training_matrix(records, FeatureSpec.from_fields(list(features)))
+    if skipped:
+        raise TrainingError(f"training data cannot use some records: {skipped}")
     return X
+
 
 def log_pipeline(
     pipeline: Any,
     X: np.ndarray,
     *,
-    features: Sequence[str],
+    spec: FeatureSpec,
     registered: str,
     thresholds: Sequence[float],
     params: dict[str, Any],
     tags: dict[str, str],
     experiment: str,
     uri: str | None = None,
+    trusted_types: Sequence[str] = (),
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Log a fitted pipeline with its metrics, features and thresholds; register a version."""
+    """Log a fitted pipeline with its metrics, feature spec and thresholds; register a version.
+
+    The spec (``spec.to_dict()``, what it learned included) goes into the model's MLmodel
+    metadata, so it is versioned with the model and every scorer rebuilds the same one.
+    """
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
     uri = uri or tracking_uri()
     thr = check_thresholds(thresholds)
+    needed = needed_types(pipeline)
+    outside = needed - set(TRUSTED_TYPES) - set(trusted_types)
+    if outside:
+        raise TrainingError(
+            f"the model needs skops to trust {sorted(outside)}, which are not in the "
+            "allow-list: it could never be served (add each with --trust-type, on train "
+            "and run, only if you know it is safe)"
+        )
     scores = decision_scores(pipeline, X)
     metrics = {
         "training_samples": float(len(X)),
@@ -114,7 +197,8 @@ def log_pipeline(
     }
     for lvl, t in zip(("critical", "high", "medium"), thr.tolist(), strict=True):
         metrics[f"training_rate_{lvl}_or_above"] = float(np.mean(scores < t))
-    example = pd.DataFrame(X[:5], columns=list(features))
+    features = list(spec.columns)
+    example = pd.DataFrame(X[:5], columns=features)
     signature = infer_signature(example, scores[:5])
     with using_uri(uri), mlflow.start_run(experiment_id=ensure_experiment(experiment)) as run:
         mlflow.set_tags({"training_date": datetime.now(UTC).isoformat(), **tags})
@@ -132,8 +216,15 @@ def log_pipeline(
                 signature=signature,
                 input_example=example,
                 serialization_format="skops",
-                skops_trusted_types=list(TRUSTED_TYPES),
-                metadata={"stream": {"features": list(features), "thresholds": thr.tolist()}},
+                skops_trusted_types=sorted(needed),
+                metadata={
+                    "stream": {
+                        "features": features,
+                        "spec": spec.to_dict(),
+                        "thresholds": thr.tolist(),
+                        **(extra_meta or {}),
+                    }
+                },
             )
         run_id = run.info.run_id
     version = str(info.registered_model_version)
@@ -146,12 +237,13 @@ def log_pipeline(
         metrics=metrics,
     )
 
+
 def train(
     records: Sequence[dict[str, Any]],
     *,
     tenant: str | None = None,
     model_name: str = DEFAULT_MODEL_NAME,
-    features: Sequence[str] = DEFAULT_FEATURES,
+    features: Sequence[str] | FeatureSpec = DEFAULT_FEATURES,
     n_estimators: int = 100,
     contamination: float | str = 0.1,
     random_state: int = 42,
@@ -160,41 +252,62 @@ def train(
     experiment: str | None = None,
     uri: str | None = None,
     do_promote: bool = False,
+    detector: str = "isolation_forest",
+    input_schema: str = "native",
+    trusted_types: Sequence[str] = (),
+    min_records: int = MIN_TRAINING_RECORDS,
 ) -> TrainResult:
-    """Fit StandardScaler + IsolationForest on ``records`` and register it as one model.
+    """Fit the feature spec and StandardScaler + detector on ``records``; register one model.
 
-    ``calibrate`` (target cumulative alert rates for critical, high+, medium+)
-    derives thresholds from the training score distribution instead of the
-    design note's fixed cut-offs.
+    ``features`` is a FeatureSpec or a list of plain field names. ``calibrate`` (target
+    cumulative alert rates for critical, high+, medium+) derives thresholds from the
+    training score distribution instead of the design note's fixed cut-offs; a detector
+    other than IsolationForest is always calibrated unless ``thresholds`` are given,
+    since those cut-offs are on IsolationForest's score scale.
     """
-
     if not records:
-        raise ValueError("no training records")
-    X = feature_matrix(records, features)
-    pipe = build_pipeline(n_estimators, contamination, random_state)
+        raise TrainingError("no training records")
+    spec = (
+        features if isinstance(features, FeatureSpec)
+        else FeatureSpec.from_fields(list(features))
+    )
+    fitted, X, skipped = training_matrix(records, spec, schema=input_schema)
+    if len(X) < min_records:
+        raise TrainingError(
+            f"only {len(X)} usable training records (fewer than {min_records})"
+        )
+    pipe = build_pipeline(n_estimators, contamination, random_state, detector=detector)
     pipe.fit(X)
+    if calibrate is None and thresholds is None and detector != "isolation_forest":
+        calibrate = DEFAULT_CALIBRATION
     if calibrate is not None:
         thresholds = calibrate_thresholds(decision_scores(pipe, X), calibrate)
     name = registered_name(model_name, tenant)
     result = log_pipeline(
         pipe,
         X,
-        features=features,
+        spec=fitted,
         registered=name,
         thresholds=thresholds or DEFAULT_THRESHOLDS,
         params={
-            "model_type": "Pipeline(StandardScaler, IsolationForest)",
+            "model_type": f"Pipeline(StandardScaler, {type(pipe[-1]).__name__})",
+            "detector": detector,
             "n_estimators": n_estimators,
             "contamination": contamination,
             "random_state": random_state,
             "max_samples": "auto",
             "calibrated": calibrate is not None,
+            "input_schema": input_schema,
+            "training_records_skipped": sum(skipped.values()),
         },
         tags={"model_name": model_name, "tenant_id": tenant or "global"},
         experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
         uri=uri,
+        trusted_types=trusted_types,
+        extra_meta={"detector": detector, "input_schema": input_schema},
     )
+    result = replace(result, detector=detector, skipped=skipped)
     if do_promote:
         promote(result.model_name, result.version, uri=uri)
-        result = TrainResult(**{**result.__dict__, "promoted": True})
+        result = replace(result, promoted=True)
     return result

@@ -86,11 +86,16 @@ def iter_records(
     fmt: str | None = None,
     mapping: FieldMapping | None = None,
     tenant: str | None = None,
+    raw: bool = False,
 ) -> Iterator[Row]:
-    """Records of one file ready to send: Zeek mapping (Zeek formats), ``mapping``, then tenant."""
+    """Records of one file ready to send: Zeek mapping (Zeek formats), ``mapping``, then tenant.
+
+    ``raw`` keeps a Zeek file's own field names (for a consumer or a model that reads
+    it with ``--input-schema zeek``).
+    """
     path = Path(path)
     kind = normalize_format(fmt) if fmt else detect_format(path)
-    mappings = [ZEEK_MAPPING] if kind in ZEEK_FORMATS else []
+    mappings = [ZEEK_MAPPING] if kind in ZEEK_FORMATS and not raw else []
     if mapping:
         mappings.append(mapping)
     for line_no, record, reason in read_records(path, kind):
@@ -142,6 +147,7 @@ def load_records(
     fmt: str | None = None,
     mapping: FieldMapping | None = None,
     tenant: str | None = None,
+    raw: bool = False,
 ) -> LoadResult:
     """Every record of ``path`` in memory (for training), read exactly as ``iter_records`` reads.
 
@@ -153,7 +159,8 @@ def load_records(
     # first thing to suspect when every line is unreadable.
     kind = normalize_format(fmt) if fmt else detect_format(path)
     result = LoadResult(str(path), kind)
-    for line_no, record, reason in iter_records(path, fmt=kind, mapping=mapping, tenant=tenant):
+    rows = iter_records(path, fmt=kind, mapping=mapping, tenant=tenant, raw=raw)
+    for line_no, record, reason in rows:
         if record is None:
             result.unreadable.append(Unreadable(str(path), line_no, reason or "unreadable record"))
         else:
