@@ -289,6 +289,53 @@ def test_lookup_literal_key_first_then_nested() -> None:
     assert lookup({}, "a") is MISSING and not MISSING
 
 
+def test_lookup_mixes_nesting_and_literal_dotted_keys() -> None:
+    # zeek-kafka with tag_json: an object keyed by the log stream, literal dotted keys inside.
+    tagged = {"conn": {"id.orig_h": "1.2.3.4", "id.resp_p": 443, "duration": None}}
+    assert lookup(tagged, "conn.id.orig_h") == "1.2.3.4"
+    assert lookup(tagged, "conn.id.resp_p") == 443
+    assert lookup(tagged, "conn.duration") is None
+    assert lookup(tagged, "conn.id.nope") is MISSING
+    assert lookup({"id.orig_h": "5.6.7.8"}, "id.orig_h") == "5.6.7.8"
+    assert lookup({"flow": {"bytes_toserver": 1}}, "flow.bytes_toserver") == 1
+    # Every split is tried, left to right: "a" is an object without the rest, "a.b" has it.
+    assert lookup({"a": {"x": 1}, "a.b": {"c": 2}}, "a.b.c") == 2
+    assert lookup({"a": {"b.c": 1}, "a.b": {"c": 2}}, "a.b.c") == 1  # the leftmost split first
+    assert lookup({"a": {"b": {"c.d": 3}}}, "a.b.c.d") == 3
+    assert lookup({"a": 5, "a.b": {"c": 6}}, "a.b.c") == 6  # a head that is not an object
+    assert lookup({"a": {"b": None}, "a.b": {"c": 7}}, "a.b.c") == 7
+    assert lookup({"a": {"b.c": None}, "a.b": {"c": 7}}, "a.b.c") is None  # null is found
+    assert lookup({"a": [{"b": 1}]}, "a.b") is MISSING
+    assert lookup({"": {"a": 1}}, ".a") == 1  # empty segments are keys like any other
+
+
+def test_lookup_literal_hit_is_one_dict_get() -> None:
+    class Counting(dict):
+        gets = 0
+
+        def get(self, *args: Any) -> Any:
+            Counting.gets += 1
+            return super().get(*args)
+
+    rec = Counting({"id.orig_h": "1.2.3.4", "id": Counting({"orig_h": "x"})})
+    assert lookup(rec, "id.orig_h") == "1.2.3.4" and Counting.gets == 1
+
+
+def test_without_removes_what_lookup_finds() -> None:
+    from stream.features.columns import without
+
+    rec = {"id.orig_h": "a", "flow": {"bytes": 1, "state": "new"}, "conn": {"x.y": 2}}
+    assert without(rec, "id.orig_h") == {"flow": rec["flow"], "conn": rec["conn"]}
+    assert without(rec, "flow.bytes") == {
+        "id.orig_h": "a", "flow": {"state": "new"}, "conn": {"x.y": 2},
+    }  # fmt: skip
+    assert without(rec, "conn.x.y") == {"id.orig_h": "a", "flow": rec["flow"]}  # emptied: gone
+    assert without(rec, "flow.nope") is None and without(rec, "nope") is None
+    assert rec["flow"] == {"bytes": 1, "state": "new"}  # nothing modified in place
+    mixed = {"a": {"b.c": 1}, "a.b": {"c": 2}}
+    assert lookup(mixed, "a.b.c") == 1 and without(mixed, "a.b.c") == {"a.b": {"c": 2}}
+
+
 def test_record_columns_numeric_codes() -> None:
     recs = [
         {"x": 1}, {"x": 2.5}, {}, {"x": None}, {"x": "3"}, {"x": True},
@@ -825,12 +872,14 @@ CAT_FIELDS = ("c", "n.x")
 def ref_lookup(rec: dict[str, Any], path: str) -> Any:
     if path in rec:
         return rec[path]
-    cur: Any = rec
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return MISSING
-        cur = cur[part]
-    return cur
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        head, rest = ".".join(parts[:i]), ".".join(parts[i:])
+        if isinstance(rec.get(head), dict):
+            value = ref_lookup(rec[head], rest)
+            if value is not MISSING:
+                return value
+    return MISSING
 
 
 def ref_number(v: Any) -> tuple[float, int]:

@@ -64,29 +64,73 @@ class ColumnSource(Protocol):
 
 
 @lru_cache(maxsize=4096)
-def _parts(path: str) -> tuple[str, ...]:
-    return tuple(path.split("."))
+def _splits(path: str) -> tuple[tuple[str, str], ...]:
+    """Every ``(head, rest)`` split of ``path`` at one of its dots, left to right."""
+    out = []
+    i = path.find(".")
+    while i != -1:
+        out.append((path[:i], path[i + 1 :]))
+        i = path.find(".", i + 1)
+    return tuple(out)
 
 
 def lookup(record: Mapping[str, Any], path: str) -> Any:
     """The value at ``path`` in ``record``, or :data:`MISSING`.
 
-    The literal key wins (Zeek JSON has flat dotted keys such as ``"id.orig_h"``);
-    otherwise the path is split on "." and walked through nested objects
-    (Suricata's ``{"flow": {"bytes_toserver": 10}}`` is ``flow.bytes_toserver``).
-    A JSON null is returned as None: callers treat it like an absent value.
+    At each level the literal key equal to the rest of the path wins (Zeek JSON
+    has flat dotted keys such as ``"id.orig_h"``); otherwise each split at a dot
+    is tried, left to right: a head whose value is an object is entered with the
+    rest of the path. So nesting and literal dotted keys may be mixed, as in a
+    zeek-kafka ``tag_json`` record ``{"conn": {"id.orig_h": ...}}`` read at
+    ``conn.id.orig_h``, or Suricata's ``{"flow": {"bytes_toserver": 10}}`` at
+    ``flow.bytes_toserver``. A JSON null is returned as None: callers treat it
+    like an absent value, and it ends the search (it is a value, not an absence).
     """
     value = record.get(path, MISSING)
     if value is not MISSING or "." not in path:
-        return value
-    cur: Any = record
-    for part in _parts(path):
-        if not isinstance(cur, Mapping):
-            return MISSING
-        cur = cur.get(part, MISSING)
-        if cur is MISSING:
-            return MISSING
-    return cur
+        return value  # the common case, one dict lookup
+    return _nested(record, path)
+
+
+def _nested(record: Mapping[str, Any], path: str) -> Any:
+    """:func:`lookup` below a record whose literal key ``path`` is absent."""
+    for head, rest in _splits(path):
+        inner = record.get(head)
+        if not isinstance(inner, Mapping):
+            continue  # absent, or a number/list/string: cannot hold the rest
+        value = inner.get(rest, MISSING)
+        if value is MISSING and "." in rest:
+            value = _nested(inner, rest)
+        if value is not MISSING:
+            return value
+    return MISSING
+
+
+def without(record: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """A copy of ``record`` without the key :func:`lookup` finds at ``path``; None if none.
+
+    The key is found by the same rule, in the same order, so what ``lookup``
+    read is what goes. Nested objects on the way are copied, never modified; one
+    that becomes empty goes too (Suricata's ``flow`` would otherwise linger as
+    ``{}`` once its counters are taken out).
+    """
+    if path in record:
+        out = dict(record)
+        del out[path]
+        return out
+    for head, rest in _splits(path):
+        inner = record.get(head)
+        if not isinstance(inner, Mapping):
+            continue
+        pruned = without(inner, rest)
+        if pruned is not None:
+            out = dict(record)
+            if pruned:
+                out[head] = pruned
+            else:
+                del out[head]
+            return out
+    return None
 
 
 def canonical(value: Any) -> str | None:
