@@ -434,6 +434,46 @@ def models(as_json: bool, tracking_uri: str | None) -> None:
 
 
 @main.command()
+@_tenant_option("Tenant id (omit for the global model).")
+@click.option("--version", default=None, help="Model version [default: the production one].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@settings_options("model_name", "tracking_uri", "trust_types")
+def describe(
+    tenant: str | None,
+    version: str | None,
+    as_json: bool,
+    model_name: str | None,
+    tracking_uri: str | None,
+    trust_types: tuple[str, ...],
+) -> None:
+    """Show a model version's feature spec, detector, thresholds and what it learned."""
+    from stream import registry
+
+    s = load_settings(model_name=model_name, tracking_uri=tracking_uri, trust_types=trust_types)
+    name = registry.registered_name(s.model_name, tenant)
+    try:
+        version = version or registry.production_version(name, uri=s.tracking_uri)
+        if version is None:
+            raise click.ClickException(f"{name} has no production version (give --version)")
+        model = registry.load_version(name, version, uri=s.tracking_uri, trusted=s.trust_types)
+    except registry.ModelLoadError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(orjson.dumps({
+            "model": name, "version": model.version, **model.info,
+            "thresholds": model.thresholds.tolist(), "columns": list(model.spec.columns),
+            "spec": model.spec.to_dict(),
+        }).decode())
+        return
+    click.echo(f"model:      {name} v{model.version}")
+    click.echo(f"detector:   {model.info.get('estimator')} (after a StandardScaler)")
+    click.echo(f"trained on: input schema {model.info.get('input_schema')}")
+    click.echo(f"thresholds: critical < {model.thresholds[0]:.4f} <= high < "
+               f"{model.thresholds[1]:.4f} <= medium < {model.thresholds[2]:.4f} <= low")
+    click.echo(model.spec.describe())
+
+
+@main.command()
 @click.option("--port", default=9092, show_default=True, type=int)
 @click.option(
     "--topics",

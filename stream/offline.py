@@ -91,11 +91,10 @@ def score_batches(
     src = settings.tenant_source
     if src.kind in ("key", "header"):
         raise ValueError(f"--tenant-from {src.kind}: files have no message keys or headers")
-    if src.kind == "const" and tenant is None:
-        tenant = src.name
-    tenant_field = src.name if src.kind == "field" else "tenant_id"
-    if tenant is not None and tenant_field != "tenant_id":
-        tenant_field = "tenant_id"  # --tenant sets tenant_id in every record
+    # --tenant writes tenant_id into every record (as replay does); --tenant-from
+    # const:T, like the consumer, leaves the records as they are.
+    const = src.name if src.kind == "const" and tenant is None else None
+    tenant_field = src.name if src.kind == "field" and tenant is None else "tenant_id"
     for name, values, lines in _batches(
         paths, fmt=fmt, mapping=mapping, tenant=tenant, batch_size=batch_size, summary=summary,
         raw=settings.input_schema != "native",
@@ -110,6 +109,7 @@ def score_batches(
             max_bytes=settings.max_message_bytes,
             schema=settings.input_schema,
             tenant_field=tenant_field,
+            tenants=None if const is None else [const] * len(values),
         )
         summary.records += outcome.n
         summary.scored += outcome.scored

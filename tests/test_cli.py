@@ -109,7 +109,8 @@ def test_train_reads_a_zeek_conn_log(tracking_uri: str, unique: str, tmp_path: P
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
     # Flow names, not Zeek names: the Zeek mapping is applied as replay and score apply it.
     # (The S0 connection has no byte counts, so bytes_transferred cannot be a feature here.)
-    args = ["--features", "packet_count,src_port,dst_port", "--n-estimators", "10", "--json"]
+    args = ["--features", "packet_count,src_port,dst_port", "--n-estimators", "10", "--json",
+            "--min-records", "5"]
     r = runner.invoke(
         main,
         ["train", "--input", str(CONN_LOG), "--tenant", "acme", "--model-name", unique, *args],
@@ -167,5 +168,15 @@ def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> No
     notes.write_text("Notes from the incident call\nNothing here is a flow record\n")
     r = runner.invoke(main, ["train", "--input", str(notes)], env=env)
     assert r.exit_code == 2, r.output
-    assert "lacks feature 'bytes_transferred'" in r.stderr
+    assert "'bytes_transferred' is absent from every training record" in " ".join(
+        r.stderr.split())
     assert "Traceback" not in r.output
+
+    # Too few usable records for a forest: refused with the reason, unless lowered.
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(
+        f'{{"bytes_transferred": {i}, "packet_count": 2, "connection_duration": 0.5}}\n'
+        for i in range(20)))
+    r = runner.invoke(main, ["train", "--input", str(few)], env=env)
+    assert r.exit_code == 2, r.output
+    assert "only 20 usable training records (fewer than 256)" in " ".join(r.stderr.split())

@@ -64,6 +64,12 @@ def test_cli_log_features_serve_in_the_stream_and_match_sklearn_and_stream_score
     trained = _train(tmp_path, tracking_uri, base,
                      *[a for f in LOG_FEATURES for a in ("--feature", f)])
     assert trained["features"] == ["lb", "lp", "ld"]
+    r = CliRunner().invoke(main, ["describe", "--tenant", "acme", "--model-name", base,
+                                  "--tracking-uri", tracking_uri])
+    assert r.exit_code == 0, r.output
+    for text in ("IsolationForest", "lb  log1p(bytes_transferred)",
+                 "ld  log(connection_duration + 0.1)", f"{base}_acme v{trained['version']}"):
+        assert text in r.output, (text, r.output)
     # The global model (plain features) serves nobody here but must exist for fallback.
     registry.train(training_flows("x", 500, seed=1), model_name=base, uri=tracking_uri,
                    do_promote=True)

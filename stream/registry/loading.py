@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class LoadedModel:
     # How the inputs are computed from an event; plain field references of ``features``
     # when not given (models trained before feature specs).
     spec: FeatureSpec = None  # type: ignore[assignment]
+    # What training recorded beside the spec: detector, input schema (for `stream describe`).
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.spec is None:
@@ -168,11 +170,17 @@ def load_version(
             f"{source}: the model takes {n_in} inputs but its feature spec makes "
             f"{len(spec.columns)}"
         )
+    meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
     return LoadedModel(
         name=name,
         version=str(version),
         features=spec.columns,
         spec=spec,
+        info={
+            "detector": meta.get("detector", "isolation_forest"),
+            "input_schema": meta.get("input_schema", "native"),
+            "estimator": type(estimator[-1] if hasattr(estimator, "steps") else estimator).__name__,
+        },
         thresholds=thresholds,
         estimator=estimator,
         load_seconds=time.perf_counter() - t0,
