@@ -48,6 +48,9 @@ class MetricsSink(Protocol):
     def remove_lag(self, topic: str, partition: int) -> None: ...
     def record_shadow(self, tenant: str, agreement: float, mean_score_diff: float) -> None: ...
     def record_delivery_failures(self, n: int) -> None: ...
+    def record_state(
+        self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
+    ) -> None: ...
 
 
 class HealthSink(Protocol):
@@ -68,6 +71,9 @@ class NullMetrics:
     def remove_lag(self, topic: str, partition: int) -> None: ...
     def record_shadow(self, tenant: str, agreement: float, mean_score_diff: float) -> None: ...
     def record_delivery_failures(self, n: int) -> None: ...
+    def record_state(
+        self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
+    ) -> None: ...
 
 
 class NullHealth:
@@ -141,6 +147,16 @@ class Accounting:
         self._last_lag = 0.0
         self._last_shadow_log = 0.0
         self.dead_letter_log = BurstLog(log, "dead-lettered")
+
+    def window_state(self, store: Any) -> None:
+        """Window state size, evictions and late events (a ``WindowStore``)."""
+        st = store.stats
+        if not store.scopes and not st.late:
+            return
+        self.metrics.record_state(
+            entities=store.entities, nbytes=store.bytes(), evicted_ttl=st.evicted_ttl,
+            evicted_cap=st.evicted_cap, late=st.late,
+        )
 
     def batch_done(self, msgs: list[Message], outcome: BatchOutcome, seconds: float) -> None:
         """A batch was delivered and committed."""

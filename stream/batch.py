@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -116,12 +117,14 @@ def process_batch(
     schema: str = "native",
     tenant_field: str = "tenant_id",
     tenants: Sequence[object] | None = None,
+    store: Any = None,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
     ``schema`` names the sensor schema the events are in (``--input-schema``); the
     tenant of an event is its ``tenant_field``, or ``tenants`` when given (taken from
-    the message key, a header or a constant: ``--tenant-from``).
+    the message key, a header or a constant: ``--tenant-from``). Window features keep
+    their state in ``store`` (a ``WindowStore``), scoped by input partition.
     """
     batch = DecodedBatch(values, max_bytes, tenant_field=tenant_field, tenants=tenants)
     source = columns_for(batch, schema)
@@ -158,7 +161,7 @@ def process_batch(
 
     for mi, rows in group_rows(row_model):
         model = models[mi]
-        X, good = compute_rows(batch, source, rows, model.spec)
+        X, good = compute_rows(batch, source, rows, model.spec, store=store, scopes=partitions)
         if len(good) == 0:
             continue
         try:
@@ -174,7 +177,10 @@ def process_batch(
         if challenger is not None:
             ch = challenger(model)
             if ch is not None:
-                shadow.extend(_shadow(source, model, ch, good, X, s, tenant_codes, uniques))
+                shadow.extend(
+                    _shadow(source, model, ch, good, X, s, tenant_codes, uniques, store,
+                            partitions, batch.tenants)
+                )
 
     alert_rows = np.flatnonzero(levels >= min_level)
     alerts = encode_alerts(
@@ -205,16 +211,28 @@ def _shadow(
     prod_scores: np.ndarray,
     tenant_codes: np.ndarray,
     uniques: Sequence[str],
+    store: Any = None,
+    partitions: np.ndarray | None = None,
+    tenants: Sequence[str] = (),
 ) -> list[ShadowResult]:
     """Score the challenger on the same rows; agreement on level and mean score difference.
 
     The challenger's own feature spec computes its inputs; rows it cannot compute are
-    left out of the comparison (shadow scoring changes no outcome).
+    left out of the comparison (shadow scoring changes no outcome). Its windows read
+    the production state without changing it (``dry``): the comparison is approximate
+    for window features, never a second count of the same events.
     """
     if chal.spec is not prod.spec and not (
         chal.spec.is_plain and prod.spec.is_plain and chal.features == prod.features
     ):
-        computed = chal.spec.compute(RowSubset(source, rows))
+        windowed = chal.spec.windowed
+        computed = chal.spec.compute(
+            RowSubset(source, rows),
+            store=store,
+            scopes=None if partitions is None or not windowed else partitions[rows],
+            tenants=[tenants[i] for i in rows.tolist()] if windowed else None,
+            dry=True,
+        )
         keep = computed.reason == events.OK
         rows, X, prod_scores = rows[keep], computed.X[keep], prod_scores[keep]
     if len(rows) == 0:

@@ -168,16 +168,34 @@ def _format_option(func: F) -> F:
 
 
 def _feature_spec(
-    features: str | None, exprs: tuple[str, ...], path: str | None
+    features: str | None,
+    exprs: tuple[str, ...],
+    path: str | None,
+    recipe: str | None = None,
+    timestamp_field: str | None = None,
 ) -> Any:
-    """The feature spec from --features, --feature or --feature-file (one of them)."""
+    """The feature spec from --features, --feature, --feature-file or --recipe (one of them)."""
+    spec = _base_spec(features, exprs, path, recipe)
+    if timestamp_field:
+        spec = spec.with_timestamp_field(timestamp_field)
+    return spec
+
+
+def _base_spec(
+    features: str | None, exprs: tuple[str, ...], path: str | None, recipe: str | None
+) -> Any:
     from stream.features import FeatureSpec, SpecError
+    from stream.features.recipes import recipe as named_recipe
     from stream.registry import DEFAULT_FEATURES
 
-    given = sum(bool(x) for x in (features, exprs, path))
+    given = sum(bool(x) for x in (features, exprs, path, recipe))
     if given > 1:
-        raise click.UsageError("choose one of --features, --feature and --feature-file")
+        raise click.UsageError(
+            "choose one of --features, --feature, --feature-file and --recipe"
+        )
     try:
+        if recipe:
+            return named_recipe(recipe)
         if exprs:
             return FeatureSpec.from_cli(list(exprs))
         if path:
@@ -236,6 +254,20 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     help="A YAML feature spec: features: {NAME: EXPR, ...}.",
 )
 @click.option(
+    "--recipe",
+    type=click.Choice(["flows"]),
+    default=None,
+    help="A feature spec that ships with the tool: flows = log features, unset fills and "
+    "per-source, per-destination and per-pair windows (README: Windows).",
+)
+@click.option(
+    "--timestamp-field",
+    default=None,
+    metavar="FIELD",
+    help="Where window functions read event time (ISO 8601 or epoch seconds) "
+    "[default: timestamp].",
+)
+@click.option(
     "--detector",
     type=click.Choice(["isolation_forest", "lof", "ocsvm", "elliptic"]),
     default="isolation_forest",
@@ -285,6 +317,8 @@ def train(
     features: str | None,
     feature_exprs: tuple[str, ...],
     feature_file: str | None,
+    recipe: str | None,
+    timestamp_field: str | None,
     detector: str,
     min_records: int | None,
     n_estimators: int,
@@ -303,7 +337,7 @@ def train(
         model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name,
         input_schema=input_schema, trust_types=trust_types,
     )
-    spec = _feature_spec(features, feature_exprs, feature_file)
+    spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
     # The readers of replay and score: every format, bad lines reported. A sensor schema
     # named explicitly maps the raw records (the Zeek mapping is the default for Zeek files).
     loaded = load_records(input_path, fmt=fmt, raw=s.input_schema != "native")

@@ -134,6 +134,36 @@ class Settings:
         "Extra types a model may ask skops to trust, beyond the built-in allow-list "
         "(repeatable; env: comma-separated). Only for types known to be safe.",
     )
+    state: str = _opt(
+        "changelog",
+        "STREAM_STATE",
+        "Window state durability: changelog (written to a compacted topic with every "
+        "commit, restored when a partition is assigned) or none (windows start empty "
+        "after a restart, a rebalance or a failed batch).",
+        choices=("changelog", "none"),
+    )
+    state_topic: str = _opt(
+        "", "STREAM_STATE_TOPIC", "Changelog topic of the window state (empty = GROUP.state)."
+    )
+    lateness: float = _opt(
+        5.0,
+        "STREAM_LATENESS",
+        "Seconds an event may be older than the newest of its partition and still update "
+        "the windows; older ones are scored against the current state and counted late.",
+        min=0,
+    )
+    state_ttl: float = _opt(
+        3600.0,
+        "STREAM_STATE_TTL",
+        "Seconds of event time after which an entity without events leaves the window state.",
+        min=0, min_open=True,
+    )
+    state_max_mb: float = _opt(
+        256.0,
+        "STREAM_STATE_MAX_MB",
+        "Memory cap of the window state (estimated); least recently updated entities go first.",
+        min=0, min_open=True,
+    )
     log_format: str = _opt("text", "STREAM_LOG_FORMAT", "Log format.", choices=("text", "json"))
     topic_partitions: int = _opt(
         3, "STREAM_TOPIC_PARTITIONS", "Partitions of topics that --create-topics creates.",
@@ -157,6 +187,11 @@ class Settings:
             "min_open": False,
         },
     )
+
+    @property
+    def changelog_topic(self) -> str:
+        """Where window state changes go: ``--state-topic``, else ``GROUP.state``."""
+        return self.state_topic or f"{self.group_id}.state"
 
     @property
     def tenant_source(self) -> TenantFrom:

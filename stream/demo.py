@@ -2,8 +2,12 @@
 
 Embedded broker on a free port, a local SQLite registry in a working
 directory, synthetic flows for three tenants with injected attacks (one tenant
-served by the global model), models trained and promoted, the consumer run,
-the traffic pushed, and a summary of alerts per tenant and level printed.
+served by the global model), models trained with the ``flows`` recipe (log
+features and per-source, per-destination and per-pair windows) and promoted,
+the consumer run, the traffic pushed (keyed by tenant, so that each tenant's
+windows see all of its events), and a summary printed: alerts per tenant and
+level, and per attack kind the share of its events alerted, at the alert
+threshold and at 1% false positives on normal events.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from rich.table import Table
 from stream import registry, service
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
-from stream.generate import generate_flows, training_flows
+from stream.features.recipes import recipe
+from stream.generate import ATTACK_LABELS, generate_flows
 from stream.outcomes import LEVEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -68,15 +73,22 @@ def run_demo(
         console.print(f"[bold]embedded broker[/] on {broker.bootstrap}; registry {uri}")
 
         rates = (0.002, 0.01, 0.03)
+        spec = recipe("flows")
         with console.status("training models (global + per tenant)..."):
-            mixed = [r for t in tenants for r in training_flows(t, 3000, seed=seed)]
-            trained = [registry.train(mixed, uri=uri, calibrate=rates, do_promote=True)]
+            # Normal traffic only, interleaved across tenants as the live stream is, so
+            # the windows learn each tenant's real rates.
+            mixed = list(generate_flows(9000, tenants, seed=seed + 10, attack_rate=0.0))
+            own = list(generate_flows(20000, tenants, seed=seed + 1, attack_rate=0.0))
+            trained = [
+                registry.train(mixed, uri=uri, features=spec, calibrate=rates, do_promote=True)
+            ]
             for t in OWN_MODEL_TENANTS:
                 trained.append(
                     registry.train(
-                        training_flows(t, 3000, seed=seed + 1),
+                        [r for r in own if r["tenant_id"] == t],
                         tenant=t,
                         uri=uri,
+                        features=spec,
                         calibrate=rates,
                         do_promote=True,
                     )
@@ -99,7 +111,7 @@ def run_demo(
         runner.join(timeout=30)
         pipeline.table.stop()
         stats = pipeline.stats
-        labels = _alert_labels(broker.bootstrap, settings.alert_topic)
+        alerted = _alerted(broker.bootstrap, settings.alert_topic)
 
     elapsed = time.perf_counter() - t_start
     summary = {
@@ -113,7 +125,8 @@ def run_demo(
             f"{t}/{lv}": n for (t, lv), n in sorted(stats.alerts_by.items())
         },
         "attack_events": sum(1 for f in flows if f["label"] != "normal"),
-        "attack_events_alerted": sum(n for lab, n in labels.items() if lab != "normal"),
+        "attack_events_alerted": sum(1 for lab, _t, _s in alerted if lab != "normal"),
+        "detection": detection(flows, alerted),
         "seconds": round(elapsed, 1),
     }
     _print_summary(console, stats.alerts_by, summary, tenants)
@@ -129,10 +142,15 @@ def _produce(bootstrap: str, topic: str, flows: list[dict[str, Any]]) -> int:
     step = max(1, len(values) // (len(BAD_RECORDS) + 1))
     for k, bad in enumerate(BAD_RECORDS):
         values.insert((k + 1) * step, bad)
-    for v in values:
+    keys = [str(f["tenant_id"]).encode() for f in flows]
+    for k in range(len(BAD_RECORDS)):
+        keys.insert((k + 1) * step, None)
+    for v, key in zip(values, keys, strict=True):
         while True:
             try:
-                p.produce(topic, v)
+                # Keyed by tenant: a tenant's events share a partition, so its windows
+                # (which are per partition) see every one of them.
+                p.produce(topic, v, key=key)
                 break
             except BufferError:
                 p.poll(0.1)
@@ -140,8 +158,46 @@ def _produce(bootstrap: str, topic: str, flows: list[dict[str, Any]]) -> int:
     return len(values)
 
 
-def _alert_labels(bootstrap: str, topic: str) -> Counter[str]:
-    """Labels of the events behind the alerts on the topic (attacks carry their label along)."""
+def detection(
+    flows: list[dict[str, Any]], alerted: list[tuple[str, str, float]], fpr: float = 0.01
+) -> dict[str, Any]:
+    """Per attack kind, the share of its events alerted: at the alert threshold, and at
+    ``fpr`` false positives on normal events (per tenant, the score cut that alerts that
+    share of the tenant's normal events; the alerts carry the scores needed whenever
+    at least that share of normal events was alerted, else every alert counts).
+    """
+    total: Counter[str] = Counter(f["label"] for f in flows)
+    normal_by_tenant: Counter[str] = Counter(
+        f["tenant_id"] for f in flows if f["label"] == "normal"
+    )
+    by_tenant: dict[str, list[tuple[float, str]]] = {}
+    for label, tenant, score in alerted:
+        by_tenant.setdefault(tenant, []).append((score, label))
+    at_alert: Counter[str] = Counter(label for label, _t, _s in alerted)
+    at_cut: Counter[str] = Counter()
+    for tenant, items in by_tenant.items():
+        normal_scores = sorted(s for s, lab in items if lab == "normal")
+        k = int(fpr * normal_by_tenant[tenant])
+        cut = normal_scores[k - 1] if 0 < k <= len(normal_scores) else float("inf")
+        if k == 0:
+            cut = min(s for s, _ in items) - 1.0
+        for score, label in items:
+            if score <= cut:
+                at_cut[label] += 1
+    kinds = [k for k in ATTACK_LABELS if total[k]]
+    normal = total["normal"] or 1
+    return {
+        "recall_at_alert": {k: round(at_alert[k] / total[k], 3) for k in kinds},
+        "recall_at_fpr": {k: round(at_cut[k] / total[k], 3) for k in kinds},
+        "events": {k: total[k] for k in kinds},
+        "fpr_at_alert": round(at_alert["normal"] / normal, 4),
+        "fpr_at_cut": round(at_cut["normal"] / normal, 4),
+        "fpr_target": fpr,
+    }
+
+
+def _alerted(bootstrap: str, topic: str) -> list[tuple[str, str, float]]:
+    """(label, tenant, score) of each alert on the topic (events carry their label along)."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -151,7 +207,7 @@ def _alert_labels(bootstrap: str, topic: str) -> Counter[str]:
     )
     _low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     c.assign([TopicPartition(topic, 0, 0)])
-    out: Counter[str] = Counter()
+    out: list[tuple[str, str, float]] = []
     seen = 0
     deadline = time.monotonic() + 30
     while seen < high and time.monotonic() < deadline:
@@ -159,7 +215,11 @@ def _alert_labels(bootstrap: str, topic: str) -> Counter[str]:
             if m.error():
                 continue
             seen += 1
-            out[str(orjson.loads(m.value())["event"].get("label", "?"))] += 1
+            alert = orjson.loads(m.value())
+            out.append(
+                (str(alert["event"].get("label", "?")), str(alert["tenant_id"]),
+                 float(alert["anomaly_score"]))
+            )
     c.close()
     return out
 
@@ -186,6 +246,20 @@ def _print_summary(
         f"{summary['below_threshold']}, dead letters {summary['dead_letters']} "
         f"{summary['dead_letter_reasons']}"
     )
+    det = summary["detection"]
+    kinds = Table(title="detection per attack kind (share of its events alerted)")
+    kinds.add_column("attack kind")
+    kinds.add_column("events", justify="right")
+    kinds.add_column("at alert threshold", justify="right")
+    kinds.add_column(f"at {det['fpr_target']:.0%} false positives", justify="right")
+    for k, n in det["events"].items():
+        kinds.add_row(
+            k, str(n), f"{det['recall_at_alert'][k]:.2f}", f"{det['recall_at_fpr'][k]:.2f}"
+        )
+    kinds.add_row(
+        "normal (false positives)", "", f"{det['fpr_at_alert']:.2%}", f"{det['fpr_at_cut']:.2%}"
+    )
+    console.print(kinds)
     console.print(
         f"attack events alerted: {summary['attack_events_alerted']} of {summary['attack_events']}"
         f"; demo took {summary['seconds']} s"

@@ -166,6 +166,7 @@ class DecodedBatch:
         self.n = len(values)
         self.reason = np.zeros(self.n, dtype=np.uint8)
         self.detail: dict[int, str] = {}
+        self.late = 0  # rows scored against window state they were too late to update
         self.tenant_field = tenant_field
         self._schema = _schema_for(tenant_field)
         # Rows the slow path decided: row -> orjson document (None when rejected).
@@ -387,11 +388,26 @@ class DecodedBatch:
 
 
 def compute_rows(
-    batch: DecodedBatch, source: ColumnSource, rows: np.ndarray, spec: FeatureSpec
+    batch: DecodedBatch,
+    source: ColumnSource,
+    rows: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    store: Any = None,
+    scopes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``spec`` over ``rows`` of ``source`` (the batch, or a sensor schema's view of it);
-    rows it rejects are rejected in ``batch``. Returns (X of usable rows, their indices)."""
-    computed = spec.compute(RowSubset(source, rows))
+    rows it rejects are rejected in ``batch``. Returns (X of usable rows, their indices).
+
+    Window functions read and update ``store`` per scope (``scopes``: one per row of
+    the batch, the input partition) and per tenant of each row.
+    """
+    tenants = None
+    if spec.windowed:
+        tenants = [batch.tenants[i] for i in rows.tolist()]
+        scopes = None if scopes is None else scopes[rows]
+    computed = spec.compute(RowSubset(source, rows), store=store, scopes=scopes, tenants=tenants)
+    batch.late += computed.late
     ok = computed.reason == OK
     if not ok.all():
         bad = np.flatnonzero(~ok)

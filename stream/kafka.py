@@ -176,11 +176,17 @@ def usable_messages(msgs: list[Message]) -> list[Message]:
 
 
 def create_topics(
-    conf: dict[str, Any], names: Iterable[str], partitions: int, replication_factor: int
+    conf: dict[str, Any],
+    names: Iterable[str],
+    partitions: int,
+    replication_factor: int,
+    *,
+    config: dict[str, str] | None = None,
 ) -> list[str]:
     """Create the topics of ``names`` that do not exist yet; returns the ones it created.
 
-    ``replication_factor`` -1 leaves it to the broker's ``default.replication.factor``.
+    ``replication_factor`` -1 leaves it to the broker's ``default.replication.factor``;
+    ``config`` is topic configuration (``cleanup.policy=compact`` for a changelog).
     Existing topics are left alone, whatever their partitions.
     """
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -188,7 +194,10 @@ def create_topics(
     admin = AdminClient(conf)
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
-        NewTopic(n, num_partitions=partitions, replication_factor=replication_factor)
+        NewTopic(
+            n, num_partitions=partitions, replication_factor=replication_factor,
+            config=dict(config or {}),
+        )
         for n in dict.fromkeys(names)
         if n not in existing
     ]

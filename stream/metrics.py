@@ -255,6 +255,25 @@ class Metrics:
         self.ready = Gauge(
             "stream_ready", "1 while the consumer reports ready on /readyz.", registry=r
         )
+        self.state_entities = Gauge(
+            "stream_state_entities", "Entity keys held in the window state.", registry=r
+        )
+        self.state_bytes = Gauge(
+            "stream_state_bytes", "Estimated memory of the window state.", registry=r
+        )
+        self.state_evictions = Counter(
+            "stream_state_evictions",
+            "Entities evicted from the window state, by cause (ttl or memory cap).",
+            ["cause"],
+            registry=r,
+        )
+        self.late_events = Counter(
+            "stream_late_events",
+            "Events older than --lateness: scored against the windows, not applied to them.",
+            registry=r,
+        )
+        self._evicted = {"ttl": 0, "cap": 0}
+        self._late = 0
 
     def tenant_label(self, tenant: str) -> str:
         """The ``tenant`` label value: the name for the first N tenants seen, else ``_other``."""
@@ -340,6 +359,20 @@ class Metrics:
 
     def record_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
+
+    def record_state(
+        self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
+    ) -> None:
+        """Window state gauges, and the store's running totals as counter increments."""
+        self.state_entities.set(entities)
+        self.state_bytes.set(nbytes)
+        for cause, total in (("ttl", evicted_ttl), ("cap", evicted_cap)):
+            if total > self._evicted[cause]:
+                self.state_evictions.labels(cause).inc(total - self._evicted[cause])
+                self._evicted[cause] = total
+        if late > self._late:
+            self.late_events.inc(late - self._late)
+            self._late = late
 
 
 class _Server(ThreadingHTTPServer):

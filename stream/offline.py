@@ -22,6 +22,7 @@ import orjson
 
 from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
+from stream.features.store import WindowStore
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_json
 from stream.reasons import REASONS
@@ -95,6 +96,9 @@ def score_batches(
     # const:T, like the consumer, leaves the records as they are.
     const = src.name if src.kind == "const" and tenant is None else None
     tenant_field = src.name if src.kind == "field" and tenant is None else "tenant_id"
+    # One window state for the whole run: files are read in order, as a replay sends them.
+    store = WindowStore(lateness=settings.lateness, ttl=settings.state_ttl,
+                        max_bytes=int(settings.state_max_mb * 2**20))
     for name, values, lines in _batches(
         paths, fmt=fmt, mapping=mapping, tenant=tenant, batch_size=batch_size, summary=summary,
         raw=settings.input_schema != "native",
@@ -110,7 +114,9 @@ def score_batches(
             schema=settings.input_schema,
             tenant_field=tenant_field,
             tenants=None if const is None else [const] * len(values),
+            store=store,
         )
+        store.maintain()
         summary.records += outcome.n
         summary.scored += outcome.scored
         summary.alerts += len(outcome.alerts)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import KafkaException, Message, TopicPartition
 
+from stream import changelog
 from stream import kafka as kafka_clients
 from stream.accounting import Accounting, HealthSink, MetricsSink, NullHealth, NullMetrics, RunStats
 from stream.backpressure import Backpressure
@@ -42,6 +43,7 @@ from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
 from stream.delivery.batch import Record
+from stream.features.store import WindowStore
 from stream.heap import HeapFreezer
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_headers
@@ -91,6 +93,15 @@ class Pipeline:
         self._assignment: frozenset[tuple[str, int]] = frozenset()
         self._batch: Batch | None = None
         self.retry = RetryDelay()
+        durable = settings.state == "changelog"
+        self.windows = WindowStore(
+            lateness=settings.lateness,
+            ttl=settings.state_ttl,
+            max_bytes=int(settings.state_max_mb * 2**20),
+            track=durable,
+            loader=self._restore if durable else None,
+        )
+        self._changelog_ready = False
         self.heap = HeapFreezer(lambda: table.changes)
         self.consumer = kafka_clients.make_consumer(
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -169,8 +180,14 @@ class Pipeline:
             schema=self.s.input_schema,
             tenant_field=self.tenant_from.name if self.tenant_from.kind == "field" else "tenant_id",
             tenants=self._tenants(msgs),
+            store=self.windows,
         )
         batch = Batch.of(self._records(msgs, outcome), partitions, offsets)
+        if self.windows.track:
+            # State changes travel with the batch (inside its transaction, exactly-once).
+            batch.records.extend(
+                changelog.records(self.windows, self.s.changelog_topic, batch.next)
+            )
         self._batch = batch
         try:
             self.delivery.settle(batch, self.backpressure, deadline=None)
@@ -180,8 +197,14 @@ class Pipeline:
             self.backpressure.resume()
         if batch.state is BatchState.DONE:
             self.retry.reset()
+            self.windows.maintain()
             self.accounting.batch_done(msgs, outcome, time.perf_counter() - t0)
+            self.accounting.window_state(self.windows)
             return
+        # The windows saw a batch that did not commit: back to the committed state
+        # (restored from the changelog on next use; empty with --state none).
+        for p in batch.first:
+            self.windows.drop(p)
         self.accounting.batch_failed(batch.acks.failed)
         log.error("batch of %d not delivered (%s); rewinding to reprocess it", len(msgs),
                   batch.error)
@@ -272,7 +295,29 @@ class Pipeline:
         self._assignment = self._assignment - gone
         for topic, partition in gone:
             self.accounting.forget_partition(topic, partition)
+            if topic == self.s.input_topic:
+                self.windows.drop(partition)
         self._update_ready()
+
+    def _restore(self, partition: int) -> None:
+        """Window state of ``partition`` as of its committed offset, from the changelog."""
+        s = self.s
+        if not self._changelog_ready:
+            kafka_clients.create_topics(
+                s.kafka_common(),
+                [s.changelog_topic],
+                len(self.consumer.list_topics(s.input_topic, timeout=10)
+                    .topics[s.input_topic].partitions),
+                s.topic_replication_factor,
+                config={"cleanup.policy": "compact"},
+            )
+            self._changelog_ready = True
+        tp = self.consumer.committed([TopicPartition(s.input_topic, partition)], timeout=10)[0]
+        t0 = time.perf_counter()
+        n = changelog.restore(self.windows, s, partition, tp.offset)
+        if n:
+            log.info("restored %d window states of %s[%d] in %.2f s", n, s.input_topic,
+                     partition, time.perf_counter() - t0)
 
     def _update_ready(self) -> None:
         if not self._probe:

@@ -18,6 +18,8 @@ NON_FINITE_FEATURE = 7
 NO_MODEL = 8
 MODEL_ERROR = 9
 EMPTY = 10
+# Above the feature codes on purpose: codes merge by max, and ``fill`` must not hide it.
+BAD_TIMESTAMP = 11
 
 REASONS: dict[int, str] = {
     OVERSIZE: "oversize",
@@ -30,4 +32,5 @@ REASONS: dict[int, str] = {
     NO_MODEL: "no_model",
     MODEL_ERROR: "model_error",
     EMPTY: "empty_message",
+    BAD_TIMESTAMP: "bad_timestamp",
 }

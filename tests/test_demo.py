@@ -27,3 +27,25 @@ def test_demo_exits_zero_and_prints_summary() -> None:
     assert "global (fallback)" in out
     assert "dead letters 5" in out
     print(f"demo took {time.monotonic() - t0:.1f}s")
+
+
+def test_demo_catches_every_attack_kind_at_one_percent_false_positives(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The demo's own tenants, seed and size: recall >= 0.90 per kind at <= 1% FPR."""
+    import io
+
+    from rich.console import Console
+
+    from stream.demo import run_demo
+
+    out = io.StringIO()
+    summary = run_demo(tmp_path, console=Console(file=out, width=120))
+    det = summary["detection"]
+    print(det)
+    assert set(det["recall_at_fpr"]) == {
+        "port_scan", "data_exfiltration", "ddos_burst", "beaconing"
+    }
+    for kind, recall in det["recall_at_fpr"].items():
+        assert recall >= 0.90, (kind, det)
+    assert det["fpr_at_cut"] <= 0.01
+    assert "detection per attack kind" in out.getvalue()
+    assert "at 1% false positives" in out.getvalue()

@@ -256,6 +256,9 @@ def exercise_all(m: Metrics) -> None:
         "record_shadow": lambda: m.record_shadow("acme", 0.96, 0.01),
         "record_delivery_failures": lambda: m.record_delivery_failures(1),
         "record_ready": lambda: m.record_ready(True),
+        "record_state": lambda: m.record_state(
+            entities=10, nbytes=2000, evicted_ttl=1, evicted_cap=2, late=3
+        ),
     }
     public = {
         name for name, _ in inspect.getmembers(Metrics, inspect.isfunction)

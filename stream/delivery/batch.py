@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message
 
-Record = tuple[str, bytes | None, Any, Any]  # topic, value, key, headers
+# topic, value, key, headers[, partition]: a changelog record names its partition.
+Record = tuple[str, bytes | None, Any, Any] | tuple[str, bytes | None, Any, Any, int]
 
 
 class DeliveryError(RuntimeError):

@@ -60,8 +60,14 @@ def _produce_some(producer: Any, batch: Batch) -> bool:
     i = batch.produced
     try:
         while i < len(records):
-            topic, value, key, headers = records[i]
-            produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+            rec = records[i]
+            if len(rec) == 4:
+                topic, value, key, headers = rec
+                produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+            else:  # a changelog record names its partition: the input partition's number
+                topic, value, key, headers, part = rec
+                produce(topic, value=value, key=key, headers=headers, partition=part,
+                        on_delivery=cb)
             cb.pending += 1  # callbacks only run inside poll(), never before this line
             i += 1
     except BufferError:

@@ -20,9 +20,8 @@ Functions live in a registry (:data:`FUNCTIONS`): each declares its argument
 kinds (checked once, at compile time) and evaluates vectorized. Functions that
 learn from training data (``onehot``, ``freq``) get their learned state through
 the evaluation context; a stateful function (the window functions planned
-next: ``count(by=src_ip, window=60s)``) is one more registry entry that keeps
-its state there too. Keyword arguments, durations (``60s``) and pair keys
-(``by=src_ip>dst_ip``) already parse into the AST for them.
+``count(by=src_ip, window=60s)``, in :mod:`stream.features.windows`) is one
+more registry entry whose per-entity state comes through the context too.
 """
 
 from __future__ import annotations
@@ -427,6 +426,8 @@ class EvalContext:
         self.source = source
         self.n = source.n
         self.learned: Sequence[Any] = ()
+        # The batch's event times, scopes and state store, for window functions.
+        self.windows: Any = None
         self._num: dict[str, Col] = {}
         self._str: dict[str, Cat] = {}
         self._rows: np.ndarray | None = None
@@ -609,6 +610,8 @@ VALUE = "value"  # a literal category value, string or number -> str (canonical 
 VALUES = "values"  # a non-empty list of distinct category values -> tuple[str, ...]
 NUMBER = "number"  # a literal number, maybe negative -> float
 COUNT = "count"  # a literal positive integer -> int
+KEY = "key"  # a field or a pair of fields (src_ip>dst_ip) -> tuple[str, ...] of paths
+SECONDS = "seconds"  # a duration (60s, 5m, 250ms) -> float seconds
 
 
 @dataclass(frozen=True)
@@ -652,6 +655,7 @@ class Function:
     signature: ClassVar[Signature]
     fits: ClassVar[bool] = False
     multi: ClassVar[bool] = False
+    windowed: ClassVar[bool] = False  # keeps per-entity state across events (windows.py)
 
     def check(self, call: Call, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Checks beyond the argument kinds (raise SpecError)."""
@@ -1013,6 +1017,7 @@ class Compiled:
     root: Expr
     fields: dict[tuple[str, str], int]
     fitted: list[Apply]
+    windows: list[Apply] = field(default_factory=list)
 
     @property
     def multi(self) -> bool:
@@ -1051,6 +1056,7 @@ class _Compiler:
         self.text = text
         self.fields: dict[tuple[str, str], int] = {}
         self.fitted: list[Apply] = []
+        self.windows: list[Apply] = []
 
     def numeric(self, node: Node, root: bool = False) -> Expr:
         if isinstance(node, Num):
@@ -1128,6 +1134,25 @@ class _Compiler:
                 )
                 raise SpecError(f"'{fn}' takes a literal number here{hint}", position=node.pos)
             return num
+        if kind == KEY:
+            parts = [node.left, node.right] if isinstance(node, Pair) else [node]
+            paths = []
+            for part in parts:
+                if not isinstance(part, Field):
+                    raise SpecError(
+                        f"'{fn}' takes a field or a pair of fields (by=src_ip>dst_ip) as by=",
+                        position=part.pos,
+                    )
+                self.fields.setdefault((part.path, "string"), part.pos)
+                paths.append(part.path)
+            return tuple(paths)
+        if kind == SECONDS:
+            if not isinstance(node, Duration) or node.seconds <= 0:
+                raise SpecError(
+                    f"'{fn}' takes a positive duration here, e.g. 60s, 5m or 250ms",
+                    position=node.pos,
+                )
+            return node.seconds
         if kind == COUNT:
             num = _number(node)
             if num is None or num < 1 or not num.is_integer():
@@ -1174,6 +1199,9 @@ class _Compiler:
         if fn.fits:
             apply.slot = len(self.fitted)
             self.fitted.append(apply)
+        if fn.windowed:
+            apply._text = self.text  # type: ignore[attr-defined]  # for its state signature
+            self.windows.append(apply)
         return apply
 
 
@@ -1182,4 +1210,4 @@ def compile_expr(text: str) -> Compiled:
     node = parse(text)
     c = _Compiler(text)
     root = c.numeric(node, root=True)
-    return Compiled(text, node, root, c.fields, c.fitted)
+    return Compiled(text, node, root, c.fields, c.fitted, c.windows)

@@ -27,9 +27,11 @@ from stream.features.expr import (
     SpecError,
     compile_expr,
 )
-from stream.reasons import MISSING_FEATURE, OK, REASONS
+from stream.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK, REASONS
 
 VERSION: Final = 1
+#: Where window functions read event time unless the spec says otherwise.
+DEFAULT_TIMESTAMP_FIELD: Final = "timestamp"
 NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _FIELD_TOKEN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 # Reject details name at most this many fields (bit positions in one int64 key).
@@ -49,6 +51,7 @@ class Computed:
     X: np.ndarray
     reason: np.ndarray
     detail: dict[int, str]
+    late: int = 0  # rows older than the lateness allows: scored, not applied to windows
 
     @property
     def ok(self) -> np.ndarray:
@@ -106,10 +109,16 @@ class FeatureSpec:
     :meth:`from_file` or :meth:`from_dict`; :meth:`fit` returns a new, fitted spec.
     """
 
-    def __init__(self, features: Sequence[_Feature], fitted_records: int | None = None) -> None:
+    def __init__(
+        self,
+        features: Sequence[_Feature],
+        fitted_records: int | None = None,
+        timestamp_field: str = DEFAULT_TIMESTAMP_FIELD,
+    ) -> None:
         # Private: use the constructors above, which check names and expressions.
         self._features = tuple(features)
         self._fitted_records = fitted_records
+        self.timestamp_field = timestamp_field
         cols = [f.columns() for f in self._features]
         self._columns = None if any(c is None for c in cols) else sum(cols, ())  # type: ignore[arg-type]
         self._widths = [0 if c is None else len(c) for c in cols]
@@ -127,7 +136,10 @@ class FeatureSpec:
         items: Sequence[Any],
         learned: Sequence[Sequence[dict[str, Any]]] | None = None,
         fitted_records: int | None = None,
+        timestamp_field: str = DEFAULT_TIMESTAMP_FIELD,
     ) -> FeatureSpec:
+        if not isinstance(timestamp_field, str) or not timestamp_field:
+            raise SpecError(f"the timestamp field must be a field name, got {timestamp_field!r}")
         items = list(items)
         if not items:
             raise SpecError("a feature spec needs at least one feature")
@@ -159,7 +171,7 @@ class FeatureSpec:
                 features.append(_Feature.make(name, compiled, states))
             except SpecError as e:
                 raise e.for_feature(name) from None
-        return cls(features, fitted_records)
+        return cls(features, fitted_records, timestamp_field)
 
     @classmethod
     def from_fields(cls, fields: Sequence[str]) -> FeatureSpec:
@@ -210,7 +222,8 @@ class FeatureSpec:
         except yaml.YAMLError as e:
             raise SpecError(f"invalid YAML: {e}", source=where) from None
         try:
-            return cls._build(_items_from_yaml(doc))
+            items = _items_from_yaml(doc)
+            return cls._build(items, timestamp_field=doc.get("timestamp_field", "timestamp"))
         except SpecError as e:
             raise e.from_source(where) from None
 
@@ -238,7 +251,9 @@ class FeatureSpec:
         fitted = d.get("fitted_records")
         if fitted is not None and (type(fitted) is not int or fitted < 0):
             raise SpecError(f"'fitted_records' must be a count, got {fitted!r}")
-        return cls._build(items, learned, fitted)
+        return cls._build(
+            items, learned, fitted, d.get("timestamp_field", DEFAULT_TIMESTAMP_FIELD)
+        )
 
     # ---- fitting and computing ---------------------------------------------------------
 
@@ -270,15 +285,69 @@ class FeatureSpec:
                 except SpecError as e:
                     raise e.for_feature(f.name) from None
                 features.append(_Feature.make(f.name, f.compiled, states))
-        return FeatureSpec(features, ctx.n)
+        return FeatureSpec(features, ctx.n, self.timestamp_field)
 
-    def compute(self, source: ColumnSource) -> Computed:
-        """The model inputs for every row of ``source``, vectorized per feature."""
+    def with_timestamp_field(self, name: str) -> FeatureSpec:
+        """The same spec reading event time from ``name`` (``--timestamp-field``)."""
+        d = self.to_dict()
+        d["timestamp_field"] = name
+        return FeatureSpec.from_dict(d)
+
+    @property
+    def windowed(self) -> bool:
+        """True when some feature is a window function (it needs event times and state)."""
+        return any(f.compiled.windows for f in self._features)
+
+    @property
+    def window_signatures(self) -> tuple[str, ...]:
+        """The state identity of each window function, in spec order."""
+        from stream.features.windows import signature
+
+        return tuple(signature(a) for f in self._features for a in f.compiled.windows)
+
+    def _run(
+        self,
+        source: ColumnSource,
+        store: Any = None,
+        scopes: np.ndarray | None = None,
+        tenants: Sequence[Any] | None = None,
+        dry: bool = False,
+    ) -> Any:
+        from stream.features.store import WindowRun, WindowStore
+
+        return WindowRun(
+            source,
+            self.timestamp_field,
+            store if store is not None else WindowStore(),
+            scopes=scopes,
+            tenants=tenants,
+            dry=dry,
+        )
+
+    def compute(
+        self,
+        source: ColumnSource,
+        *,
+        store: Any = None,
+        scopes: np.ndarray | None = None,
+        tenants: Sequence[Any] | None = None,
+        dry: bool = False,
+    ) -> Computed:
+        """The model inputs for every row of ``source``, vectorized per feature.
+
+        Window functions (if any) read and update ``store``
+        (a :class:`~stream.features.store.WindowStore`; a fresh one when None, so
+        a whole file computes its windows in one call), per ``scopes`` (one int per
+        row, default 0) and per tenant (``tenants``, one per row, default none);
+        rows must come in event order. ``dry`` reads the state without changing it.
+        """
         for f in self._features:
             missing = f.unfitted()
             if missing is not None:
                 raise _not_fitted(f, missing)
         ctx = EvalContext(source)
+        if self.windowed:
+            ctx.windows = self._run(source, store, scopes, tenants, dry)
         n = ctx.n
         X = np.empty((n, len(self.columns)), dtype=np.float64)
         reason = np.zeros(n, dtype=np.uint8)
@@ -301,7 +370,8 @@ class FeatureSpec:
                         reason[new] = codes[new]
                         rejected.append((f, np.flatnonzero(new)))
             detail = self._details(ctx, rejected, reason)
-        return Computed(X, reason, detail)
+        late = ctx.windows.late if ctx.windows is not None else 0
+        return Computed(X, reason, detail, late)
 
     def _details(
         self, ctx: EvalContext, rejected: list[tuple[_Feature, np.ndarray]], reason: np.ndarray
@@ -319,7 +389,9 @@ class FeatureSpec:
             codes = reason[rows]
             for code in np.unique(codes).tolist():
                 sel = rows[codes == code]
-                if code == MISSING_FEATURE:
+                if code == BAD_TIMESTAMP:
+                    blames = [(self.timestamp_field, np.ones(ctx.n, dtype=bool))]
+                elif code == MISSING_FEATURE:
                     blames = f.compiled.root.missing(ctx)
                 else:
                     blames = [
@@ -364,6 +436,8 @@ class FeatureSpec:
             for path, kind in f.compiled.fields:
                 prev = out.get(path)
                 out[path] = kind if prev is None or prev == kind else "both"
+        if self.windowed:
+            out[self.timestamp_field] = "both"  # epoch seconds, or ISO 8601 text
         return out
 
     @property
@@ -408,6 +482,7 @@ class FeatureSpec:
                 for f in self._features
             ],
             "fitted_records": self._fitted_records,
+            **({"timestamp_field": self.timestamp_field} if self.windowed else {}),
         }
 
     def describe(self) -> str:
@@ -436,6 +511,8 @@ class FeatureSpec:
                     lines.append(f"{pad}{a.node.source(f.compiled.text)}: {text}")
         fields = ", ".join(f"{p} ({k})" for p, k in self.fields.items())
         lines.append(f"fields read: {fields}")
+        if self.windowed:
+            lines.append(f"event time: {self.timestamp_field} (window functions)")
         return "\n".join(lines)
 
     def __eq__(self, other: object) -> bool:
@@ -546,7 +623,7 @@ def _loader() -> type:
 def _items_from_yaml(doc: Any) -> list[tuple[Any, Any]]:
     if not isinstance(doc, dict) or "features" not in doc:
         raise SpecError("want a mapping with a 'features' key")
-    extra = set(doc) - {"features", "version"}
+    extra = set(doc) - {"features", "version", "timestamp_field"}
     if extra:
         raise SpecError(f"unknown top-level key(s): {', '.join(sorted(map(str, extra)))}")
     if doc.get("version", VERSION) != VERSION:

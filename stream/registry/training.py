@@ -133,7 +133,9 @@ def training_matrix(
         fitted = spec.fit(source)
     except SpecError as e:
         raise TrainingError(str(e)) from e
-    computed = fitted.compute(source)
+    # Windows are per tenant in the stream, so they are here too (records in file order).
+    tenants = [str(r.get("tenant_id", "")) for r in records] if fitted.windowed else None
+    computed = fitted.compute(source, tenants=tenants)
     ok = computed.reason == OK
     skipped: dict[str, int] = {}
     if not ok.all():
