@@ -357,8 +357,10 @@ class FeatureSpec:
             for f, width in zip(self._features, self._widths, strict=True):
                 ctx.learned = f.prepared
                 col = f.compiled.root.eval(ctx)
-                if width == 1:
+                if width == 1 and np.ndim(col.values) < 2:
                     X[:, j] = col.values
+                elif width == 1:  # a one-hot whose only column is "other"
+                    X[:, j] = col.values[:, 0]
                 else:
                     X[:, j : j + width] = col.values
                 j += width

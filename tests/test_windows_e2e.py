@@ -1,0 +1,180 @@
+"""Windows end to end: the stream, ``stream score``, crashes and rebalances agree.
+
+On the real embedded broker and a real MLflow registry (SQLite). A model trained
+with the ``flows`` recipe (per-source, per-destination and per-pair windows)
+scores the same events identically (<= 1e-9) in ``stream score`` and in the
+stream; in exactly-once mode across SIGKILLs and restarts of ``stream run``
+(its window state comes back from the changelog topic); and across a rebalance
+that moves a partition, with its state, to a second consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Producer
+
+from stream import registry, service
+from stream.cli import main
+from stream.embedded import EmbeddedBroker
+from stream.features.recipes import recipe
+from stream.generate import generate_flows, write_jsonl
+from tests import faultutil as fu
+from tests.kafkautil import read_all
+
+pytestmark = pytest.mark.integration
+
+TENANTS = ("acme", "globex")
+_models: dict[str, str] = {}
+
+
+def windowed_model(tracking_uri: str) -> str:
+    """A global model on the flows recipe, trained once per session."""
+    if tracking_uri not in _models:
+        base = "win_" + os.urandom(3).hex()
+        normal = list(generate_flows(6000, TENANTS, seed=5, attack_rate=0.0))
+        registry.train(normal, model_name=base, uri=tracking_uri, features=recipe("flows"),
+                       do_promote=True)
+        _models[tracking_uri] = base
+    return _models[tracking_uri]
+
+
+def _events(n: int, seed: int) -> list[dict[str, Any]]:
+    return list(generate_flows(n, TENANTS, seed=seed, attack_rate=0.03))
+
+
+def _produce_by_tenant(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> int:
+    """In event order, keyed by tenant, one partition per tenant: each tenant's events
+    keep their order, and both partitions carry traffic (and window state)."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for e in events:
+        t = e["tenant_id"]
+        while True:
+            try:
+                p.produce(topic, orjson.dumps(e), key=t.encode(), partition=TENANTS.index(t))
+                break
+            except BufferError:
+                p.poll(0.1)
+    assert p.flush(30) == 0
+    return len(events)
+
+
+def offline_scores(tmp_path: Path, events: list[dict[str, Any]], base: str, uri: str
+                   ) -> dict[str, float]:
+    """``stream score`` of the events, in order: flow_id -> score."""
+    path, out = tmp_path / "events.jsonl", tmp_path / "scored.jsonl"
+    write_jsonl(path, events)
+    r = CliRunner().invoke(main, ["score", str(path), "-o", str(out), "--min-level", "low",
+                                  "--model-name", base, "--tracking-uri", uri])
+    assert r.exit_code == 0, r.output
+    scored = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(scored) == len(events)
+    return {a["event"]["flow_id"]: a["anomaly_score"] for a in scored}
+
+
+def compare(stream: list[dict[str, Any]], offline: dict[str, float]) -> float:
+    """Max |score difference| over every alert copy; every event has one."""
+    seen = {a["event"]["flow_id"] for a in stream}
+    assert seen == set(offline), (len(seen), len(offline))
+    return max(abs(a["anomaly_score"] - offline[a["event"]["flow_id"]]) for a in stream)
+
+
+def test_stream_and_stream_score_give_the_same_window_scores(
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+) -> None:
+    base = windowed_model(tracking_uri)
+    events = _events(6000, seed=11)
+    topics = fu.Topics(unique)
+    topics.create(broker, input_partitions=2)
+    n = _produce_by_tenant(broker.bootstrap, topics.input, events)
+    s = fu.settings(broker.bootstrap, topics, tracking_uri, base)
+    pipeline = service.build(s)
+    thread = fu.start(pipeline)
+    fu.wait_until(lambda: pipeline.stats.consumed >= n, 120, "all events consumed")
+    fu.stop(pipeline, thread)
+    assert pipeline.stats.dead_letters == 0
+    alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, topics.alerts)]
+    diff = compare(alerts, offline_scores(tmp_path, events, base, tracking_uri))
+    print(f"\nwindows: stream vs stream score, {len(alerts)} events, max |diff| {diff:.3g}")
+    assert diff <= 1e-9
+    # The state went to the changelog topic, one record per changed entity.
+    assert read_all(broker.bootstrap, s.changelog_topic)
+
+
+def test_exactly_once_windows_survive_sigkill_and_restart(
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+) -> None:
+    base = windowed_model(tracking_uri)
+    events = _events(24000, seed=12)
+    topics = fu.Topics(unique)
+    topics.create(broker, input_partitions=2)
+    n = _produce_by_tenant(broker.bootstrap, topics.input, events)
+    env = fu.stream_env(broker.bootstrap, topics, tracking_uri, base,
+                        STREAM_DELIVERY="exactly-once")
+
+    def done() -> int:
+        return sum(max(o, 0) for o in fu.committed(broker.bootstrap, topics.group,
+                                                   topics.input).values())
+
+    log = tmp_path / "run.log"
+    kills = 0
+    for share in (0.3, 0.6):
+        proc = fu.StreamProcess(env, log).start()
+        fu.wait_until(lambda s=share: done() >= s * n, 180, f"{share:.0%} committed",
+                      state=lambda p=proc: p.log()[-2000:])
+        proc.kill()
+        kills += 1
+    proc = fu.StreamProcess(env, log).start()
+    fu.wait_until(lambda: done() >= n, 180, "every event committed",
+                  state=lambda: proc.log()[-2000:])
+    assert proc.stop() == 0
+    text = proc.log()
+    assert text.count("restored") >= 2, text[-3000:]  # each restart restored its windows
+    # Every copy, committed or from a transaction the kill aborted (the embedded broker
+    # hands those to read_committed readers too), carries the score `stream score` gives.
+    alerts = [orjson.loads(m.value()) for m in fu.read_topic(broker.bootstrap, topics.alerts)]
+    diff = compare(alerts, offline_scores(tmp_path, events, base, tracking_uri))
+    print(f"\nwindows across {kills} SIGKILLs (exactly-once): {n} events, "
+          f"{len(alerts)} alert copies, max |diff| {diff:.3g}")
+    assert diff <= 1e-9
+
+
+def test_windows_follow_a_partition_to_a_second_consumer(
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+) -> None:
+    base = windowed_model(tracking_uri)
+    events = _events(12000, seed=13)
+    half = len(events) // 2
+    topics = fu.Topics(unique)
+    topics.create(broker, input_partitions=2)
+    first = _produce_by_tenant(broker.bootstrap, topics.input, events[:half])
+    s = fu.settings(broker.bootstrap, topics, tracking_uri, base)
+    a = service.build(s)
+    ta = fu.start(a)
+    fu.wait_until(lambda: a.stats.consumed >= first, 120, "first half consumed by A")
+    b = service.build(s)
+    tb = fu.start(b)
+    fu.wait_until(lambda: a.assignment and b.assignment and len(a.assignment) == 1, 60,
+                  "the partitions shared by A and B",
+                  state=lambda: (a.assignment, b.assignment))
+    moved = {p for _t, p in b.assignment}
+    second = _produce_by_tenant(broker.bootstrap, topics.input, events[half:])
+    fu.wait_until(lambda: a.stats.consumed + b.stats.consumed >= first + second, 120,
+                  "second half consumed")
+    time.sleep(0.5)
+    fu.stop(a, ta)
+    fu.stop(b, tb)
+    assert b.stats.consumed > 0
+    restored = b.windows.scopes
+    assert set(restored) <= moved and restored, "B restored the moved partition's windows"
+    alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, topics.alerts)]
+    diff = compare(alerts, offline_scores(tmp_path, events, base, tracking_uri))
+    print(f"\nwindows across a rebalance: partition {sorted(moved)} moved to B, "
+          f"{b.stats.consumed} events scored there, max |diff| {diff:.3g}")
+    assert diff <= 1e-9
