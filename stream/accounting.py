@@ -19,6 +19,7 @@ import numpy as np
 from confluent_kafka import KafkaException, Message
 
 from stream.batch import BatchOutcome, ShadowResult
+from stream.drift import DriftWatch
 from stream.logs import BurstLog
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class MetricsSink(Protocol):
     def record_state(
         self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
     ) -> None: ...
+    def record_drift(
+        self, tenant: str, values: Mapping[str, float], alert_rate: float
+    ) -> None: ...
 
 
 class HealthSink(Protocol):
@@ -73,6 +77,9 @@ class NullMetrics:
     def record_delivery_failures(self, n: int) -> None: ...
     def record_state(
         self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
+    ) -> None: ...
+    def record_drift(
+        self, tenant: str, values: Mapping[str, float], alert_rate: float
     ) -> None: ...
 
 
@@ -137,8 +144,11 @@ class Accounting:
         metrics: MetricsSink,
         consumer: Any,
         on_batch: Callable[[BatchOutcome], None] | None = None,
+        drift_window: int = 10_000,
+        drift_warn: float = 0.25,
     ) -> None:
         self.stats = RunStats()
+        self.drift = DriftWatch(metrics, drift_window, drift_warn)
         self._remember = remember
         self.metrics = metrics
         self.consumer = consumer
@@ -177,6 +187,7 @@ class Accounting:
         st.dead_by.update(reasons)
         self._canary(outcome)
         self._record_shadow(outcome.shadow)
+        self.drift.add(outcome)
         if reasons:
             # Once when it starts, then one summary per interval: a steady trickle of bad
             # records must not write a line per batch (the counts are in the metrics).

@@ -20,7 +20,14 @@ import orjson
 from stream import events
 from stream.events import DecodedBatch, RowSubset, compute_rows
 from stream.features.columns import ColumnSource
-from stream.outcomes import LEVEL_NAMES, encode_alerts, model_ref, threat_levels, utc_now_iso
+from stream.outcomes import (
+    ACTIONABLE_LEVEL,
+    LEVEL_NAMES,
+    encode_alerts,
+    model_ref,
+    threat_levels,
+    utc_now_iso,
+)
 from stream.registry import LoadedModel
 from stream.sources.view import columns_for
 
@@ -59,6 +66,14 @@ class BatchOutcome:
     alert_rows: np.ndarray
     alerts: list[bytes]
     shadow: list[ShadowResult] = field(default_factory=list)
+    # Batch row -> the alert's explanation (actionable alerts of models with a baseline).
+    explanations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # Per model: (its index, the rows it scored, their inputs, their scores): for drift.
+    inputs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    min_level: int = 1  # the lowest level that made an alert
+    source: Any = None  # the batch's columns as its sensor schema reads them
+    # (key, value) records of the incidents this batch changed (with --incident-topic).
+    incident_records: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -118,13 +133,16 @@ def process_batch(
     tenant_field: str = "tenant_id",
     tenants: Sequence[object] | None = None,
     store: Any = None,
+    incidents: Any = None,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
     ``schema`` names the sensor schema the events are in (``--input-schema``); the
     tenant of an event is its ``tenant_field``, or ``tenants`` when given (taken from
     the message key, a header or a constant: ``--tenant-from``). Window features keep
-    their state in ``store`` (a ``WindowStore``), scoped by input partition.
+    their state in ``store`` (a ``WindowStore``), scoped by input partition; with
+    ``incidents`` (``stream.incidents.Incidents``) actionable alerts join incidents,
+    staged until the caller commits or rolls them back.
     """
     batch = DecodedBatch(values, max_bytes, tenant_field=tenant_field, tenants=tenants)
     source = columns_for(batch, schema)
@@ -134,6 +152,9 @@ def process_batch(
     model_index = np.full(n, -1, dtype=np.int32)
     models: list[LoadedModel] = []
     shadow: list[ShadowResult] = []
+    explanations: dict[int, list[dict[str, Any]]] = {}
+    inputs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    explain_from = max(min_level, ACTIONABLE_LEVEL)
 
     usable = batch.reason == events.OK
     # Distinct tenants in first-seen order and a code per row, all in C-level loops.
@@ -172,8 +193,16 @@ def process_batch(
             )
             continue
         scores[good] = s
-        levels[good] = threat_levels(s, model.thresholds)
+        lv = threat_levels(s, model.thresholds)
+        levels[good] = lv
         model_index[good] = mi
+        inputs.append((mi, good, X, s))
+        if model.baseline is not None:
+            # Explained only where it is read: actionable alerts (about 1% of events).
+            act = np.flatnonzero(lv >= explain_from)
+            if len(act):
+                for r, e in zip(good[act].tolist(), model.baseline.explain(X[act]), strict=True):
+                    explanations[r] = e
         if challenger is not None:
             ch = challenger(model)
             if ch is not None:
@@ -183,7 +212,14 @@ def process_batch(
                 )
 
     alert_rows = np.flatnonzero(levels >= min_level)
-    alerts = encode_alerts(
+    outcome = BatchOutcome(
+        batch, topic, partitions, offsets, scores, levels, model_index, models, alert_rows,
+        [], shadow, explanations, inputs, min_level, source,
+    )
+    joined: dict[int, str] = {}
+    if incidents is not None and len(alert_rows):
+        outcome.incident_records, joined = incidents.add(outcome, source)
+    outcome.alerts = encode_alerts(
         topic=topic,
         rows=alert_rows,
         partitions=partitions,
@@ -195,11 +231,10 @@ def process_batch(
         models=[model_ref(m.name, m.version) for m in models] if len(alert_rows) else [],
         detected_at=utc_now_iso(),
         events=batch.values,
+        explanations=explanations,
+        incidents=joined,
     )
-    return BatchOutcome(
-        batch, topic, partitions, offsets, scores, levels, model_index, models, alert_rows,
-        alerts, shadow,
-    )
+    return outcome
 
 
 def _shadow(

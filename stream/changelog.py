@@ -39,6 +39,7 @@ from confluent_kafka import (
 
 from stream.delivery.batch import Record
 from stream.features.store import WindowStore
+from stream.features.windows import load_state
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +121,25 @@ def restore(
         c.close()
     watermark = float("-inf")
     items = []
+    bad = 0
     for key, value in latest.items():
-        if key == WATERMARK_KEY:
-            watermark = float(orjson.loads(value)) if value is not None else watermark
-            continue
         if value is None:
             continue
-        sig, _, entity = key.decode().partition(_SEP)
-        items.append((sig, entity, orjson.loads(value)))
+        try:
+            if key == WATERMARK_KEY:
+                mark = orjson.loads(value)
+                watermark = watermark if mark is None else float(mark)
+                continue
+            sig, _, entity = key.decode().partition(_SEP)
+            dumped = orjson.loads(value)
+            load_state(dumped)  # a record that does not load is skipped, not fatal
+        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+            bad += 1
+            continue
+        items.append((sig, entity, dumped))
+    if bad:
+        log.warning("%s[%d]: %d changelog records do not load: those entities start empty",
+                    topic, partition, bad)
     store.restore(partition, items, watermark)
     return len(items)
 

@@ -303,6 +303,20 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     help="Derive thresholds from training scores: target rates of critical, high+, "
     "medium+ alerts on training traffic (flag alone: 0.001,0.005,0.02).",
 )
+@click.option(
+    "--alert-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+    metavar="PER_HOUR",
+    help="Thresholds for at most this many medium+ alerts per hour at the training "
+    "traffic's rate (critical a tenth, high+ a third of it).",
+)
+@click.option(
+    "--labels", "labels_path", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Reviewed alerts (stream feedback --export), for --target-precision.",
+)
+@click.option(
+    "--target-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None, help="Thresholds for this precision on the --labels alerts at medium+.",
+)
 @click.option("--promote", is_flag=True, help="Promote the new version to production.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def train(
@@ -326,6 +340,9 @@ def train(
     random_state: int,
     thresholds: str | None,
     calibrate: str | None,
+    alert_budget: float | None,
+    labels_path: str | None,
+    target_precision: float | None,
     promote: bool,
     as_json: bool,
 ) -> None:
@@ -373,6 +390,9 @@ def train(
                 random_state=random_state,
                 thresholds=_floats(thresholds, "--thresholds"),  # type: ignore[arg-type]
                 calibrate=_floats(calibrate, "--calibrate"),
+                alert_budget=alert_budget,
+                labels=load_records(labels_path).records if labels_path else None,
+                target_precision=target_precision,
                 uri=s.tracking_uri,
                 experiment=s.experiment_name,
                 do_promote=promote,
@@ -833,6 +853,71 @@ def evaluate(
 
 @main.command()
 @settings_options(
+    "bootstrap_servers", "alert_topic", "incident_topic", "feedback_topic", "dlq_topic",
+    "kafka_properties", "metrics_port",
+)
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the reviewed alerts' events as JSONL with label and verdict "
+              "(for stream evaluate --label-field label and stream train --labels).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep reading feedback (with --metrics-port: serve the precision).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def feedback(
+    bootstrap_servers: str | None,
+    alert_topic: str | None,
+    incident_topic: str | None,
+    feedback_topic: str | None,
+    dlq_topic: str | None,
+    kafka_properties: tuple[str, ...],
+    metrics_port: int | None,
+    export_path: str | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Join analyst verdicts to alerts: precision per tenant, and a labelled export."""
+    from stream import feedback as fb
+
+    s = load_settings(
+        bootstrap_servers=bootstrap_servers, alert_topic=alert_topic,
+        incident_topic=incident_topic, feedback_topic=feedback_topic, dlq_topic=dlq_topic,
+        kafka_properties=kafka_properties, metrics_port=metrics_port,
+    )
+    update = None
+    if s.metrics_port:
+        update = fb.serve_metrics(s.metrics_port)
+    try:
+        book = fb.run(s, feedback_topic=s.feedback_topic, incident_topic=s.incident_topic,
+                      follow=follow, on_update=update)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        return
+    report = {"per_tenant": book.per_tenant(), "unknown_ids": book.unknown,
+              "malformed": book.malformed}
+    if export_path:
+        with open(export_path, "wb") as out:
+            n = 0
+            for rec in book.labelled():
+                out.write(orjson.dumps(rec) + b"\n")
+                n += 1
+        report["exported"] = n
+    if as_json:
+        click.echo(orjson.dumps(report).decode())
+        return
+    click.echo(f"{'tenant':<16}{'alerts':>8}{'reviewed':>10}{'true pos':>10}{'false pos':>11}"
+               f"{'benign':>8}{'precision':>11}")
+    for tenant, row in report["per_tenant"].items():
+        p = "-" if row["precision"] is None else f"{row['precision']:.2f}"
+        click.echo(f"{tenant:<16}{row['alerts']:>8}{row['reviewed']:>10}"
+                   f"{row['true_positive']:>10}{row['false_positive']:>11}{row['benign']:>8}"
+                   f"{p:>11}")
+    click.echo(f"unknown ids skipped: {book.unknown}; malformed (dead-lettered): "
+               f"{book.malformed}" + (f"; exported {report['exported']} labelled events"
+                                      if export_path else ""))
+
+
+@main.command()
+@settings_options(
     "bootstrap_servers", "alert_topic", "kafka_properties", aliases={"alert_topic": "--topic"}
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep reading new alerts.")
@@ -880,7 +965,8 @@ def alerts(
         if not as_json:
             console.print(
                 "time                      tenant       level     score    "
-                "src -> dst                          model",
+                "src -> dst                          model  why (spreads from normal)  "
+                "incident",
                 style="bold",
             )
         for alert in stream:
@@ -891,9 +977,9 @@ def alerts(
                 sys.stdout.buffer.write(orjson.dumps(alert) + b"\n")
                 sys.stdout.flush()
             else:
-                t, ten, lv, sc, route, ver = row(alert)
+                t, ten, lv, sc, route, ver, why, inc = row(alert)
                 console.print(
-                    f"{t:<25} {ten:<12} {lv:<9} {sc:>8} {route:<35} {ver}",
+                    f"{t:<25} {ten:<12} {lv:<9} {sc:>8} {route:<35} {ver:<6} {why:<26} {inc}",
                     style=LEVEL_STYLE.get(lv, ""),
                     highlight=False,
                 )

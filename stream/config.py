@@ -164,6 +164,42 @@ class Settings:
         "Memory cap of the window state (estimated); least recently updated entities go first.",
         min=0, min_open=True,
     )
+    alert_format: str = _opt(
+        "native", "STREAM_ALERT_FORMAT",
+        "Format of alert and incident records: native, ecs (Elastic Common Schema) or ocsf "
+        "(OCSF Detection Finding).",
+        choices=("native", "ecs", "ocsf"),
+    )
+    incident_topic: str = _opt(
+        "", "STREAM_INCIDENT_TOPIC",
+        "Compacted topic of incidents: alerts grouped per tenant and entity (empty = off).",
+    )
+    incident_by: str = _opt(
+        "src_ip", "STREAM_INCIDENT_BY", "The event field whose value an incident groups by."
+    )
+    incident_window: float = _opt(
+        300.0, "STREAM_INCIDENT_WINDOW",
+        "Seconds after which an incident closes and the next alert opens a new one.",
+        min=0, min_open=True,
+    )
+    incident_idle: float = _opt(
+        60.0, "STREAM_INCIDENT_IDLE",
+        "Seconds without an alert after which an incident closes.", min=0, min_open=True,
+    )
+    feedback_topic: str = _opt(
+        "alerts.feedback", "STREAM_FEEDBACK_TOPIC",
+        "Topic of analyst verdicts on alerts and incidents (read by stream feedback).",
+    )
+    drift_window: int = _opt(
+        10_000, "STREAM_DRIFT_WINDOW",
+        "Events per tenant over which drift (PSI against the training baseline) is measured.",
+        min=100,
+    )
+    drift_psi_warn: float = _opt(
+        0.25, "STREAM_DRIFT_PSI_WARN",
+        "A PSI above this logs a drift warning (per tenant, for the scores or an input).",
+        min=0, min_open=True,
+    )
     log_format: str = _opt("text", "STREAM_LOG_FORMAT", "Log format.", choices=("text", "json"))
     topic_partitions: int = _opt(
         3, "STREAM_TOPIC_PARTITIONS", "Partitions of topics that --create-topics creates.",

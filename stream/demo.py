@@ -67,9 +67,12 @@ def run_demo(
             session_timeout_ms=6000,
             batch_max_wait_ms=100,
             reload_interval=2.0,
+            incident_topic="alerts.incidents",
         )
         broker.create_topics([settings.input_topic], partitions=3)
-        broker.create_topics([settings.alert_topic, settings.dlq_topic], partitions=1)
+        broker.create_topics(
+            [settings.alert_topic, settings.dlq_topic, settings.incident_topic], partitions=1
+        )
         console.print(f"[bold]embedded broker[/] on {broker.bootstrap}; registry {uri}")
 
         rates = (0.002, 0.01, 0.03)
@@ -112,6 +115,7 @@ def run_demo(
         pipeline.table.stop()
         stats = pipeline.stats
         alerted = _alerted(broker.bootstrap, settings.alert_topic)
+        incident_records = _records(broker.bootstrap, settings.incident_topic)
 
     elapsed = time.perf_counter() - t_start
     summary = {
@@ -127,6 +131,11 @@ def run_demo(
         "attack_events": sum(1 for f in flows if f["label"] != "normal"),
         "attack_events_alerted": sum(1 for lab, _t, _s in alerted if lab != "normal"),
         "detection": detection(flows, alerted),
+        "incident_records": len(incident_records),
+        "incidents": len({r["incident_id"] for r in incident_records}),
+        "actionable_alerts": sum(
+            n for (_t, lv), n in stats.alerts_by.items() if lv in ("medium", "high", "critical")
+        ),
         "seconds": round(elapsed, 1),
     }
     _print_summary(console, stats.alerts_by, summary, tenants)
@@ -198,6 +207,14 @@ def detection(
 
 def _alerted(bootstrap: str, topic: str) -> list[tuple[str, str, float]]:
     """(label, tenant, score) of each alert on the topic (events carry their label along)."""
+    return [
+        (str(a["event"].get("label", "?")), str(a["tenant_id"]), float(a["anomaly_score"]))
+        for a in _records(bootstrap, topic)
+    ]
+
+
+def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record on the (one-partition) topic, decoded."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -207,7 +224,7 @@ def _alerted(bootstrap: str, topic: str) -> list[tuple[str, str, float]]:
     )
     _low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     c.assign([TopicPartition(topic, 0, 0)])
-    out: list[tuple[str, str, float]] = []
+    out: list[dict[str, Any]] = []
     seen = 0
     deadline = time.monotonic() + 30
     while seen < high and time.monotonic() < deadline:
@@ -215,11 +232,7 @@ def _alerted(bootstrap: str, topic: str) -> list[tuple[str, str, float]]:
             if m.error():
                 continue
             seen += 1
-            alert = orjson.loads(m.value())
-            out.append(
-                (str(alert["event"].get("label", "?")), str(alert["tenant_id"]),
-                 float(alert["anomaly_score"]))
-            )
+            out.append(orjson.loads(m.value()))
     c.close()
     return out
 
@@ -260,6 +273,10 @@ def _print_summary(
         "normal (false positives)", "", f"{det['fpr_at_alert']:.2%}", f"{det['fpr_at_cut']:.2%}"
     )
     console.print(kinds)
+    console.print(
+        f"incidents: {summary['actionable_alerts']} alerts grouped into {summary['incidents']} "
+        f"incidents ({summary['incident_records']} incident records, by source address)"
+    )
     console.print(
         f"attack events alerted: {summary['attack_events_alerted']} of {summary['attack_events']}"
         f"; demo took {summary['seconds']} s"

@@ -19,7 +19,8 @@ __all__ = ["LEVEL_NAMES", "evaluate", "format_report", "labels_from_field"]
 
 # "At level L" means an event counts as flagged when its level code is >= L.
 _THRESHOLDS: tuple[tuple[str, int], ...] = (("medium", 1), ("high", 2), ("critical", 3))
-_NEGATIVE_WORDS = frozenset({"normal", "benign", "0", "false", ""})
+# "false_positive": analysts' verdicts (stream feedback) read as labels too.
+_NEGATIVE_WORDS = frozenset({"normal", "benign", "0", "false", "", "false_positive"})
 
 
 def _ratio(num: int, den: int) -> float | None:

@@ -272,6 +272,19 @@ class Metrics:
             "Events older than --lateness: scored against the windows, not applied to them.",
             registry=r,
         )
+        self.drift_psi = Gauge(
+            "stream_drift_psi",
+            "Population stability index against the training baseline over the last "
+            "--drift-window events, per tenant and input (input=score for the scores).",
+            ["tenant", "input"],
+            registry=r,
+        )
+        self.alert_rate = Gauge(
+            "stream_alert_rate",
+            "Share of scored events that alerted, over the same window as the drift.",
+            ["tenant"],
+            registry=r,
+        )
         self._evicted = {"ttl": 0, "cap": 0}
         self._late = 0
 
@@ -359,6 +372,12 @@ class Metrics:
 
     def record_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
+
+    def record_drift(self, tenant: str, values: Mapping[str, float], alert_rate: float) -> None:
+        label = self.tenant_label(tenant)
+        for what, v in values.items():
+            self.drift_psi.labels(label, what).set(v)
+        self.alert_rate.labels(label).set(alert_rate)
 
     def record_state(
         self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int

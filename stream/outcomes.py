@@ -11,6 +11,9 @@ One home for the rules every path shares (the consumer, ``stream score``,
   small JSON envelope, so passthrough fields are never decoded and re-encoded.
   Its ``alert_id`` is derived from the source topic, partition and offset: a
   re-delivered alert carries the same id and subscribers can de-duplicate.
+- **Explanations.** Alerts at ``ACTIONABLE_LEVEL`` (medium) or above carry the
+  top 3 inputs furthest from the model's training baseline (``stream.baseline``);
+  ``low`` records (``--min-level low``) carry none, which keeps that firehose cheap.
 - **Dead letters.** The original bytes and key, with the reason, its detail and
   the source position; on Kafka as headers, in files as one JSON object with
   the same field names (``dead_letter_json``).
@@ -20,13 +23,16 @@ Alert schema (one JSON object per message, keyed by ``tenant_id``)::
     {"alert_id": "flows/0/42", "tenant_id": "acme", "threat_level": "high",
      "anomaly_score": -0.31, "is_anomaly": true,
      "model": {"name": "isolation_forest_anomaly_detector_acme", "version": "3"},
+     "explanation": [{"feature": "log_bytes", "value": 19.1, "baseline": 9.8,
+                      "spread": 1.2, "deviation": 7.75}, ...],
+     "incident_id": "5d1c...",  (with --incident-topic)
      "source": {"topic": "flows", "partition": 0, "offset": 42},
      "detected_at": "2026-11-27T02:15:12.345Z", "event": {...original event...}}
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -35,6 +41,8 @@ import orjson
 LEVEL_NAMES: tuple[str, ...] = ("low", "medium", "high", "critical")
 LOW, MEDIUM, HIGH, CRITICAL = 0, 1, 2, 3
 LEVEL_CODES: dict[str, int] = {name: i for i, name in enumerate(LEVEL_NAMES)}
+#: Alerts from this level up carry an explanation (and join incidents).
+ACTIONABLE_LEVEL = MEDIUM
 # The design note's fixed cut-offs: < -0.5 critical, < -0.2 high, < 0 medium.
 DEFAULT_THRESHOLDS: tuple[float, float, float] = (-0.5, -0.2, 0.0)
 
@@ -64,9 +72,22 @@ _LEVEL_BYTES = [f'"{name}"'.encode() for name in LEVEL_NAMES]
 # need no JSON escaping; the score is a finite float whose repr is valid JSON.
 _TEMPLATE = (
     b'{"alert_id":"%b/%d/%d","tenant_id":"%b","threat_level":%b,"anomaly_score":%b,'
-    b'"is_anomaly":%b,"model":%b,"source":{"topic":"%b","partition":%d,"offset":%d},'
+    b'"is_anomaly":%b,"model":%b%b,"source":{"topic":"%b","partition":%d,"offset":%d},'
     b'"detected_at":"%b","event":%b}'
 )
+
+
+def explanation_member(
+    explanation: list[dict[str, object]] | None, incident: str | None = None
+) -> bytes:
+    """``,"explanation":[...]`` and ``,"incident_id":"..."`` for the alert envelope, or
+    nothing."""
+    out = b""
+    if explanation:
+        out = b',"explanation":' + orjson.dumps(explanation)
+    if incident:
+        out += b',"incident_id":"' + incident.encode() + b'"'
+    return out
 
 
 def alert_id(topic: str, partition: int, offset: int) -> str:
@@ -93,6 +114,7 @@ def encode_alert(
     model: bytes,
     detected_at: str,
     event: bytes,
+    explanation: list[dict[str, object]] | None = None,
 ) -> bytes:
     """One alert's bytes (the benchmark's per-event baseline uses it; batches use
     ``encode_alerts``). ``tenant`` is pre-validated ([A-Za-z0-9_.-]) and needs no escaping."""
@@ -106,6 +128,7 @@ def encode_alert(
         repr(score).encode(),
         b"true" if score < 0 else b"false",
         model,
+        explanation_member(explanation),
         t,
         partition,
         offset,
@@ -127,13 +150,18 @@ def encode_alerts(
     models: Sequence[bytes],
     detected_at: str,
     events: Sequence[bytes | None],
+    explanations: Mapping[int, list[dict[str, object]]] | None = None,
+    incidents: Mapping[int, str] | None = None,
 ) -> list[bytes]:
     """The alerts of ``rows`` of a batch (arrays are per batch row; ``models`` per model).
 
     Same bytes as ``encode_alert`` row by row; the per-batch constants are encoded once.
+    ``explanations`` maps a batch row to its explanation (rows without one have none).
     """
     if len(rows) == 0:
         return []
+    ex = explanations or {}
+    inc = incidents or {}
     t = topic.encode()
     when = detected_at.encode()
     level_bytes = _LEVEL_BYTES
@@ -149,6 +177,7 @@ def encode_alerts(
             repr(sc).encode(),
             b"true" if sc < 0 else b"false",
             models[mi],
+            explanation_member(ex.get(i), inc.get(i)),
             t,
             p,
             o,

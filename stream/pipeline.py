@@ -44,7 +44,9 @@ from stream.config import Settings
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
 from stream.delivery.batch import Record
 from stream.features.store import WindowStore
+from stream.formats import format_alerts, format_incident
 from stream.heap import HeapFreezer
+from stream.incidents import Incidents
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_headers
 from stream.reasons import REASONS
@@ -53,6 +55,10 @@ log = logging.getLogger(__name__)
 
 #: How long a revocation may take to finish the batch in flight before it is given up.
 REVOKE_FINISH_S = 30.0
+
+
+class StateUnavailable(RuntimeError):
+    """A partition's window state could not be restored from its changelog."""
 
 
 class RetryDelay:
@@ -102,6 +108,11 @@ class Pipeline:
             loader=self._restore if durable else None,
         )
         self._changelog_ready = False
+        self.incidents = (
+            Incidents(by=settings.incident_by, window=settings.incident_window,
+                      idle=settings.incident_idle)
+            if settings.incident_topic else None
+        )
         self.heap = HeapFreezer(lambda: table.changes)
         self.consumer = kafka_clients.make_consumer(
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -111,6 +122,8 @@ class Pipeline:
             metrics=metrics or NullMetrics(),
             consumer=self.consumer,
             on_batch=on_batch,
+            drift_window=settings.drift_window,
+            drift_warn=settings.drift_psi_warn,
         )
         self.backpressure = Backpressure(
             self.consumer,
@@ -168,21 +181,42 @@ class Pipeline:
         values = [m.value() for m in msgs]
         partitions = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=len(msgs))
         offsets = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=len(msgs))
-        outcome = process_batch(
-            values,
-            self.table.resolve,
-            topic=self.s.input_topic,
-            partitions=partitions,
-            offsets=offsets,
-            min_level=self.min_level,
-            max_bytes=self.s.max_message_bytes,
-            challenger=self.table.challenger_for,
-            schema=self.s.input_schema,
-            tenant_field=self.tenant_from.name if self.tenant_from.kind == "field" else "tenant_id",
-            tenants=self._tenants(msgs),
-            store=self.windows,
-        )
+        try:
+            outcome = process_batch(
+                values,
+                self.table.resolve,
+                topic=self.s.input_topic,
+                partitions=partitions,
+                offsets=offsets,
+                min_level=self.min_level,
+                max_bytes=self.s.max_message_bytes,
+                challenger=self.table.challenger_for,
+                schema=self.s.input_schema,
+                tenant_field=(
+                    self.tenant_from.name if self.tenant_from.kind == "field" else "tenant_id"
+                ),
+                tenants=self._tenants(msgs),
+                store=self.windows,
+                incidents=self.incidents,
+            )
+        except StateUnavailable as e:
+            # The windows could not be restored: nothing of the batch happened yet.
+            log.error("window state not restored (%s); the batch is redone", e)
+            if self.incidents is not None:
+                self.incidents.rollback()
+            failed = Batch.of([], partitions, offsets)
+            failed.state = BatchState.FAILED
+            for p in failed.first:
+                self.windows.drop(p)
+            self._rewind(failed)
+            self._backoff(self.retry.next())
+            return
         batch = Batch.of(self._records(msgs, outcome), partitions, offsets)
+        if outcome.incident_records:
+            batch.records.extend(
+                (self.s.incident_topic, format_incident(self.s.alert_format, value), key, None)
+                for key, value in outcome.incident_records
+            )
         if self.windows.track:
             # State changes travel with the batch (inside its transaction, exactly-once).
             batch.records.extend(
@@ -197,10 +231,14 @@ class Pipeline:
             self.backpressure.resume()
         if batch.state is BatchState.DONE:
             self.retry.reset()
+            if self.incidents is not None:
+                self.incidents.commit()
             self.windows.maintain()
             self.accounting.batch_done(msgs, outcome, time.perf_counter() - t0)
             self.accounting.window_state(self.windows)
             return
+        if self.incidents is not None:
+            self.incidents.rollback()
         # The windows saw a batch that did not commit: back to the committed state
         # (restored from the changelog on next use; empty with --state none).
         for p in batch.first:
@@ -228,9 +266,11 @@ class Pipeline:
         """Alerts (keyed by tenant), dead letters (original bytes and key), shadow reports."""
         s = self.s
         tenants = outcome.decoded.tenants
+        rows = outcome.alert_rows.tolist()
+        alerts = format_alerts(s.alert_format, outcome.alerts, rows, outcome.source)
         out: list[Record] = [
             (s.alert_topic, value, tenants[i], None)
-            for i, value in zip(outcome.alert_rows.tolist(), outcome.alerts, strict=True)
+            for i, value in zip(rows, alerts, strict=True)
         ]
         detail, reason = outcome.decoded.detail, outcome.decoded.reason
         for i in outcome.rejected_rows.tolist():
@@ -300,7 +340,17 @@ class Pipeline:
         self._update_ready()
 
     def _restore(self, partition: int) -> None:
-        """Window state of ``partition`` as of its committed offset, from the changelog."""
+        """Window state of ``partition`` as of its committed offset, from the changelog.
+
+        Raises ``StateUnavailable`` when the changelog or the committed offset cannot be
+        read: the batch is then redone, never scored on empty windows.
+        """
+        try:
+            self._restore_from_changelog(partition)
+        except (KafkaException, RuntimeError) as e:
+            raise StateUnavailable(f"{self.s.changelog_topic}[{partition}]: {e}") from e
+
+    def _restore_from_changelog(self, partition: int) -> None:
         s = self.s
         if not self._changelog_ready:
             kafka_clients.create_topics(

@@ -127,6 +127,15 @@ def build(
             settings.topic_partitions,
             settings.topic_replication_factor,
         )
+        # Keyed by incident id, the latest record per key is what counts: compacted. (The
+        # window changelog is created on first use, with the input topic's partitions.)
+        created += create_topics(
+            settings.kafka_common(),
+            [settings.incident_topic] if settings.incident_topic else [],
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+            config={"cleanup.policy": "compact"},
+        )
         if created:
             log.info("created topics %s", ", ".join(created))
     table = build_table(settings, metrics)

@@ -1,8 +1,10 @@
 """``stream alerts``: read the alert topic as a subscriber would, filter, print.
 
-Readable table rows (time, tenant, level, score, src -> dst, model version)
-or JSON lines for piping. Without ``--follow`` it reads up to the end of the
-topic as it is when the command starts, then exits.
+Readable table rows (time, tenant, level, score, src -> dst, model version,
+the most unusual input and how far it is from the training baseline, and
+the incident the alert joined) or JSON lines for piping. Without
+``--follow`` it reads up to the end of the topic as it is when the command
+starts, then exits.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from stream.outcomes import LEVEL_CODES
 
 LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
 
 
-def read_alerts(
+def read_messages(
     bootstrap: str,
     topic: str,
     *,
@@ -28,12 +30,12 @@ def read_alerts(
     group_id: str | None = None,
     extra: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> Iterator[dict[str, Any]]:
-    """Alerts on ``topic`` as dicts; undecodable records are skipped with a stub alert."""
+) -> Iterator[Message]:
+    """Records of ``topic`` (every partition) up to its end, or on and on with ``follow``."""
     conf = {
         "bootstrap.servers": bootstrap,
-        # A throwaway group: reading alerts never moves anyone's committed offsets.
-        "group.id": group_id or f"stream-alerts-{uuid.uuid4().hex[:8]}",
+        # A throwaway group: reading never moves anyone's committed offsets.
+        "group.id": group_id or f"stream-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         **(extra or {}),
@@ -42,7 +44,7 @@ def read_alerts(
     try:
         md = c.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
-            raise RuntimeError(f"alert topic {topic!r} does not exist")
+            raise RuntimeError(f"topic {topic!r} does not exist")
         parts = sorted(md.topics[topic].partitions)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         c.assign([TopicPartition(topic, p, start) for p in parts])
@@ -54,11 +56,7 @@ def read_alerts(
                 if m.error():
                     continue
                 next_offset[m.partition()] = m.offset() + 1
-                try:
-                    alert = orjson.loads(m.value())
-                except orjson.JSONDecodeError:
-                    alert = {"alert_id": f"{topic}/{m.partition()}/{m.offset()}", "invalid": True}
-                yield alert
+                yield m
             if msgs or follow:
                 idle_rounds = 0
                 continue
@@ -76,6 +74,31 @@ def read_alerts(
         c.close()
 
 
+def read_alerts(
+    bootstrap: str,
+    topic: str,
+    *,
+    follow: bool = False,
+    from_beginning: bool = False,
+    group_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[dict[str, Any]]:
+    """Alerts on ``topic`` as dicts; undecodable records are skipped with a stub alert."""
+    try:
+        for m in read_messages(bootstrap, topic, follow=follow, from_beginning=from_beginning,
+                               group_id=group_id, extra=extra, should_stop=should_stop):
+            try:
+                alert = orjson.loads(m.value())
+            except orjson.JSONDecodeError:
+                alert = {"alert_id": f"{topic}/{m.partition()}/{m.offset()}", "invalid": True}
+            yield alert
+    except RuntimeError as e:
+        if "does not exist" in str(e):
+            raise RuntimeError(f"alert topic {topic!r} does not exist") from None
+        raise
+
+
 def matches(alert: dict[str, Any], tenant: str | None, min_level: str) -> bool:
     if tenant is not None and alert.get("tenant_id") != tenant:
         return False
@@ -88,6 +111,8 @@ def row(alert: dict[str, Any]) -> list[str]:
     dst = f"{ev.get('dst_ip', '?')}:{ev.get('dst_port', '')}".rstrip(":")
     model = alert.get("model") or {}
     score = alert.get("anomaly_score")
+    ex = alert.get("explanation") or []
+    why = f"{ex[0]['feature']} {ex[0]['deviation']:+.1f}" if ex else ""
     return [
         str(alert.get("detected_at", "")),
         str(alert.get("tenant_id", "")),
@@ -95,4 +120,6 @@ def row(alert: dict[str, Any]) -> list[str]:
         f"{score:+.4f}" if isinstance(score, float) else str(score),
         f"{src} -> {dst}",
         f"v{model.get('version', '?')}",
+        why,
+        str(alert.get("incident_id", ""))[:12],
     ]

@@ -33,7 +33,6 @@ the same sequence of float operations in each, so the values are identical.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
@@ -75,50 +74,72 @@ _LN2: Final = math.log(2.0)
 
 
 class _Exact:
-    """Events of one key inside a sliding window: times, values, running sums."""
+    """Events of one key inside a sliding window: times and values, and running sums.
 
-    __slots__ = ("last", "q", "s", "saturated", "times", "values")
+    One flat list ``[t0, v0, t1, v1, ...]`` from ``head`` on (a list and an index are
+    a fraction of a deque's memory; the expired front is cut off in bulk).
+    """
+
+    __slots__ = ("ev", "head", "last", "q", "s", "saturated")
     width: ClassVar[float]
 
     def __init__(self) -> None:
-        self.times: deque[float] = deque()
-        self.values: deque[float] = deque()
+        self.ev: list[float] = []
+        self.head = 0
         self.s = 0.0
         self.q = 0.0
         self.last = -math.inf
         self.saturated = False
 
     def _expire(self, t: float, w: float) -> None:
-        times, values = self.times, self.values
+        ev, h = self.ev, self.head
         lo = t - w
-        while times and (times[0] <= lo or len(times) >= MAX_EVENTS):
-            if times[0] > lo:
+        n = len(ev)
+        while h < n and (ev[h] <= lo or n - h >= 2 * MAX_EVENTS):
+            if ev[h] > lo:
                 self.saturated = True
-            times.popleft()
-            v = values.popleft()
+            v = ev[h + 1]
             self.s -= v
             self.q -= v * v
+            h += 2
+        if h and h * 2 >= n:
+            del ev[:h]
+            h = 0
+        self.head = h
 
     def add(self, t: float, v: float, w: float) -> None:
         if t < self.last:
             t = self.last
         self._expire(t, w)
-        self.times.append(t)
-        self.values.append(v)
+        self.ev.append(t)
+        self.ev.append(v)
         self.s += v
         self.q += v * v
         self.last = t
 
+    @property
+    def count(self) -> int:
+        return (len(self.ev) - self.head) >> 1
+
+    @property
+    def times(self) -> list[float]:
+        return self.ev[self.head :: 2]
+
+    @property
+    def values(self) -> list[float]:
+        return self.ev[self.head + 1 :: 2]
+
     def dump(self) -> list[Any]:
-        return [self.last, self.s, self.q, self.saturated, list(self.times), list(self.values)]
+        return [self.last, self.s, self.q, self.saturated, self.times, self.values]
 
     def load(self, d: list[Any]) -> None:
-        self.last, self.s, self.q, self.saturated = float(d[0]), float(d[1]), float(d[2]), d[3]
-        self.times, self.values = deque(map(float, d[4])), deque(map(float, d[5]))
+        self.last, self.s, self.q, self.saturated = _time(d[0]), float(d[1]), float(d[2]), d[3]
+        self.ev = [float(x) for pair in zip(d[4], d[5], strict=True) for x in pair]
+        self.head = 0
 
     @property
     def size(self) -> int:
-        return len(self.times)
+        return self.count
 
 
 class _Damped:
@@ -148,7 +169,8 @@ class _Damped:
         return [self.last, self.w, self.s, self.q]
 
     def load(self, d: list[Any]) -> None:
-        self.last, self.w, self.s, self.q = (float(x) for x in d)
+        self.last = _time(d[0])
+        self.w, self.s, self.q = (float(x) for x in d[1:])
 
     @property
     def size(self) -> int:
@@ -158,40 +180,58 @@ class _Damped:
 class _Distinct:
     """Distinct values of one key inside a sliding window: arrival order plus counts."""
 
-    __slots__ = ("counts", "events", "last", "saturated")
+    __slots__ = ("counts", "ev", "head", "last", "saturated")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, str]] = deque()
+        self.ev: list[Any] = []  # [t0, value0, t1, value1, ...] from head on
+        self.head = 0
         self.counts: dict[str, int] = {}
         self.last = -math.inf
         self.saturated = False
 
     def _expire(self, t: float, w: float) -> None:
-        events, counts = self.events, self.counts
+        ev, counts, h = self.ev, self.counts, self.head
         lo = t - w
-        while events and (events[0][0] <= lo or len(events) >= MAX_EVENTS):
-            if events[0][0] > lo:
+        n = len(ev)
+        while h < n and (ev[h] <= lo or n - h >= 2 * MAX_EVENTS):
+            if ev[h] > lo:
                 self.saturated = True
-            _, v = events.popleft()
+            v = ev[h + 1]
             c = counts[v] - 1
             if c:
                 counts[v] = c
             else:
                 del counts[v]
+            h += 2
+        if h and h * 2 >= n:
+            del ev[:h]
+            h = 0
+        self.head = h
+
+    def pairs(self) -> list[tuple[float, str]]:
+        ev = self.ev
+        return [(ev[k], ev[k + 1]) for k in range(self.head, len(ev), 2)]
 
     def dump(self) -> list[Any]:
-        return [self.last, self.saturated, [t for t, _ in self.events], [v for _, v in self.events]]
+        ev = self.ev
+        return [self.last, self.saturated, ev[self.head :: 2], ev[self.head + 1 :: 2]]
 
     def load(self, d: list[Any]) -> None:
-        self.last, self.saturated = float(d[0]), d[1]
-        self.events = deque(zip(map(float, d[2]), d[3], strict=True))
+        self.last, self.saturated = _time(d[0]), d[1]
+        self.ev = [x for pair in zip(map(float, d[2]), d[3], strict=True) for x in pair]
+        self.head = 0
         self.counts = {}
-        for _, v in self.events:
+        for v in d[3]:
             self.counts[v] = self.counts.get(v, 0) + 1
 
     @property
     def size(self) -> int:
-        return len(self.events)
+        return (len(self.ev) - self.head) >> 1
+
+
+def _time(x: Any) -> float:
+    """An event time read back from JSON (which has no -inf: "no event yet" is null)."""
+    return -math.inf if x is None else float(x)
 
 
 def _moments(n: float, s: float, q: float) -> tuple[float, float]:
@@ -304,7 +344,7 @@ def _stat_value(kind: str) -> Any:
     def value(st: Any, t: float, v: float, param: float, span: float, push: bool) -> float:
         if push:
             st.add(t, v, param)
-            n, s, q = (st.w if type(st) is _Damped else float(len(st.times))), st.s, st.q
+            n, s, q = (st.w if type(st) is _Damped else float(st.count)), st.s, st.q
         elif type(st) is _Damped:
             f = math.exp(-param * (t - st.last)) if st.w and t > st.last else 1.0
             n, s, q = st.w * f + 1.0, st.s * f + v, st.q * f + v * v
@@ -386,10 +426,11 @@ class _DistinctFn(_Window):
             t = st.last
         if not push:
             lo = t - param
-            seen = {x for a, x in st.events if a > lo}
+            seen = {x for a, x in st.pairs() if a > lo}
             return float(len(seen | {v}))
         st._expire(t, param)
-        st.events.append((t, v))
+        st.ev.append(t)
+        st.ev.append(v)
         st.counts[v] = st.counts.get(v, 0) + 1
         st.last = t
         return float(len(st.counts))
@@ -409,7 +450,7 @@ class _Intervals:
         return [self.last, type(self.gaps) is _Damped, self.gaps.dump(), self.seen]
 
     def load(self, d: list[Any]) -> None:
-        self.last = float(d[0])
+        self.last = _time(d[0])
         self.gaps = _Damped() if d[1] else _Exact()
         self.gaps.load(d[2])
         self.seen = int(d[3])
@@ -437,11 +478,13 @@ def _interval_value(kind: str) -> Any:
             st.seen += 1
             if exact:
                 # A gap belongs to the window while the event that opened it does.
-                n, s, q = float(len(gaps.times)), gaps.s, gaps.q
+                n, s, q = float(gaps.count), gaps.s, gaps.q
+                ev, h = gaps.ev, gaps.head
+                if h < len(ev) and ev[h] - ev[h + 1] <= t - param:
+                    first = ev[h + 1]
+                    n, s, q = n - 1.0, s - first, q - first * first
             else:
                 n, s, q = gaps.w, gaps.s, gaps.q
-            if exact and gaps.times and gaps.times[0] - gaps.values[0] <= t - param:
-                n, s, q = n - 1.0, s - gaps.values[0], q - gaps.values[0] ** 2
         else:
             if exact:
                 lo = t - param

@@ -9,6 +9,7 @@ bit-identical to the model's own ``decision_function``.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -18,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from stream.baseline import Baseline
 from stream.features import FeatureSpec, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry.client import client, tracking_uri
 from stream.scoring import check_thresholds, decision_scores, fast_isolation_forest
+
+log = logging.getLogger(__name__)
 
 #: Types beyond skops' own defaults (scikit-learn estimators, numpy, scipy) that a model
 #: may ask to trust. Each is one of scikit-learn's compiled data structures, rebuilt by
@@ -72,6 +76,9 @@ class LoadedModel:
     spec: FeatureSpec = None  # type: ignore[assignment]
     # What training recorded beside the spec: detector, input schema (for `stream describe`).
     info: Mapping[str, Any] = field(default_factory=dict)
+    # The training data's medians, spreads and bins (explanations, drift); None for
+    # models trained before it was recorded.
+    baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
         if self.spec is None:
@@ -171,7 +178,17 @@ def load_version(
             f"{len(spec.columns)}"
         )
     meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
+    baseline = None
+    if meta.get("baseline") is not None:
+        try:
+            baseline = Baseline.from_dict(meta["baseline"])
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("%s: its training baseline does not load (%s): no explanations", source, e)
+        if baseline is not None and baseline.columns != tuple(spec.columns):
+            log.warning("%s: its training baseline is for other columns: no explanations", source)
+            baseline = None
     return LoadedModel(
+        baseline=baseline,
         name=name,
         version=str(version),
         features=spec.columns,

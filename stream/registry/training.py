@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.baseline import Baseline
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from stream.features import FeatureSpec, RecordColumns, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
@@ -150,6 +151,67 @@ def training_matrix(
     return fitted, computed.X[ok], skipped
 
 
+def _ladder(medium_rate: float) -> tuple[float, float, float]:
+    """Critical, high+ and medium+ rates for a medium+ rate (a tenth and a third of it)."""
+    r = min(max(medium_rate, 3e-6), 0.5)
+    return (r / 10, r / 3, r)
+
+
+def budget_rates(
+    records: Sequence[Mapping[str, Any]], per_hour: float, schema: str = "native"
+) -> tuple[float, float, float]:
+    """Alert rates for at most ``per_hour`` medium+ alerts per hour at the training
+    traffic's own rate (its event times say how many events an hour brings)."""
+    from stream.features.store import event_times
+
+    if per_hour <= 0:
+        raise TrainingError("--alert-budget must be a positive number of alerts per hour")
+    times, codes = event_times(columns_for(RecordColumns(records), schema), "timestamp")
+    ok = times[codes == OK]
+    span = float(ok.max() - ok.min()) if len(ok) > 1 else 0.0
+    if span <= 0:
+        raise TrainingError("--alert-budget needs training records with timestamps that "
+                            "span some time")
+    per_hour_events = len(ok) / span * 3600.0
+    return _ladder(per_hour / per_hour_events)
+
+
+def precision_rates(
+    pipe: Any,
+    spec: FeatureSpec,
+    labels: Sequence[Mapping[str, Any]],
+    target: float,
+    train_scores: np.ndarray,
+    schema: str = "native",
+) -> tuple[float, float, float]:
+    """Alert rates whose medium+ cut keeps the precision on the reviewed alerts >= ``target``.
+
+    The reviewed events (``stream feedback --export``) are scored by the new model; the
+    cut is the highest score at which the alerts below it are at least ``target``
+    true positives. (Window features of the reviewed events are computed over those
+    events alone, without the traffic around them: for a windowed spec the cut is
+    approximate, and ``--alert-budget`` is the surer tool.)
+    """
+    if not 0 < target < 1:
+        raise TrainingError("--target-precision must be in (0, 1)")
+    source = columns_for(RecordColumns(labels), schema)
+    tenants = [str(r.get("tenant_id", "")) for r in labels] if spec.windowed else None
+    computed = spec.compute(source, tenants=tenants)
+    ok = computed.reason == OK
+    truth = np.array([r.get("label") == "attack" for r in labels])[ok]
+    if not truth.any():
+        raise TrainingError("--labels has no usable true-positive verdicts")
+    s = decision_scores(pipe, computed.X[ok])
+    order = np.argsort(s, kind="stable")
+    tp = np.cumsum(truth[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    good = np.flatnonzero(precision >= target)
+    if not len(good):
+        raise TrainingError(f"no score cut reaches precision {target} on the reviewed alerts")
+    cut = float(np.nextafter(s[order][good[-1]], np.inf))
+    return _ladder(float(np.mean(train_scores < cut)))
+
+
 def feature_matrix(records: Sequence[dict[str, Any]], features: Sequence[str]) -> np.ndarray:
     """Training matrix of plain feature fields; a record missing one is an error, not a zero."""
     _fitted, X, skipped = training_matrix(records, FeatureSpec.from_fields(list(features)))
@@ -224,6 +286,9 @@ def log_pipeline(
                         "features": features,
                         "spec": spec.to_dict(),
                         "thresholds": thr.tolist(),
+                        # Medians, spreads and bins of the training inputs and scores:
+                        # what explanations and drift compare against.
+                        "baseline": Baseline.fit(X, scores, features).to_dict(),
                         **(extra_meta or {}),
                     }
                 },
@@ -258,6 +323,9 @@ def train(
     input_schema: str = "native",
     trusted_types: Sequence[str] = (),
     min_records: int = MIN_TRAINING_RECORDS,
+    alert_budget: float | None = None,
+    labels: Sequence[Mapping[str, Any]] | None = None,
+    target_precision: float | None = None,
 ) -> TrainResult:
     """Fit the feature spec and StandardScaler + detector on ``records``; register one model.
 
@@ -282,8 +350,16 @@ def train(
     pipe.fit(X)
     if calibrate is None and thresholds is None and detector != "isolation_forest":
         calibrate = DEFAULT_CALIBRATION
+    train_scores = decision_scores(pipe, X)
+    if alert_budget is not None:
+        calibrate = budget_rates(records, alert_budget, input_schema)
+    if target_precision is not None:
+        if not labels:
+            raise TrainingError("--target-precision needs --labels (stream feedback --export)")
+        calibrate = precision_rates(pipe, fitted, labels, target_precision, train_scores,
+                                    input_schema)
     if calibrate is not None:
-        thresholds = calibrate_thresholds(decision_scores(pipe, X), calibrate)
+        thresholds = calibrate_thresholds(train_scores, calibrate)
     name = registered_name(model_name, tenant)
     result = log_pipeline(
         pipe,

@@ -1,0 +1,313 @@
+"""Alert and incident records in the formats SIEMs ingest: native, ECS or OCSF.
+
+``--alert-format`` picks one for the alert and incident topics:
+
+* ``native``: this tool's own envelope (``stream.outcomes``), the event's bytes
+  spliced in unchanged;
+* ``ecs``: an Elastic Common Schema document (``event.kind: alert``);
+* ``ocsf``: an OCSF Detection Finding (class_uid 2004).
+
+Network fields come from the event as its sensor schema reads it (the canonical
+``src_ip``, ``dst_ip``, ``src_port``, ``dst_port``, ``protocol``,
+``bytes_transferred``, ``packet_count``, ``connection_duration``), so a Zeek or
+Suricata record maps the same way as a native one. What neither schema has a
+place for (the anomaly score, the explanation, the model, the original event)
+goes under ``stream`` (ECS: a custom field set, as ECS asks of custom fields)
+or ``unmapped`` (OCSF). The mapping tables are in the README (Alert formats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+
+FORMATS: Final = ("native", "ecs", "ocsf")
+ECS_VERSION: Final = "8.11.0"
+OCSF_VERSION: Final = "1.3.0"
+PRODUCT: Final = "stream"
+
+# Risk and severity per level, as Elastic's detection rules map severity to a risk
+# score (low 21, medium 47, high 73, critical 99).
+_RISK: Final = {"low": 21, "medium": 47, "high": 73, "critical": 99}
+# OCSF severity_id: 1 Informational, 2 Low, 3 Medium, 4 High, 5 Critical.
+_OCSF_SEVERITY: Final = {"low": (2, "Low"), "medium": (3, "Medium"), "high": (4, "High"),
+                         "critical": (5, "Critical")}
+# OCSF risk_level_id: 0 Info, 1 Low, 2 Medium, 3 High, 4 Critical.
+_OCSF_RISK_LEVEL: Final = {"low": (1, "Low"), "medium": (2, "Medium"), "high": (3, "High"),
+                           "critical": (4, "Critical")}
+_NUMERIC: Final = ("src_port", "dst_port", "bytes_transferred", "packet_count",
+                   "connection_duration")
+_TEXT: Final = ("src_ip", "dst_ip", "protocol")
+
+
+def flow_fields(source: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
+    """The canonical network fields of ``rows`` (absent where the event has none)."""
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    if source is None or not rows:
+        return out
+    for name in _TEXT:
+        try:
+            values, codes = source.strings(name)
+        except (KeyError, ValueError):
+            continue
+        for k, i in enumerate(rows):
+            if codes[i] == 0:
+                out[k][name] = values[i]
+    for name in _NUMERIC:
+        try:
+            values, codes = source.numeric(name)
+        except (KeyError, ValueError):
+            continue
+        for k, i in enumerate(rows):
+            if codes[i] == 0:
+                v = float(values[i])
+                out[k][name] = int(v) if name != "connection_duration" and v.is_integer() else v
+    return out
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _message(alert: Mapping[str, Any], flow: Mapping[str, Any]) -> str:
+    who = flow.get("src_ip", "?")
+    to = flow.get("dst_ip", "?")
+    ex = alert.get("explanation") or []
+    why = f"; most unusual: {ex[0]['feature']}" if ex else ""
+    return (f"{alert['threat_level']} network anomaly for tenant {alert['tenant_id']}: "
+            f"{who} -> {to} (score {alert['anomaly_score']:.3f}){why}")
+
+
+# ---- ECS -------------------------------------------------------------------------------
+
+
+def ecs_alert(alert: dict[str, Any], flow: Mapping[str, Any]) -> dict[str, Any]:
+    level = alert["threat_level"]
+    model = alert["model"]
+    doc: dict[str, Any] = {
+        "@timestamp": alert["detected_at"],
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "alert",
+            "category": ["network", "intrusion_detection"],
+            "type": ["info", "connection"],
+            "id": alert["alert_id"],
+            "dataset": "stream.alert",
+            "module": PRODUCT,
+            "risk_score": float(_RISK[level]),
+            "severity": _RISK[level],
+            "created": alert["detected_at"],
+        },
+        "organization": {"id": alert["tenant_id"]},
+        "rule": {"id": f"models:/{model['name']}/{model['version']}", "name": model["name"],
+                 "version": str(model["version"]), "category": "anomaly"},
+        "observer": {"product": PRODUCT, "vendor": PRODUCT, "type": "ids"},
+        "labels": {"tenant_id": alert["tenant_id"], "threat_level": level},
+        "message": _message(alert, flow),
+        PRODUCT: {
+            "anomaly_score": alert["anomaly_score"],
+            "is_anomaly": alert["is_anomaly"],
+            "threat_level": level,
+            "model": model,
+            "source": alert["source"],
+            "explanation": alert.get("explanation", []),
+            "event": alert["event"],
+        },
+    }
+    _ecs_network(doc, flow)
+    return doc
+
+
+def _ecs_network(doc: dict[str, Any], flow: Mapping[str, Any]) -> None:
+    for side, ip, port in (("source", "src_ip", "src_port"), ("destination", "dst_ip", "dst_port")):
+        part: dict[str, Any] = {}
+        if ip in flow:
+            part["ip"] = flow[ip]
+        if port in flow:
+            part["port"] = int(flow[port])
+        if part:
+            doc[side] = part
+    net: dict[str, Any] = {}
+    if "protocol" in flow:
+        net["transport"] = str(flow["protocol"]).lower()
+    if "bytes_transferred" in flow:
+        net["bytes"] = int(flow["bytes_transferred"])
+    if "packet_count" in flow:
+        net["packets"] = int(flow["packet_count"])
+    if net:
+        doc["network"] = net
+    if "connection_duration" in flow:
+        doc["event"]["duration"] = round(float(flow["connection_duration"]) * 1e9)
+
+
+def ecs_incident(inc: dict[str, Any]) -> dict[str, Any]:
+    level = inc["threat_level"]
+    field, value = inc["entity"]["field"], inc["entity"]["value"]
+    doc: dict[str, Any] = {
+        "@timestamp": inc["last_seen"],
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "alert",
+            "category": ["network", "intrusion_detection"],
+            "type": ["info"],
+            "id": inc["incident_id"],
+            "dataset": "stream.incident",
+            "module": PRODUCT,
+            "risk_score": float(_RISK[level]),
+            "severity": _RISK[level],
+            "start": inc["first_seen"],
+            "end": inc["last_seen"],
+        },
+        "organization": {"id": inc["tenant_id"]},
+        "observer": {"product": PRODUCT, "vendor": PRODUCT, "type": "ids"},
+        "labels": {"tenant_id": inc["tenant_id"], "threat_level": level,
+                   "status": inc["status"]},
+        "message": (f"{inc['status']} incident for tenant {inc['tenant_id']}: {inc['alerts']} "
+                    f"alerts about {field} {value}"),
+        PRODUCT: {"incident": inc},
+    }
+    if field in ("src_ip", "dst_ip"):
+        doc["source" if field == "src_ip" else "destination"] = {"ip": value}
+    return doc
+
+
+# ---- OCSF ------------------------------------------------------------------------------
+
+
+def _ocsf_base(level: str, when_ms: int, activity: tuple[int, str], uid: str, tenant: str
+               ) -> dict[str, Any]:
+    sev_id, sev = _OCSF_SEVERITY[level]
+    risk_id, risk = _OCSF_RISK_LEVEL[level]
+    return {
+        "activity_id": activity[0],
+        "activity_name": activity[1],
+        "category_uid": 2,
+        "category_name": "Findings",
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "type_uid": 2004 * 100 + activity[0],
+        "type_name": f"Detection Finding: {activity[1]}",
+        "severity_id": sev_id,
+        "severity": sev,
+        "risk_level_id": risk_id,
+        "risk_level": risk,
+        "risk_score": _RISK[level],
+        "status_id": 1,
+        "status": "New",
+        "time": when_ms,
+        "metadata": {
+            "version": OCSF_VERSION,
+            "uid": uid,
+            "tenant_uid": tenant,
+            "product": {"name": PRODUCT, "vendor_name": PRODUCT},
+        },
+    }
+
+
+def _endpoints(flow: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    src: dict[str, Any] = {}
+    dst: dict[str, Any] = {}
+    if "src_ip" in flow:
+        src["ip"] = flow["src_ip"]
+    if "src_port" in flow:
+        src["port"] = int(flow["src_port"])
+    if "dst_ip" in flow:
+        dst["ip"] = flow["dst_ip"]
+    if "dst_port" in flow:
+        dst["port"] = int(flow["dst_port"])
+    return src, dst
+
+
+def ocsf_alert(alert: dict[str, Any], flow: Mapping[str, Any]) -> dict[str, Any]:
+    level = alert["threat_level"]
+    model = alert["model"]
+    when = _ms(alert["detected_at"])
+    doc = _ocsf_base(level, when, (1, "Create"), alert["alert_id"], alert["tenant_id"])
+    ex = alert.get("explanation") or []
+    doc["finding_info"] = {
+        "uid": alert["alert_id"],
+        "title": f"Network flow anomaly ({level})",
+        "desc": _message(alert, flow),
+        "types": ["Network Anomaly"],
+        "created_time": when,
+        "analytic": {"name": model["name"], "uid": f"models:/{model['name']}/{model['version']}",
+                     "version": str(model["version"]), "type_id": 1, "type": "Rule"},
+    }
+    doc["message"] = _message(alert, flow)
+    doc["count"] = 1
+    src, dst = _endpoints(flow)
+    evidence: dict[str, Any] = {}
+    if src:
+        evidence["src_endpoint"] = src
+    if dst:
+        evidence["dst_endpoint"] = dst
+    if "protocol" in flow:
+        evidence["connection_info"] = {"protocol_name": str(flow["protocol"]).lower()}
+    if evidence:
+        doc["evidences"] = [evidence]
+    doc["observables"] = [
+        {"name": f"{side}.ip", "type_id": 2, "type": "IP Address", "value": ep["ip"]}
+        for side, ep in (("src_endpoint", src), ("dst_endpoint", dst)) if "ip" in ep
+    ]
+    doc["unmapped"] = {
+        "anomaly_score": alert["anomaly_score"],
+        "is_anomaly": alert["is_anomaly"],
+        "threat_level": level,
+        "source": alert["source"],
+        "explanation": ex,
+    }
+    doc["raw_data"] = orjson.dumps(alert["event"]).decode()
+    return doc
+
+
+def ocsf_incident(inc: dict[str, Any]) -> dict[str, Any]:
+    level = inc["threat_level"]
+    closed = inc["status"] == "closed"
+    activity = (3, "Close") if closed else (2, "Update") if inc["alerts"] > 1 else (1, "Create")
+    first, last = _ms(inc["first_seen"]), _ms(inc["last_seen"])
+    doc = _ocsf_base(level, last, activity, inc["incident_id"], inc["tenant_id"])
+    if closed:
+        doc["status_id"], doc["status"] = 4, "Resolved"
+    field, value = inc["entity"]["field"], inc["entity"]["value"]
+    doc["finding_info"] = {
+        "uid": inc["incident_id"],
+        "title": f"{inc['alerts']} network anomalies about {field} {value}",
+        "types": ["Network Anomaly", "Incident"],
+        "first_seen_time": first,
+        "last_seen_time": last,
+    }
+    doc["count"] = inc["alerts"]
+    doc["start_time"], doc["end_time"] = first, last
+    doc["message"] = (f"{inc['status']} incident for tenant {inc['tenant_id']}: "
+                      f"{inc['alerts']} alerts about {field} {value}")
+    if field in ("src_ip", "dst_ip"):
+        side = "src_endpoint" if field == "src_ip" else "dst_endpoint"
+        doc["evidences"] = [{side: {"ip": value}}]
+        doc["observables"] = [{"name": f"{side}.ip", "type_id": 2, "type": "IP Address",
+                               "value": value}]
+    doc["unmapped"] = {"incident": inc}
+    return doc
+
+
+# ---- batch entry points ----------------------------------------------------------------
+
+
+def format_alerts(fmt: str, alerts: Sequence[bytes], rows: Sequence[int], source: Any
+                  ) -> list[bytes]:
+    """The batch's native alert bytes in ``fmt`` (native: unchanged)."""
+    if fmt == "native" or not alerts:
+        return list(alerts)
+    build = ecs_alert if fmt == "ecs" else ocsf_alert
+    flows = flow_fields(source, list(rows))
+    return [orjson.dumps(build(orjson.loads(a), f)) for a, f in zip(alerts, flows, strict=True)]
+
+
+def format_incident(fmt: str, record: bytes) -> bytes:
+    """One native incident record in ``fmt``."""
+    if fmt == "native":
+        return record
+    build = ecs_incident if fmt == "ecs" else ocsf_incident
+    return orjson.dumps(build(orjson.loads(record)))
