@@ -38,6 +38,7 @@ from confluent_kafka import (
 )
 
 from stream.delivery.batch import Record
+from stream.failures import kafka_logger
 from stream.features.store import WindowStore
 from stream.features.windows import load_state
 
@@ -92,7 +93,7 @@ def restore(
             "enable.partition.eof": True,
         }
     )
-    c = Consumer(conf)
+    c = Consumer({**conf, "logger": kafka_logger()})
     try:
         # Only "is it empty": some brokers (the embedded one) answer this with the last
         # batch's base offset + 1, so the end is the fetch's own end of partition.

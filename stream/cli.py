@@ -113,7 +113,38 @@ def _tenant_option(help_text: str) -> Callable[[F], F]:
     return click.option("--tenant", default=None, callback=_check_tenant, help=help_text)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The command group: a broker or registry that cannot be reached is one line, exit 3."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from stream.failures import EXIT_BAD_SETTING, EXIT_UNREACHABLE, BadSetting, Unreachable
+
+        try:
+            return super().invoke(ctx)
+        except Unreachable as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(EXIT_UNREACHABLE)
+        except BadSetting as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(EXIT_BAD_SETTING)
+
+
+def _kafka(s: config.Settings) -> None:
+    """Fail fast, in one line, when the broker cannot be reached."""
+    from stream.failures import require_kafka
+
+    require_kafka(s.kafka_common())
+
+
+def _registry(uri: str) -> None:
+    """Fail fast, in one line, when the registry cannot be reached."""
+    from stream.failures import require_registry
+
+    require_registry(uri)
+
+
+@click.group(cls=_Main,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--log-level",
     default="INFO",
@@ -131,6 +162,13 @@ def main(log_level: str, log_format: str | None) -> None:
     """Streaming anomaly detection for network telemetry: flows -> MLflow models -> alerts."""
     import os
 
+    from stream.failures import mlflow_http_defaults
+
+    # A registry that is down fails a command in seconds, not after MLflow's 4 minutes.
+    mlflow_http_defaults()
+    # MLflow's own INFO lines ("Updating database tables") only with --log-level DEBUG.
+    if log_level.upper() != "DEBUG":
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logs.setup(
         log_format or os.environ.get("STREAM_LOG_FORMAT") or "text",
         getattr(logging, log_level.upper()),
@@ -355,6 +393,7 @@ def train(
         input_schema=input_schema, trust_types=trust_types,
     )
     spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
+    _registry(s.tracking_uri)
     # The readers of replay and score: every format, bad lines reported. A sensor schema
     # named explicitly maps the raw records (the Zeek mapping is the default for Zeek files).
     loaded = load_records(input_path, fmt=fmt, raw=s.input_schema != "native")
@@ -437,6 +476,7 @@ def promote(
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
+    _registry(s.tracking_uri)
     name = registry.registered_name(s.model_name, tenant)
     try:
         if alias == "production":
@@ -456,12 +496,15 @@ def demote(tenant: str | None, model_name: str | None, tracking_uri: str | None)
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
+    _registry(s.tracking_uri)
     name = registry.registered_name(s.model_name, tenant)
     try:
-        registry.demote(name, uri=s.tracking_uri)
+        was = registry.demote(name, uri=s.tracking_uri)
     except Exception as e:
         raise click.ClickException(f"cannot demote {name}: {e}") from e
-    click.echo(f"{name} has no production version now")
+    if not was:
+        raise click.ClickException(f"{name} has no production version: nothing to demote")
+    click.echo(f"{name}: version {', '.join(was)} demoted; it has no production version now")
 
 
 @main.command()
@@ -474,7 +517,9 @@ def models(as_json: bool, tracking_uri: str | None) -> None:
 
     from stream import registry
 
-    rows = registry.list_models(uri=load_settings(tracking_uri=tracking_uri).tracking_uri)
+    uri = load_settings(tracking_uri=tracking_uri).tracking_uri
+    _registry(uri)
+    rows = registry.list_models(uri=uri)
     if as_json:
         for r in rows:
             click.echo(orjson.dumps(r).decode())
@@ -504,6 +549,7 @@ def describe(
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri, trust_types=trust_types)
+    _registry(s.tracking_uri)
     name = registry.registered_name(s.model_name, tenant)
     try:
         version = version or registry.production_version(name, uri=s.tracking_uri)
@@ -549,7 +595,8 @@ def broker(port: int, topics: str, partitions: int) -> None:
     click.echo(
         f"broker listening on {b.bootstrap} (topics: {', '.join(names) or 'none'}); Ctrl-C stops it"
     )
-    signal.signal(signal.SIGTERM, lambda *_: b.stop())
+    # The handler only signals the broker; the wait below returns once it has exited.
+    signal.signal(signal.SIGTERM, lambda *_: b.terminate())
     try:
         b.wait()
     except KeyboardInterrupt:
@@ -680,6 +727,7 @@ def replay(
     )
     if sum(x is not None and x is not False for x in (speed, rate, as_fast or None)) > 1:
         raise click.UsageError("choose one of --speed, --rate, --max")
+    _kafka(s)
     pacing = (
         rp.Pacing.at_speed(speed)
         if speed
@@ -724,6 +772,7 @@ def _offline_table(**given: Any) -> Any:
     from stream import service
 
     settings = load_settings(**given)
+    _registry(settings.tracking_uri)
     if settings.tenant_source.kind in ("key", "header"):
         raise click.BadParameter(
             "files have no message keys or headers: use field:NAME or const:TENANT",
@@ -793,6 +842,24 @@ def score(
         f"{dict(summary.dead_letters)}, unreadable lines {len(summary.unreadable)}",
         err=True,
     )
+    _nothing_scored(summary, files)
+
+
+def _nothing_scored(summary: Any, files: tuple[Path, ...]) -> None:
+    """Exit 1, saying why, when not one record could be scored (garbage never passes)."""
+    if summary.scored:
+        return
+    names = ", ".join(str(f) for f in files)
+    if summary.records == 0:
+        why = (f"{len(summary.unreadable)} unreadable lines" if summary.unreadable
+               else "the files hold no records")
+        first = f" (first: line {summary.unreadable[0][1]}: {summary.unreadable[0][2]})" \
+            if summary.unreadable else ""
+        raise click.ClickException(f"no record of {names} could be read: {why}{first}")
+    reasons = ", ".join(f"{r} {n}" for r, n in summary.dead_letters.most_common())
+    raise click.ClickException(
+        f"none of the {summary.records} records of {names} could be scored: {reasons}"
+    )
 
 
 @main.command()
@@ -836,8 +903,7 @@ def evaluate(
         list(files), table, settings, label_field, fmt=fmt, mapping=_mapping(maps), tenant=tenant
     )
     table.stop()
-    if len(scores) == 0:
-        raise click.ClickException("no record could be scored")
+    _nothing_scored(summary, files)
     labels = ev.labels_from_field(raw, list(positive) or None)
     result = ev.evaluate(tenants, scores, levels, labels)
     if as_json:
@@ -882,6 +948,7 @@ def feedback(
         incident_topic=incident_topic, feedback_topic=feedback_topic, dlq_topic=dlq_topic,
         kafka_properties=kafka_properties, metrics_port=metrics_port,
     )
+    _kafka(s)
     update = None
     if s.metrics_port:
         update = fb.serve_metrics(s.metrics_port)
@@ -916,6 +983,57 @@ def feedback(
                                       if export_path else ""))
 
 
+@main.command("dead-letters")
+@settings_options("bootstrap_servers", "dlq_topic", "kafka_properties",
+                  aliases={"dlq_topic": "--topic"})
+@click.option("--follow", "-f", is_flag=True, help="Keep reading new dead letters.")
+@click.option("--reason", "reasons", multiple=True, help="Only these reasons (repeatable).")
+@click.option("--summary", is_flag=True, help="Counts per reason only.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (for piping).")
+def dead_letters_cmd(
+    bootstrap_servers: str | None,
+    dlq_topic: str | None,
+    kafka_properties: tuple[str, ...],
+    follow: bool,
+    reasons: tuple[str, ...],
+    summary: bool,
+    as_json: bool,
+) -> None:
+    """Show the dead-letter topic: reason, detail, where each record came from, a preview."""
+    from collections import Counter
+
+    from stream.subscribe import dead_letter_row, read_messages
+
+    s = load_settings(bootstrap_servers=bootstrap_servers, dlq_topic=dlq_topic,
+                      kafka_properties=kafka_properties)
+    _kafka(s)
+    counts: Counter[str] = Counter()
+    try:
+        for m in read_messages(s.bootstrap_servers, s.dlq_topic, follow=follow,
+                               from_beginning=True, extra=dict(s.kafka_properties)):
+            row = dead_letter_row(m)
+            if reasons and row["reason"] not in reasons:
+                continue
+            counts[row["reason"]] += 1
+            if summary:
+                continue
+            if as_json:
+                click.echo(orjson.dumps(row).decode())
+            else:
+                click.echo(f"{row['reason']:<22} {row['source']:<28} {row['detail'][:60]:<60} "
+                           f"{row['preview']}")
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        pass
+    if summary and as_json:
+        click.echo(orjson.dumps(dict(counts)).decode())
+    elif summary or not as_json:
+        for reason, n in counts.most_common():
+            click.echo(f"{n:>8}  {reason}", err=not summary)
+        click.echo(f"{sum(counts.values())} dead letters", err=not summary)
+
+
 @main.command()
 @settings_options(
     "bootstrap_servers", "alert_topic", "kafka_properties", aliases={"alert_topic": "--topic"}
@@ -931,6 +1049,7 @@ def feedback(
     show_default=True,
     help="Only alerts at this level or above.",
 )
+@click.option("--summary", is_flag=True, help="Counts per tenant and level over the read.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (for piping).")
 def alerts(
     bootstrap_servers: str | None,
@@ -940,21 +1059,26 @@ def alerts(
     from_beginning: bool,
     tenant: str | None,
     show_level: str,
+    summary: bool,
     as_json: bool,
 ) -> None:
     """Print alerts from the alert topic as a table, or as JSON lines."""
+    from collections import Counter
+
     from rich.console import Console
 
     from stream.subscribe import LEVEL_STYLE, matches, read_alerts, row
 
     console = Console()
     shown = 0
+    counts: Counter[tuple[str, str]] = Counter()
     try:
         s = load_settings(
             bootstrap_servers=bootstrap_servers,
             alert_topic=alert_topic,
             kafka_properties=kafka_properties,
         )
+        _kafka(s)
         stream = read_alerts(
             s.bootstrap_servers,
             s.alert_topic,
@@ -962,7 +1086,7 @@ def alerts(
             from_beginning=from_beginning,
             extra=dict(s.kafka_properties),
         )
-        if not as_json:
+        if not as_json and not summary:
             console.print(
                 "time                      tenant       level     score    "
                 "src -> dst                          model  why (spreads from normal)  "
@@ -973,6 +1097,9 @@ def alerts(
             if not matches(alert, tenant, show_level):
                 continue
             shown += 1
+            if summary:
+                counts[(str(alert.get("tenant_id")), str(alert.get("threat_level")))] += 1
+                continue
             if as_json:
                 sys.stdout.buffer.write(orjson.dumps(alert) + b"\n")
                 sys.stdout.flush()
@@ -987,8 +1114,26 @@ def alerts(
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         pass
-    if not as_json:
+    if summary:
+        _print_summary(counts, as_json)
+    elif not as_json:
         console.print(f"{shown} alerts", style="dim")
+
+
+def _print_summary(counts: Any, as_json: bool) -> None:
+    """Alerts per tenant and level: a table, or one JSON object."""
+    levels = list(reversed(config.LEVELS))
+    per: dict[str, dict[str, int]] = {}
+    for (t, lv), n in counts.items():
+        per.setdefault(t, dict.fromkeys(levels, 0))[lv] = n
+    if as_json:
+        click.echo(orjson.dumps(per).decode())
+        return
+    click.echo(f"{'tenant':<20}" + "".join(f"{lv:>10}" for lv in levels) + f"{'total':>10}")
+    for t in sorted(per):
+        row = per[t]
+        click.echo(f"{t:<20}" + "".join(f"{row[lv]:>10}" for lv in levels)
+                   + f"{sum(row.values()):>10}")
 
 
 if __name__ == "__main__":

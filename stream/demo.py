@@ -28,6 +28,7 @@ from rich.table import Table
 from stream import registry, service
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
+from stream.failures import kafka_logger
 from stream.features.recipes import recipe
 from stream.generate import ATTACK_LABELS, generate_flows
 from stream.outcomes import LEVEL_NAMES
@@ -145,7 +146,7 @@ def run_demo(
 
 
 def _produce(bootstrap: str, topic: str, flows: list[dict[str, Any]]) -> int:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "logger": kafka_logger()})
     values = [orjson.dumps(f) for f in flows]
     # Malformed records spread through the stream, to show they cost nothing but themselves.
     step = max(1, len(values) // (len(BAD_RECORDS) + 1))
@@ -220,6 +221,7 @@ def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
             "bootstrap.servers": bootstrap,
             "group.id": "stream-demo-reader",
             "enable.auto.commit": False,
+            "logger": kafka_logger(),
         }
     )
     _low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)

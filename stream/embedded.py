@@ -104,6 +104,13 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait()
 
+    def terminate(self) -> None:
+        """Ask the broker process to exit, without waiting (safe in a signal handler:
+        the main thread may be inside ``wait``, which a second wait would deadlock on)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+
     def wait(self) -> int:
         """Block until the broker process exits (foreground mode of ``stream broker``)."""
         assert self._proc is not None

@@ -184,6 +184,7 @@ def run(
     """
     from confluent_kafka import Producer
 
+    from stream.failures import kafka_logger
     from stream.outcomes import dead_letter_headers
     from stream.subscribe import read_messages
 
@@ -201,7 +202,7 @@ def run(
                 book.add_incident(orjson.loads(m.value()))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
-    dlq = Producer({**settings.kafka_common(), "linger.ms": 20})
+    dlq = Producer({**settings.kafka_common(), "linger.ms": 20, "logger": kafka_logger()})
     try:
         for m in read_messages(boot, feedback_topic, from_beginning=True, follow=follow,
                                extra=extra, should_stop=should_stop):

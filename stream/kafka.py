@@ -15,6 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from stream.config import Settings
+from stream.failures import kafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     conf.update(settings.kafka_common())
     for k in _PRODUCER_ONLY:
         conf.pop(k, None)
+    conf["logger"] = kafka_logger()  # librdkafka's lines through ours, deduplicated
     return conf
 
 
@@ -70,6 +72,7 @@ def producer_config(settings: Settings, *, transactional_id: str | None = None) 
     if transactional_id:
         conf["transaction.timeout.ms"] = 60000
     conf.update(settings.kafka_common())
+    conf["logger"] = kafka_logger()  # librdkafka's lines through ours, deduplicated
     if transactional_id:
         conf["transactional.id"] = transactional_id
         # librdkafka refuses a message timeout longer than the transaction timeout; a user
@@ -191,7 +194,7 @@ def create_topics(
     """
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(conf)
+    admin = AdminClient({**conf, "logger": kafka_logger()})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
         NewTopic(

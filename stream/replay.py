@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
+from stream.failures import kafka_logger
 from stream.progress import progress_bar
 from stream.sources import FieldMapping, Row, count_records, iter_records, normalize_format
 from stream.sources.timestamps import epoch_seconds
@@ -254,7 +255,7 @@ def replay(
         "delivery.report.only.error": True,
         **(producer_config or {}),
     }
-    producer = Producer(config)
+    producer = Producer({**config, "logger": kafka_logger()})
     failures = 0
     queue_full_waits = 0
 

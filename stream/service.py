@@ -8,13 +8,12 @@ flight, deliver it, commit, and exit 0.
 from __future__ import annotations
 
 import logging
-import os
 import signal
+import threading
 import time
-from collections.abc import MutableMapping
 from typing import Any
 
-from stream import registry
+from stream import failures, registry
 from stream.config import Settings
 from stream.kafka import create_topics
 from stream.models import ModelTable
@@ -23,27 +22,13 @@ from stream.pipeline import Pipeline, RunStats
 log = logging.getLogger(__name__)
 
 
-# MLflow's HTTP client retries a failed request 7 times with exponential backoff and
-# waits up to 120 s per attempt: a registry call to a server that is down takes about
-# four minutes to fail. The watcher retries on its own schedule, so the client should
-# fail fast instead: the watcher notices an outage within one poll and picks changes up
-# again within a few polls of the registry's return. Each variable is only set when the
-# user has not set it; the client reads them on every request.
-MLFLOW_HTTP_DEFAULTS: dict[str, str] = {
-    # One immediate retry absorbs a keep-alive connection the server closed meanwhile.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-    # Seconds without an answer before a request fails: bounds a hung server.
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
+# MLflow's HTTP client defaults (one retry, a 10 s timeout): see stream.failures.
+MLFLOW_HTTP_DEFAULTS = failures.MLFLOW_HTTP_DEFAULTS
+mlflow_http_defaults = failures.mlflow_http_defaults
 
 
-def mlflow_http_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set the consumer's MLflow HTTP client defaults where unset; returns what it set."""
-    env = os.environ if environ is None else environ
-    applied = {k: v for k, v in MLFLOW_HTTP_DEFAULTS.items() if k not in env}
-    env.update(applied)
-    return applied
+class Stopped(Exception):
+    """Asked to stop while still waiting for the broker or the registry."""
 
 
 def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
@@ -80,20 +65,31 @@ def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
     )
 
 
-def first_refresh(table: ModelTable, *, timeout: float = 120.0) -> None:
-    """Ask the registry once before consuming; retry while it is unreachable."""
-    deadline = time.monotonic() + timeout
+def first_refresh(
+    table: ModelTable, *, stop: threading.Event | None = None, timeout: float | None = None
+) -> None:
+    """Ask the registry once before consuming; wait while it is unreachable.
+
+    A consumer must outlive an outage: it waits as long as it takes (``timeout`` bounds
+    it, for callers that want a bound), saying so once and then at growing intervals,
+    and raises ``Stopped`` as soon as ``stop`` is set.
+    """
+    stop = stop or threading.Event()
+    outage = failures.OutageLog(f"model registry at {redact_uri(table_uri(table))}")
+    deadline = None if timeout is None else time.monotonic() + timeout
     delay = 1.0
     while True:
         try:
             view = table.refresh()
         except Exception as e:
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 raise RuntimeError(f"model registry unreachable: {e}") from e
-            log.warning("model registry unreachable (%s); retrying in %.0fs", str(e)[:200], delay)
-            time.sleep(delay)
+            outage.failed(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            if stop.wait(delay):
+                raise Stopped() from None
             delay = min(delay * 2, 15.0)
             continue
+        outage.recovered()
         if table.base_name not in view.production:
             log.warning(
                 "no production version of the global model %r: events of tenants without "
@@ -108,15 +104,41 @@ def first_refresh(table: ModelTable, *, timeout: float = 120.0) -> None:
         return
 
 
+def table_uri(table: ModelTable) -> str:
+    return getattr(table, "uri", "") or "(configured URI)"
+
+
+def redact_uri(uri: str) -> str:
+    """A URI without its password, for a log line."""
+    from urllib.parse import urlparse
+
+    p = urlparse(uri)
+    if p.password:
+        return uri.replace(f":{p.password}@", ":***@")
+    return uri
+
+
 def build(
     settings: Settings,
     *,
     metrics: Any | None = None,
     health: Any | None = None,
     create_missing_topics: bool = False,
+    stop: threading.Event | None = None,
     **kwargs: Any,
 ) -> Pipeline:
-    """A pipeline with its model table refreshed and the registry watcher running."""
+    """A pipeline with its model table refreshed and the registry watcher running.
+
+    With ``stop``, it first waits for the broker and the registry for as long as they
+    take (``Stopped`` when ``stop`` is set meanwhile).
+    """
+    if stop is not None:
+        conf = settings.kafka_common()
+        reachable = failures.wait_until_reachable(
+            lambda: failures.kafka_problem(conf), f"Kafka at {settings.bootstrap_servers}", stop
+        )
+        if not reachable:
+            raise Stopped()
     if create_missing_topics:
         topics = [settings.input_topic, settings.alert_topic, settings.dlq_topic]
         if settings.shadow_topic:
@@ -139,33 +161,62 @@ def build(
         if created:
             log.info("created topics %s", ", ".join(created))
     table = build_table(settings, metrics)
-    first_refresh(table)
+    table.uri = settings.tracking_uri  # type: ignore[attr-defined]  # for the outage line
+    try:
+        first_refresh(table, stop=stop)
+    except BaseException:
+        table.stop()
+        raise
     table.start(settings.reload_interval)
     return Pipeline(settings, table, metrics=metrics, health=health, **kwargs)
 
 
 def serve(settings: Settings, *, create_missing_topics: bool = False) -> RunStats:
-    """Run a consumer until SIGINT/SIGTERM; returns its totals."""
+    """Run a consumer until SIGINT/SIGTERM; returns its totals.
+
+    Signals are honoured from the start: while waiting for the broker or the registry,
+    and while consuming (the batch in flight is finished first).
+    """
+    stop = threading.Event()
+    running: list[Pipeline] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info(
+            "signal %s: finishing the batch in flight, then exiting", signal.Signals(signum).name
+        )
+        stop.set()
+        for p in running:
+            p.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     metrics = health = None
     if settings.metrics_port:
         from stream.metrics import HealthServer, Metrics
 
         metrics = Metrics()
         health = HealthServer(settings.metrics_port, metrics)
-        health.start()
-        health.set_ready(False, "starting")
-    pipeline = build(
-        settings, metrics=metrics, health=health, create_missing_topics=create_missing_topics
-    )
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info(
-            "signal %s: finishing the batch in flight, then exiting", signal.Signals(signum).name
+        try:
+            health.start()
+        except OSError as e:
+            raise failures.BadSetting(
+                f"--metrics-port {settings.metrics_port}: cannot listen there "
+                f"({e.strerror or e})"
+            ) from None
+        health.set_ready(False, "starting: waiting for the broker and the registry")
+    try:
+        pipeline = build(
+            settings, metrics=metrics, health=health, create_missing_topics=create_missing_topics,
+            stop=stop,
         )
+    except Stopped:
+        if health is not None:
+            health.stop()
+        log.info("stopped before consuming")
+        return RunStats()
+    running.append(pipeline)
+    if stop.is_set():
         pipeline.stop_event.set()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     log.info(
         "consuming %s -> alerts %s, dead letters %s (group %s, delivery %s, min level %s)",
         settings.input_topic,

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
+from stream.failures import kafka_logger
 from stream.outcomes import LEVEL_CODES
 
 LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
@@ -40,7 +41,7 @@ def read_messages(
         "isolation.level": "read_committed",
         **(extra or {}),
     }
-    c = Consumer(conf)
+    c = Consumer({**conf, "logger": kafka_logger()})
     try:
         md = c.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
@@ -74,20 +75,11 @@ def read_messages(
         c.close()
 
 
-def read_alerts(
-    bootstrap: str,
-    topic: str,
-    *,
-    follow: bool = False,
-    from_beginning: bool = False,
-    group_id: str | None = None,
-    extra: dict[str, Any] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> Iterator[dict[str, Any]]:
-    """Alerts on ``topic`` as dicts; undecodable records are skipped with a stub alert."""
+def read_alerts(bootstrap: str, topic: str, **kw: Any) -> Iterator[dict[str, Any]]:
+    """Alerts on ``topic`` as dicts (``kw``: as ``read_messages``); undecodable records are
+    skipped with a stub alert."""
     try:
-        for m in read_messages(bootstrap, topic, follow=follow, from_beginning=from_beginning,
-                               group_id=group_id, extra=extra, should_stop=should_stop):
+        for m in read_messages(bootstrap, topic, **kw):
             try:
                 alert = orjson.loads(m.value())
             except orjson.JSONDecodeError:
@@ -123,3 +115,19 @@ def row(alert: dict[str, Any]) -> list[str]:
         why,
         str(alert.get("incident_id", ""))[:12],
     ]
+
+
+def dead_letter_row(m: Message) -> dict[str, Any]:
+    """A dead-letter record as a row: its reason, detail, source and a preview of its bytes."""
+    h = {k: v.decode("utf-8", "replace") for k, v in (m.headers() or []) if v is not None}
+    value = m.value() or b""
+    preview = value[:80].decode("utf-8", "replace").replace("\n", "\\n")
+    return {
+        "reason": h.get("reason", "?"),
+        "detail": h.get("detail", ""),
+        "source": f"{h.get('source.topic', '?')}/{h.get('source.partition', '?')}/"
+                  f"{h.get('source.offset', '?')}",
+        "bytes": len(value),
+        "preview": preview + ("..." if len(value) > 80 else ""),
+        "dead_letter": f"{m.topic()}/{m.partition()}/{m.offset()}",
+    }

@@ -81,6 +81,9 @@ def test_train_promote_models_roundtrip(tmp_path: Path) -> None:
     r = runner.invoke(main, ["models", "--json"], env=env)
     row = orjson.loads(next(x for x in r.stdout.splitlines() if x.startswith("{")))
     assert row["production"] is None and row["challenger"] == "2"
+    # Nothing left to demote: an error, not a success.
+    r = runner.invoke(main, ["demote", "--tenant", "acme"], env=env)
+    assert r.exit_code == 1 and "has no production version: nothing to demote" in r.output
 
 
 @pytest.mark.integration

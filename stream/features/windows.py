@@ -386,30 +386,6 @@ class _Moment(_Window):
 
 
 @register
-class _Sum(_Moment):
-    """``sum(EXPR, by=K, window=60s)``: the sum of EXPR over the key's events in the window."""
-
-    name = "sum"
-    value = staticmethod(_stat_value("sum"))  # type: ignore[assignment]
-
-
-@register
-class _Mean(_Moment):
-    """``mean(EXPR, by=K, window=60s)``."""
-
-    name = "mean"
-    value = staticmethod(_stat_value("mean"))  # type: ignore[assignment]
-
-
-@register
-class _Std(_Moment):
-    """``std(EXPR, by=K, window=60s)``: population standard deviation."""
-
-    name = "std"
-    value = staticmethod(_stat_value("std"))  # type: ignore[assignment]
-
-
-@register
 class _DistinctFn(_Window):
     """``distinct(FIELD, by=K, window=60s)``: distinct values of FIELD for the key (exact)."""
 
@@ -511,20 +487,24 @@ class _IntervalFn(_Window):
         return lambda: _Intervals(inner())
 
 
-@register
-class _IntervalMean(_IntervalFn):
-    """``interval_mean(by=K, window=60s)``: mean gap between the key's events."""
-
-    name = "interval_mean"
-    value = staticmethod(_interval_value("mean"))  # type: ignore[assignment]
+def _define(base: type[_Window], name: str, value: Any, doc: str) -> None:
+    """Register one more window function that differs from ``base`` only in its value."""
+    register(type(f"_{name}", (base,), {"name": name, "value": staticmethod(value),
+                                        "__doc__": doc}))
 
 
-@register
-class _IntervalStd(_IntervalFn):
-    """``interval_std(by=K, window=60s)``: standard deviation of those gaps (beacons: ~0)."""
-
-    name = "interval_std"
-    value = staticmethod(_interval_value("std"))  # type: ignore[assignment]
+for _name, _doc in (
+    ("sum", "``sum(EXPR, by=K, window=60s)``: EXPR summed over the key's events."),
+    ("mean", "``mean(EXPR, by=K, window=60s)``."),
+    ("std", "``std(EXPR, by=K, window=60s)``: population standard deviation."),
+):
+    _define(_Moment, _name, _stat_value(_name), _doc)
+for _name, _doc in (
+    ("interval_mean", "``interval_mean(by=K, window=60s)``: mean gap between the key's events."),
+    ("interval_std", "``interval_std(by=K, window=60s)``: the gaps' standard deviation "
+                     "(beacons: ~0)."),
+):
+    _define(_IntervalFn, _name, _interval_value(_name.removeprefix("interval_")), _doc)
 
 
 # ---- state identity and serialisation --------------------------------------------------

@@ -80,8 +80,11 @@ def set_challenger(name: str, version: str | int, *, uri: str | None = None) -> 
         c.transition_model_version_stage(name, version, CHALLENGER_STAGE)
 
 
-def demote(name: str, *, uri: str | None = None) -> None:
-    """Remove a model's production alias and stage (its tenant falls back to the global model)."""
+def demote(name: str, *, uri: str | None = None) -> list[str]:
+    """Remove a model's production alias and stage (its tenant falls back to the global model).
+
+    Returns the versions that were in production (empty: nothing was).
+    """
     c = client(uri)
     try:
         mv = c.get_model_version_by_alias(name, PRODUCTION_ALIAS)
@@ -94,6 +97,9 @@ def demote(name: str, *, uri: str | None = None) -> None:
         for mv in c.search_model_versions(f"name='{name}'"):
             if mv.current_stage == PRODUCTION_STAGE or mv.version in versions:
                 c.transition_model_version_stage(name, mv.version, "Archived")
+                if mv.version not in versions:
+                    versions.append(mv.version)
+    return versions
 
 
 @dataclass(frozen=True)

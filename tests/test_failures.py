@@ -1,0 +1,196 @@
+"""Failing fast and clearly: unreachable brokers and registries, quiet retries, prompt stops.
+
+Every command that needs the broker or the registry, pointed at a closed local port:
+one line naming what it tried and why, exit status 3, within 15 s. ``stream run``
+instead waits (a consumer must outlive an outage): one WARNING, no librdkafka
+line storm, and SIGTERM ends it at once. The outage log and the librdkafka
+filter are checked on their own with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stream import failures
+from tests.servers import free_port
+
+STREAM = [sys.executable, "-m", "stream.cli"]
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 30
+         ) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    p = subprocess.run([*STREAM, *args], capture_output=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    return p.returncode, (p.stdout + p.stderr).decode(), time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("f") / "flows.jsonl"
+    from stream.generate import generate_flows, write_jsonl
+
+    write_jsonl(path, generate_flows(300, ("acme",), seed=1))
+    return path
+
+
+def test_registry_commands_fail_fast_with_one_line(events: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    for args in (
+        ["models"],
+        ["promote", "--tenant", "acme", "--version", "1"],
+        ["demote", "--tenant", "acme"],
+        ["describe"],
+        ["train", "--input", str(events)],
+        ["score", str(events)],
+        ["evaluate", str(events), "--label-field", "label"],
+    ):
+        rc, out, took = _run([*args, "--tracking-uri", uri])
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        assert rc == failures.EXIT_UNREACHABLE, (args, rc, out[-2000:])
+        assert lines[-1] == f"Error: cannot reach the MLflow registry at {uri}: connection refused"
+        assert "Traceback" not in out
+        assert took < 15, (args, took)
+
+
+def test_kafka_commands_fail_fast_with_one_line(events: Path) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    for args in (
+        ["alerts"],
+        ["alerts", "--follow"],
+        ["replay", str(events), "--max"],
+        ["feedback"],
+    ):
+        rc, out, took = _run([*args, "--bootstrap-servers", addr])
+        assert rc == failures.EXIT_UNREACHABLE, (args, rc, out[-2000:])
+        last = out.strip().splitlines()[-1]
+        assert last == f"Error: cannot reach Kafka at {addr}: connection refused"
+        assert "Traceback" not in out and "FAIL" not in out
+        assert took < 15, (args, took)
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([*STREAM, "run"], env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def _stop(p: subprocess.Popen[bytes]) -> tuple[int, float]:
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(timeout=10)
+    return rc, time.monotonic() - t0
+
+
+def test_run_waits_for_an_unreachable_broker_quietly_and_stops_at_once(tmp_path: Path) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "run.log"
+    p = _start({"KAFKA_BOOTSTRAP_SERVERS": addr,
+                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}, log)
+    time.sleep(6)
+    assert p.poll() is None, log.read_text()
+    rc, took = _stop(p)
+    text = log.read_text()
+    print(f"\nstream run, broker down for 6 s: {len(text.splitlines())} log lines; "
+          f"stopped {took:.2f} s after SIGTERM")
+    assert rc == 0 and took < 2
+    assert text.count(f"Kafka at {addr}: connection refused; retrying until it answers") == 1
+    assert "FAIL" not in text and "Traceback" not in text
+    assert len(text.splitlines()) <= 5
+
+
+def test_run_waits_for_an_unreachable_registry_and_stops_at_once(
+    broker: object, tmp_path: Path
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "run.log"
+    p = _start({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,  # type: ignore[attr-defined]
+                "MLFLOW_TRACKING_URI": uri}, log)
+    deadline = time.monotonic() + 30
+    while "model registry" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert p.poll() is None, log.read_text()
+    rc, took = _stop(p)
+    text = log.read_text()
+    assert rc == 0 and took < 2, text
+    assert text.count(f"model registry at {uri}") == 1, text
+    assert "Traceback" not in text
+
+
+# ---- pure logic --------------------------------------------------------------------------
+
+
+def test_outage_log_says_it_once_then_at_growing_intervals(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    now = [0.0]
+    out = failures.OutageLog("Kafka at x:1", first=30, cap=300, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="stream.failures"):
+        for _ in range(1000):  # one try a second for 1000 s
+            out.failed("connection refused")
+            now[0] += 1
+        out.recovered()
+    times = [r.getMessage() for r in caplog.records]
+    # At 0, 30, 90, 210, 450, 750: the gaps double up to the cap.
+    assert out.lines == 6, times
+    assert "answering again after 1000 s" in times[-1]
+
+
+def test_librdkafka_lines_are_deduplicated_per_minute() -> None:
+    now = [0.0]
+    f = failures._Dedup(clock=lambda: now[0])
+
+    def rec(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("k", logging.ERROR, "", 0, msg, (), None)
+
+    line = "FAIL [thrd:x/bootstrap]: Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+    shown = []
+    for _ in range(120):  # 20 a second for 6 s, then again after a minute
+        r = rec(line + " (after 0ms in state CONNECT)")
+        if f.filter(r):
+            shown.append(r.getMessage())
+        now[0] += 0.05
+    now[0] += 60
+    r = rec(line + " (after 1ms in state CONNECT)")
+    assert f.filter(r)
+    shown.append(r.getMessage())
+    assert len(shown) == 2 and shown[1].endswith("(119 more like it)"), shown
+
+
+def test_broker_exits_with_its_broker_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "broker.log"
+    port = free_port()
+    with log.open("wb") as out:
+        p = subprocess.Popen([*STREAM, "broker", "--port", str(port)], stdout=out,
+                             stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while "broker listening" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "broker listening" in log.read_text(), log.read_text()
+    rc, took = _stop(p)
+    assert rc == 0 and took < 5, (rc, took, log.read_text())
+    import socket
+
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the broker outlived its wrapper"
+
+
+def test_a_busy_metrics_port_names_the_flag() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        rc, out, took = _run(["run", "--metrics-port", str(port), "--bootstrap-servers",
+                              f"127.0.0.1:{free_port()}"])
+    assert rc == failures.EXIT_BAD_SETTING, out
+    assert out.strip().splitlines()[-1].startswith(f"Error: --metrics-port {port}: cannot listen")
+    assert "Traceback" not in out and took < 15
