@@ -44,6 +44,9 @@ class MetricsSink(Protocol):
     def record_batch(self, *, consumed: int, scored: int, seconds: float) -> None: ...
     def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None: ...
     def record_dead_letters(self, counts: Mapping[str, int]) -> None: ...
+    def record_tenants(
+        self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
+    ) -> None: ...
     def observe_event_age(self, ages_seconds: np.ndarray) -> None: ...
     def set_lag(self, topic: str, partition: int, lag: int) -> None: ...
     def remove_lag(self, topic: str, partition: int) -> None: ...
@@ -70,6 +73,9 @@ class NullMetrics:
     def record_batch(self, *, consumed: int, scored: int, seconds: float) -> None: ...
     def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None: ...
     def record_dead_letters(self, counts: Mapping[str, int]) -> None: ...
+    def record_tenants(
+        self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
+    ) -> None: ...
     def observe_event_age(self, ages_seconds: np.ndarray) -> None: ...
     def set_lag(self, topic: str, partition: int, lag: int) -> None: ...
     def remove_lag(self, topic: str, partition: int) -> None: ...
@@ -132,6 +138,19 @@ class RunStats:
     batch_ends: deque[float] = field(default_factory=lambda: deque(maxlen=BATCH_ENDS_KEPT))
     # tenant -> [rows, agree, score diff sum]
     shadow: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _tenant_counts(outcome: BatchOutcome) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+    """Events per tenant, and dead letters per (tenant, reason), of one batch."""
+    from stream.reasons import REASONS
+
+    tenants = outcome.decoded.tenants
+    consumed = Counter(tenants)
+    dead: Counter[tuple[str, str]] = Counter()
+    reason = outcome.decoded.reason
+    for i in np.flatnonzero(reason).tolist():
+        dead[(tenants[i], REASONS[int(reason[i])])] += 1
+    return consumed, dead
 
 
 class Accounting:
@@ -197,6 +216,8 @@ class Accounting:
         m.record_alerts(alert_counts)
         if reasons:
             m.record_dead_letters(reasons)
+        if self._reports_lag:  # a real metrics sink: per-tenant counts are worth a pass
+            m.record_tenants(*_tenant_counts(outcome))
         if self._reports_lag:
             ts = np.fromiter(
                 (msg.timestamp()[1] for msg in msgs), dtype=np.float64, count=len(msgs)

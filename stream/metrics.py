@@ -272,6 +272,16 @@ class Metrics:
             "Events older than --lateness: scored against the windows, not applied to them.",
             registry=r,
         )
+        self.tenant_events = Counter(
+            "stream_tenant_events_consumed",
+            "Flow events read, by tenant (the first N tenants; later ones as _other).",
+            ["tenant"], registry=r,
+        )
+        self.tenant_dead_letters = Counter(
+            "stream_tenant_dead_letters",
+            "Records sent to the dead-letter topic, by tenant (capped) and reason.",
+            ["tenant", "reason"], registry=r,
+        )
         self.drift_psi = Gauge(
             "stream_drift_psi",
             "Population stability index against the training baseline over the last "
@@ -317,6 +327,21 @@ class Metrics:
             merged[self._reason_cap(reason)] += n
         for reason, n in merged.items():
             self.dead_letters.labels(reason).inc(n)
+
+    def record_tenants(
+        self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
+    ) -> None:
+        """Per-tenant counts of a batch: events read, and dead letters by reason."""
+        merged: _Tally[str] = _Tally()
+        for tenant, n in consumed.items():
+            merged[self.tenant_label(tenant or "_none")] += n
+        for tenant, n in merged.items():
+            self.tenant_events.labels(tenant).inc(n)
+        pairs: _Tally[tuple[str, str]] = _Tally()
+        for (tenant, reason), n in dead.items():
+            pairs[(self.tenant_label(tenant or "_none"), self._reason_cap(reason))] += n
+        for (tenant, reason), n in pairs.items():
+            self.tenant_dead_letters.labels(tenant, reason).inc(n)
 
     def observe_event_age(self, ages_seconds: np.ndarray) -> None:
         self.event_age.observe_many(ages_seconds)

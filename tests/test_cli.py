@@ -183,3 +183,21 @@ def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> No
     r = runner.invoke(main, ["train", "--input", str(few)], env=env)
     assert r.exit_code == 2, r.output
     assert "only 20 usable training records (fewer than 256)" in " ".join(r.stderr.split())
+
+
+@pytest.mark.integration
+def test_mlflow_artifact_root_places_a_new_experiment(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The design note's MLFLOW_ARTIFACT_ROOT: where a new experiment keeps its artifacts."""
+    import mlflow
+
+    from stream import registry
+    from stream.generate import training_flows
+
+    root = tmp_path / "artifacts"
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(root))
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    registry.train(training_flows("x", 400, seed=1), uri=uri, experiment="art-root")
+    exp = mlflow.MlflowClient(uri).get_experiment_by_name("art-root")
+    assert exp.artifact_location == f"{root}/art-root"
+    assert (root / "art-root").is_dir() and any((root / "art-root").iterdir())

@@ -461,7 +461,10 @@ def test_watcher_survives_outage_and_resumes(reg: FakeRegistry, make_table) -> N
     reg.add("m", "2")
     reg.down = False
     deadline = time.monotonic() + 5
-    while table.loaded().get("m") != "2" and time.monotonic() < deadline:
+    # The swap and the error counter's reset happen in one refresh, not at one instant:
+    # wait for both.
+    while ((table.loaded().get("m") != "2" or table.poll_errors != 0)
+           and time.monotonic() < deadline):
         time.sleep(0.01)
     assert table.loaded()["m"] == "2"
     assert table.poll_errors == 0 and table.poll_errors_total >= 3

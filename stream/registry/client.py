@@ -66,13 +66,21 @@ def using_uri(uri: str) -> Iterator[None]:
 
 
 def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it if needed.
+
+    A new experiment stores its artifacts under ``MLFLOW_ARTIFACT_ROOT`` when that is
+    set (the design note's variable: e.g. ``s3://bucket/mlflow`` or a shared path),
+    else where the tracking server or store puts them by default.
+    """
     import mlflow
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
+    root = os.environ.get("MLFLOW_ARTIFACT_ROOT") or None
+    location = f"{root.rstrip('/')}/{name}" if root else None
     try:
-        return str(mlflow.create_experiment(name))
+        return str(mlflow.create_experiment(name, artifact_location=location))
     except Exception:  # created concurrently by another process
         exp = mlflow.get_experiment_by_name(name)
         if exp is None:
