@@ -47,7 +47,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 # Fixed uid/gid so volume ownership and pod security policies can refer to them.
 RUN groupadd --system --gid 10001 stream \
     && useradd --system --uid 10001 --gid stream --home-dir /home/stream \
-       --create-home --shell /usr/sbin/nologin stream
+       --create-home --shell /usr/sbin/nologin stream \
+    && mkdir -p /var/lib/stream/models && chown stream:stream /var/lib/stream/models
 
 COPY --from=builder /opt/venv /opt/venv
 

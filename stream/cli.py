@@ -127,6 +127,13 @@ class _Main(click.Group):
         except BadSetting as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(EXIT_BAD_SETTING)
+        except ValueError as e:
+            from stream.sources.detect import UnknownFormat
+
+            if not isinstance(e, UnknownFormat):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(EXIT_BAD_SETTING)
 
 
 def _kafka(s: config.Settings) -> None:
@@ -166,9 +173,13 @@ def main(log_level: str, log_format: str | None) -> None:
 
     # A registry that is down fails a command in seconds, not after MLflow's 4 minutes.
     mlflow_http_defaults()
-    # MLflow's own INFO lines ("Updating database tables") only with --log-level DEBUG.
+    # MLflow's own INFO lines ("Updating database tables") only with --log-level DEBUG,
+    # and through our handlers (so in JSON with --log-format json), not MLflow's own.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     if log_level.upper() != "DEBUG":
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     logs.setup(
         log_format or os.environ.get("STREAM_LOG_FORMAT") or "text",
         getattr(logging, log_level.upper()),
@@ -451,7 +462,14 @@ def train(
         click.echo(f"model:      {result.model_name}")
         click.echo(f"version:    {result.version}{' (promoted to production)' if promote else ''}")
         click.echo(f"thresholds: {', '.join(f'{t:.4f}' for t in result.thresholds)}")
-        click.echo(f"training anomaly rate: {result.metrics['training_anomaly_rate']:.4f}")
+        m = result.metrics
+        click.echo(
+            "training traffic flagged: "
+            f"{m['training_rate_medium_or_above']:.2%} medium or above, "
+            f"{m['training_rate_high_or_above']:.2%} high or above, "
+            f"{m['training_rate_critical_or_above']:.2%} critical "
+            f"(the detector's own outlier rate, score < 0: {m['training_anomaly_rate']:.2%})"
+        )
 
 
 @main.command()
@@ -504,7 +522,8 @@ def demote(tenant: str | None, model_name: str | None, tracking_uri: str | None)
         raise click.ClickException(f"cannot demote {name}: {e}") from e
     if not was:
         raise click.ClickException(f"{name} has no production version: nothing to demote")
-    click.echo(f"{name}: version {', '.join(was)} demoted; it has no production version now")
+    versions = ", ".join(map(str, was))
+    click.echo(f"{name}: version {versions} demoted; it has no production version now")
 
 
 @main.command()

@@ -134,6 +134,11 @@ class Settings:
         "Extra types a model may ask skops to trust, beyond the built-in allow-list "
         "(repeatable; env: comma-separated). Only for types known to be safe.",
     )
+    model_storage_path: str = _opt(
+        "", "MODEL_STORAGE_PATH",
+        "A directory where the consumer keeps the model versions it serves and the last "
+        "registry view, to start from them while the registry is down (empty = off).",
+    )
     state: str = _opt(
         "changelog",
         "STREAM_STATE",

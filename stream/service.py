@@ -18,6 +18,7 @@ from stream.config import Settings
 from stream.kafka import create_topics
 from stream.models import ModelTable
 from stream.pipeline import Pipeline, RunStats
+from stream.registry.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,39 @@ def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
         if metrics is not None:
             metrics.record_reload(name, False, 0.0)
 
+    store = ModelStore(settings.model_storage_path) if settings.model_storage_path else None
+    polled = [False]
+
+    def poller() -> registry.RegistryView:
+        try:
+            view = registry.poll(base, uri=uri)
+        except Exception as e:
+            kept = store.load_view() if store is not None and not polled[0] else None
+            if kept is None:
+                raise
+            production, challenger, saved = kept
+            if not polled[0] and not getattr(poller, "warned", False):
+                poller.warned = True  # type: ignore[attr-defined]
+                log.warning(
+                    "model registry unreachable (%s): serving the production versions it "
+                    "named at %s, from the model store %s, until it answers",
+                    str(e).splitlines()[0][:200],
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(saved)),
+                    settings.model_storage_path,
+                )
+            return registry.RegistryView(production, challenger, 0)
+        if not polled[0] and getattr(poller, "warned", False):
+            log.info("model registry answering: its view replaces the model store's")
+        polled[0] = True
+        if store is not None:
+            store.save_view(view)
+        return view
+
     return ModelTable(
         base,
-        poller=lambda: registry.poll(base, uri=uri),
+        poller=poller,
         loader=lambda name, version: registry.load_version(
-            name, version, uri=uri, trusted=settings.trust_types
+            name, version, uri=uri, trusted=settings.trust_types, store=store
         ),
         schema=settings.input_schema,
         cache_size=settings.model_cache_size,

@@ -157,19 +157,25 @@ def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> No
     assert r.exit_code == 2, r.output
     assert isinstance(r.exception, SystemExit)  # a usage error, not a crash
     assert "Traceback" not in r.output
+    # Plain text is no known format: said as such, naming the file and what was expected.
     assert (
-        f"no training records in {notes} for the global model (read as csv; 2 unreadable lines: "
-        "line 2: expected 1 columns, got 2; line 3: expected 1 columns, got 3)"
+        f"Error: cannot tell the format of {notes}: not JSON lines, Parquet, a Zeek log, or "
+        "CSV (a header row of field names separated by commas); name it with --format"
     ) in " ".join(r.stderr.split())
 
     r = runner.invoke(main, ["train", "--input", str(notes), "--tenant", "acme"], env=env)
     assert r.exit_code == 2, r.output
+    assert f"cannot tell the format of {notes}" in r.stderr
+    # Read as CSV on request, it has no usable record for the tenant, and says so.
+    r = runner.invoke(main, ["train", "--input", str(notes), "--tenant", "acme",
+                             "--format", "csv"], env=env)
+    assert r.exit_code == 2, r.output
     assert f"no training records in {notes} for tenant acme" in r.stderr
     assert "None" not in r.stderr
 
-    # Prose without commas reads as one-column CSV rows: they lack every feature.
+    # Prose read as CSV on request is one-column rows: they lack every feature.
     notes.write_text("Notes from the incident call\nNothing here is a flow record\n")
-    r = runner.invoke(main, ["train", "--input", str(notes)], env=env)
+    r = runner.invoke(main, ["train", "--input", str(notes), "--format", "csv"], env=env)
     assert r.exit_code == 2, r.output
     assert "'bytes_transferred' is absent from every training record" in " ".join(
         r.stderr.split())

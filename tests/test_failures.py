@@ -194,3 +194,61 @@ def test_a_busy_metrics_port_names_the_flag() -> None:
     assert rc == failures.EXIT_BAD_SETTING, out
     assert out.strip().splitlines()[-1].startswith(f"Error: --metrics-port {port}: cannot listen")
     assert "Traceback" not in out and took < 15
+
+
+@pytest.mark.integration
+def test_files_of_no_known_format_are_an_error_naming_them(tmp_path: Path,
+                                                           tracking_uri: str) -> None:
+    from tests.faultutil import shared_model
+
+    model = shared_model(tracking_uri)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world\nthese are notes, not flows\n")
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 4)
+    for path in (text, blob):
+        for args in (["score", str(path)], ["train", "--input", str(path)]):
+            rc, out, _took = _run([*args, "--tracking-uri", tracking_uri,
+                                   "--model-name", model])
+            assert rc == failures.EXIT_BAD_SETTING, (args, out[-1500:])
+            assert out.strip().splitlines()[-1].startswith(
+                f"Error: cannot tell the format of {path}: not JSON lines"), out[-1500:]
+            assert "Traceback" not in out
+
+
+@pytest.mark.integration
+def test_a_consumer_started_while_the_registry_is_down_serves_from_the_model_store(
+    broker: object, tracking_uri: str, unique: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MODEL_STORAGE_PATH: the versions a consumer served, kept for a start without registry."""
+    import threading
+
+    from stream import service
+    from tests import faultutil as fu
+    from tests.kafkautil import produce
+
+    model = fu.shared_model(tracking_uri)
+    topics = fu.Topics(unique)
+    topics.create(broker, input_partitions=1)  # type: ignore[arg-type]
+    store = tmp_path / "models"
+    s = fu.settings(broker.bootstrap, topics, tracking_uri, model,  # type: ignore[attr-defined]
+                    model_storage_path=str(store))
+    first = service.build(s)
+    version = first.table.loaded()[model]
+    first.table.stop()
+    first.close()
+    assert (store / model / version / "MLmodel").is_file()
+    assert (store / "registry-view.json").is_file()
+
+    down = fu.settings(broker.bootstrap, topics, f"http://127.0.0.1:{free_port()}",  # type: ignore[attr-defined]
+                       model, model_storage_path=str(store))
+    with caplog.at_level(logging.WARNING):
+        pipeline = service.build(down, stop=threading.Event())
+    assert pipeline.table.loaded() == {model: version}
+    assert any("serving the production versions" in r.getMessage() for r in caplog.records)
+    n = produce(broker.bootstrap, topics.input, fu.flow_values(500, seed=8))  # type: ignore[attr-defined]
+    thread = fu.start(pipeline)
+    fu.wait_until(lambda: pipeline.stats.consumed >= n, 60, "events scored from the store")
+    fu.stop(pipeline, thread)
+    assert pipeline.stats.scored == n

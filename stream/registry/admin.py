@@ -89,16 +89,16 @@ def demote(name: str, *, uri: str | None = None) -> list[str]:
     try:
         mv = c.get_model_version_by_alias(name, PRODUCTION_ALIAS)
         c.delete_registered_model_alias(name, PRODUCTION_ALIAS)
-        versions = [mv.version]
+        versions = [str(mv.version)]
     except Exception:
         versions = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         for mv in c.search_model_versions(f"name='{name}'"):
-            if mv.current_stage == PRODUCTION_STAGE or mv.version in versions:
+            if mv.current_stage == PRODUCTION_STAGE or str(mv.version) in versions:
                 c.transition_model_version_stage(name, mv.version, "Archived")
-                if mv.version not in versions:
-                    versions.append(mv.version)
+                if str(mv.version) not in versions:
+                    versions.append(str(mv.version))
     return versions
 
 

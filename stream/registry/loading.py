@@ -141,11 +141,19 @@ def model_spec(mlmodel: Any, source: str) -> tuple[FeatureSpec, np.ndarray]:
 
 
 def load_version(
-    name: str, version: str, *, uri: str | None = None, trusted: Sequence[str] = ()
+    name: str,
+    version: str,
+    *,
+    uri: str | None = None,
+    trusted: Sequence[str] = (),
+    store: Any = None,
 ) -> LoadedModel:
-    """Download one model version, check it is trusted, load it. One artifact download."""
+    """Download one model version, check it is trusted, load it. One artifact download.
+
+    With ``store`` (a ``ModelStore``, ``MODEL_STORAGE_PATH``) the downloaded version is
+    kept there, and a version the registry cannot deliver is loaded from there.
+    """
     import mlflow
-    from mlflow.models import Model
 
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
@@ -161,14 +169,34 @@ def load_version(
                 artifact_uri=location, dst_path=tmp, tracking_uri=uri
             )
         except Exception as e:
-            raise ModelLoadError(f"{source}: download failed: {e}") from e
-        mlmodel = Model.load(Path(local))
-        check_trusted(mlmodel, source, trusted)
-        spec, thresholds = model_spec(mlmodel, source)
-        try:
-            estimator = mlflow.sklearn.load_model(local)
-        except Exception as e:
-            raise ModelLoadError(f"{source}: load failed: {e}") from e
+            kept = store.path(name, version) if store is not None else None
+            if kept is None:
+                raise ModelLoadError(f"{source}: download failed: {e}") from e
+            log.warning("%s: download failed (%s); loading the copy in the model store",
+                        source, str(e).splitlines()[0][:200])
+            return load_directory(kept, name, version, trusted=trusted, t0=t0)
+        model = load_directory(Path(local), name, version, trusted=trusted, t0=t0)
+        if store is not None:
+            store.keep(name, version, Path(local))
+        return model
+
+
+def load_directory(
+    local: Path, name: str, version: str, *, trusted: Sequence[str] = (), t0: float | None = None
+) -> LoadedModel:
+    """Check and load a model version from a local MLflow model directory."""
+    import mlflow
+    from mlflow.models import Model
+
+    t0 = time.perf_counter() if t0 is None else t0
+    source = f"models:/{name}/{version}"
+    mlmodel = Model.load(Path(local))
+    check_trusted(mlmodel, source, trusted)
+    spec, thresholds = model_spec(mlmodel, source)
+    try:
+        estimator = mlflow.sklearn.load_model(str(local))
+    except Exception as e:
+        raise ModelLoadError(f"{source}: load failed: {e}") from e
     if not hasattr(estimator, "decision_function"):
         raise ModelLoadError(f"{source}: model has no decision_function")
     n_in = getattr(estimator, "n_features_in_", None)

@@ -8,13 +8,17 @@ often renamed or compressed under names that say nothing.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import orjson
 
 from stream.sources.readers import GZIP_MAGIC, PARQUET_MAGIC, open_binary
 
-__all__ = ["FORMATS", "ZEEK_FORMATS", "count_records", "detect_format", "normalize_format"]
+__all__ = [
+    "FORMATS", "ZEEK_FORMATS", "UnknownFormat", "count_records", "detect_format",
+    "normalize_format",
+]
 
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "zeek", "zeek-json")
 _FORMAT_ALIASES = {
@@ -83,7 +87,22 @@ def detect_format(path: str | Path) -> str:
         return "jsonl"
     if ext in (".log", ".tsv"):
         return "zeek"
-    return "csv"
+    if ext == ".csv" or (head and _CSV_HEADER.fullmatch(head[0])):
+        return "csv"
+    raise UnknownFormat(
+        f"cannot tell the format of {path}: not JSON lines, Parquet, a Zeek log, or CSV "
+        "(a header row of field names separated by commas); name it with --format"
+    )
+
+
+class UnknownFormat(ValueError):
+    """A file whose content matches no format (plain text, binary junk)."""
+
+
+# A CSV header: field names separated by commas (quoted or not), at least two of them.
+_CSV_HEADER = re.compile(
+    rb'\s*"?[A-Za-z_][\w.\- ]*"?\s*(,\s*"?[A-Za-z_][\w.\- ]*"?\s*)+'
+)
 
 
 def count_records(path: str | Path, fmt: str | None = None) -> int | None:
