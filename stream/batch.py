@@ -156,30 +156,7 @@ def process_batch(
     inputs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     explain_from = max(min_level, ACTIONABLE_LEVEL)
 
-    usable = batch.reason == events.OK
-    # Distinct tenants in first-seen order and a code per row, all in C-level loops.
-    uniques = list(dict.fromkeys(batch.tenants))
-    index = {t: k for k, t in enumerate(uniques)}
-    tenant_codes = np.fromiter(map(index.__getitem__, batch.tenants), dtype=np.int64, count=n)
-    tenant_codes = np.where(usable, tenant_codes, -1)
-    resolved = resolve(uniques)
-    # Tenants served by the same model version are scored together in one call.
-    slot: dict[tuple[str, str], int] = {}
-    tenant_to_model = np.full(len(uniques) + 1, -1, dtype=np.int32)
-    for ti, model in enumerate(resolved):
-        if model is None:
-            continue
-        if model.key not in slot:
-            slot[model.key] = len(models)
-            models.append(model)
-        tenant_to_model[ti] = slot[model.key]
-    row_model = np.where(tenant_codes >= 0, tenant_to_model[tenant_codes], -1)
-    no_model = usable & (row_model < 0)
-    if no_model.any():
-        batch.reject(
-            np.flatnonzero(no_model), events.NO_MODEL, "no model for tenant and no global model"
-        )
-
+    uniques, tenant_codes, row_model = _route(batch, resolve, models)
     for mi, rows in group_rows(row_model):
         model = models[mi]
         X, good = compute_rows(batch, source, rows, model.spec, store=store, scopes=partitions)
@@ -200,9 +177,8 @@ def process_batch(
         if model.baseline is not None:
             # Explained only where it is read: actionable alerts (about 1% of events).
             act = np.flatnonzero(lv >= explain_from)
-            if len(act):
-                for r, e in zip(good[act].tolist(), model.baseline.explain(X[act]), strict=True):
-                    explanations[r] = e
+            explained = model.baseline.explain(X[act])
+            explanations.update(zip(good[act].tolist(), explained, strict=True))
         if challenger is not None:
             ch = challenger(model)
             if ch is not None:
@@ -235,6 +211,38 @@ def process_batch(
         incidents=joined,
     )
     return outcome
+
+
+def _route(
+    batch: DecodedBatch, resolve: Resolver, models: list[LoadedModel]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each usable row's model: (distinct tenants, tenant code per row, index into
+    ``models`` per row, -1 for none). Rows of a tenant without a model (and no global
+    one) are rejected ``no_model``. Fills ``models``, one entry per model version."""
+    n = batch.n
+    usable = batch.reason == events.OK
+    # Distinct tenants in first-seen order and a code per row, all in C-level loops.
+    uniques = list(dict.fromkeys(batch.tenants))
+    index = {t: k for k, t in enumerate(uniques)}
+    tenant_codes = np.fromiter(map(index.__getitem__, batch.tenants), dtype=np.int64, count=n)
+    tenant_codes = np.where(usable, tenant_codes, -1)
+    # Tenants served by the same model version are scored together in one call.
+    slot: dict[tuple[str, str], int] = {}
+    tenant_to_model = np.full(len(uniques) + 1, -1, dtype=np.int32)
+    for ti, model in enumerate(resolve(uniques)):
+        if model is None:
+            continue
+        if model.key not in slot:
+            slot[model.key] = len(models)
+            models.append(model)
+        tenant_to_model[ti] = slot[model.key]
+    row_model = np.where(tenant_codes >= 0, tenant_to_model[tenant_codes], -1)
+    no_model = usable & (row_model < 0)
+    if no_model.any():
+        batch.reject(
+            np.flatnonzero(no_model), events.NO_MODEL, "no model for tenant and no global model"
+        )
+    return uniques, tenant_codes, row_model
 
 
 def _shadow(

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 from confluent_kafka import KafkaException, Message, TopicPartition
 
-from stream import changelog
 from stream import kafka as kafka_clients
 from stream.accounting import Accounting, HealthSink, MetricsSink, NullHealth, NullMetrics, RunStats
 from stream.backpressure import Backpressure
@@ -43,10 +42,9 @@ from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
 from stream.delivery.batch import Record
-from stream.features.store import WindowStore
-from stream.formats import format_alerts, format_incident
+from stream.formats import format_alerts
 from stream.heap import HeapFreezer
-from stream.incidents import Incidents
+from stream.keeper import StateKeeper, StateUnavailable
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_headers
 from stream.reasons import REASONS
@@ -55,10 +53,6 @@ log = logging.getLogger(__name__)
 
 #: How long a revocation may take to finish the batch in flight before it is given up.
 REVOKE_FINISH_S = 30.0
-
-
-class StateUnavailable(RuntimeError):
-    """A partition's window state could not be restored from its changelog."""
 
 
 class RetryDelay:
@@ -99,20 +93,6 @@ class Pipeline:
         self._assignment: frozenset[tuple[str, int]] = frozenset()
         self._batch: Batch | None = None
         self.retry = RetryDelay()
-        durable = settings.state == "changelog"
-        self.windows = WindowStore(
-            lateness=settings.lateness,
-            ttl=settings.state_ttl,
-            max_bytes=int(settings.state_max_mb * 2**20),
-            track=durable,
-            loader=self._restore if durable else None,
-        )
-        self._changelog_ready = False
-        self.incidents = (
-            Incidents(by=settings.incident_by, window=settings.incident_window,
-                      idle=settings.incident_idle)
-            if settings.incident_topic else None
-        )
         self.heap = HeapFreezer(lambda: table.changes)
         self.consumer = kafka_clients.make_consumer(
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -131,6 +111,7 @@ class Pipeline:
             batch_size=settings.batch_size,
             stats=self.accounting.stats,
         )
+        self.keeper = StateKeeper(settings, self.consumer)
         self.delivery = make_delivery(
             settings, self.consumer, heartbeat=self.health.heartbeat,
             stopping=self.stop_event.is_set,
@@ -196,32 +177,21 @@ class Pipeline:
                     self.tenant_from.name if self.tenant_from.kind == "field" else "tenant_id"
                 ),
                 tenants=self._tenants(msgs),
-                store=self.windows,
-                incidents=self.incidents,
+                store=self.keeper.store,
+                incidents=self.keeper.incidents,
             )
         except StateUnavailable as e:
             # The windows could not be restored: nothing of the batch happened yet.
             log.error("window state not restored (%s); the batch is redone", e)
-            if self.incidents is not None:
-                self.incidents.rollback()
             failed = Batch.of([], partitions, offsets)
             failed.state = BatchState.FAILED
-            for p in failed.first:
-                self.windows.drop(p)
+            self.keeper.failed(failed.first)
             self._rewind(failed)
             self._backoff(self.retry.next())
             return
         batch = Batch.of(self._records(msgs, outcome), partitions, offsets)
-        if outcome.incident_records:
-            batch.records.extend(
-                (self.s.incident_topic, format_incident(self.s.alert_format, value), key, None)
-                for key, value in outcome.incident_records
-            )
-        if self.windows.track:
-            # State changes travel with the batch (inside its transaction, exactly-once).
-            batch.records.extend(
-                changelog.records(self.windows, self.s.changelog_topic, batch.next)
-            )
+        # Incidents and window state changes travel with the batch (its transaction).
+        batch.records.extend(self.keeper.records(outcome, batch))
         self._batch = batch
         try:
             self.delivery.settle(batch, self.backpressure, deadline=None)
@@ -231,18 +201,12 @@ class Pipeline:
             self.backpressure.resume()
         if batch.state is BatchState.DONE:
             self.retry.reset()
-            if self.incidents is not None:
-                self.incidents.commit()
-            self.windows.maintain()
+            self.keeper.committed()
             self.accounting.batch_done(msgs, outcome, time.perf_counter() - t0)
-            self.accounting.window_state(self.windows)
+            self.accounting.window_state(self.keeper.store)
             return
-        if self.incidents is not None:
-            self.incidents.rollback()
-        # The windows saw a batch that did not commit: back to the committed state
-        # (restored from the changelog on next use; empty with --state none).
-        for p in batch.first:
-            self.windows.drop(p)
+        # Back to the committed state: incidents as they were, windows restored on next use.
+        self.keeper.failed(batch.first)
         self.accounting.batch_failed(batch.acks.failed)
         log.error("batch of %d not delivered (%s); rewinding to reprocess it", len(msgs),
                   batch.error)
@@ -336,38 +300,8 @@ class Pipeline:
         for topic, partition in gone:
             self.accounting.forget_partition(topic, partition)
             if topic == self.s.input_topic:
-                self.windows.drop(partition)
+                self.keeper.forget(partition)
         self._update_ready()
-
-    def _restore(self, partition: int) -> None:
-        """Window state of ``partition`` as of its committed offset, from the changelog.
-
-        Raises ``StateUnavailable`` when the changelog or the committed offset cannot be
-        read: the batch is then redone, never scored on empty windows.
-        """
-        try:
-            self._restore_from_changelog(partition)
-        except (KafkaException, RuntimeError) as e:
-            raise StateUnavailable(f"{self.s.changelog_topic}[{partition}]: {e}") from e
-
-    def _restore_from_changelog(self, partition: int) -> None:
-        s = self.s
-        if not self._changelog_ready:
-            kafka_clients.create_topics(
-                s.kafka_common(),
-                [s.changelog_topic],
-                len(self.consumer.list_topics(s.input_topic, timeout=10)
-                    .topics[s.input_topic].partitions),
-                s.topic_replication_factor,
-                config={"cleanup.policy": "compact"},
-            )
-            self._changelog_ready = True
-        tp = self.consumer.committed([TopicPartition(s.input_topic, partition)], timeout=10)[0]
-        t0 = time.perf_counter()
-        n = changelog.restore(self.windows, s, partition, tp.offset)
-        if n:
-            log.info("restored %d window states of %s[%d] in %.2f s", n, s.input_topic,
-                     partition, time.perf_counter() - t0)
 
     def _update_ready(self) -> None:
         if not self._probe:

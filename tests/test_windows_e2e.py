@@ -168,7 +168,7 @@ def test_windows_follow_a_partition_to_a_second_consumer(
                   "second half consumed")
     # B holds the windows of the partition it took over, restored from the changelog with
     # the first half's entities in them (read before stopping, which drops them).
-    held = {p: sum(len(t) for t in sc.tables.values()) for p, sc in b.windows.scopes.items()}
+    held = {p: sum(len(t) for t in sc.tables.values()) for p, sc in b.keeper.store.scopes.items()}
     fu.stop(a, ta)
     fu.stop(b, tb)
     assert b.stats.consumed > 0
