@@ -338,3 +338,44 @@ def test_flow_fields_come_from_the_sensor_schema_view() -> None:
     (flow,) = flow_fields(columns_for(RecordColumns(zeek), "zeek"), [0])
     assert flow["src_ip"] == "10.0.0.1" and flow["dst_port"] == 443
     assert flow["bytes_transferred"] == 15 and flow["protocol"] == "tcp"
+
+
+def test_alert_budget_sets_thresholds_for_that_many_alerts_an_hour() -> None:
+    from stream.registry.training import budget_rates
+
+    # 6,000 events at about 1,000 a second: about 3.6 million an hour, so a budget of
+    # 2,160 medium+ alerts an hour is a rate of about 0.0006.
+    normal = list(generate_flows(6000, TENANTS, seed=5, attack_rate=0.0))
+    crit, high, medium = budget_rates(normal, 2160.0)
+    assert medium == pytest.approx(6e-4, rel=0.05)
+    assert (crit, high) == pytest.approx((medium / 10, medium / 3))
+    with pytest.raises(Exception, match="timestamps"):
+        budget_rates([{k: v for k, v in r.items() if k != "timestamp"} for r in normal], 10.0)
+
+
+def test_target_precision_cuts_where_the_reviewed_alerts_reach_it() -> None:
+    from stream.features import FeatureSpec
+    from stream.registry import build_pipeline
+    from stream.registry.training import precision_rates
+
+    spec = FeatureSpec.parse([("lb", "log1p(bytes_transferred)"),
+                              ("lp", "log1p(packet_count)")])
+    normal = list(generate_flows(4000, TENANTS, seed=5, attack_rate=0.0))
+    spec = spec.fit(RecordColumns(normal))
+    X = spec.compute(RecordColumns(normal)).X
+    pipe = build_pipeline(100, 0.1, 42)
+    pipe.fit(X)
+    train_scores = pipe.decision_function(X)
+    # Reviewed alerts: the 40 lowest-scoring attack events are true positives, and
+    # normal events below a middling score were reviewed as false positives.
+    attacks = [e for e in generate_flows(8000, TENANTS, seed=6, attack_rate=0.05)
+               if e["label"] != "normal"]
+    reviewed = [{**e, "label": "attack"} for e in attacks[:40]]
+    reviewed += [{**e, "label": "normal"} for e in normal[:40]]
+    strict = precision_rates(pipe, spec, reviewed, 0.95, train_scores)
+    loose = precision_rates(pipe, spec, reviewed, 0.5, train_scores)
+    # A higher precision target cuts deeper: fewer training events flagged.
+    assert strict[2] <= loose[2]
+    with pytest.raises(Exception, match="true-positive"):
+        precision_rates(pipe, spec, [{**e, "label": "normal"} for e in normal[:20]], 0.9,
+                        train_scores)
