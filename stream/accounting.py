@@ -30,6 +30,8 @@ BATCH_ENDS_KEPT = 100_000
 #: counted under OTHER_TENANT (the metrics have their own, smaller label cap).
 MAX_TENANTS = 10_000
 OTHER_TENANT = "_other"
+#: The per-tenant counters' label for rows whose tenant is missing or invalid.
+INVALID_TENANT_LABEL = "_invalid"
 #: Seconds between consumer-lag reads (watermark reads are not free).
 LAG_EVERY_S = 5.0
 #: Seconds between shadow-scoring summaries in the log.
@@ -142,14 +144,17 @@ class RunStats:
 
 def _tenant_counts(outcome: BatchOutcome) -> tuple[Counter[str], Counter[tuple[str, str]]]:
     """Events per tenant, and dead letters per (tenant, reason), of one batch."""
-    from stream.reasons import REASONS
+    from stream.reasons import INVALID_TENANT, REASONS
 
-    tenants = outcome.decoded.tenants
-    consumed = Counter(tenants)
-    dead: Counter[tuple[str, str]] = Counter()
+    # A row without a valid tenant is counted under "_invalid", which takes no label slot.
     reason = outcome.decoded.reason
+    tenants = list(outcome.decoded.tenants)
+    for i in np.flatnonzero(reason == INVALID_TENANT).tolist():
+        tenants[i] = INVALID_TENANT_LABEL
+    consumed = Counter(t or INVALID_TENANT_LABEL for t in tenants)
+    dead: Counter[tuple[str, str]] = Counter()
     for i in np.flatnonzero(reason).tolist():
-        dead[(tenants[i], REASONS[int(reason[i])])] += 1
+        dead[(tenants[i] or INVALID_TENANT_LABEL, REASONS[int(reason[i])])] += 1
     return consumed, dead
 
 

@@ -169,6 +169,8 @@ class Metrics:
         disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._tenant_cap = _LabelCap(max_tenant_labels)
+        # Its own cap: tenants that only send dead letters must not crowd alert labels out.
+        self._count_cap = _LabelCap(max_tenant_labels)
         # Model names embed the tenant, so they need the same bound as tenants.
         self._model_cap = _LabelCap(max_tenant_labels)
         self._reason_cap = _LabelCap(MAX_REASON_LABELS)
@@ -302,6 +304,10 @@ class Metrics:
         """The ``tenant`` label value: the name for the first N tenants seen, else ``_other``."""
         return self._tenant_cap(tenant)
 
+    def _per_tenant_label(self, tenant: str) -> str:
+        # Missing or invalid tenants ("_invalid") take no slot of the cap.
+        return tenant if tenant.startswith("_") else self._count_cap(tenant)
+
     def model_label(self, model: str) -> str:
         """The ``model`` label value, capped like tenants."""
         return self._model_cap(model)
@@ -334,12 +340,12 @@ class Metrics:
         """Per-tenant counts of a batch: events read, and dead letters by reason."""
         merged: _Tally[str] = _Tally()
         for tenant, n in consumed.items():
-            merged[self.tenant_label(tenant or "_none")] += n
+            merged[self._per_tenant_label(tenant)] += n
         for tenant, n in merged.items():
             self.tenant_events.labels(tenant).inc(n)
         pairs: _Tally[tuple[str, str]] = _Tally()
         for (tenant, reason), n in dead.items():
-            pairs[(self.tenant_label(tenant or "_none"), self._reason_cap(reason))] += n
+            pairs[(self._per_tenant_label(tenant), self._reason_cap(reason))] += n
         for (tenant, reason), n in pairs.items():
             self.tenant_dead_letters.labels(tenant, reason).inc(n)
 

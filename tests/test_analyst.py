@@ -222,7 +222,7 @@ def test_the_stream_publishes_ocsf_when_asked(
     broker: Any, tracking_uri: str, unique: str
 ) -> None:
     base = model(tracking_uri)
-    events = list(generate_flows(3000, TENANTS, seed=24, attack_rate=0.04))
+    events = list(generate_flows(1500, TENANTS, seed=24, attack_rate=0.06))
     topics = fu.Topics(unique)
     topics.create(broker, input_partitions=1)
     incident_topic = f"incidents-{unique}"

@@ -256,7 +256,7 @@ def exercise_all(m: Metrics) -> None:
         "record_shadow": lambda: m.record_shadow("acme", 0.96, 0.01),
         "record_delivery_failures": lambda: m.record_delivery_failures(1),
         "record_ready": lambda: m.record_ready(True),
-        "record_tenants": lambda: m.record_tenants({"acme": 98, "": 2},
+        "record_tenants": lambda: m.record_tenants({"acme": 98, "_invalid": 2},
                                                    {("acme", "missing_feature"): 1}),
         "record_drift": lambda: m.record_drift("acme", {"score": 0.31, "log_bytes": 0.05}, 0.01),
         "record_state": lambda: m.record_state(

@@ -110,7 +110,7 @@ def test_exactly_once_windows_survive_sigkill_and_restart(
     broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
 ) -> None:
     base = windowed_model(tracking_uri)
-    events = _events(24000, seed=12)
+    events = _events(12000, seed=12)
     topics = fu.Topics(unique)
     topics.create(broker, input_partitions=2)
     n = _produce_by_tenant(broker.bootstrap, topics.input, events)
@@ -148,7 +148,7 @@ def test_windows_follow_a_partition_to_a_second_consumer(
     broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
 ) -> None:
     base = windowed_model(tracking_uri)
-    events = _events(12000, seed=13)
+    events = _events(8000, seed=13)
     half = len(events) // 2
     topics = fu.Topics(unique)
     topics.create(broker, input_partitions=2)
