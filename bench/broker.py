@@ -108,9 +108,11 @@ def register_models(wl: Workload, uri: str) -> float:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     first = registry.registered_name(BASE_NAME, TENANTS[0])
-    X = np.zeros((8, len(wl.features)))
+    from stream.features import FeatureSpec
+
+    X = np.random.default_rng(0).normal(size=(64, len(wl.features)))
     res = registry.log_pipeline(
-        wl.estimator, X, features=wl.features, registered=first,
+        wl.estimator, X, spec=FeatureSpec.from_fields(list(wl.features)), registered=first,
         thresholds=wl.thresholds.tolist(), params={"bench": True}, tags={},
         experiment="bench", uri=uri,
     )
