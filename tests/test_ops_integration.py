@@ -610,7 +610,16 @@ def test_lag_gauge_reaches_zero_once_the_backlog_is_drained(
     broker.create_topics([topics["alerts"], topics["dlq"]], partitions=1)
     # A backlog waiting before the consumer starts, read in many batches within seconds.
     values = [orjson.dumps(f) for f in generate_flows(6000, TENANTS, seed=31)]
-    produce(broker.bootstrap, topics["input"], values)
+    # Spread over every partition explicitly: unkeyed records may all land in one (the
+    # sticky partitioner), and a partition never fetched from reports no lag at all.
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i, v in enumerate(values):
+        p.produce(topics["input"], v, partition=i % 3)
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
     settings = Settings(
         bootstrap_servers=broker.bootstrap,
         input_topic=topics["input"],

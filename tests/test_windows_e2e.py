@@ -4,7 +4,8 @@ On the real embedded broker and a real MLflow registry (SQLite). A model trained
 with the ``flows`` recipe (per-source, per-destination and per-pair windows)
 scores the same events identically (<= 1e-9) in ``stream score`` and in the
 stream; in exactly-once mode across SIGKILLs and restarts of ``stream run``
-(its window state comes back from the changelog topic); and across a rebalance
+(its window state comes back from the changelog topic; a soak test, run with
+``--soak``); and across a rebalance
 that moves a partition, with its state, to a second consumer.
 """
 
@@ -106,6 +107,7 @@ def test_stream_and_stream_score_give_the_same_window_scores(
     assert read_all(broker.bootstrap, s.changelog_topic)
 
 
+@pytest.mark.soak  # ~35 s; once a restarted member waited out its group join in CI
 def test_exactly_once_windows_survive_sigkill_and_restart(
     broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
 ) -> None:
