@@ -24,12 +24,21 @@ RUN mkdir stream \
     && pip install . \
     && rm -rf stream build
 
+# A C compiler for the compiled forest walk (setup.py builds stream/_forest.pyx);
+# only in this stage: the runtime stage copies the built venv, not the toolchain.
+# Unpinned on purpose: the slim image's own Debian release fixes the versions.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY setup.py ./
 COPY stream ./stream
 # A regular (non-editable) install, since the runtime stage has no /src to point
 # back to. pip byte-compiles by default, which matters: the runtime user cannot
 # write .pyc files into the root-owned venv, so every start would recompile.
 RUN pip install --no-deps --force-reinstall . \
-    && stream --help > /dev/null
+    && stream --help > /dev/null \
+    && python -c "import stream._forest"
 
 
 FROM ${PYTHON_IMAGE} AS runtime

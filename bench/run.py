@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from bench import alerts_compute, features_compute, offline, windows_compute, workload
+from bench import (
+    alerts_compute,
+    features_compute,
+    forest_compute,
+    offline,
+    windows_compute,
+    workload,
+)
 from bench import broker as broker_rows
 from stream.config import Settings
 from stream.outcomes import threat_levels
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     feats = features_compute.measure()
     feats["windows"] = windows_compute.measure()
     feats["alerts"] = alerts_compute.measure()
+    feats["forest"] = forest_compute.measure()
     print(f"offline rows done ({time.monotonic() - t_all:.0f}s)", flush=True)
 
     br = None
@@ -134,7 +142,23 @@ def _features_rows(f: dict[str, float]) -> str:
         f"{'-':>11}\n"
         f"    row 7: {int(f['columns'])} model columns over {int(f['rows']):,} rows; target "
         f"<= {FEATURE_TARGET_US:g} us/event: {ok}\n"
-        + _window_rows(f["windows"], f["alerts"])
+        + _window_rows(f["windows"], f["alerts"]) + "\n" + _forest_rows(f["forest"])
+    )
+
+
+FOREST_TARGET_US = 1.0
+
+
+def _forest_rows(f: dict[str, float]) -> str:
+    us = f["compiled_us"]
+    return (
+        f"{'10':<4}{'compiled forest walk: 100 trees, 5,000-row calls':<62}"
+        f"{1e6 / us:>12,.0f}{us:>11.3f}{'-':>11}\n"
+        f"    row 10: target <= {FOREST_TARGET_US:g} us/event: "
+        f"{'met' if us <= FOREST_TARGET_US else 'MISSED'}; numpy walk {f['numpy_us']:.2f}, "
+        f"decision_function {f['decision_function_us']:.2f} us/event; one-row call: compiled "
+        f"{f['compiled_one_row_us']:.1f} us, numpy {f['numpy_one_row_us']:.1f} us, "
+        f"decision_function {f['decision_function_one_row_us'] / 1e3:.1f} ms"
     )
 
 

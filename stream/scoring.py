@@ -6,6 +6,7 @@ what a score becomes (its threat level, an alert) is ``stream.outcomes``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,17 @@ import numpy as np
 from stream.outcomes import DEFAULT_THRESHOLDS  # noqa: F401  (a model's default cut-offs)
 
 Scorer = Callable[[np.ndarray], np.ndarray]
+
+log = logging.getLogger(__name__)
+
+try:  # the compiled forest walk, built by `pip install` (setup.py); optional
+    from stream import _forest as compiled_forest
+except ImportError as exc:  # pragma: no cover - depends on the install having had a compiler
+    compiled_forest = None
+    _COMPILED_MISSING = f"{type(exc).__name__}: {exc}"
+else:
+    _COMPILED_MISSING = ""
+_warned_missing = False
 
 
 def check_thresholds(thresholds: Sequence[float]) -> np.ndarray:
@@ -62,7 +74,9 @@ def calibrate_thresholds(
 STACKED_WALK_MAX_ROWS = 64
 
 
-def fast_isolation_forest(pipeline: Any, check: np.ndarray | None = None) -> Scorer | None:
+def fast_isolation_forest(
+    pipeline: Any, check: np.ndarray | None = None, compiled: bool = True
+) -> Scorer | None:
     """``decision_function`` of a StandardScaler + IsolationForest pipeline without sklearn's
     per-call overhead, or None when the pipeline is not one or the result is not identical.
 
@@ -74,11 +88,15 @@ def fast_isolation_forest(pipeline: Any, check: np.ndarray | None = None) -> Sco
     bit-identical scores to ``decision_function`` on ``check`` plus a spread of
     synthetic rows; anything else keeps the model's own method.
 
-    Small calls (a tenant with a few events in a batch, common with many
-    tenants) walk every tree at once: a per-tree ``Tree.apply`` costs ~4 us and
-    drops the GIL each time, so with a model loading on another thread one call
-    could wait out the interpreter's switch interval 100 times.
+    The walk is the compiled one (``stream._forest``: every row down every tree
+    in one call without the GIL) when it was built and proves identical;
+    otherwise numpy's: small calls walk every tree at once (a per-tree
+    ``Tree.apply`` costs ~4 us and drops the GIL each time, so with a model
+    loading on another thread one call could wait out the interpreter's switch
+    interval 100 times), large ones tree by tree with ``Tree.apply``. Rows with
+    a NaN input always take ``Tree.apply`` (its missing-value rules).
     """
+    global _warned_missing
     try:
         from sklearn.ensemble import IsolationForest
         from sklearn.ensemble._iforest import _average_path_length
@@ -102,9 +120,17 @@ def fast_isolation_forest(pipeline: Any, check: np.ndarray | None = None) -> Sco
         n_features = int(scaler.n_features_in_)
         center = np.asarray(scaler.mean_, dtype=np.float64) if scaler.with_mean else None
         spread = np.asarray(scaler.scale_, dtype=np.float64) if scaler.with_std else None
-        stacked = _stack_trees(trees, path_lengths, avg_lengths)
+        flat = FlatForest.of(trees, path_lengths, avg_lengths)
+        stacked = flat.stacked_walk()
     except Exception:
         return None
+    walk = None
+    if compiled and compiled_forest is not None:
+        walk = flat.compiled(center, spread)
+    elif compiled and not _warned_missing:
+        _warned_missing = True
+        log.warning("compiled forest walk unavailable (%s): scoring with numpy and sklearn's "
+                    "Tree.apply, about 3x slower per event", _COMPILED_MISSING)
 
     def transform(X: np.ndarray) -> np.ndarray:
         # StandardScaler.transform's arithmetic, without its validation: same order, same dtype.
@@ -115,21 +141,35 @@ def fast_isolation_forest(pipeline: Any, check: np.ndarray | None = None) -> Sco
             Z /= spread
         return Z
 
+    def path_depths(X: np.ndarray) -> np.ndarray:
+        if walk is not None:
+            # Scaler and trees in one compiled call; False at a NaN (Tree.apply's rules below).
+            out = np.empty(len(X), dtype=np.float64)
+            if walk.depths(np.ascontiguousarray(X, dtype=np.float64), out):
+                return out
+        Z = np.ascontiguousarray(transform(X), dtype=np.float32)
+        if len(Z) <= STACKED_WALK_MAX_ROWS and not np.isnan(Z).any():
+            return stacked(Z)
+        depths = np.zeros(len(Z), order="f")
+        for k, (tree, feats) in enumerate(trees):
+            leaves = tree.apply(np.ascontiguousarray(Z[:, feats]) if subsample else Z)
+            depths += path_lengths[k][leaves] + avg_lengths[k][leaves] - 1.0
+        return depths
+
     def score(X: np.ndarray) -> np.ndarray:
         if X.ndim != 2 or X.shape[1] != n_features:
             raise ValueError(f"expected {n_features} features, got shape {X.shape}")
-        Z = np.ascontiguousarray(transform(X), dtype=np.float32)
-        if len(Z) <= STACKED_WALK_MAX_ROWS and not np.isnan(Z).any():
-            depths = stacked(Z)
+        depths = path_depths(X)
+        # sklearn's arithmetic, ufunc for ufunc, but in place: fewer temporaries per call.
+        if denominator != 0:
+            depths /= denominator
         else:
-            depths = np.zeros(len(Z), order="f")
-            for k, (tree, feats) in enumerate(trees):
-                leaves = tree.apply(np.ascontiguousarray(Z[:, feats]) if subsample else Z)
-                depths += path_lengths[k][leaves] + avg_lengths[k][leaves] - 1.0
-        scores = 2 ** (
-            -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0)
-        )
-        return -scores - offset
+            depths.fill(1.0)
+        np.negative(depths, out=depths)
+        np.power(2.0, depths, out=depths)
+        np.negative(depths, out=depths)
+        depths -= offset
+        return depths
 
     rng = np.random.default_rng(0)
     mean = np.asarray(scaler.mean_, dtype=np.float64)
@@ -142,56 +182,116 @@ def fast_isolation_forest(pipeline: Any, check: np.ndarray | None = None) -> Sco
         for X in probes:
             expected = pipeline.decision_function(X)
             if not np.array_equal(score(X), expected):
-                return None
+                raise ArithmeticError("not identical")
             # Both walks: a large probe again in slices small enough for the all-trees one.
             step = STACKED_WALK_MAX_ROWS
             if len(X) > step and not np.array_equal(
                 np.concatenate([score(X[i : i + step]) for i in range(0, len(X), step)]),
                 expected,
             ):
-                return None
+                raise ArithmeticError("not identical")
     except Exception:
+        if walk is not None:
+            # Keep the numpy walk if only the compiled one differs (a compiler that
+            # reorders floating-point arithmetic, say).
+            log.warning("compiled forest walk is not identical to decision_function; "
+                        "scoring with numpy")
+            return fast_isolation_forest(pipeline, check, compiled=False)
         return None
+    score.compiled = walk is not None  # type: ignore[attr-defined]
     return score
 
 
-def _stack_trees(
-    trees: list[tuple[Any, np.ndarray]], path_lengths: Sequence[np.ndarray],
-    avg_lengths: Sequence[np.ndarray],
-) -> Callable[[np.ndarray], np.ndarray]:
-    """All trees' nodes in flat arrays; returns a walk of every row down every tree at once.
+#: ``stream._forest.Node``'s layout.
+NODE_DTYPE = np.dtype([("threshold", "<f4"), ("feature", "<i4"), ("child", "<i4", (2,))])
 
-    Leaves point to themselves, so each row simply takes ``max_depth`` steps. Each
-    node carries its tree's term of the path-length sum, computed exactly as the
-    tree-by-tree loop computes it, and the terms are added tree by tree
-    (``cumsum`` is sequential), so the sums are the same floats.
+
+def float32_floor(x: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 (+inf stays +inf).
+
+    For a float32 value v, ``v <= t`` holds exactly when ``v <= float32_floor(t)``,
+    so a walk can compare in float32 and still split as the float64 tree does.
     """
-    sizes = [t.node_count for t, _f in trees]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
-    left, right, feature, threshold, term = [], [], [], [], []
-    for k, ((tree, feats), start) in enumerate(zip(trees, starts, strict=True)):
-        own = np.arange(tree.node_count, dtype=np.intp) + start
-        leaf = tree.children_left == -1
-        left.append(np.where(leaf, own, tree.children_left + start))
-        right.append(np.where(leaf, own, tree.children_right + start))
-        # The tree's feature index is into its own columns (feature subsampling).
-        feature.append(np.where(leaf, 0, feats[np.where(leaf, 0, tree.feature)]))
-        threshold.append(np.where(leaf, np.inf, tree.threshold))
-        term.append(path_lengths[k] + avg_lengths[k] - 1.0)
-    left_all = np.concatenate(left).astype(np.intp)
-    right_all = np.concatenate(right).astype(np.intp)
-    feature_all = np.concatenate(feature).astype(np.intp)
-    threshold_all = np.concatenate(threshold).astype(np.float64)
-    term_all = np.concatenate(term).astype(np.float64)
-    depth = max(t.max_depth for t, _f in trees)
+    down = np.asarray(x, dtype=np.float64).astype(np.float32)  # nearest, maybe above
+    above = down.astype(np.float64) > x
+    down[above] = np.nextafter(down[above], np.float32(-np.inf))
+    return down
 
-    def walk(Z: np.ndarray) -> np.ndarray:
-        rows = np.arange(len(Z))[:, None]
-        node = np.broadcast_to(starts, (len(Z), len(starts)))
-        for _ in range(depth):
-            # float32 value against float64 threshold, as Tree.apply compares them.
-            go_left = Z[rows, feature_all[node]] <= threshold_all[node]
-            node = np.where(go_left, left_all[node], right_all[node])
-        return np.cumsum(term_all[node], axis=1)[:, -1]
 
-    return walk
+class FlatForest:
+    """All trees' nodes in flat arrays, for one walk over every tree at once.
+
+    Each node carries its tree's term of the path-length sum, computed exactly as
+    the tree-by-tree loop computes it; both walks add the terms tree by tree, so
+    the sums are the same floats.
+    """
+
+    def __init__(self, roots: np.ndarray, left: np.ndarray, right: np.ndarray,
+                 feature: np.ndarray, threshold: np.ndarray, term: np.ndarray,
+                 depths: np.ndarray) -> None:
+        self.roots, self.left, self.right = roots, left, right  # leaves: left = right = -1
+        self.feature, self.threshold, self.term = feature, threshold, term
+        self.depths = depths  # per tree
+        self.depth = int(depths.max())
+
+    @classmethod
+    def of(cls, trees: list[tuple[Any, np.ndarray]], path_lengths: Sequence[np.ndarray],
+           avg_lengths: Sequence[np.ndarray]) -> FlatForest:
+        sizes = [t.node_count for t, _f in trees]
+        roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        left, right, feature, threshold, term = [], [], [], [], []
+        for k, ((tree, feats), start) in enumerate(zip(trees, roots, strict=True)):
+            leaf = tree.children_left == -1
+            left.append(np.where(leaf, -1, tree.children_left + start))
+            right.append(np.where(leaf, -1, tree.children_right + start))
+            # The tree's feature index is into its own columns (feature subsampling).
+            feature.append(np.where(leaf, 0, feats[np.where(leaf, 0, tree.feature)]))
+            threshold.append(np.where(leaf, np.inf, tree.threshold))
+            term.append(path_lengths[k] + avg_lengths[k] - 1.0)
+        return cls(roots, np.concatenate(left).astype(np.intp),
+                   np.concatenate(right).astype(np.intp),
+                   np.concatenate(feature).astype(np.intp),
+                   np.concatenate(threshold).astype(np.float64),
+                   np.concatenate(term).astype(np.float64),
+                   np.array([t.max_depth for t, _f in trees], dtype=np.intp))
+
+    def compiled(self, center: np.ndarray | None, spread: np.ndarray | None) -> Any:
+        """The compiled walk (``stream._forest.Forest``), scaler included: no GIL, no branches."""
+        assert compiled_forest is not None
+        own = np.arange(len(self.left), dtype=np.intp)
+        leaf = self.left < 0
+        # One 16-byte record per node; a leaf is its own child (its threshold is +inf).
+        nodes = np.empty(len(own), dtype=NODE_DTYPE)
+        nodes["threshold"] = float32_floor(self.threshold)
+        nodes["feature"] = self.feature
+        nodes["child"][:, 0] = np.where(leaf, own, self.left)
+        nodes["child"][:, 1] = np.where(leaf, own, self.right)
+        none = np.empty(0, dtype=np.float64)
+        return compiled_forest.Forest(
+            self.roots.astype(np.int32), self.depths.astype(np.int32), nodes,
+            np.ascontiguousarray(self.term, dtype=np.float64),
+            none if center is None else np.ascontiguousarray(center, dtype=np.float64),
+            none if spread is None else np.ascontiguousarray(spread, dtype=np.float64))
+
+    def stacked_walk(self) -> Callable[[np.ndarray], np.ndarray]:
+        """numpy's walk: every row down every tree at once, one pass per tree level.
+
+        Leaves point to themselves here, so each row simply takes ``depth`` steps;
+        ``cumsum`` over trees is sequential, so the sum is the tree-by-tree one.
+        """
+        own = np.arange(len(self.left), dtype=np.intp)
+        leaf = self.left < 0
+        left = np.where(leaf, own, self.left)
+        right = np.where(leaf, own, self.right)
+        feature, threshold, term, roots = self.feature, self.threshold, self.term, self.roots
+
+        def walk(Z: np.ndarray) -> np.ndarray:
+            rows = np.arange(len(Z))[:, None]
+            node = np.broadcast_to(roots, (len(Z), len(roots)))
+            for _ in range(self.depth):
+                # float32 value against float64 threshold, as Tree.apply compares them.
+                go_left = Z[rows, feature[node]] <= threshold[node]
+                node = np.where(go_left, left[node], right[node])
+            return np.cumsum(term[node], axis=1)[:, -1]
+
+        return walk

@@ -67,25 +67,63 @@ def test_readme_configuration_table_is_generated_from_config() -> None:
         assert f"`{name}`" in readme
 
 
-def test_fast_isolation_forest_is_bit_identical_or_refused() -> None:
+def test_the_compiled_forest_walk_was_built() -> None:
+    # CI installs with a compiler: a build that silently fell back would be 3x slower.
+    from stream import scoring
+
+    assert scoring.compiled_forest is not None, scoring._COMPILED_MISSING
+
+
+def test_a_missing_compiled_walk_falls_back_with_one_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream import scoring
+    from stream.registry import build_pipeline
+
+    X = np.random.default_rng(1).lognormal(3, 1, (500, 3))
+    pipe = build_pipeline(n_estimators=10).fit(X)
+    monkeypatch.setattr(scoring, "compiled_forest", None)
+    monkeypatch.setattr(scoring, "_COMPILED_MISSING", "ImportError: no compiler")
+    monkeypatch.setattr(scoring, "_warned_missing", False)
+    with caplog.at_level("WARNING", logger="stream.scoring"):
+        first = scoring.fast_isolation_forest(pipe)
+        second = scoring.fast_isolation_forest(pipe)
+    assert first is not None and second is not None and not first.compiled
+    assert np.array_equal(first(X), pipe.decision_function(X))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "ImportError: no compiler" in lines[0], lines
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_fast_isolation_forest_is_bit_identical_or_refused(compiled: bool) -> None:
+    from functools import partial
+
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import MinMaxScaler
 
     from stream.registry import build_pipeline
-    from stream.scoring import fast_isolation_forest
+    from stream.scoring import fast_isolation_forest as fast_of
 
+    fast_isolation_forest = partial(fast_of, compiled=compiled)
     rng = np.random.default_rng(3)
     X = rng.lognormal(3, 1, (2000, 3))
     pipe = build_pipeline(n_estimators=50).fit(X)
     fast = fast_isolation_forest(pipe, check=X[:100])
-    assert fast is not None
+    assert fast is not None and fast.compiled is compiled
+    # Rows with a missing input take Tree.apply's rules, beside rows that do not.
+    holes = X[:300].copy()
+    holes[::7, 1] = np.nan
+    assert np.array_equal(fast(holes), pipe.decision_function(holes), equal_nan=True)
     Y = np.vstack([rng.lognormal(3, 2, (3000, 3)), [[0, 0, 0], [1e12, 1e9, 1e6]]])
     assert np.array_equal(fast(Y), pipe.decision_function(Y))
     assert np.array_equal(fast(Y[:1]), pipe.decision_function(Y[:1]))
     # Small calls walk all trees at once; large ones tree by tree: the same floats.
     small = np.concatenate([fast(Y[i : i + 37]) for i in range(0, len(Y), 37)])
     assert np.array_equal(small, pipe.decision_function(Y))
+    # Calls of fewer rows than the compiled block walk trees side by side instead.
+    tiny = np.concatenate([fast(Y[i : i + 5]) for i in range(0, 400, 5)])
+    assert np.array_equal(tiny, pipe.decision_function(Y[:400]))
     with pytest.raises(ValueError, match="features"):
         fast(Y[:, :2])
     # Feature subsampling walks each tree on its own columns.
