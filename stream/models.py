@@ -231,6 +231,24 @@ class ModelTable:
         with self._lock:
             return self._view
 
+    def preload(self) -> int:
+        """Start loading every production model the registry names, up to the cache size.
+
+        In the background (the loader pool), so the loads overlap the consumer's
+        group join instead of waiting for each tenant's first event; a first event
+        that arrives meanwhile joins the load already running. Returns how many
+        loads were started.
+        """
+        with self._lock:
+            room = self.cache_size - len(self._loaded)
+            wanted = [
+                (name, version) for name, version in self._view.production.items()
+                if name not in self._loaded and self._may_load_now(name, version)
+            ][: max(0, room)]
+        for name, version in wanted:
+            self._submit(name, version, PRODUCTION)
+        return len(wanted)
+
     def wait_for_loads(self, timeout: float) -> bool:
         """Wait until no model load is running; False if some still run after ``timeout``.
 
@@ -265,13 +283,10 @@ class ModelTable:
 
         Only a plain first load: a version that already failed is retried by the
         watcher on its backoff schedule, and while the registry is down a load
-        would only fail (or hang until the HTTP timeout) on the hot path.
+        would only fail (or hang until the HTTP timeout) on the hot path. A load
+        already running (a preload) is joined, not started again.
         """
-        return (
-            not self._registry_down
-            and (name, version) not in self._failed
-            and (name, version, PRODUCTION) not in self._inflight
-        )
+        return not self._registry_down and (name, version) not in self._failed
 
     def _load_now(self, items: dict[str, str]) -> dict[str, LoadedModel]:
         """Load first-sight tenant models concurrently; wait at most ``load_wait`` seconds.
@@ -280,7 +295,10 @@ class ModelTable:
         done; its tenants use the global model until then.
         """
         with self._lock:
-            backlog = len(self._inflight) >= self._workers
+            # Other loads queued ahead (a preload of the whole registry, say): waiting
+            # would mean waiting for them too. Loads of these very names are no backlog.
+            wanted = {(name, version, PRODUCTION) for name, version in items.items()}
+            backlog = len(self._inflight.keys() - wanted) >= self._workers
         futures = {name: self._submit(name, version, PRODUCTION) for name, version in items.items()}
         wait_futures(list(futures.values()), timeout=0.0 if backlog else self.load_wait)
         out: dict[str, LoadedModel] = {}

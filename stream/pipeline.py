@@ -91,6 +91,7 @@ class Pipeline:
         self.stop_event = threading.Event()
         # Rebound, never mutated in place, so other threads can read it (``assignment``).
         self._assignment: frozenset[tuple[str, int]] = frozenset()
+        self._joined = False  # the group join finished once (an assignment, maybe empty)
         self._batch: Batch | None = None
         self.retry = RetryDelay()
         self.heap = HeapFreezer(lambda: table.changes)
@@ -271,6 +272,7 @@ class Pipeline:
     # ---- rebalance callbacks ------------------------------------------------------------
 
     def _on_assign(self, c: Any, parts: list[TopicPartition]) -> None:
+        self._joined = True
         self._assignment = self._assignment | {(p.topic, p.partition) for p in parts}
         self.backpressure.on_assign(c, parts)
         self._update_ready()
@@ -320,7 +322,21 @@ class Pipeline:
             self.delivery.close()
         finally:
             with contextlib.suppress(RuntimeError):  # already closed
+                self._finish_join(min(10.0, self.s.session_timeout_ms / 1000.0))
                 self.consumer.close()
+
+    def _finish_join(self, timeout: float) -> None:
+        """Before leaving a group this consumer may still be joining, let the join finish.
+
+        The consumer subscribes before the registry is asked (service.build), so it
+        can be closed in the middle of its first join. The embedded broker (Tansu)
+        then never completes the group's next join (seen here: the next member got
+        no partitions in 40 s), while leaving after the join works. Records fetched
+        meanwhile are dropped unprocessed: their offsets are not committed.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._joined and time.monotonic() < deadline:
+            self.consumer.poll(0.1)
 
 
 def _text(raw: bytes | None) -> str | None:

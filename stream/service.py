@@ -111,7 +111,7 @@ def first_refresh(
         try:
             view = table.refresh()
         except Exception as e:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise RuntimeError(f"model registry unreachable: {e}") from e
             outage.failed(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
             if stop.wait(delay):
@@ -191,13 +191,33 @@ def build(
             log.info("created topics %s", ", ".join(created))
     table = build_table(settings, metrics)
     table.uri = settings.tracking_uri  # type: ignore[attr-defined]  # for the outage line
+    # Subscribe first: the group join takes seconds on the broker's side (about half
+    # the session timeout on the embedded broker, group.initial.rebalance.delay.ms on
+    # Kafka) and runs in librdkafka's threads while MLflow is imported, the registry
+    # asked and the models loaded. If the registry does not answer at once, the
+    # consumer leaves again (its partitions go to members that can score) until it does.
+    pipeline: Pipeline | None = Pipeline(settings, table, metrics=metrics, health=health,
+                                         **kwargs)
     try:
-        first_refresh(table, stop=stop)
+        try:
+            first_refresh(table, stop=stop, timeout=0)
+        except RuntimeError:
+            assert pipeline is not None
+            pipeline.close()
+            pipeline = None
+            first_refresh(table, stop=stop)
+        started = table.preload()
+        if started:
+            log.info("loading %d production models in the background", started)
+        if pipeline is None:
+            pipeline = Pipeline(settings, table, metrics=metrics, health=health, **kwargs)
     except BaseException:
+        if pipeline is not None:
+            pipeline.close()
         table.stop()
         raise
     table.start(settings.reload_interval)
-    return Pipeline(settings, table, metrics=metrics, health=health, **kwargs)
+    return pipeline
 
 
 def serve(settings: Settings, *, create_missing_topics: bool = False) -> RunStats:

@@ -359,6 +359,39 @@ def test_registry_down_keeps_serving_and_defers_first_sight_loads(
     assert served(table, "acme") == [("m_acme", "1")]
 
 
+def test_preload_loads_production_models_up_to_the_cache_size_in_the_background(
+    reg: FakeRegistry, make_table
+) -> None:
+    for i in range(20):
+        reg.add(f"m_t{i:02d}", "1")
+    table = make_table(cache_size=8)
+    table.refresh()
+    assert table.preload() == 7  # the global model holds the eighth slot
+    wait_until(lambda: len(table.loaded()) == 8)
+    assert len(reg.loads) == 8 and all(thread.startswith("model-load") for *_n, thread in
+                                       reg.loads)
+    assert table.preload() == 0, "a full cache starts nothing more"
+
+
+def test_a_first_batch_joins_the_preloads_of_its_tenants(reg: FakeRegistry, make_table) -> None:
+    gate = threading.Event()
+    tenants = ("a", "b", "c", "d", "e")
+    for t in tenants:
+        reg.add(f"m_{t}", "1", Spec(gate=gate))
+    table = make_table(load_wait=5, load_workers=4)
+    table.refresh()
+    assert table.preload() == 5  # one more than the loader threads: one waits in the queue
+    got: list = []
+    first = threading.Thread(target=lambda: got.extend(served(table, *tenants)))
+    first.start()  # its models are loading already: it waits for those loads, not the global
+    time.sleep(0.1)
+    gate.set()
+    first.join(5)
+    assert got == [(f"m_{t}", "1") for t in tenants]
+    assert sorted(n for n, _v, _t in reg.loads) == ["m", *(f"m_{t}" for t in tenants)], \
+        "the running loads were joined, not repeated"
+
+
 def test_slow_first_sight_load_does_not_hold_the_batch(reg: FakeRegistry, make_table) -> None:
     reg.add("m_acme", "1", Spec(delay=0.5))
     table = make_table(load_wait=0.05)
