@@ -23,9 +23,11 @@ import numpy as np
 
 from bench import (
     alerts_compute,
+    cpu_e2e,
     features_compute,
     forest_compute,
     offline,
+    startup,
     windows_compute,
     workload,
 )
@@ -104,12 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"offline rows done ({time.monotonic() - t_all:.0f}s)", flush=True)
 
     br = None
+    cpu_rows: list[dict[str, Any]] = []
+    starts: dict[str, Any] = {}
     if not args.skip_broker:
         e2e_values = wl.values[: args.e2e_events]
         extra = dict(kv.split("=", 1) for kv in args.consumer_env)
         br = broker_rows.run_broker(wl, e2e_values, expected_alerts(wl, e2e_values),
                                     latency_seconds=args.latency_seconds, consumer_env=extra)
         print(f"broker rows done ({time.monotonic() - t_all:.0f}s)", flush=True)
+        cpu_rows = cpu_e2e.measure(min(150_000, len(wl.values)), wl=wl)
+        starts = startup.measure(wl=wl)
+        print(f"CPU and start-up rows done ({time.monotonic() - t_all:.0f}s)", flush=True)
 
     scale = None
     if not args.skip_scale:
@@ -119,12 +126,42 @@ def main(argv: list[str] | None = None) -> int:
 
     report = _report(args, wl, off, off_big, br, scale, time.monotonic() - t_all)
     report["data"]["features"] = feats
+    report["data"]["cpu_e2e"] = cpu_rows
+    report["data"]["startup"] = starts
+    if cpu_rows:
+        report["text"] += "\n\n" + _cpu_rows(cpu_rows, starts)
     report["text"] = report["text"].replace(FEATURES_MARK, _features_rows(feats))
     print(report["text"])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report["data"], fh, indent=2, default=float)
     return 0
+
+
+CPU_TARGETS = {"medium": 3.0, "low": 2.5}
+START_TARGET_S = 3.0
+
+
+def _cpu_rows(rows: list[dict[str, Any]], starts: dict[str, Any]) -> str:
+    out = ["end to end, CPU of the consumer process per event (first to last commit; "
+           f"{rows[0]['events']:,} events, 5 tenant models):"]
+    for r in rows:
+        out.append(f"  11 {r['kind']:<12} min level {r['level']:<7}{r['cpu_us_per_event']:>8.2f} "
+                   f"CPU us/event {r['eps']:>10,.0f} events/s  {r['alerts']:>8,} alerts  "
+                   f"first commit {r['startup_s']:.1f}s")
+    for level, x in cpu_e2e.ratios(rows).items():
+        target = CPU_TARGETS[level]
+        verdict = "met" if x >= target else f"missed by {target - x:.2f}"
+        out.append(f"  design note / stream run at {level}: {x:.2f}x (target >= {target}x) "
+                   f"{verdict}")
+    first = starts["first_commit_s"]
+    out.append(f"  12 stream run, process start -> first committed batch: best {first:.2f}s of "
+               f"{len(starts['runs'])} (session.timeout.ms {starts['session_timeout_ms']}); "
+               f"target <= {START_TARGET_S:g}s: "
+               f"{'met' if first <= START_TARGET_S else f'MISSED by {first - START_TARGET_S:.1f}s'}")
+    out.append(f"  13 command start: stream --help {starts['help_s']:.2f}s, stream models "
+               f"{starts['models_s']:.2f}s (whole process, best of {len(starts['runs'])})")
+    return "\n".join(out)
 
 
 FEATURES_MARK = "\x00features\x00"
