@@ -114,13 +114,22 @@ def _tenant_option(help_text: str) -> Callable[[F], F]:
 
 
 class _Main(click.Group):
-    """The command group: a broker or registry that cannot be reached is one line, exit 3."""
+    """The command group: every expected failure is one line and an exit status.
+
+    A broker or registry that cannot be reached: exit 3. A bad flag or value of a
+    command, a setting that cannot work, a file of no known format: exit 2.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         from stream.failures import EXIT_BAD_SETTING, EXIT_UNREACHABLE, BadSetting, Unreachable
 
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            # click would print the usage and a hint on lines of their own: one line instead.
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"Error: {e.format_message()} (see '{where} --help')", err=True)
+            ctx.exit(e.exit_code)
         except Unreachable as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
@@ -140,14 +149,14 @@ def _kafka(s: config.Settings) -> None:
     """Fail fast, in one line, when the broker cannot be reached."""
     from stream.failures import require_kafka
 
-    require_kafka(s.kafka_common())
+    require_kafka(s.kafka_common(), s.kafka_timeout, s.connect_timeout)
 
 
-def _registry(uri: str) -> None:
+def _registry(uri: str, s: config.Settings | None = None) -> None:
     """Fail fast, in one line, when the registry cannot be reached."""
     from stream.failures import require_registry
 
-    require_registry(uri)
+    require_registry(uri, (s or load_settings()).connect_timeout)
 
 
 @click.group(cls=_Main,
@@ -404,7 +413,7 @@ def train(
         input_schema=input_schema, trust_types=trust_types,
     )
     spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
-    _registry(s.tracking_uri)
+    _registry(s.tracking_uri, s)
     # The readers of replay and score: every format, bad lines reported. A sensor schema
     # named explicitly maps the raw records (the Zeek mapping is the default for Zeek files).
     loaded = load_records(input_path, fmt=fmt, raw=s.input_schema != "native")
@@ -494,7 +503,7 @@ def promote(
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
-    _registry(s.tracking_uri)
+    _registry(s.tracking_uri, s)
     name = registry.registered_name(s.model_name, tenant)
     try:
         if alias == "production":
@@ -514,7 +523,7 @@ def demote(tenant: str | None, model_name: str | None, tracking_uri: str | None)
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
-    _registry(s.tracking_uri)
+    _registry(s.tracking_uri, s)
     name = registry.registered_name(s.model_name, tenant)
     try:
         was = registry.demote(name, uri=s.tracking_uri)
@@ -568,7 +577,7 @@ def describe(
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri, trust_types=trust_types)
-    _registry(s.tracking_uri)
+    _registry(s.tracking_uri, s)
     name = registry.registered_name(s.model_name, tenant)
     try:
         version = version or registry.production_version(name, uri=s.tracking_uri)
@@ -791,7 +800,7 @@ def _offline_table(**given: Any) -> Any:
     from stream import service
 
     settings = load_settings(**given)
-    _registry(settings.tracking_uri)
+    _registry(settings.tracking_uri, settings)
     if settings.tenant_source.kind in ("key", "header"):
         raise click.BadParameter(
             "files have no message keys or headers: use field:NAME or const:TENANT",
@@ -971,9 +980,12 @@ def feedback(
     update = None
     if s.metrics_port:
         update = fb.serve_metrics(s.metrics_port)
+    from stream.failures import stop_on_signals
+
     try:
-        book = fb.run(s, feedback_topic=s.feedback_topic, incident_topic=s.incident_topic,
-                      follow=follow, on_update=update)
+        with stop_on_signals() as stopped:
+            book = fb.run(s, feedback_topic=s.feedback_topic, incident_topic=s.incident_topic,
+                          follow=follow, on_update=update, should_stop=stopped.is_set)
     except RuntimeError as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
@@ -1026,10 +1038,15 @@ def dead_letters_cmd(
     s = load_settings(bootstrap_servers=bootstrap_servers, dlq_topic=dlq_topic,
                       kafka_properties=kafka_properties)
     _kafka(s)
+    from stream.failures import stop_on_signals
+
     counts: Counter[str] = Counter()
+    stack = contextlib.ExitStack()
+    stopped = stack.enter_context(stop_on_signals())
     try:
         for m in read_messages(s.bootstrap_servers, s.dlq_topic, follow=follow,
-                               from_beginning=True, extra=dict(s.kafka_properties)):
+                               from_beginning=True, extra=dict(s.kafka_properties),
+                               should_stop=stopped.is_set):
             row = dead_letter_row(m)
             if reasons and row["reason"] not in reasons:
                 continue
@@ -1045,6 +1062,8 @@ def dead_letters_cmd(
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         pass
+    finally:
+        stack.close()
     if summary and as_json:
         click.echo(orjson.dumps(dict(counts)).decode())
     elif summary or not as_json:
@@ -1086,11 +1105,13 @@ def alerts(
 
     from rich.console import Console
 
+    from stream.failures import stop_on_signals
     from stream.subscribe import LEVEL_STYLE, matches, read_alerts, row
 
     console = Console()
     shown = 0
     counts: Counter[tuple[str, str]] = Counter()
+    stack = contextlib.ExitStack()
     try:
         s = load_settings(
             bootstrap_servers=bootstrap_servers,
@@ -1098,12 +1119,14 @@ def alerts(
             kafka_properties=kafka_properties,
         )
         _kafka(s)
+        stopped = stack.enter_context(stop_on_signals())
         stream = read_alerts(
             s.bootstrap_servers,
             s.alert_topic,
             follow=follow,
             from_beginning=from_beginning,
             extra=dict(s.kafka_properties),
+            should_stop=stopped.is_set,
         )
         if not as_json and not summary:
             console.print(
@@ -1133,6 +1156,8 @@ def alerts(
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         pass
+    finally:
+        stack.close()
     if summary:
         _print_summary(counts, as_json)
     elif not as_json:

@@ -102,6 +102,20 @@ class Settings:
     session_timeout_ms: int = _opt(
         10000, "KAFKA_SESSION_TIMEOUT_MS", "Consumer group session timeout.", min=1000
     )
+    connect_timeout: float = _opt(
+        3.0,
+        "STREAM_CONNECT_TIMEOUT",
+        "Seconds a TCP connect to the broker or the registry may take before a command "
+        "(or `run`'s start-up check) calls it unreachable.",
+        min=0, min_open=True, max=300,
+    )
+    kafka_timeout: float = _opt(
+        10.0,
+        "STREAM_KAFKA_TIMEOUT",
+        "Seconds the broker may take to answer a metadata request in the reachability "
+        "check.",
+        min=0, min_open=True, max=600,
+    )
     auto_offset_reset: str = _opt(
         "earliest",
         "KAFKA_AUTO_OFFSET_RESET",

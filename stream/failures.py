@@ -2,8 +2,8 @@
 
 * **Commands** (``models``, ``train``, ``score``, ``alerts``, ``replay``, ...) check the
   broker and the registry they need before using them (:func:`require_kafka`,
-  :func:`require_registry`): a TCP connect to each address (``CONNECT_TIMEOUT_S``),
-  then, for Kafka, a metadata request (``KAFKA_TIMEOUT_S``). What cannot be reached
+  :func:`require_registry`): a TCP connect to each address (``--connect-timeout``,
+  3 s), then, for Kafka, a metadata request (``--kafka-timeout``, 10 s). What cannot be reached
   raises :class:`Unreachable`, which the command line turns into one line naming
   what was tried and why (``cannot reach Kafka at 127.0.0.1:19999: connection
   refused``) and exit status 3, well within 15 s.
@@ -21,12 +21,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Final
 from urllib.parse import urlparse
 
@@ -97,13 +99,18 @@ def _connect_error(host: str, port: int, timeout: float) -> str | None:
         return e.strerror or str(e)
 
 
-def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S) -> str | None:
-    """None when the cluster answers a metadata request, else why not."""
+def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
+                  connect_timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when the cluster answers a metadata request, else why not.
+
+    ``connect_timeout`` bounds each TCP connect, ``timeout`` the metadata request
+    (settings ``--connect-timeout`` and ``--kafka-timeout``).
+    """
     bootstrap = str(conf.get("bootstrap.servers", ""))
     addrs = _addresses(bootstrap)
     if not addrs:
         return f"no host:port in {bootstrap!r}"
-    errors = [_connect_error(h, p, CONNECT_TIMEOUT_S) for h, p in addrs]
+    errors = [_connect_error(h, p, connect_timeout) for h, p in addrs]
     if all(errors):
         return errors[0]
     from confluent_kafka import KafkaException
@@ -116,23 +123,24 @@ def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S) -> str
     return None
 
 
-def registry_problem(uri: str) -> str | None:
+def registry_problem(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """None when an HTTP registry's port accepts connections (or it is a local store)."""
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return _connect_error(parsed.hostname or "localhost", port, CONNECT_TIMEOUT_S)
+    return _connect_error(parsed.hostname or "localhost", port, connect_timeout)
 
 
-def require_kafka(conf: dict[str, Any]) -> None:
-    problem = kafka_problem(conf)
+def require_kafka(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
+                  connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    problem = kafka_problem(conf, timeout, connect_timeout)
     if problem:
         raise Unreachable(f"cannot reach Kafka at {conf.get('bootstrap.servers')}: {problem}")
 
 
-def require_registry(uri: str) -> None:
-    problem = registry_problem(uri)
+def require_registry(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    problem = registry_problem(uri, connect_timeout)
     if problem:
         raise Unreachable(f"cannot reach the MLflow registry at {uri}: {problem}")
 
@@ -239,3 +247,26 @@ def kafka_logger() -> logging.Logger:
         lg.addFilter(_Dedup())
         _LOGGER = lg
     return _LOGGER
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM set the yielded event instead of ending the process.
+
+    For the reading loops (``alerts``, ``dead-letters``, ``feedback`` with ``--follow``):
+    they check it between polls of at most half a second, so a stop ends them within a
+    second, cleanly (the consumer closed, the summary printed, exit 0), where SIGTERM's
+    default would kill the process. Handlers can only be set in the main thread; in
+    another, the event is yielded and the process keeps its handlers.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_a: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

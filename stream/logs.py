@@ -56,9 +56,44 @@ def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     # Python warnings (e.g. a library's deprecation notice) would otherwise be printed
     # straight to stderr: a plain-text line in the middle of the JSON lines.
     logging.captureWarnings(True)
-    # MLflow and alembic are chatty at INFO; their warnings still come through.
+    # MLflow and alembic are chatty at INFO; their warnings still come through, and
+    # everything they say with --log-level DEBUG.
     for noisy in ("mlflow", "alembic", "urllib3", "skops", "py.warnings"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.WARNING if level > logging.DEBUG
+                                          else logging.NOTSET)
+
+
+class _MlflowPrints:
+    """Where MLflow's ``eprint`` writes once routed: each line to the ``mlflow.print`` logger."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("mlflow.print")
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self._log.info(line)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def route_mlflow_prints() -> None:
+    """MLflow's plain prints ("Successfully registered model ...") through our logging.
+
+    MLflow prints some messages straight to stderr (``eprint``), whatever its logger
+    says: under ``--log-format json`` they were the lines that were not JSON, and
+    they showed without ``-v``. Routed, they are INFO records of ``mlflow.print``
+    (shown with ``--log-level DEBUG`` like MLflow's other INFO lines). Called where
+    stream uses MLflow, after it is imported: importing it here would cost every
+    command a second and more.
+    """
+    mod = sys.modules.get("mlflow.utils.logging_utils")
+    if mod is not None and not isinstance(mod.MLFLOW_LOGGING_STREAM, _MlflowPrints):
+        mod.MLFLOW_LOGGING_STREAM = _MlflowPrints()
 
 
 class BurstLog:

@@ -164,7 +164,8 @@ def build(
     if stop is not None:
         conf = settings.kafka_common()
         reachable = failures.wait_until_reachable(
-            lambda: failures.kafka_problem(conf), f"Kafka at {settings.bootstrap_servers}", stop
+            lambda: failures.kafka_problem(conf, settings.kafka_timeout, settings.connect_timeout),
+            f"Kafka at {settings.bootstrap_servers}", stop,
         )
         if not reachable:
             raise Stopped()

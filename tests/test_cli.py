@@ -207,3 +207,36 @@ def test_mlflow_artifact_root_places_a_new_experiment(tmp_path: Path,
     exp = mlflow.MlflowClient(uri).get_experiment_by_name("art-root")
     assert exp.artifact_location == f"{root}/art-root"
     assert (root / "art-root").is_dir() and any((root / "art-root").iterdir())
+
+
+@pytest.mark.integration
+def test_train_with_json_logs_writes_only_json_lines_mlflow_prints_included(
+    tmp_path: Path,
+) -> None:
+    """MLflow prints some lines ("Successfully registered model ...") instead of logging
+    them: they come through our logging, as JSON, and only at DEBUG like MLflow's INFO."""
+    import os
+    import subprocess
+    import sys
+
+    flows = tmp_path / "flows.jsonl"
+    r = CliRunner().invoke(
+        main, ["generate", "--events", "1500", "--attack-rate", "0", "-o", str(flows)]
+    )
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'json.db'}"}
+    env.pop("STREAM_LOG_FORMAT", None)
+    for level, shown in (("INFO", False), ("DEBUG", True)):
+        out = subprocess.run(
+            [sys.executable, "-m", "stream.cli", "--log-format", "json", "--log-level", level,
+             "train", "--input", str(flows), "--n-estimators", "20", "--promote"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        docs = [orjson.loads(line) for line in out.stderr.splitlines() if line.strip()]
+        printed = [d["message"] for d in docs if d["logger"] == "mlflow.print"]
+        if shown:
+            assert any(m.startswith("Successfully registered model") or
+                       m.startswith("Created version") for m in printed), printed
+        else:
+            assert printed == [] and "Successfully registered" not in out.stderr

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +220,26 @@ def test_alerts_command_prints_exactly_the_matching_alerts(
     )
     assert r.exit_code == 0, r.output
     assert "60 alerts" in r.stdout
+    # No flags at all: it reads to the end (of what is new) and exits, as documented.
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, ["alerts", "--topic", topic, "--bootstrap-servers",
+                                  broker.bootstrap])
+    assert r.exit_code == 0 and time.monotonic() - t0 < 15, r.output
+    # --follow reads until told to stop: SIGTERM and SIGINT end it at once, cleanly.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "alerts", "--topic", topic,
+             "--bootstrap-servers", broker.bootstrap, "--follow", "--from-beginning", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # it is reading
+        assert first.startswith(b"{"), first
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+        assert proc.returncode == 0 and took < 2, (sig, proc.returncode, took, err[-800:])
+        assert b"Traceback" not in err
     r = CliRunner().invoke(
         main,
         ["alerts", "--topic", "no-such-topic-" + unique, "--bootstrap-servers", broker.bootstrap],

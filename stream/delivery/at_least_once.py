@@ -37,6 +37,9 @@ from stream.delivery.batch import (
 
 log = logging.getLogger(__name__)
 
+#: What a closing producer may still take to deliver (see ``AtLeastOnce.close``).
+SHUTDOWN_FLUSH_S = 1.0
+
 
 class AtLeastOnce:
     """Idempotent producer; synchronous offset commits after every acknowledgement."""
@@ -47,11 +50,12 @@ class AtLeastOnce:
         consumer: Any,
         *,
         heartbeat: Callable[[], None] = lambda: None,
-        stopping: Callable[[], bool] = lambda: False,  # no retry loop of its own to end
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.s = settings
         self.consumer = consumer
         self.heartbeat = heartbeat
+        self.stopping = stopping  # a stalled delivery gives up once it is set
         # Producers are (re)built from these; tests point them at a proxy to cut the alert side.
         self.producer_settings = settings
         self.producer = self.new_producer()
@@ -64,7 +68,7 @@ class AtLeastOnce:
             return
         try:
             # 1. Produce every record and wait for each acknowledgement.
-            outbox.send(self.producer, batch, waiter, deadline, self.heartbeat)
+            outbox.send(self.producer, batch, waiter, deadline, self.heartbeat, self.stopping)
             if not batch.is_open:
                 return  # settled by a rebalance callback meanwhile
             batch.state = BatchState.SETTLING
@@ -110,6 +114,11 @@ class AtLeastOnce:
         self.producer.poll(timeout)
 
     def close(self) -> None:
-        """Deliver what is still queued (offsets were committed per batch)."""
+        """Deliver what is still queued, briefly: it belongs to batches not committed.
+
+        Offsets are committed only after every record of a batch is acknowledged,
+        so whatever is queued now is redone from its offsets anyway; a producer
+        that cannot deliver must not hold the shutdown (``SHUTDOWN_FLUSH_S``).
+        """
         if self.producer is not None:
-            self.producer.flush(30)
+            self.producer.flush(SHUTDOWN_FLUSH_S)

@@ -16,6 +16,9 @@ from stream.delivery.batch import Batch, DeliveryError, Waiter
 
 #: Acknowledgements outstanding this long without progress: the producer is not draining.
 PAUSE_AFTER_S = 1.0
+#: Asked to stop, a batch whose acknowledgements stall this long is given up (not
+#: committed: its events are redone from their offsets by the next owner).
+STOP_GRACE_S = 0.5
 
 
 def send(
@@ -24,11 +27,14 @@ def send(
     waiter: Waiter,
     deadline: float | None,
     heartbeat: Callable[[], None],
+    stopping: Callable[[], bool] = lambda: False,
 ) -> None:
     """Produce the batch's remaining records and wait until each one is acknowledged.
 
     Returns early when the batch was settled meanwhile (by a rebalance callback
-    served inside the waiter's poll).
+    served inside the waiter's poll). Once ``stopping()`` (SIGINT/SIGTERM), a producer
+    that makes no progress for ``STOP_GRACE_S`` fails the batch at once, rather than
+    holding the shutdown for ``message.timeout.ms``.
     """
     acks = batch.acks
     progress = (-1, -1)
@@ -43,6 +49,12 @@ def send(
             progress = (batch.produced, acks.pending)
             last_progress = now
         heartbeat()
+        if stopping() and now - last_progress > STOP_GRACE_S:
+            raise DeliveryError(
+                f"stopping with {acks.pending} records unacknowledged and "
+                f"{len(batch.records) - batch.produced} not produced: the batch is not "
+                "committed (its events are redone from their offsets)"
+            )
         if deadline is not None and now > deadline:
             raise DeliveryError(
                 f"{acks.pending} records unacknowledged and "

@@ -41,6 +41,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from stream import kafka as kafka_clients
 from stream.config import Settings
 from stream.delivery import outbox
+from stream.delivery.at_least_once import SHUTDOWN_FLUSH_S
 from stream.delivery.batch import (
     Batch,
     BatchState,
@@ -159,7 +160,7 @@ class Transactional:
                 self.producer.begin_transaction()
                 self._txn_open = batch.in_txn = True
             # 2. Produce every record and wait for each acknowledgement.
-            outbox.send(self.producer, batch, waiter, deadline, self.heartbeat)
+            outbox.send(self.producer, batch, waiter, deadline, self.heartbeat, self.stopping)
             if not batch.is_open:
                 return  # settled by a rebalance callback meanwhile
             batch.state = BatchState.SETTLING
@@ -355,4 +356,5 @@ class Transactional:
         if self._txn_open and not self._unusable:
             with contextlib.suppress(KafkaException):
                 self.producer.abort_transaction(TXN_CALL_S)
-        self.producer.flush(30)
+        # Queued records belong to a transaction not committed: redone anyway.
+        self.producer.flush(SHUTDOWN_FLUSH_S)

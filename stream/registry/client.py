@@ -32,6 +32,9 @@ def client(uri: str | None = None) -> Any:
     """An MlflowClient bound to ``uri`` (tracking and registry alike)."""
     from mlflow.tracking import MlflowClient
 
+    from stream.logs import route_mlflow_prints
+
+    route_mlflow_prints()
     uri = uri or tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -48,6 +51,9 @@ def using_uri(uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
+    from stream.logs import route_mlflow_prints
+
+    route_mlflow_prints()
     env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     old_tracking = getattr(tracking_utils, "_tracking_uri", None)
     old_registry = getattr(registry_utils, "_registry_uri", None)

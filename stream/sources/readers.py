@@ -180,6 +180,14 @@ def read_parquet(path: str | Path, batch_size: int = 8192) -> Iterator[Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    with open(path, "rb") as fh:
+        head = fh.read(len(PARQUET_MAGIC))
+    if head != PARQUET_MAGIC:
+        # Not Parquet at all (named so by --format): the file's error, not one bad record.
+        from stream.sources.detect import UnknownFormat
+
+        raise UnknownFormat(f"{path} is not a Parquet file (it does not start with "
+                            f"{PARQUET_MAGIC!r}); name its format with --format")
     try:
         pf = pq.ParquetFile(str(path))
         batches = pf.iter_batches(batch_size=batch_size)
