@@ -64,26 +64,39 @@ def send(
             waiter.stalled("local queue full" if full else "acknowledgements outstanding")
 
 
+#: ``partition`` for the producer's partitioner (librdkafka's RD_KAFKA_PARTITION_UA).
+_ANY_PARTITION = -1
+
+
 def _produce_some(producer: Any, batch: Batch) -> bool:
     """Produce records until the local queue is full (True) or none are left (False)."""
     produce = producer.produce
     cb = batch.acks
     records = batch.records
-    i = batch.produced
+    start = i = batch.produced
+    n = len(records)
     try:
-        while i < len(records):
+        while i < n:
             rec = records[i]
             if len(rec) == 4:
-                topic, value, key, headers = rec
-                produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+                if rec[3] is None:
+                    # An alert: positional arguments (topic, value, key, partition,
+                    # on_delivery) cost ~0.9 us less per record than keywords (bench: CPU
+                    # per event with every event emitted).
+                    produce(rec[0], rec[1], rec[2], _ANY_PARTITION, cb)
+                else:
+                    topic, value, key, headers = rec
+                    produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
             else:  # a changelog record names its partition: the input partition's number
                 topic, value, key, headers, part = rec
                 produce(topic, value=value, key=key, headers=headers, partition=part,
                         on_delivery=cb)
-            cb.pending += 1  # callbacks only run inside poll(), never before this line
             i += 1
     except BufferError:
         return True
     finally:
+        # Counted once for the records produced: delivery callbacks only run inside
+        # poll(), never during this loop.
+        cb.pending += i - start
         batch.produced = i
     return False
