@@ -46,6 +46,10 @@ MLFLOW_HTTP_DEFAULTS: Final[dict[str, str]] = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
     # Seconds without an answer before a request fails: bounds a hung server.
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # Connections kept per host: the consumer loads up to 4 models at once, each
+    # download on several threads; MLflow's 10 made urllib3 warn "Connection pool is
+    # full, discarding connection" at every start with an HTTP registry (seen here).
+    "MLFLOW_HTTP_POOL_MAXSIZE": "32",
 }
 
 

@@ -581,3 +581,4 @@ def test_mlflow_http_defaults_only_fill_what_the_user_left_unset() -> None:
     assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
     assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     assert env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "0"
+    assert env["MLFLOW_HTTP_POOL_MAXSIZE"] == "32"
