@@ -307,7 +307,7 @@ def _report(args: argparse.Namespace, wl: workload.Workload, off: offline.Offlin
         lines.append(f"  micro-batch {scale.big_batch}: {scale.distinct_per_big_batch:.0f} "
                      f"distinct tenants per batch, {_fmt_eps(scale.eps_warm_big_batch)} "
                      "events/s warm")
-        lines.append(f"  memory per loaded model: {scale.mb_per_model:.2f} MB RSS; one lazy "
+        lines.append(f"  memory per loaded model: {scale.mb_per_model:.2f} MB (traced); one lazy "
                      f"load (skops, trusted types, scorer check): {scale.skops_load_ms:.0f} ms")
         lines.append(f"  default --model-cache-size {scale.default_cache}: "
                      f"{scale.loads_per_batch_default_cache:.0f} reloads per micro-batch; at "
