@@ -121,7 +121,6 @@ def fast_isolation_forest(
         center = np.asarray(scaler.mean_, dtype=np.float64) if scaler.with_mean else None
         spread = np.asarray(scaler.scale_, dtype=np.float64) if scaler.with_std else None
         flat = FlatForest.of(trees, path_lengths, avg_lengths)
-        stacked = flat.stacked_walk()
     except Exception:
         return None
     walk = None
@@ -131,6 +130,11 @@ def fast_isolation_forest(
         _warned_missing = True
         log.warning("compiled forest walk unavailable (%s): scoring with numpy and sklearn's "
                     "Tree.apply, about 3x slower per event", _COMPILED_MISSING)
+    # The numpy all-trees walk only when the compiled one is absent: a NaN row, which the
+    # compiled walk hands back, goes to Tree.apply either way. (Each loaded model keeps
+    # the arrays of the walk it uses, and no more.)
+    stacked = flat.stacked_walk() if walk is None else None
+    del flat
 
     def transform(X: np.ndarray) -> np.ndarray:
         # StandardScaler.transform's arithmetic, without its validation: same order, same dtype.
@@ -148,7 +152,7 @@ def fast_isolation_forest(
             if walk.depths(np.ascontiguousarray(X, dtype=np.float64), out):
                 return out
         Z = np.ascontiguousarray(transform(X), dtype=np.float32)
-        if len(Z) <= STACKED_WALK_MAX_ROWS and not np.isnan(Z).any():
+        if stacked is not None and len(Z) <= STACKED_WALK_MAX_ROWS and not np.isnan(Z).any():
             return stacked(Z)
         depths = np.zeros(len(Z), order="f")
         for k, (tree, feats) in enumerate(trees):
@@ -284,11 +288,12 @@ class FlatForest:
         left = np.where(leaf, own, self.left)
         right = np.where(leaf, own, self.right)
         feature, threshold, term, roots = self.feature, self.threshold, self.term, self.roots
+        depth = self.depth
 
         def walk(Z: np.ndarray) -> np.ndarray:
             rows = np.arange(len(Z))[:, None]
             node = np.broadcast_to(roots, (len(Z), len(roots)))
-            for _ in range(self.depth):
+            for _ in range(depth):
                 # float32 value against float64 threshold, as Tree.apply compares them.
                 go_left = Z[rows, feature[node]] <= threshold[node]
                 node = np.where(go_left, left[node], right[node])
