@@ -24,7 +24,7 @@ RUN mkdir stream \
     && pip install . \
     && rm -rf stream build
 
-# A C compiler for the compiled forest walk (setup.py builds stream/_forest.pyx);
+# A C compiler for the compiled forest walk and window kernels (setup.py builds the .pyx);
 # only in this stage: the runtime stage copies the built venv, not the toolchain.
 # Unpinned on purpose: the slim image's own Debian release fixes the versions.
 # hadolint ignore=DL3008
@@ -38,7 +38,7 @@ COPY stream ./stream
 # write .pyc files into the root-owned venv, so every start would recompile.
 RUN pip install --no-deps --force-reinstall . \
     && stream --help > /dev/null \
-    && python -c "import stream._forest"
+    && python -c "import stream._forest, stream.features._wincore"
 
 
 FROM ${PYTHON_IMAGE} AS runtime

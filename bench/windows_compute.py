@@ -66,7 +66,7 @@ def measure(entities: int = 100_000, rows: int = 5000, repeat: int = 10) -> dict
         spec.compute(ArraySource(RecordColumns(part), spec.fields), store=store)
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    live_sources = len(store.table(0, spec.window_signatures[0]))
+    live_sources = store.live(spec.window_signatures[0])
     times = []
     t_next = 50.0
     for r in range(repeat + 1):

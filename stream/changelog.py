@@ -40,7 +40,7 @@ from confluent_kafka import (
 from stream.delivery.batch import Record
 from stream.failures import kafka_logger
 from stream.features.store import WindowStore
-from stream.features.windows import load_state
+from stream.features.windows import load_state  # validates a record
 
 log = logging.getLogger(__name__)
 

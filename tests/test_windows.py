@@ -11,6 +11,7 @@ are checked on the store itself.
 from __future__ import annotations
 
 import math
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -293,7 +294,7 @@ def test_ttl_and_memory_cap_bound_the_state() -> None:
     assert cap.bytes() <= 2**20 and cap.stats.evicted_cap > 0
     assert cap.entities + cap.stats.evicted_cap == 50_000
     # The most recently updated keys are the ones kept.
-    assert "h49999" in cap.table(0, spec.window_signatures[0])
+    assert cap.holds(0, spec.window_signatures[0], "h49999")
 
 
 def test_window_spec_errors() -> None:
@@ -321,39 +322,29 @@ def test_the_flows_recipe_parses_and_reads_the_canonical_fields() -> None:
 def test_a_million_distinct_sources_stay_under_the_memory_cap() -> None:
     cap = 32 * 2**20
     spec = FeatureSpec.parse([("c", "count(by=src, window=60s)")])
-    store = WindowStore(max_bytes=cap, ttl=1e9)
-    n, batch = 1_000_000, 50_000
-    for k in range(0, n, batch):
-        rows = [{"timestamp": (k + i) * 1e-4, "src": f"10.{(k + i) >> 16}.{(k + i) & 0xFFFF}"}
-                for i in range(batch)]
-        spec.compute(RecordColumns(rows), store=store)
-        del rows
-        store.maintain()
-        assert store.bytes() <= cap
-    # The estimate against a full count of what the kept states hold.
-    held = sum(sizeof_state(k, st) for t in store.scopes[0].tables.values()
-               for k, st in t.items())
+    # Everything the store allocates is counted: the kernels take their memory from
+    # Python's raw allocator, which tracemalloc traces, as it traces numpy's arrays.
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        store = WindowStore(max_bytes=cap, ttl=1e9)
+        n, batch = 1_000_000, 50_000
+        for k in range(0, n, batch):
+            rows = [{"timestamp": (k + i) * 1e-4,
+                     "src": f"10.{(k + i) >> 16}.{(k + i) & 0xFFFF}"} for i in range(batch)]
+            spec.compute(RecordColumns(rows), store=store)
+            del rows
+            store.maintain()
+            assert store.bytes() <= cap
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
     print(f"\n1M distinct sources: {store.entities:,} kept, {store.stats.evicted_cap:,} evicted, "
-          f"estimate {store.bytes() / 2**20:.1f} MiB, counted {held / 2**20:.1f} MiB "
+          f"estimate {store.bytes() / 2**20:.1f} MiB, traced {held / 2**20:.1f} MiB "
           f"(cap 32 MiB)")
     assert store.entities + store.stats.evicted_cap == n
     assert store.stats.evicted_cap > n / 2
     assert held <= 1.1 * cap
-
-
-def sizeof_state(key: str, st: Any) -> int:
-    """Bytes of a key and its state, every object counted (floats and list slots too)."""
-    import sys
-
-    n = sys.getsizeof(key) + sys.getsizeof(st) + 100  # + the table's slot for the key
-    for name in st.__slots__:
-        v = getattr(st, name)
-        n += sys.getsizeof(v)
-        if isinstance(v, list):
-            n += sum(sys.getsizeof(x) for x in v)
-        elif isinstance(v, dict):
-            n += sum(sys.getsizeof(a) + sys.getsizeof(b) for a, b in v.items())
-    return n
 
 
 def test_keys_with_one_event_round_trip_through_json() -> None:
@@ -371,3 +362,97 @@ def test_keys_with_one_event_round_trip_through_json() -> None:
     restored.restore(0, items, -math.inf if mark is None else mark)
     second = spec.compute(RecordColumns(events[2:]), store=restored).X
     assert np.array_equal(np.vstack([first, second]), whole)
+
+
+def _engine_run(python: bool, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Every CASE over one messy stream, with the compiled kernels or the Python ones.
+
+    TTL evictions, not the memory cap: what the cap evicts follows each form's own
+    estimate of its bytes.
+    """
+    import stream.features.store as store_mod
+    import stream.features.windows as windows_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(windows_mod, "FORCE_PYTHON", python)
+        if python:
+            m.setattr(store_mod, "_lookup", store_mod._lookup_py)
+            m.setattr(store_mod, "_late_rows", store_mod._late_py)
+        rng = np.random.default_rng(11)
+        n = 1500
+        # Out of order by up to 8 s (the lateness is 5 s), in bursts, over 40 keys.
+        times = (np.cumsum(rng.exponential(0.2, n)) + rng.uniform(-8, 0, n)).tolist()
+        keys = rng.choice([f"k{i}" for i in range(40)], n).tolist()
+        values = rng.normal(5, 3, n).round(2).tolist()
+        events = events_of(times, keys, values)
+        for e, miss in zip(events, rng.random(n) < 0.03, strict=True):
+            if miss:
+                del e["x"]
+        spec = FeatureSpec.parse(
+            [(f"f{i}", f"fill({_expr(fn, arg, span)}, -1)") for i, (fn, arg, span, _d, _s)
+             in enumerate(CASES)]
+            + [(f"p{i}", _expr(fn, arg, span, by="src>dst")) for i, (fn, arg, span, _d, _s)
+               in enumerate(CASES[::3])])
+        store = WindowStore(track=True, ttl=30.0)
+        out = []
+        for k in range(0, n, 300):
+            part = events[k : k + 300]
+            scopes = np.array([hash(e["src"]) % 2 for e in part])
+            tenants = [("t1", "t2")[int(e["x"]) % 2] if "x" in e else "t1" for e in part]
+            out.append(spec.compute(RecordColumns(part), store=store, scopes=scopes,
+                                    tenants=tenants, dry=k == 600).X)
+            changed, _gone = store.take_changes(0)
+            if k == 900:  # scope 0 goes through the changelog's JSON into a fresh store
+                items = [(sig, key, orjson.loads(orjson.dumps(d))) for (sig, key), d in
+                         store.take_changes(1)[0].items()] + [
+                    (sig, key, orjson.loads(orjson.dumps(d))) for (sig, key), d in
+                    changed.items()]
+                fresh = WindowStore(track=True, ttl=30.0)
+                fresh.restore(0, items, store.scope(0).watermark)
+                store = fresh
+            store.maintain()
+        out.append(np.array([store.entities, store.stats.evicted_ttl, store.stats.evicted_cap,
+                             store.stats.late]))
+        return out
+
+
+def test_compiled_and_python_kernels_agree_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream.features.windows as windows_mod
+
+    if windows_mod._wincore is None:
+        pytest.skip("the compiled window kernels are not built here")
+    compiled = _engine_run(False, monkeypatch)
+    python = _engine_run(True, monkeypatch)
+    for a, b in zip(compiled, python, strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+    print(f"\nkernels agree on {sum(len(a) for a in compiled[:-1])} rows; entities, TTL and "
+          f"cap evictions, late rows: {compiled[-1].tolist()}")
+    assert compiled[-1][1] > 0 and compiled[-1][3] > 0  # (the cap estimates bytes per form)
+
+
+def test_distinct_hashes_are_the_same_in_both_forms() -> None:
+    import stream.features.windows as windows_mod
+
+    texts = ["", "a", "10.0.0.1", "ünïcode", "443", None]
+    py = [windows_mod._hash_text_py(t) for t in texts]
+    assert len(set(py)) == len(py)
+    if windows_mod._wincore is not None:
+        assert windows_mod._wincore.hash_texts(texts).tolist() == py
+
+
+def test_without_the_compiled_kernels_one_line_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import stream.features.windows as windows_mod
+
+    monkeypatch.setattr(windows_mod, "_wincore", None)
+    monkeypatch.setattr(windows_mod, "_said", False)
+    spec = FeatureSpec.parse([("c", "count(by=src, window=60s)"),
+                              ("d", "distinct(dst, by=src, window=60s)")])
+    rows = [{"timestamp": t, "src": "a", "dst": d} for t, d in ((1, "x"), (2, "y"), (3, "x"))]
+    with caplog.at_level("WARNING", logger="stream.features.windows"):
+        X = spec.compute(RecordColumns(rows)).X
+        spec.compute(RecordColumns(rows))
+    assert X.tolist() == [[1, 1], [2, 2], [3, 2]]
+    said = [r.getMessage() for r in caplog.records if "compiled window kernels" in r.getMessage()]
+    assert len(said) == 1 and "Python kernels" in said[0]

@@ -1,29 +1,36 @@
-"""Window state: per-scope tables of per-entity state, bounded, with change tracking.
+"""Window state: per-entity state of every window, bounded, with change tracking.
 
 A :class:`WindowStore` holds the state of every window function, per *scope*
 (in the stream a scope is one input partition, so a partition's state moves
 with it on a rebalance; offline and in training there is one scope, 0), per
-window signature, per state key (tenant and entity). It is bounded twice:
+window signature, per state key (tenant and entity). Its layout is made for
+batches: the keys of one ``by`` (``src_ip``, ``src_ip>dst_ip``, ...) are
+numbered once per batch in a :class:`SlotTable` shared by every window keyed
+that way, and each window's state lives in a kernel (``_wincore.Kernel``, in C
+arrays indexed by slot; :class:`~stream.features.windows.PyKernel` without a
+compiler) that evaluates the whole batch in one call. The store is bounded twice:
 
 * an entity TTL: a key whose newest event is older than the scope's newest
   event by more than ``ttl`` seconds is dropped (its windows are empty anyway
   once the TTL exceeds the longest window);
-* a memory cap: beyond ``max_bytes`` (estimated, see :meth:`WindowStore.bytes`)
-  the least recently updated keys are evicted first.
+* a memory cap: beyond ``max_bytes`` (see :meth:`WindowStore.bytes`: the
+  kernels' own allocations, counted, and the key strings and index, estimated)
+  the least recently updated keys are evicted first, and a table most of whose
+  slots are free is compacted, so a burst of keys gives its memory back.
 
 Both count as evictions. With ``track=True`` the store remembers which keys
 changed since :meth:`take_changes` (the changelog writes them with each
 commit, and evicted keys as tombstones).
 
 :class:`WindowRun` is what one :meth:`FeatureSpec.compute` call hands the
-window functions: event times, late flags, scope and state key per row.
+window functions: event times, late flags, which rows update the state, and
+each row's slot per ``by``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -31,25 +38,21 @@ from typing import Any, Final
 import numpy as np
 
 from stream.features.columns import ColumnSource
-from stream.features.windows import SEP, dump_state, load_state
+from stream.features.windows import SEP, _wincore
 from stream.reasons import BAD_TIMESTAMP, OK
 
 #: Defaults: a minute's out-of-order tolerance is Zeek's habit; an hour covers every recipe window.
 DEFAULT_LATENESS_S: Final = 5.0
 DEFAULT_TTL_S: Final = 3600.0
 DEFAULT_MAX_BYTES: Final = 256 * 2**20
-#: Keys sampled to estimate the bytes per key.
-_SAMPLE: Final = 32
 
 
 @dataclass
 class Scope:
-    """The state of one scope (an input partition): tables per window, and its clock."""
+    """One scope (an input partition): its clock, and its keys evicted since take_changes."""
 
-    tables: dict[str, OrderedDict[str, Any]] = field(default_factory=dict)
     watermark: float = -math.inf  # newest event time seen in this scope
-    dirty: set[tuple[str, str]] | None = None
-    gone: set[tuple[str, str]] = field(default_factory=set)  # evicted since take_changes
+    gone: set[tuple[str, str]] = field(default_factory=set)
 
 
 @dataclass
@@ -59,6 +62,159 @@ class StoreStats:
     late: int = 0
     evicted_ttl: int = 0
     evicted_cap: int = 0
+
+
+#: Between a scope number and its state key in a slot table's index (never in sensor text).
+_SCOPE_SEP: Final = "\x1e"
+
+
+class SlotTable:
+    """The state keys of one ``by`` (over every scope), numbered: slots.
+
+    Every window keyed the same way shares the table, so a batch looks each key
+    up once, not once per window; each window's kernel keeps its state in arrays
+    indexed by slot. Per slot: its scope, its newest event time (the TTL reads
+    it), when it was last updated (``touch``: LRU eviction reads it) and, when
+    the store tracks changes, whether it changed since the last take.
+    """
+
+    def __init__(self, track: bool) -> None:
+        self.index: dict[str, int] = {}  # "<scope>\x1e<tenant>\x1f<key>" -> slot
+        self.keys: list[str | None] = []  # slot -> its index key (None: free)
+        self.free: list[int] = []
+        self.kernels: list[tuple[str, Any]] = []  # (signature, kernel) of each window on it
+        self.track = track
+        self.scope_of = np.zeros(0, dtype=np.int64)
+        self.newest = np.zeros(0, dtype=np.float64)
+        self.touch = np.zeros(0, dtype=np.int64)
+        self.inuse = np.zeros(0, dtype=np.uint8)
+        self.dirty = np.zeros(0, dtype=np.uint8)
+
+    @property
+    def used(self) -> int:
+        return len(self.index)
+
+    def _alloc(self, ikey: str, sc: int) -> int:
+        return int(self._alloc_many([ikey], np.array([sc], dtype=np.int64))[0])
+
+    def _alloc_many(self, ikeys: list[str], scopes: np.ndarray) -> np.ndarray:
+        """Slots for new keys (freed slots first): marked in use, in their scope, unseen."""
+        m = len(ikeys)
+        reuse = min(m, len(self.free))
+        taken = [self.free.pop() for _ in range(reuse)]
+        start = len(self.keys)
+        if m > reuse:
+            self.keys.extend([None] * (m - reuse))
+            if len(self.keys) > len(self.newest):
+                self._grow(len(self.keys))
+        slots = np.array(taken + list(range(start, start + m - reuse)), dtype=np.int64)
+        keys = self.keys
+        for slot, k in zip(slots.tolist(), ikeys, strict=True):
+            keys[slot] = k
+        self.index.update(zip(ikeys, slots.tolist(), strict=True))
+        self.scope_of[slots] = scopes
+        self.newest[slots] = -math.inf
+        self.inuse[slots] = 1
+        return slots
+
+    def key(self, slot: int) -> str:
+        """The state key (tenant and entity) of a slot, as the changelog names it."""
+        return self.keys[slot].partition(_SCOPE_SEP)[2]  # type: ignore[union-attr]
+
+    def _grow(self, need: int) -> None:
+        cap = max(64, need + need // 4)  # not doubling: the arrays count against the cap
+        old = len(self.newest)
+
+        def grown(a: np.ndarray, fill: Any) -> np.ndarray:
+            b = np.full(cap, fill, dtype=a.dtype)
+            b[:old] = a
+            return b
+
+        self.scope_of = grown(self.scope_of, 0)
+        self.newest = grown(self.newest, -math.inf)
+        self.touch = grown(self.touch, 0)
+        self.inuse = grown(self.inuse, 0)
+        self.dirty = grown(self.dirty, 0) if self.track else self.dirty
+
+    def slots(self, ikeys: list[str], bad: np.ndarray, scopes: list[int]) -> np.ndarray:
+        """The slot of each row's key (allocated when new); -1 where ``bad``."""
+        out = np.empty(len(ikeys), dtype=np.int32)
+        index = self.index
+        misses = _lookup(index, ikeys, bad, out)
+        if misses:
+            first: dict[str, int] = {}  # each new key and the first row that has it
+            for i in misses:
+                first.setdefault(ikeys[i], i)
+            self._alloc_many(list(first), np.array(scopes, dtype=np.int64)[list(first.values())])
+            out[misses] = [index[ikeys[i]] for i in misses]
+        return out
+
+    def slot_of(self, sc: int, key: str) -> int:
+        """The slot of a state key of scope ``sc`` (allocated when new)."""
+        ikey = f"{sc}{_SCOPE_SEP}{key}"
+        slot = self.index.get(ikey)
+        return self._alloc(ikey, sc) if slot is None else slot
+
+    def release(self, slots: np.ndarray) -> None:
+        """Forget these slots (every kernel on the table has cleared them)."""
+        index, keys, free = self.index, self.keys, self.free
+        for slot in slots.tolist():
+            del index[keys[slot]]
+            keys[slot] = None
+            free.append(slot)
+        self.inuse[slots] = 0
+        self.newest[slots] = -math.inf
+        if self.track:
+            self.dirty[slots] = 0
+
+    def compact(self) -> None:
+        """Renumber the slots in use from 0 and shrink every array to fit (and the index)."""
+        n = len(self.keys)
+        keep = np.ascontiguousarray(np.flatnonzero(self.inuse[:n]), dtype=np.int64)
+        for _sig, kernel in self.kernels:
+            kernel.compact(keep)
+        keys = self.keys
+        self.keys = [keys[i] for i in keep.tolist()]
+        old = (self.scope_of, self.newest, self.touch, self.dirty)
+        self.scope_of = np.zeros(0, dtype=np.int64)
+        self.newest = np.zeros(0, dtype=np.float64)
+        self.touch = np.zeros(0, dtype=np.int64)
+        self.inuse = np.zeros(0, dtype=np.uint8)
+        self.dirty = np.zeros(0, dtype=np.uint8)
+        self._grow(len(keep))
+        m = len(keep)
+        self.scope_of[:m] = old[0][keep]
+        self.newest[:m] = old[1][keep]
+        self.touch[:m] = old[2][keep]
+        self.inuse[:m] = 1
+        if self.track:
+            self.dirty[:m] = old[3][keep]
+        self.free = []
+        self.index = {k: j for j, k in enumerate(self.keys)}  # type: ignore[misc]
+
+    def fixed_bytes(self) -> int:
+        """The part of the bytes that freeing slots keeps: arrays, the index's table."""
+        arrays = self.scope_of.nbytes + self.newest.nbytes + self.touch.nbytes + \
+            self.inuse.nbytes + self.dirty.nbytes
+        kernels = sum(k.nbytes() - k.variable_bytes() for _s, k in self.kernels)
+        return kernels + arrays + sys.getsizeof(self.index) + 8 * len(self.keys)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether most of the allocated slots are free (compacting would pay)."""
+        return len(self.newest) > 1024 and 2 * self.used < len(self.newest)
+
+    def in_scope(self, sc: int) -> np.ndarray:
+        n = len(self.keys)
+        return np.flatnonzero(self.inuse[:n].astype(bool) & (self.scope_of[:n] == sc))
+
+    def nbytes(self) -> int:
+        """Bytes of the index, the key strings and the per-slot arrays (estimated)."""
+        keys = [k for k in self.keys[-64:] if k is not None]
+        per_key = sum(map(sys.getsizeof, keys)) / len(keys) + 32 if keys else 0.0
+        arrays = self.scope_of.nbytes + self.newest.nbytes + self.touch.nbytes + \
+            self.inuse.nbytes + self.dirty.nbytes
+        return int(sys.getsizeof(self.index) + 8 * len(self.keys) + per_key * self.used + arrays)
 
 
 class WindowStore:
@@ -75,11 +231,15 @@ class WindowStore:
     ) -> None:
         self.lateness, self.ttl, self.max_bytes, self.track = lateness, ttl, max_bytes, track
         self.scopes: dict[int, Scope] = {}
+        self.tables: dict[tuple[str, ...], SlotTable] = {}
+        self.kernels: dict[str, tuple[Any, SlotTable]] = {}
+        # Restored states of windows no spec has evaluated yet: loaded when one does.
+        self.pending: dict[str, list[tuple[int, str, list[Any]]]] = {}
         # Called (once per scope until it is dropped) before a window first reads it.
         self.loader = loader
         self._loaded: set[int] = set()
         self.stats = StoreStats()
-        self._per_key = 200.0  # bytes per key, re-estimated by maintain()
+        self.seq = 0  # update sequence: a slot's touch is the seq of its last update
 
     # ---- what window functions call ---------------------------------------------------
 
@@ -94,72 +254,125 @@ class WindowStore:
     def scope(self, sc: int) -> Scope:
         s = self.scopes.get(sc)
         if s is None:
-            s = self.scopes[sc] = Scope(dirty=set() if self.track else None)
+            s = self.scopes[sc] = Scope()
         return s
 
-    def table(self, sc: int, sig: str) -> OrderedDict[str, Any]:
-        tables = self.scope(sc).tables
-        t = tables.get(sig)
+    def table(self, by: tuple[str, ...]) -> SlotTable:
+        t = self.tables.get(by)
         if t is None:
-            t = tables[sig] = OrderedDict()
+            t = self.tables[by] = SlotTable(self.track)
         return t
 
-    def dirty_set(self, sc: int) -> set[tuple[str, str]] | None:
-        return self.scope(sc).dirty
+    def kernel(
+        self, sig: str, by: tuple[str, ...], make: Callable[[], Any]
+    ) -> tuple[Any, SlotTable]:
+        """The kernel holding window ``sig``'s state (made, and restored states loaded, once)."""
+        got = self.kernels.get(sig)
+        if got is None:
+            table = self.table(by)
+            got = self.kernels[sig] = (make(), table)
+            table.kernels.append((sig, got[0]))
+            for sc, key, dumped in self.pending.pop(sig, ()):
+                self._load(got[0], table, sc, key, dumped)
+        return got
+
+    def _load(self, kernel: Any, table: SlotTable, sc: int, key: str, dumped: list[Any]) -> None:
+        slot = table.slot_of(sc, key)
+        kernel.load(slot, dumped)
+        table.newest[slot] = max(table.newest[slot], _last(dumped))
+        self.seq += 1
+        table.touch[slot] = self.seq
 
     # ---- bounds -----------------------------------------------------------------------
 
     @property
     def entities(self) -> int:
-        """State keys held, over every scope and window."""
-        return sum(len(t) for s in self.scopes.values() for t in s.tables.values())
+        """States held (one per window and key), over every scope."""
+        return sum(k.live for k, _t in self.kernels.values())
+
+    def entities_in(self, sc: int) -> int:
+        """States held in scope ``sc``."""
+        n = 0
+        for table in self.tables.values():
+            slots = table.in_scope(sc).tolist()
+            n += sum(k.is_live(i) for _sig, k in table.kernels for i in slots)
+        return n
+
+    def live(self, sig: str) -> int:
+        """Keys holding state for window ``sig``."""
+        got = self.kernels.get(sig)
+        return 0 if got is None else got[0].live
+
+    def holds(self, sc: int, sig: str, key: str) -> bool:
+        """Whether window ``sig`` holds state for ``key`` in scope ``sc``."""
+        got = self.kernels.get(sig)
+        if got is None:
+            return False
+        slot = got[1].index.get(f"{sc}{_SCOPE_SEP}{key}")
+        return slot is not None and got[0].is_live(slot)
 
     def bytes(self) -> int:
-        """Estimated bytes held: keys times the sampled size of a key's state."""
-        return int(self.entities * self._per_key)
+        """Bytes held: every kernel's arrays and event buffers, and the slot tables."""
+        return sum(k.nbytes() for k, _t in self.kernels.values()) + sum(
+            t.nbytes() for t in self.tables.values()
+        )
 
     def maintain(self) -> None:
         """Evict keys past their TTL, then the least recently updated beyond the cap."""
-        self._estimate()
-        for s in self.scopes.values():
-            horizon = s.watermark - self.ttl
-            for sig, table in s.tables.items():
-                while table:
-                    key, st = next(iter(table.items()))
-                    if st.last >= horizon:
-                        break
-                    self._evict(s, sig, table, key)
-                    self.stats.evicted_ttl += 1
-        cap = max(1, int(self.max_bytes / self._per_key))
-        over = self.entities - cap
-        if over <= 0:
-            return
-        # Evict the oldest keys of the largest tables first, proportionally.
-        tables = [(s, sig, t) for s in self.scopes.values() for sig, t in s.tables.items() if t]
-        total = sum(len(t) for _, _, t in tables)
-        for s, sig, table in tables:
-            k = min(len(table), math.ceil(over * len(table) / total))
-            for _ in range(k):
-                key = next(iter(table))
-                self._evict(s, sig, table, key)
-                self.stats.evicted_cap += 1
+        for table in self.tables.values():
+            n = len(table.keys)
+            used = np.flatnonzero(table.inuse[:n])
+            if not len(used):
+                continue
+            horizon = np.full(len(used), -math.inf)
+            scope_of = table.scope_of[used]
+            for sc in np.unique(scope_of).tolist():
+                horizon[scope_of == sc] = self.scope(sc).watermark - self.ttl
+            old = used[table.newest[used] < horizon]
+            if len(old):
+                self.stats.evicted_ttl += self._evict(table, old)
+        self._compact(only_sparse=True)
+        for _ in range(8):
+            total = self.bytes()
+            used_slots = sum(t.used for t in self.tables.values())
+            if total <= self.max_bytes or not used_slots:
+                return
+            # What evicting a key frees: its strings, its index entry and its states' events.
+            # The per-slot arrays stay for reuse, unless they hold most of the cap (a burst
+            # of keys): then the tables are compacted, and the arrays shrink with the keys.
+            fixed = sum(t.fixed_bytes() for t in self.tables.values())
+            burst = fixed > self.max_bytes / 2
+            per_slot = (total if burst else max(1, total - fixed)) / used_slots
+            # 2% more than the estimate: a second pass over every slot costs more than that.
+            over = min(used_slots, math.ceil(1.02 * (total - self.max_bytes) / per_slot) + 1)
+            # The oldest slots of each table, proportionally to its size.
+            for table in self.tables.values():
+                if not table.used:
+                    continue
+                k = min(table.used, math.ceil(over * table.used / used_slots))
+                used = np.flatnonzero(table.inuse[: len(table.keys)])
+                oldest = used[np.argpartition(table.touch[used], k - 1)[:k]] \
+                    if k < len(used) else used
+                self.stats.evicted_cap += self._evict(table, oldest)
+            self._compact(only_sparse=not burst)
 
-    def _evict(self, s: Scope, sig: str, table: OrderedDict[str, Any], key: str) -> None:
-        del table[key]
-        if s.dirty is not None:
-            s.dirty.discard((sig, key))
-            s.gone.add((sig, key))
+    def _compact(self, only_sparse: bool) -> None:
+        for table in self.tables.values():
+            if table.sparse or not only_sparse:
+                table.compact()
 
-    def _estimate(self) -> None:
-        sizes = []
-        for s in self.scopes.values():
-            for table in s.tables.values():
-                for key in list(table)[-_SAMPLE:]:
-                    sizes.append(_sizeof(key, table[key]))
-                if len(sizes) >= _SAMPLE:
-                    break
-        if sizes:
-            self._per_key = max(64.0, sum(sizes) / len(sizes))
+    def _evict(self, table: SlotTable, slots: np.ndarray) -> int:
+        """Drop these slots' states, remembering them as gone; how many states went."""
+        slots = np.ascontiguousarray(slots, dtype=np.int64)
+        gone = 0
+        for sig, kernel in table.kernels:
+            if self.track:
+                for slot in slots.tolist():
+                    if kernel.is_live(slot):
+                        self.scope(int(table.scope_of[slot])).gone.add((sig, table.key(slot)))
+            gone += kernel.clear(slots)
+        table.release(slots)
+        return gone
 
     # ---- changes and restore (the changelog's side) ----------------------------------
 
@@ -168,50 +381,101 @@ class WindowStore:
     ) -> tuple[dict[tuple[str, str], list[Any]], set[tuple[str, str]]]:
         """(changed key -> dumped state, evicted keys) of scope ``sc`` since the last call."""
         s = self.scopes.get(sc)
-        if s is None or s.dirty is None:
+        if s is None or not self.track:
             return {}, set()
-        changed = {}
-        for sig, key in s.dirty:
-            st = s.tables.get(sig, {}).get(key)
-            if st is not None:
-                changed[(sig, key)] = dump_state(st)
+        changed: dict[tuple[str, str], list[Any]] = {}
+        for table in self.tables.values():
+            n = len(table.keys)
+            slots = np.flatnonzero(table.dirty[:n].astype(bool) & (table.scope_of[:n] == sc))
+            if not len(slots):
+                continue
+            for sig, kernel in table.kernels:
+                for slot in slots.tolist():
+                    if kernel.is_live(slot):
+                        changed[(sig, table.key(slot))] = kernel.dump(slot)
+            table.dirty[slots] = 0
         gone = s.gone - set(changed)
-        s.dirty, s.gone = set(), set()
+        s.gone = set()
         return changed, gone
 
     def restore(
         self, sc: int, items: Sequence[tuple[str, str, list[Any]]], watermark: float
     ) -> None:
         """Replace scope ``sc`` by the given (signature, key, dumped state) items."""
-        s = self.scopes[sc] = Scope(dirty=set() if self.track else None, watermark=watermark)
+        self._clear(sc)
+        self.scopes[sc] = Scope(watermark=watermark)
         # Restored in least-recently-updated order, so LRU eviction still picks the oldest.
         for sig, key, dumped in sorted(items, key=lambda it: _last(it[2])):
-            st = load_state(dumped)
-            s.tables.setdefault(sig, OrderedDict())[key] = st
+            got = self.kernels.get(sig)
+            if got is None:
+                self.pending.setdefault(sig, []).append((sc, key, dumped))
+            else:
+                self._load(got[0], got[1], sc, key, dumped)
 
     def drop(self, sc: int) -> None:
         """Forget scope ``sc`` (its partition was revoked or its batch failed)."""
-        self.scopes.pop(sc, None)
+        self._clear(sc)
         self._loaded.discard(sc)
+
+    def _clear(self, sc: int) -> None:
+        for table in self.tables.values():
+            slots = np.ascontiguousarray(table.in_scope(sc), dtype=np.int64)
+            if len(slots):
+                for _sig, kernel in table.kernels:
+                    kernel.clear(slots)
+                table.release(slots)
+        for sig, items in list(self.pending.items()):
+            kept = [it for it in items if it[0] != sc]
+            if kept:
+                self.pending[sig] = kept
+            else:
+                del self.pending[sig]
+        self.scopes.pop(sc, None)
 
 
 def _last(dumped: list[Any]) -> float:
     body = dumped[1]
-    return float(body[0])
+    t = body[0]
+    return -math.inf if t is None else float(t)
 
 
-def _sizeof(key: str, st: Any) -> int:
-    n = sys.getsizeof(key) + sys.getsizeof(st) + 120  # dict slots of the key in its table
-    for name in st.__slots__:
-        v = getattr(st, name)
-        n += sys.getsizeof(v)
-        if isinstance(v, (list, tuple)) or type(v).__name__ == "deque":
-            n += 24 * len(v)
-        elif isinstance(v, dict):
-            n += 60 * len(v)
-        elif hasattr(v, "__slots__"):
-            n += _sizeof("", v)
-    return n
+def _lookup_py(
+    index: dict[str, int], keys: list[str], bad: np.ndarray, out: np.ndarray
+) -> list[int]:
+    misses = []
+    badl = bad.tolist()
+    for i, k in enumerate(keys):
+        if badl[i]:
+            out[i] = -1
+            continue
+        slot = index.get(k)
+        if slot is None:
+            out[i] = -1
+            misses.append(i)
+        else:
+            out[i] = slot
+    return misses
+
+
+def _late_py(times: np.ndarray, bad: np.ndarray, scope: np.ndarray, marks: np.ndarray,
+             lateness: float, late: np.ndarray) -> None:
+    ts, badl, sl = times.tolist(), bad.tolist(), scope.tolist()
+    for i in range(len(ts)):
+        late[i] = 0
+        if badl[i]:
+            continue
+        wm = marks[sl[i]]
+        t = ts[i]
+        if t < wm - lateness:
+            late[i] = 1
+        elif t > wm:
+            marks[sl[i]] = t
+
+
+if _wincore is not None:
+    _lookup, _late_rows = _wincore.lookup, _wincore.late_rows
+else:
+    _lookup, _late_rows = _lookup_py, _late_py
 
 
 # ---- one compute call's inputs -----------------------------------------------------------
@@ -234,45 +498,51 @@ class WindowRun:
         self.store, self.dry, self.n = store, dry, n
         times, codes = event_times(source, time_field)
         self.time_codes = codes if codes.any() else None
-        self.times_list: list[float] = times.tolist()
+        self._bad_time = codes
+        self.times = np.ascontiguousarray(times, dtype=np.float64)
         self.scope_list: list[int] = [0] * n if scopes is None else np.asarray(scopes).tolist()
-        store.ensure(self.scope_list)
-        self._prefix: list[str] = (
-            [""] * n if tenants is None else [f"{t}{SEP}" for t in tenants]
-        )
-        self._keys: dict[tuple[str, ...], tuple[list[Any], np.ndarray | None]] = {}
-        self.late_list = self._late(codes)
-        self.late = sum(self.late_list)
+        store.ensure(set(self.scope_list))
+        scope_text = {sc: f"{sc}{_SCOPE_SEP}" for sc in set(self.scope_list)}
+        if tenants is None:
+            if len(scope_text) == 1:
+                self._prefix: list[str] | str = next(iter(scope_text.values()))
+            else:
+                self._prefix = [scope_text[sc] for sc in self.scope_list]
+        else:
+            self._prefix = [f"{scope_text[sc]}{t}{SEP}"
+                            for sc, t in zip(self.scope_list, tenants, strict=True)]
+        self._slots: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray | None]] = {}
+        late = self._late(codes, scopes)
+        self.late = int(late.sum())
+        # Rows that update the state: on time, and not a dry run.
+        self.push = np.zeros(n, dtype=np.uint8) if dry else (1 - late).astype(np.uint8)
+        # Each row's update sequence is seq + its row: LRU order is event order.
+        self.seq = store.seq + 1
         if not dry:
             store.stats.late += self.late
+            store.seq += n + 1
 
-    def _late(self, codes: np.ndarray) -> list[bool]:
+    def _late(self, codes: np.ndarray, scopes: np.ndarray | None) -> np.ndarray:
         """Rows older than their scope's newest event by more than the lateness; advances it."""
-        late = [False] * self.n
-        lateness = self.store.lateness
-        times, scopes, bad = self.times_list, self.scope_list, codes.tolist()
-        marks: dict[int, float] = {}
-        for i in range(self.n):
-            if bad[i]:
-                continue
-            sc = scopes[i]
-            wm = marks.get(sc)
-            if wm is None:
-                wm = self.store.scope(sc).watermark
-            t = times[i]
-            if t < wm - lateness:
-                late[i] = True
-            elif t > wm:
-                wm = t
-            marks[sc] = wm
+        n = self.n
+        late = np.zeros(n, dtype=np.uint8)
+        if scopes is None:
+            ids, idx = [0], np.zeros(n, dtype=np.int64)
+        else:
+            u, inv = np.unique(np.asarray(scopes), return_inverse=True)
+            ids, idx = u.tolist(), np.ascontiguousarray(inv, dtype=np.int64)
+        marks = np.array([self.store.scope(sc).watermark for sc in ids], dtype=np.float64)
+        _late_rows(self.times, np.ascontiguousarray(codes, dtype=np.uint8), idx, marks,
+                   self.store.lateness, late)
         if not self.dry:
-            for sc, wm in marks.items():
+            for sc, wm in zip(ids, marks.tolist(), strict=True):
                 self.store.scope(sc).watermark = wm
         return late
 
-    def keys(self, ctx: Any, by: tuple[str, ...]) -> tuple[list[Any], np.ndarray | None]:
-        """State keys (tenant, then the key fields joined by ">") and the key's reason codes."""
-        got = self._keys.get(by)
+    def slots(self, ctx: Any, by: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The slot of each row's state key (-1 where the key or time is unusable), and the
+        key's reason codes."""
+        got = self._slots.get(by)
         if got is not None:
             return got
         cats = [ctx.strings(p) for p in by]
@@ -281,13 +551,20 @@ class WindowRun:
         for c in cats:
             if c.codes is not None:
                 codes = c.codes if codes is None else np.maximum(codes, c.codes)
-        if len(parts) == 1:
-            keys = [f"{p}{a}" for p, a in zip(self._prefix, parts[0], strict=True)]
+        pre = self._prefix
+        if isinstance(pre, str):
+            if len(parts) == 1:
+                keys = [f"{pre}{a}" for a in parts[0]]
+            else:
+                keys = [f"{pre}{a}>{b}" for a, b in zip(parts[0], parts[1], strict=True)]
+        elif len(parts) == 1:
+            keys = [f"{p}{a}" for p, a in zip(pre, parts[0], strict=True)]
         else:
-            keys = [
-                f"{p}{a}>{b}" for p, a, b in zip(self._prefix, parts[0], parts[1], strict=True)
-            ]
-        got = self._keys[by] = (keys, codes)
+            keys = [f"{p}{a}>{b}" for p, a, b in zip(pre, parts[0], parts[1], strict=True)]
+        bad = self._bad_time if codes is None else np.maximum(self._bad_time, codes)
+        slots = self.store.table(by).slots(keys, np.ascontiguousarray(bad, dtype=np.uint8),
+                                           self.scope_list)
+        got = self._slots[by] = (slots, codes)
         return got
 
 

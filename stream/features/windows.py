@@ -28,11 +28,19 @@ Every scorer computes windows with this module, in event order: training and
 offline scoring over a whole file at once, the stream batch by batch over the
 durable :class:`~stream.features.store.WindowStore`. The arithmetic per key is
 the same sequence of float operations in each, so the values are identical.
+
+The state classes and value functions below are the reference form. The batch
+loop runs in a kernel: the compiled ``_wincore.Kernel`` (C, built by ``pip
+install``; the same float operations in the same order, proved bit for bit in
+the tests) or, without a C compiler, :class:`PyKernel` over these classes.
+``distinct`` counts 64-bit hashes of the values (``hash_text``), in both forms.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
@@ -40,6 +48,7 @@ import numpy as np
 
 from stream.features.expr import (
     CAT,
+    FUNCTIONS,
     KEY,
     NUM,
     SECONDS,
@@ -62,6 +71,8 @@ MAX_EVENTS: Final = 4096
 #: Separates tenant, key parts and nothing else in a state key (never in sensor text).
 SEP: Final = "\x1f"
 _LN2: Final = math.log(2.0)
+
+log = logging.getLogger(__name__)
 
 
 # ---- per-key state ---------------------------------------------------------------------
@@ -283,53 +294,31 @@ class _Window(Function):
         if run is None:
             raise SpecError(f"'{self.name}' needs event times: compute with windows")
         n = ctx.n
-        keys, kcodes = run.keys(ctx, apply.kwargs["by"])
+        by = apply.kwargs["by"]
         arg = args[0] if args else None
+        slots, kcodes = run.slots(ctx, by)
         codes = merge_codes(kcodes, None if arg is None else arg.codes, run.time_codes)
-        out = np.zeros(n, dtype=np.float64)
-        if codes is None:
-            codes_list: list[int] = [0] * n
-        else:
-            codes_list = codes.tolist()
-        vals: list[Any] = (
-            [0.0] * n if arg is None else arg.values.tolist() if self.uses == "num" else
-            list(arg.values)
-        )
-        decay = apply.kwargs.get("decay")
-        span = apply.kwargs["window"] if decay is None else decay
-        param = span if decay is None else _LN2 / decay
-        sig = signature(apply)
-        make = self.state_of(decay is not None)
-        value = self.value
-        times = run.times_list
-        late = run.late_list
-        scopes = run.scope_list
-        tables: dict[int, Any] = {}
-        dirty_of: dict[int, Any] = {}
-        for i in range(n):
-            if codes_list[i]:
-                out[i] = math.nan
-                continue
-            sc = scopes[i]
-            table = tables.get(sc)
-            if table is None:
-                table = tables[sc] = run.store.table(sc, sig)
-                dirty_of[sc] = run.store.dirty_set(sc)
-            key = keys[i]
-            st = table.get(key)
-            if st is None:
-                st = make()
-            push = not (late[i] or run.dry)
-            out[i] = value(st, times[i], vals[i], param, span, push)
-            if push:
-                table[key] = st
-                table.move_to_end(key)
-                dirty = dirty_of[sc]
-                if dirty is not None:
-                    dirty.add((sig, key))
+        if arg is not None and arg.codes is not None:
+            slots = np.where(arg.codes != OK, np.int32(-1), slots)
+        kernel, table = run.store.kernel(signature(apply), by, lambda: self.kernel(apply))
+        vals, hashes = _EMPTY_F, _EMPTY_U
+        if self.uses == "num":
+            vals = np.ascontiguousarray(np.broadcast_to(arg.values, (n,)), dtype=np.float64)
+        elif self.uses == "cat":
+            hashes = hash_texts(arg.values.tolist())
+        out = np.empty(n, dtype=np.float64)
+        kernel.run(slots, run.times, vals, hashes, run.push, out, table.newest, table.touch,
+                   table.dirty, run.seq)
         if codes is not None:
             codes = codes.astype(np.uint8, copy=False)
         return Col(out, codes)
+
+    def kernel(self, apply: Apply) -> Any:
+        """A fresh kernel (compiled when it is built) for this window's state."""
+        decay = apply.kwargs.get("decay")
+        span = apply.kwargs["window"] if decay is None else decay
+        param = span if decay is None else _LN2 / decay
+        return make_kernel(self.name, decay is not None, float(param), float(span))
 
     def state_of(self, damped: bool) -> Any:
         raise NotImplementedError
@@ -350,10 +339,13 @@ def _stat_value(kind: str) -> Any:
             n, s, q = st.w * f + 1.0, st.s * f + v, st.q * f + v * v
         else:
             lo = max(t, st.last) - param
-            kept = [(a, b) for a, b in zip(st.times, st.values, strict=True) if a > lo]
-            n = float(len(kept) + 1)
-            s = math.fsum(b for _, b in kept) + v
-            q = math.fsum(b * b for _, b in kept) + v * v
+            n = s = q = 0.0
+            for a, b in zip(st.times, st.values, strict=True):
+                if a > lo:
+                    n += 1.0
+                    s += b
+                    q += b * b
+            n, s, q = n + 1.0, s + v, q + v * v
         if kind == "count":
             return n
         if kind == "sum":
@@ -385,6 +377,21 @@ class _Moment(_Window):
         return _Damped if damped else _Exact
 
 
+def _distinct_value(st: Any, t: float, v: Any, param: float, span: float, push: bool) -> float:
+    if t < st.last:
+        t = st.last
+    if not push:
+        lo = t - param
+        seen = {x for a, x in st.pairs() if a > lo}
+        return float(len(seen | {v}))
+    st._expire(t, param)
+    st.ev.append(t)
+    st.ev.append(v)
+    st.counts[v] = st.counts.get(v, 0) + 1
+    st.last = t
+    return float(len(st.counts))
+
+
 @register
 class _DistinctFn(_Window):
     """``distinct(FIELD, by=K, window=60s)``: distinct values of FIELD for the key (exact)."""
@@ -397,19 +404,7 @@ class _DistinctFn(_Window):
     def state_of(self, damped: bool) -> Any:
         return _Distinct
 
-    def value(self, st: Any, t: float, v: Any, param: float, span: float, push: bool) -> float:
-        if t < st.last:
-            t = st.last
-        if not push:
-            lo = t - param
-            seen = {x for a, x in st.pairs() if a > lo}
-            return float(len(seen | {v}))
-        st._expire(t, param)
-        st.ev.append(t)
-        st.ev.append(v)
-        st.counts[v] = st.counts.get(v, 0) + 1
-        st.last = t
-        return float(len(st.counts))
+    value = staticmethod(_distinct_value)  # type: ignore[assignment]
 
 
 class _Intervals:
@@ -464,10 +459,13 @@ def _interval_value(kind: str) -> Any:
         else:
             if exact:
                 lo = t - param
-                kept = [b for a, b in zip(gaps.times, gaps.values, strict=True) if a - b > lo]
-                n = float(len(kept) + 1)
-                s = math.fsum(kept) + gap
-                q = math.fsum(b * b for b in kept) + gap * gap
+                n = s = q = 0.0
+                for a, b in zip(gaps.times, gaps.values, strict=True):
+                    if a - b > lo:
+                        n += 1.0
+                        s += b
+                        q += b * b
+                n, s, q = n + 1.0, s + gap, q + gap * gap
             else:
                 f = math.exp(-param * (t - gaps.last)) if gaps.w and t > gaps.last else 1.0
                 n, s, q = gaps.w * f + 1.0, gaps.s * f + gap, gaps.q * f + gap * gap
@@ -539,20 +537,194 @@ def _root_text(apply: Apply) -> str:
 
 
 def dump_state(st: Any) -> list[Any]:
-    """A state as a JSON-safe list, tagged with its class."""
-    return [type(st).__name__, st.dump()]
+    """A state as a JSON-safe list, tagged with its class (a distinct state holds hashes)."""
+    return ["_DistinctH" if type(st) is _Distinct else type(st).__name__, st.dump()]
 
 
-_CLASSES: Final = {c.__name__: c for c in (_Exact, _Damped, _Distinct)}
+_CLASSES: Final = {"_Exact": _Exact, "_Damped": _Damped, "_DistinctH": _Distinct}
 
 
 def load_state(d: Sequence[Any]) -> Any:
-    """The state :func:`dump_state` wrote."""
-    name, body = d[0], d[1]
+    """The state :func:`dump_state` (or the compiled kernel) wrote.
+
+    ``_Distinct`` is the earlier form, with the values themselves: they are hashed.
+    """
+    name, body = d[0], list(d[1])
+    if name == "_Distinct":
+        name, body = "_DistinctH", [*body[:3], [hash_text(v) for v in body[3]]]
     st = _Intervals(None) if name == "_Intervals" else _CLASSES[name]()
-    st.load(list(body))
+    st.load(body)
     return st
 
 
-__all__ = ["BAD_TIMESTAMP", "MAX_EVENTS", "OK", "SEP", "Cat", "dump_state", "load_state",
-           "signature"]
+# ---- kernels: one window function's state for every slot, and the batch loop -----------
+
+_M64: Final = (1 << 64) - 1
+
+
+def _hash_text_py(s: Any) -> int:
+    """FNV-1a over the UTF-8 text, then splitmix64's finaliser (the compiled kernel's hash)."""
+    if s is None:
+        return 0
+    h = 0xCBF29CE484222325
+    for b in str(s).encode():
+        h = ((h ^ b) * 0x100000001B3) & _M64
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _M64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _M64
+    return h ^ (h >> 31)
+
+
+def _hash_texts_py(values: list[Any]) -> np.ndarray:
+    memo: dict[Any, int] = {}
+    out = []
+    for v in values:
+        h = memo.get(v)
+        if h is None:
+            h = memo[v] = _hash_text_py(v)
+        out.append(h)
+    return np.array(out, dtype=np.uint64)
+
+
+class PyKernel:
+    """The Python form of ``_wincore.Kernel``: the same interface and floats, slower.
+
+    ``states[slot]`` is one of the state classes above, or None (no state yet).
+    """
+
+    def __init__(self, kind: str, damped: bool, param: float, span: float) -> None:
+        fn = FUNCTIONS_BY_KIND[kind]
+        self.kind, self.damped, self.param, self.span = kind, damped, param, span
+        self._make = fn.state_of(damped)
+        self._value = fn.value
+        self.states: list[Any] = []
+        self.live = 0
+
+    def run(self, slots: np.ndarray, times: np.ndarray, vals: np.ndarray, hashes: np.ndarray,
+            push: np.ndarray, out: np.ndarray, newest: np.ndarray, touch: np.ndarray,
+            dirty: np.ndarray, seq: int) -> None:
+        n = len(slots)
+        sl = slots.tolist()
+        top = max(sl, default=-1)
+        states = self.states
+        if top >= len(states):
+            states.extend([None] * (top + 1 - len(states)))
+        ts, ps = times.tolist(), push.tolist()
+        vs = hashes.tolist() if self.kind == "distinct" else vals.tolist() if len(vals) else \
+            [0.0] * n
+        make, value, param, span = self._make, self._value, self.param, self.span
+        track = len(dirty) > 0
+        for j in range(n):
+            i = sl[j]
+            if i < 0:
+                out[j] = math.nan
+                continue
+            st = states[i]
+            fresh = st is None
+            if fresh:
+                st = make()
+            t, p = ts[j], ps[j]
+            out[j] = value(st, t, vs[j], param, span, p)
+            if p:
+                if fresh:
+                    states[i] = st
+                    self.live += 1
+                if t > newest[i]:
+                    newest[i] = t
+                touch[i] = seq + j
+                if track:
+                    dirty[i] = 1
+
+    def is_live(self, i: int) -> bool:
+        return 0 <= i < len(self.states) and self.states[i] is not None
+
+    def clear(self, slots: np.ndarray) -> int:
+        cleared = 0
+        for i in slots.tolist():
+            if self.is_live(i):
+                self.states[i] = None
+                cleared += 1
+        self.live -= cleared
+        return cleared
+
+    def nbytes(self) -> int:
+        """Bytes held, estimated from a sample of the live states."""
+        live = [st for st in self.states[-4 * _SAMPLE:] if st is not None][-_SAMPLE:]
+        per = sum(map(_sizeof, live)) / len(live) if live else 0.0
+        return int(8 * len(self.states) + per * self.live)
+
+    def compact(self, keep: np.ndarray) -> None:
+        states = self.states
+        self.states = [states[i] if i < len(states) else None for i in keep.tolist()]
+        self.live = sum(st is not None for st in self.states)
+
+    def variable_bytes(self) -> int:
+        """The part of :meth:`nbytes` that clearing states frees."""
+        return self.nbytes() - 8 * len(self.states)
+
+    def dump(self, i: int) -> list[Any]:
+        return dump_state(self.states[i])
+
+    def load(self, i: int, dumped: list[Any]) -> None:
+        if i >= len(self.states):
+            self.states.extend([None] * (i + 1 - len(self.states)))
+        if self.states[i] is None:
+            self.live += 1
+        self.states[i] = load_state(dumped)
+
+
+_SAMPLE: Final = 32
+
+
+def _sizeof(st: Any) -> int:
+    n = sys.getsizeof(st)
+    for name in st.__slots__:
+        v = getattr(st, name)
+        n += sys.getsizeof(v)
+        if isinstance(v, list):
+            n += 24 * len(v)
+        elif isinstance(v, dict):
+            n += 60 * len(v)
+        elif hasattr(v, "__slots__"):
+            n += _sizeof(v)
+    return n
+
+
+FUNCTIONS_BY_KIND: Final[dict[str, _Window]] = {
+    name: fn for name, fn in FUNCTIONS.items() if isinstance(fn, _Window)
+}
+
+try:
+    from stream.features import _wincore
+except ImportError:  # built without a C compiler: the Python kernels, said once when first used
+    _wincore = None  # type: ignore[assignment]
+
+_EMPTY_F: Final = np.empty(0, dtype=np.float64)
+_EMPTY_U: Final = np.empty(0, dtype=np.uint64)
+_said = False
+
+
+def make_kernel(kind: str, damped: bool, param: float, span: float) -> Any:
+    """The compiled kernel for one window function, or :class:`PyKernel` without it."""
+    global _said
+    if _wincore is not None and not FORCE_PYTHON:
+        return _wincore.Kernel(_wincore.KINDS[kind], damped, param, span, MAX_EVENTS)
+    if not _said and _wincore is None:
+        _said = True
+        log.warning("the compiled window kernels are not built (no C compiler at install): "
+                    "window features use the Python kernels, several times slower")
+    return PyKernel(kind, damped, param, span)
+
+
+#: Tests set this to run the Python kernels beside the compiled ones.
+FORCE_PYTHON = False
+
+if _wincore is not None:
+    hash_text, hash_texts = _wincore.hash_text, _wincore.hash_texts
+else:
+    hash_text, hash_texts = _hash_text_py, _hash_texts_py
+
+
+__all__ = ["BAD_TIMESTAMP", "MAX_EVENTS", "OK", "SEP", "Cat", "PyKernel", "dump_state",
+           "hash_text", "hash_texts", "load_state", "make_kernel", "signature"]

@@ -1,0 +1,723 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
+"""Compiled window kernels: the per-key state of one window function in C arrays.
+
+Built by ``pip install`` from this file (Cython); :mod:`stream.features.windows`
+uses it when it imports and falls back to its Python state classes when it does
+not. A :class:`Kernel` holds one window function's state for every slot (a state
+key, numbered by :class:`stream.features.store.SlotTable`) and evaluates a whole
+batch in one call. The arithmetic per key is the Python classes' own, in the same
+order (no fast-math), so both give the same floats; ``tests/test_windows.py``
+proves it on random streams. Memory comes from Python's raw allocator, so
+``tracemalloc`` sees it.
+
+``distinct`` counts 64-bit hashes of the values (FNV-1a over UTF-8, then a
+finaliser): two different values count once only if their hashes collide, with
+probability about k^2 / 2^65 for k values in one key's window.
+"""
+
+from cpython.mem cimport PyMem_RawCalloc as calloc
+from cpython.mem cimport PyMem_RawFree as free
+from cpython.mem cimport PyMem_RawMalloc as malloc
+from cpython.mem cimport PyMem_RawRealloc as realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport INFINITY, NAN, exp, sqrt
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport qsort
+
+import numpy as np
+
+cdef enum:
+    K_COUNT = 0
+    K_SUM = 1
+    K_MEAN = 2
+    K_STD = 3
+    K_DISTINCT = 4
+    K_IMEAN = 5
+    K_ISTD = 6
+
+KINDS = {"count": K_COUNT, "sum": K_SUM, "mean": K_MEAN, "std": K_STD,
+         "distinct": K_DISTINCT, "interval_mean": K_IMEAN, "interval_std": K_ISTD}
+
+
+ctypedef union Val:
+    double d
+    uint64_t u
+
+
+ctypedef struct Ev:
+    double t
+    Val v
+
+
+ctypedef struct Ring:
+    # One key's events, oldest first, in a power-of-two circular buffer.
+    Ev* buf
+    int32_t head
+    int32_t n
+    int32_t cap
+
+
+ctypedef struct Entry:
+    # One (slot, value hash) of a distinct window and how many events in it carry it.
+    uint64_t h
+    int64_t slot
+    int64_t count
+
+
+cdef inline uint64_t _mix(uint64_t x) nogil:
+    # splitmix64's finaliser: FNV's low bits alone spread poorly over a power-of-two table.
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= 0x94D049BB133111EBULL
+    x ^= x >> 31
+    return x
+
+
+cdef uint64_t _hash_bytes(const char* p, Py_ssize_t n) nogil:
+    cdef uint64_t h = 0xCBF29CE484222325ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= <uint8_t>p[i]
+        h *= 0x100000001B3ULL
+    return _mix(h)
+
+
+cpdef uint64_t hash_text(object s):
+    """The 64-bit hash ``distinct`` counts for one value (its text; 0 for None)."""
+    cdef Py_ssize_t n
+    cdef const char* p
+    if s is None:
+        return 0
+    if not isinstance(s, str):
+        s = str(s)
+    p = PyUnicode_AsUTF8AndSize(s, &n)
+    return _hash_bytes(p, n)
+
+
+def hash_texts(list values):
+    """:func:`hash_text` of every value, as a uint64 array."""
+    cdef Py_ssize_t i, n = len(values)
+    out = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] o = out
+    for i in range(n):
+        o[i] = hash_text(values[i])
+    return out
+
+
+def lookup(dict index, list keys, const uint8_t[::1] bad, int32_t[::1] out):
+    """Slot per row from ``index`` (-1 where ``bad``); the rows not yet in it, as a list."""
+    cdef Py_ssize_t i, n = len(keys)
+    cdef list misses = []
+    cdef object got
+    for i in range(n):
+        if bad[i]:
+            out[i] = -1
+            continue
+        got = index.get(keys[i])
+        if got is None:
+            out[i] = -1
+            misses.append(i)
+        else:
+            out[i] = <int32_t>got
+    return misses
+
+
+def late_rows(const double[::1] times, const uint8_t[::1] bad, const int64_t[::1] scope,
+              double[::1] marks, double lateness, uint8_t[::1] late):
+    """Flag rows older than their scope's newest event by more than ``lateness``.
+
+    ``scope`` numbers each row's scope into ``marks`` (their newest times so far),
+    which advance as the rows go.
+    """
+    cdef Py_ssize_t i, n = times.shape[0]
+    cdef double t, wm
+    with nogil:
+        for i in range(n):
+            late[i] = 0
+            if bad[i]:
+                continue
+            wm = marks[scope[i]]
+            t = times[i]
+            if t < wm - lateness:
+                late[i] = 1
+            elif t > wm:
+                marks[scope[i]] = t
+
+
+cdef int _cmp_u64(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef inline Ev* _at(Ring* r, int32_t i) noexcept nogil:
+    return &r.buf[(r.head + i) & (r.cap - 1)]
+
+
+cdef class Kernel:
+    """State of one window function for every slot, and the batch loop over it.
+
+    ``kind``: one of :data:`KINDS`; ``damped``: a half-life instead of a window;
+    ``param``: the window length in seconds, or ln 2 / half-life; ``span``: the
+    window length or half-life (what interval functions give before two gaps).
+    """
+
+    cdef readonly int kind
+    cdef readonly bint damped
+    cdef readonly double param, span
+    cdef readonly int64_t live
+    cdef int32_t max_events
+    cdef int64_t cap
+    cdef double* last
+    cdef double* w
+    cdef double* s
+    cdef double* q
+    cdef double* olast
+    cdef int64_t* seen
+    cdef int64_t* dn
+    cdef uint8_t* sat
+    cdef uint8_t* alive
+    cdef Ring* rings
+    cdef int64_t ring_bytes
+    cdef Entry* table
+    cdef int64_t tmask
+    cdef int64_t tused
+    cdef uint64_t* scratch
+    cdef int64_t scratch_cap
+
+    def __cinit__(self, int kind, bint damped, double param, double span, int max_events):
+        self.kind, self.damped, self.param, self.span = kind, damped, param, span
+        self.max_events = max_events
+        self.cap = 0
+        self.tmask = -1
+
+    def __dealloc__(self):
+        cdef int64_t i
+        if self.rings != NULL:
+            for i in range(self.cap):
+                free(self.rings[i].buf)
+        free(self.last)
+        free(self.w)
+        free(self.s)
+        free(self.q)
+        free(self.olast)
+        free(self.seen)
+        free(self.dn)
+        free(self.sat)
+        free(self.alive)
+        free(self.rings)
+        free(self.table)
+        free(self.scratch)
+
+    # ---- storage ----------------------------------------------------------------------
+
+    cdef bint _uses_ring(self) noexcept nogil:
+        return not self.damped
+
+    cdef void _reset(self, int64_t i) noexcept nogil:
+        self.last[i] = -INFINITY
+        self.olast[i] = -INFINITY
+        self.w[i] = 0.0
+        self.s[i] = 0.0
+        self.q[i] = 0.0
+        self.seen[i] = 0
+        self.dn[i] = 0
+        self.sat[i] = 0
+        self.alive[i] = 0
+        self.rings[i].head = 0
+        self.rings[i].n = 0
+
+    cdef int _grow(self, int64_t need) except -1:
+        cdef int64_t cap, i, old = self.cap
+        if need < self.cap:
+            return 0
+        cap = max(64, need + need // 4 + 1)  # not doubling: the arrays count against the cap
+        self.last = <double*>_re(self.last, cap * sizeof(double))
+        self.w = <double*>_re(self.w, cap * sizeof(double))
+        self.s = <double*>_re(self.s, cap * sizeof(double))
+        self.q = <double*>_re(self.q, cap * sizeof(double))
+        self.olast = <double*>_re(self.olast, cap * sizeof(double))
+        self.seen = <int64_t*>_re(self.seen, cap * sizeof(int64_t))
+        self.dn = <int64_t*>_re(self.dn, cap * sizeof(int64_t))
+        self.sat = <uint8_t*>_re(self.sat, cap * sizeof(uint8_t))
+        self.alive = <uint8_t*>_re(self.alive, cap * sizeof(uint8_t))
+        self.rings = <Ring*>_re(self.rings, cap * sizeof(Ring))
+        for i in range(old, cap):
+            self.rings[i].buf = NULL
+            self.rings[i].cap = 0
+            self._reset(i)
+        self.cap = cap
+        return 0
+
+    cdef int _push(self, Ring* r, double t, Val v) except -1:
+        cdef int32_t cap, k
+        cdef Ev* buf
+        if r.n == r.cap:
+            cap = 4 if r.cap == 0 else r.cap * 2
+            buf = <Ev*>malloc(cap * sizeof(Ev))
+            if buf == NULL:
+                raise MemoryError()
+            for k in range(r.n):
+                buf[k] = _at(r, k)[0]
+            free(r.buf)
+            self.ring_bytes += (cap - r.cap) * <int64_t>sizeof(Ev)
+            r.buf, r.cap, r.head = buf, cap, 0
+        k = (r.head + r.n) & (r.cap - 1)
+        r.buf[k].t = t
+        r.buf[k].v = v
+        r.n += 1
+        return 0
+
+    cdef void _release(self, int64_t i) noexcept nogil:
+        cdef Ring* r = &self.rings[i]
+        cdef int32_t k
+        if self.kind == K_DISTINCT:
+            for k in range(r.n):
+                self._dec(i, _at(r, k).v.u)
+        self.ring_bytes -= r.cap * <int64_t>sizeof(Ev)
+        free(r.buf)
+        r.buf = NULL
+        r.cap = 0
+        if self.alive[i]:
+            self.live -= 1
+        self._reset(i)
+
+    # ---- distinct: an open-addressing table of (slot, hash) -> count ------------------
+
+    cdef inline int64_t _home(self, int64_t slot, uint64_t h) noexcept nogil:
+        return <int64_t>(_mix(h ^ (<uint64_t>slot * 0x9E3779B97F4A7C15ULL)) & <uint64_t>self.tmask)
+
+    cdef int _inc(self, int64_t slot, uint64_t h) except -1:
+        """Count one more event with hash ``h``; 1 if the value is new to the slot's window."""
+        cdef int64_t i
+        if self.tmask < 0 or (self.tused + 1) * 2 > self.tmask + 1:
+            self._rehash()
+        i = self._home(slot, h)
+        while self.table[i].count:
+            if self.table[i].h == h and self.table[i].slot == slot:
+                self.table[i].count += 1
+                return 0
+            i = (i + 1) & self.tmask
+        self.table[i].h, self.table[i].slot, self.table[i].count = h, slot, 1
+        self.tused += 1
+        return 1
+
+    cdef int _dec(self, int64_t slot, uint64_t h) noexcept nogil:
+        """One event with hash ``h`` left the window; 1 if it was the value's last."""
+        cdef int64_t i = self._home(slot, h), j, k
+        while self.table[i].count:
+            if self.table[i].h == h and self.table[i].slot == slot:
+                break
+            i = (i + 1) & self.tmask
+        else:
+            return 0
+        self.table[i].count -= 1
+        if self.table[i].count:
+            return 0
+        # Backward-shift deletion: close the gap so every probe chain stays unbroken.
+        j = i
+        while True:
+            j = (j + 1) & self.tmask
+            if not self.table[j].count:
+                break
+            k = self._home(self.table[j].slot, self.table[j].h)
+            if (k <= i or k > j) if i <= j else (k <= i and k > j):
+                self.table[i] = self.table[j]
+                i = j
+        self.table[i].count = 0
+        self.tused -= 1
+        return 1
+
+    cdef int _rehash(self) except -1:
+        cdef int64_t size = 1024 if self.tmask < 0 else (self.tmask + 1) * 2, i, j
+        cdef Entry* old = self.table
+        cdef int64_t old_size = self.tmask + 1
+        self.table = <Entry*>calloc(size, sizeof(Entry))
+        if self.table == NULL:
+            self.table = old
+            raise MemoryError()
+        self.tmask = size - 1
+        for i in range(old_size):
+            if old[i].count:
+                j = self._home(old[i].slot, old[i].h)
+                while self.table[j].count:
+                    j = (j + 1) & self.tmask
+                self.table[j] = old[i]
+        free(old)
+        return 0
+
+    # ---- the per-event arithmetic (the Python classes', operation for operation) -----
+
+    cdef int _exact_add(self, int64_t i, double t, double v) except -1:
+        cdef Ring* r = &self.rings[i]
+        cdef double lo
+        cdef Ev* e
+        cdef Val x
+        if t < self.last[i]:
+            t = self.last[i]
+        lo = t - self.param
+        while r.n:
+            e = _at(r, 0)
+            if not (e.t <= lo or r.n >= self.max_events):
+                break
+            if e.t > lo:
+                self.sat[i] = 1
+            self.s[i] -= e.v.d
+            self.q[i] -= e.v.d * e.v.d
+            r.head = (r.head + 1) & (r.cap - 1)
+            r.n -= 1
+        x.d = v
+        self._push(r, t, x)
+        self.s[i] += v
+        self.q[i] += v * v
+        self.last[i] = t
+        return 0
+
+    cdef void _damped_add(self, int64_t i, double t, double v) noexcept nogil:
+        cdef double f
+        if t > self.last[i]:
+            if self.w[i]:
+                f = exp(-self.param * (t - self.last[i]))
+                self.w[i] *= f
+                self.s[i] *= f
+                self.q[i] *= f
+            self.last[i] = t
+        self.w[i] += 1.0
+        self.s[i] += v
+        self.q[i] += v * v
+
+    cdef double _stat(self, int64_t i, double t, double v, bint push) except? -1.0:
+        cdef double n, s, q, f, lo, a
+        cdef Ring* r
+        cdef int32_t k
+        cdef Ev* e
+        if push:
+            if self.damped:
+                self._damped_add(i, t, v)
+                n = self.w[i]
+            else:
+                self._exact_add(i, t, v)
+                n = <double>self.rings[i].n
+            s, q = self.s[i], self.q[i]
+        elif self.damped:
+            f = exp(-self.param * (t - self.last[i])) if self.w[i] and t > self.last[i] else 1.0
+            n, s, q = self.w[i] * f + 1.0, self.s[i] * f + v, self.q[i] * f + v * v
+        else:
+            lo = (t if t > self.last[i] else self.last[i]) - self.param
+            r = &self.rings[i]
+            n, s, q = 0.0, 0.0, 0.0
+            for k in range(r.n):
+                e = _at(r, k)
+                if e.t > lo:
+                    a = e.v.d
+                    n += 1.0
+                    s += a
+                    q += a * a
+            n, s, q = n + 1.0, s + v, q + v * v
+        return _finish(self.kind, n, s, q)
+
+    cdef double _distinct(self, int64_t i, double t, uint64_t h, bint push) except? -1.0:
+        cdef Ring* r = &self.rings[i]
+        cdef double lo
+        cdef Ev* e
+        cdef Val x
+        cdef int32_t k, m
+        cdef int64_t uniq
+        if t < self.last[i]:
+            t = self.last[i]
+        lo = t - self.param
+        if not push:
+            if self.scratch_cap < r.n + 1:
+                self.scratch_cap = 2 * (r.n + 1)
+                self.scratch = <uint64_t*>_re(self.scratch, self.scratch_cap * sizeof(uint64_t))
+            m = 0
+            for k in range(r.n):
+                e = _at(r, k)
+                if e.t > lo:
+                    self.scratch[m] = e.v.u
+                    m += 1
+            self.scratch[m] = h
+            m += 1
+            qsort(self.scratch, m, sizeof(uint64_t), _cmp_u64)
+            uniq = 1
+            for k in range(1, m):
+                if self.scratch[k] != self.scratch[k - 1]:
+                    uniq += 1
+            return <double>uniq
+        while r.n:
+            e = _at(r, 0)
+            if not (e.t <= lo or r.n >= self.max_events):
+                break
+            if e.t > lo:
+                self.sat[i] = 1
+            self.dn[i] -= self._dec(i, e.v.u)
+            r.head = (r.head + 1) & (r.cap - 1)
+            r.n -= 1
+        x.u = h
+        self._push(r, t, x)
+        self.dn[i] += self._inc(i, h)
+        self.last[i] = t
+        return <double>self.dn[i]
+
+    cdef double _interval(self, int64_t i, double t, bint push) except? -1.0:
+        cdef double gap, n, s, q, f, lo, a
+        cdef bint enough
+        cdef Ring* r = &self.rings[i]
+        cdef Ev* e
+        cdef int32_t k
+        if t < self.olast[i]:
+            t = self.olast[i]
+        if self.olast[i] == -INFINITY:
+            if push:
+                self.olast[i] = t
+            return self.span
+        gap = t - self.olast[i]
+        enough = self.seen[i] + 1 >= 2
+        if push:
+            if self.damped:
+                self._damped_add(i, t, gap)
+                n, s, q = self.w[i], self.s[i], self.q[i]
+            else:
+                self._exact_add(i, t, gap)
+                n, s, q = <double>r.n, self.s[i], self.q[i]
+                # A gap belongs to the window while the event that opened it does.
+                if r.n:
+                    e = _at(r, 0)
+                    if e.t - e.v.d <= t - self.param:
+                        a = e.v.d
+                        n, s, q = n - 1.0, s - a, q - a * a
+            self.olast[i] = t
+            self.seen[i] += 1
+        elif self.damped:
+            f = exp(-self.param * (t - self.last[i])) if self.w[i] and t > self.last[i] else 1.0
+            n, s, q = self.w[i] * f + 1.0, self.s[i] * f + gap, self.q[i] * f + gap * gap
+        else:
+            lo = t - self.param
+            n, s, q = 0.0, 0.0, 0.0
+            for k in range(r.n):
+                e = _at(r, k)
+                if e.t - e.v.d > lo:
+                    a = e.v.d
+                    n += 1.0
+                    s += a
+                    q += a * a
+            n, s, q = n + 1.0, s + gap, q + gap * gap
+        if (not enough) if self.damped else n < 2.0:
+            return self.span
+        return _finish(K_MEAN if self.kind == K_IMEAN else K_STD, n, s, q)
+
+    # ---- the batch --------------------------------------------------------------------
+
+    def run(self, const int32_t[::1] slots, const double[::1] times, const double[::1] vals,
+            const uint64_t[::1] hashes, const uint8_t[::1] push, double[::1] out,
+            double[::1] newest, int64_t[::1] touch, uint8_t[::1] dirty, int64_t seq):
+        """Evaluate rows in order: ``out[i]`` is row i's value (NaN where its slot is -1).
+
+        A row with ``push`` applies the event (marking its slot's ``newest`` time,
+        ``touch`` sequence and ``dirty`` flag, when ``dirty`` is not empty); one
+        without is scored against the state and leaves it unchanged.
+        """
+        cdef Py_ssize_t j, n = slots.shape[0]
+        cdef int64_t i, top = -1
+        cdef double t
+        cdef bint p, track = dirty.shape[0] > 0, has_vals = vals.shape[0] > 0
+        cdef int kind = self.kind
+        for j in range(n):
+            if slots[j] > top:
+                top = slots[j]
+        self._grow(top)
+        for j in range(n):
+            i = slots[j]
+            if i < 0:
+                out[j] = NAN
+                continue
+            t = times[j]
+            p = push[j]
+            if kind == K_DISTINCT:
+                out[j] = self._distinct(i, t, hashes[j], p)
+            elif kind >= K_IMEAN:
+                out[j] = self._interval(i, t, p)
+            else:
+                out[j] = self._stat(i, t, vals[j] if has_vals else 0.0, p)
+            if p:
+                if not self.alive[i]:
+                    self.alive[i] = 1
+                    self.live += 1
+                if t > newest[i]:
+                    newest[i] = t
+                touch[i] = seq + j
+                if track:
+                    dirty[i] = 1
+
+    def is_live(self, int64_t i) -> bool:
+        return 0 <= i < self.cap and self.alive[i]
+
+    def clear(self, const int64_t[::1] slots):
+        """Forget the state of each slot; how many of them held state."""
+        cdef Py_ssize_t j
+        cdef int64_t was = self.live
+        for j in range(slots.shape[0]):
+            if slots[j] < self.cap:
+                self._release(slots[j])
+        return was - self.live
+
+    def compact(self, const int64_t[::1] keep):
+        """Renumber slots: ``keep[j]`` (increasing) becomes slot j; the rest are forgotten.
+
+        Shrinks the arrays and the distinct table to fit, so a burst of keys that
+        was evicted gives its memory back.
+        """
+        cdef int64_t j, i, k, m = keep.shape[0], old_cap = self.cap
+        cdef int64_t cap = max(64, m + m // 4 + 1), size
+        cdef int64_t* where = <int64_t*>malloc(max(1, old_cap) * sizeof(int64_t))
+        cdef Entry* old
+        cdef int64_t old_size
+        if where == NULL:
+            raise MemoryError()
+        for i in range(old_cap):
+            where[i] = -1
+        for j in range(m):
+            if keep[j] < old_cap:
+                where[keep[j]] = j
+        for i in range(old_cap):
+            if where[i] < 0:
+                self._release(i)
+        # Moving down in increasing order only overwrites slots already moved or released.
+        for j in range(m):
+            i = keep[j]
+            if i >= old_cap:
+                if j < old_cap:
+                    self.rings[j].buf = NULL
+                    self.rings[j].cap = 0
+                    self._reset(j)
+                continue
+            if i == j:
+                continue
+            self.last[j], self.w[j], self.s[j], self.q[j] = (
+                self.last[i], self.w[i], self.s[i], self.q[i])
+            self.olast[j], self.seen[j], self.dn[j] = self.olast[i], self.seen[i], self.dn[i]
+            self.sat[j], self.alive[j], self.rings[j] = self.sat[i], self.alive[i], self.rings[i]
+        if self.tmask >= 0:
+            old, old_size = self.table, self.tmask + 1
+            size = 1024
+            while size < 2 * self.tused + 2:
+                size *= 2
+            self.table = <Entry*>calloc(size, sizeof(Entry))
+            if self.table == NULL:
+                self.table = old
+                free(where)
+                raise MemoryError()
+            self.tmask = size - 1
+            for i in range(old_size):
+                if old[i].count:
+                    old[i].slot = where[old[i].slot]
+                    k = self._home(old[i].slot, old[i].h)
+                    while self.table[k].count:
+                        k = (k + 1) & self.tmask
+                    self.table[k] = old[i]
+            free(old)
+        free(where)
+        if old_cap > m:
+            for j in range(m, min(old_cap, cap)):
+                self.rings[j].buf = NULL
+                self.rings[j].cap = 0
+                self._reset(j)
+        if cap < old_cap or old_cap == 0:
+            self.last = <double*>_re(self.last, cap * sizeof(double))
+            self.w = <double*>_re(self.w, cap * sizeof(double))
+            self.s = <double*>_re(self.s, cap * sizeof(double))
+            self.q = <double*>_re(self.q, cap * sizeof(double))
+            self.olast = <double*>_re(self.olast, cap * sizeof(double))
+            self.seen = <int64_t*>_re(self.seen, cap * sizeof(int64_t))
+            self.dn = <int64_t*>_re(self.dn, cap * sizeof(int64_t))
+            self.sat = <uint8_t*>_re(self.sat, cap * sizeof(uint8_t))
+            self.alive = <uint8_t*>_re(self.alive, cap * sizeof(uint8_t))
+            self.rings = <Ring*>_re(self.rings, cap * sizeof(Ring))
+            for j in range(old_cap, cap):
+                self.rings[j].buf = NULL
+                self.rings[j].cap = 0
+                self._reset(j)
+            self.cap = cap
+
+    def nbytes(self) -> int:
+        """Bytes held: the per-slot arrays, every event buffer and the distinct table."""
+        cdef int64_t per = 6 * sizeof(double) + 2 * sizeof(int64_t) + 2 + sizeof(Ring)
+        return self.cap * per + self.ring_bytes + (self.tmask + 1) * <int64_t>sizeof(Entry)
+
+    def variable_bytes(self) -> int:
+        """The part of :meth:`nbytes` that clearing states frees: the event buffers."""
+        return self.ring_bytes
+
+    # ---- the changelog's form (the Python classes' dump format) -----------------------
+
+    def dump(self, int64_t i) -> list:
+        """Slot ``i``'s state as the tagged JSON-safe list the Python classes write."""
+        cdef Ring* r = &self.rings[i]
+        cdef int32_t k
+        times = [_at(r, k).t for k in range(r.n)]
+        if self.kind == K_DISTINCT:
+            return ["_DistinctH", [self.last[i], bool(self.sat[i]), times,
+                                   [_at(r, k).v.u for k in range(r.n)]]]
+        if self.damped:
+            inner = [self.last[i], self.w[i], self.s[i], self.q[i]]
+        else:
+            inner = [self.last[i], self.s[i], self.q[i], bool(self.sat[i]), times,
+                     [_at(r, k).v.d for k in range(r.n)]]
+        if self.kind >= K_IMEAN:
+            return ["_Intervals", [self.olast[i], bool(self.damped), inner, self.seen[i]]]
+        return ["_Damped" if self.damped else "_Exact", inner]
+
+    def load(self, int64_t i, list dumped):
+        """Set slot ``i`` to a state :meth:`dump` (or a Python class) wrote."""
+        cdef Ring* r
+        cdef Val x
+        self._grow(i)
+        self._release(i)
+        tag, body = dumped[0], dumped[1]
+        r = &self.rings[i]
+        if tag == "_Intervals":
+            self.olast[i] = _time(body[0])
+            self.seen[i] = int(body[3])
+            body = body[2]
+        if tag in ("_Distinct", "_DistinctH"):
+            self.last[i], self.sat[i] = _time(body[0]), bool(body[1])
+            for t, v in zip(body[2], body[3]):
+                x.u = v if tag == "_DistinctH" else hash_text(v)
+                self._push(r, float(t), x)
+                self.dn[i] += self._inc(i, x.u)
+        elif self.damped:
+            self.last[i] = _time(body[0])
+            self.w[i], self.s[i], self.q[i] = float(body[1]), float(body[2]), float(body[3])
+        else:
+            self.last[i], self.s[i], self.q[i] = _time(body[0]), float(body[1]), float(body[2])
+            self.sat[i] = bool(body[3])
+            for t, v in zip(body[4], body[5]):
+                x.d = float(v)
+                self._push(r, float(t), x)
+        self.alive[i] = 1
+        self.live += 1
+
+
+cdef inline double _finish(int kind, double n, double s, double q) noexcept nogil:
+    cdef double mean, var
+    if kind == K_COUNT:
+        return n
+    if kind == K_SUM:
+        return s
+    mean = s / n
+    if kind == K_MEAN:
+        return mean
+    var = q / n - mean * mean
+    return sqrt(var) if var > 0.0 else 0.0
+
+
+cdef double _time(object x):
+    return -INFINITY if x is None else float(x)
+
+
+cdef void* _re(void* p, size_t size) except NULL:
+    cdef void* out = realloc(p, size)
+    if out == NULL:
+        raise MemoryError()
+    return out
