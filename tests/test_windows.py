@@ -376,7 +376,7 @@ def _engine_run(python: bool, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarra
     with monkeypatch.context() as m:
         m.setattr(windows_mod, "FORCE_PYTHON", python)
         if python:
-            m.setattr(store_mod, "_lookup", store_mod._lookup_py)
+            m.setattr(store_mod, "_KeyIndex", store_mod.PyKeyIndex)
             m.setattr(store_mod, "_late_rows", store_mod._late_py)
         rng = np.random.default_rng(11)
         n = 1500

@@ -106,22 +106,161 @@ def hash_texts(list values):
     return out
 
 
-def lookup(dict index, list keys, const uint8_t[::1] bad, int32_t[::1] out):
-    """Slot per row from ``index`` (-1 where ``bad``); the rows not yet in it, as a list."""
-    cdef Py_ssize_t i, n = len(keys)
-    cdef list misses = []
-    cdef object got
+cdef inline uint64_t _fnv(uint64_t h, object s) except? 0:
+    cdef Py_ssize_t n, i
+    cdef const char* p
+    if not isinstance(s, str):
+        s = format(s, "")  # what an f-string writes
+    p = PyUnicode_AsUTF8AndSize(s, &n)
     for i in range(n):
-        if bad[i]:
-            out[i] = -1
-            continue
-        got = index.get(keys[i])
-        if got is None:
-            out[i] = -1
-            misses.append(i)
-        else:
-            out[i] = <int32_t>got
-    return misses
+        h ^= <uint8_t>p[i]
+        h *= 0x100000001B3ULL
+    return h
+
+
+ctypedef struct KEntry:
+    uint64_t h
+    int64_t slot  # -1: empty
+
+
+cdef class KeyIndex:
+    """State key -> slot, by the key text's 64-bit hash (the text itself is never built).
+
+    A row's key is its prefix (scope, tenant) and one or two parts joined by ``>``;
+    the hash is :func:`hash_text` of that text, computed part by part. Two keys
+    share a slot only if their hashes collide: about k^2 / 2^65 for k keys.
+    """
+
+    cdef KEntry* t
+    cdef int64_t mask
+    cdef readonly int64_t used
+
+    def __cinit__(self):
+        self.t = NULL
+        self._alloc(1024)
+
+    def __dealloc__(self):
+        free(self.t)
+
+    cdef int _alloc(self, int64_t size) except -1:
+        cdef int64_t i
+        self.t = <KEntry*>malloc(size * sizeof(KEntry))
+        if self.t == NULL:
+            raise MemoryError()
+        for i in range(size):
+            self.t[i].slot = -1
+        self.mask = size - 1
+        self.used = 0
+        return 0
+
+    cdef inline int64_t _get(self, uint64_t h) noexcept nogil:
+        cdef int64_t i = <int64_t>(h & <uint64_t>self.mask)
+        while self.t[i].slot >= 0:
+            if self.t[i].h == h:
+                return self.t[i].slot
+            i = (i + 1) & self.mask
+        return -1
+
+    cdef void _put(self, uint64_t h, int64_t slot) noexcept nogil:
+        cdef int64_t i = <int64_t>(h & <uint64_t>self.mask)
+        while self.t[i].slot >= 0:
+            if self.t[i].h == h:
+                self.t[i].slot = slot
+                return
+            i = (i + 1) & self.mask
+        self.t[i].h, self.t[i].slot = h, slot
+        self.used += 1
+
+    cdef int _resize(self, int64_t size) except -1:
+        cdef KEntry* old = self.t
+        cdef int64_t old_size = self.mask + 1, i
+        self._alloc(size)
+        for i in range(old_size):
+            if old[i].slot >= 0:
+                self._put(old[i].h, old[i].slot)
+        free(old)
+        return 0
+
+    def insert(self, const uint64_t[::1] hashes, const int64_t[::1] slots):
+        cdef Py_ssize_t j, n = hashes.shape[0]
+        cdef int64_t size = self.mask + 1
+        while (self.used + n) * 2 > size:
+            size *= 2
+        if size != self.mask + 1:
+            self._resize(size)
+        for j in range(n):
+            self._put(hashes[j], slots[j])
+
+    def remove(self, const uint64_t[::1] hashes):
+        cdef Py_ssize_t m
+        cdef int64_t i, j, k
+        cdef uint64_t h
+        for m in range(hashes.shape[0]):
+            h = hashes[m]
+            i = <int64_t>(h & <uint64_t>self.mask)
+            while self.t[i].slot >= 0 and self.t[i].h != h:
+                i = (i + 1) & self.mask
+            if self.t[i].slot < 0:
+                continue
+            j = i
+            while True:  # backward-shift deletion, as in the distinct table
+                j = (j + 1) & self.mask
+                if self.t[j].slot < 0:
+                    break
+                k = <int64_t>(self.t[j].h & <uint64_t>self.mask)
+                if (k <= i or k > j) if i <= j else (k <= i and k > j):
+                    self.t[i] = self.t[j]
+                    i = j
+            self.t[i].slot = -1
+            self.used -= 1
+
+    def shrink(self):
+        """Fit the table to the keys it holds (after many removals)."""
+        cdef int64_t size = 1024
+        while size < 2 * self.used + 2:
+            size *= 2
+        if size < self.mask + 1:
+            self._resize(size)
+
+    def get(self, uint64_t h) -> int:
+        return self._get(h)
+
+    def nbytes(self) -> int:
+        return (self.mask + 1) * <int64_t>sizeof(KEntry)
+
+    def find(self, object prefix, list a, object b, const uint8_t[::1] bad,
+             int32_t[::1] out, uint64_t[::1] hashes):
+        """Slot (or -1) and key hash per row; the rows whose key is not in the index.
+
+        ``prefix``: one text for every row or a list of one per row; ``a`` (and ``b``,
+        or None): the key's parts per row. Rows flagged ``bad`` get -1 and no hash.
+        """
+        cdef Py_ssize_t i, n = len(a)
+        cdef list misses = []
+        cdef list prefixes = prefix if isinstance(prefix, list) else None
+        cdef list bl = b
+        cdef uint64_t h0 = 0, h
+        cdef int64_t slot
+        if prefixes is None:
+            h0 = _fnv(0xCBF29CE484222325ULL, prefix)
+        for i in range(n):
+            if bad[i]:
+                out[i] = -1
+                hashes[i] = 0
+                continue
+            h = h0 if prefixes is None else _fnv(0xCBF29CE484222325ULL, prefixes[i])
+            h = _fnv(h, a[i])
+            if bl is not None:
+                h ^= <uint8_t>62  # ">"
+                h *= 0x100000001B3ULL
+                h = _fnv(h, bl[i])
+            h = _mix(h)
+            hashes[i] = h
+            slot = self._get(h)
+            out[i] = slot
+            if slot < 0:
+                misses.append(i)
+        return misses
 
 
 def late_rows(const double[::1] times, const uint8_t[::1] bad, const int64_t[::1] scope,

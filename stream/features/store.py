@@ -38,7 +38,7 @@ from typing import Any, Final
 import numpy as np
 
 from stream.features.columns import ColumnSource
-from stream.features.windows import SEP, _wincore
+from stream.features.windows import SEP, _hash_text_py, _wincore, hash_text
 from stream.reasons import BAD_TIMESTAMP, OK
 
 #: Defaults: a minute's out-of-order tolerance is Zeek's habit; an hour covers every recipe window.
@@ -73,17 +73,21 @@ class SlotTable:
 
     Every window keyed the same way shares the table, so a batch looks each key
     up once, not once per window; each window's kernel keeps its state in arrays
-    indexed by slot. Per slot: its scope, its newest event time (the TTL reads
-    it), when it was last updated (``touch``: LRU eviction reads it) and, when
-    the store tracks changes, whether it changed since the last take.
+    indexed by slot. Keys are found by the 64-bit hash of their text
+    (``_wincore.KeyIndex``, computed from the key's parts: the text is built only
+    for a new key, which the changelog names). Per slot: its key text, hash and
+    scope, its newest event time (the TTL reads it), when it was last updated
+    (``touch``: LRU eviction reads it) and, when the store tracks changes,
+    whether it changed since the last take.
     """
 
     def __init__(self, track: bool) -> None:
-        self.index: dict[str, int] = {}  # "<scope>\x1e<tenant>\x1f<key>" -> slot
-        self.keys: list[str | None] = []  # slot -> its index key (None: free)
+        self.index: Any = _KeyIndex()  # key hash -> slot
+        self.keys: list[str | None] = []  # slot -> "<scope>\x1e<tenant>\x1f<key>" (None: free)
         self.free: list[int] = []
         self.kernels: list[tuple[str, Any]] = []  # (signature, kernel) of each window on it
         self.track = track
+        self.hash_of = np.zeros(0, dtype=np.uint64)
         self.scope_of = np.zeros(0, dtype=np.int64)
         self.newest = np.zeros(0, dtype=np.float64)
         self.touch = np.zeros(0, dtype=np.int64)
@@ -92,12 +96,12 @@ class SlotTable:
 
     @property
     def used(self) -> int:
-        return len(self.index)
+        return int(self.index.used)
 
-    def _alloc(self, ikey: str, sc: int) -> int:
-        return int(self._alloc_many([ikey], np.array([sc], dtype=np.int64))[0])
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.hash_of, self.scope_of, self.newest, self.touch, self.inuse, self.dirty)
 
-    def _alloc_many(self, ikeys: list[str], scopes: np.ndarray) -> np.ndarray:
+    def _alloc_many(self, ikeys: list[str], hashes: np.ndarray, scopes: np.ndarray) -> np.ndarray:
         """Slots for new keys (freed slots first): marked in use, in their scope, unseen."""
         m = len(ikeys)
         reuse = min(m, len(self.free))
@@ -111,7 +115,8 @@ class SlotTable:
         keys = self.keys
         for slot, k in zip(slots.tolist(), ikeys, strict=True):
             keys[slot] = k
-        self.index.update(zip(ikeys, slots.tolist(), strict=True))
+        self.index.insert(hashes, slots)
+        self.hash_of[slots] = hashes
         self.scope_of[slots] = scopes
         self.newest[slots] = -math.inf
         self.inuse[slots] = 1
@@ -130,36 +135,57 @@ class SlotTable:
             b[:old] = a
             return b
 
+        self.hash_of = grown(self.hash_of, 0)
         self.scope_of = grown(self.scope_of, 0)
         self.newest = grown(self.newest, -math.inf)
         self.touch = grown(self.touch, 0)
         self.inuse = grown(self.inuse, 0)
         self.dirty = grown(self.dirty, 0) if self.track else self.dirty
 
-    def slots(self, ikeys: list[str], bad: np.ndarray, scopes: list[int]) -> np.ndarray:
-        """The slot of each row's key (allocated when new); -1 where ``bad``."""
-        out = np.empty(len(ikeys), dtype=np.int32)
-        index = self.index
-        misses = _lookup(index, ikeys, bad, out)
+    def slots(self, prefix: str | list[str], parts: list[list[Any]], bad: np.ndarray,
+              scopes: list[int]) -> np.ndarray:
+        """The slot of each row's key (allocated when new); -1 where ``bad``.
+
+        A row's key text is its prefix then its parts joined by ``>``.
+        """
+        n = len(parts[0])
+        out = np.empty(n, dtype=np.int32)
+        hashes = np.empty(n, dtype=np.uint64)
+        a = parts[0]
+        b = parts[1] if len(parts) > 1 else None
+        misses = self.index.find(prefix, a, b, bad, out, hashes)
         if misses:
-            first: dict[str, int] = {}  # each new key and the first row that has it
-            for i in misses:
-                first.setdefault(ikeys[i], i)
-            self._alloc_many(list(first), np.array(scopes, dtype=np.int64)[list(first.values())])
-            out[misses] = [index[ikeys[i]] for i in misses]
+            hs = hashes[misses].tolist()
+            first: dict[int, int] = {}  # each new key's hash and the first row that has it
+            for h, i in zip(hs, misses, strict=True):
+                first.setdefault(h, i)
+            rows = list(first.values())
+            pre = [prefix] * len(rows) if isinstance(prefix, str) else [prefix[i] for i in rows]
+            if b is None:
+                texts = [f"{p}{a[i]}" for p, i in zip(pre, rows, strict=True)]
+            else:
+                texts = [f"{p}{a[i]}>{b[i]}" for p, i in zip(pre, rows, strict=True)]
+            new = self._alloc_many(texts, np.array(list(first), dtype=np.uint64),
+                                   np.array(scopes, dtype=np.int64)[rows])
+            slot_of = dict(zip(first, new.tolist(), strict=True))
+            out[misses] = [slot_of[h] for h in hs]
         return out
 
-    def slot_of(self, sc: int, key: str) -> int:
-        """The slot of a state key of scope ``sc`` (allocated when new)."""
+    def slot_of(self, sc: int, key: str, create: bool = True) -> int:
+        """The slot of a state key of scope ``sc`` (allocated when new, or -1)."""
         ikey = f"{sc}{_SCOPE_SEP}{key}"
-        slot = self.index.get(ikey)
-        return self._alloc(ikey, sc) if slot is None else slot
+        h = hash_text(ikey)
+        slot = int(self.index.get(h))
+        if slot < 0 and create:
+            slot = int(self._alloc_many([ikey], np.array([h], dtype=np.uint64),
+                                        np.array([sc], dtype=np.int64))[0])
+        return slot
 
     def release(self, slots: np.ndarray) -> None:
         """Forget these slots (every kernel on the table has cleared them)."""
-        index, keys, free = self.index, self.keys, self.free
+        self.index.remove(np.ascontiguousarray(self.hash_of[slots]))
+        keys, free = self.keys, self.free
         for slot in slots.tolist():
-            del index[keys[slot]]
             keys[slot] = None
             free.append(slot)
         self.inuse[slots] = 0
@@ -175,29 +201,27 @@ class SlotTable:
             kernel.compact(keep)
         keys = self.keys
         self.keys = [keys[i] for i in keep.tolist()]
-        old = (self.scope_of, self.newest, self.touch, self.dirty)
+        old = self._arrays()
+        self.hash_of = np.zeros(0, dtype=np.uint64)
         self.scope_of = np.zeros(0, dtype=np.int64)
         self.newest = np.zeros(0, dtype=np.float64)
         self.touch = np.zeros(0, dtype=np.int64)
         self.inuse = np.zeros(0, dtype=np.uint8)
         self.dirty = np.zeros(0, dtype=np.uint8)
-        self._grow(len(keep))
         m = len(keep)
-        self.scope_of[:m] = old[0][keep]
-        self.newest[:m] = old[1][keep]
-        self.touch[:m] = old[2][keep]
-        self.inuse[:m] = 1
-        if self.track:
-            self.dirty[:m] = old[3][keep]
+        self._grow(m)
+        for new, was in zip(self._arrays(), old, strict=True):
+            if len(new):
+                new[:m] = was[keep]
         self.free = []
-        self.index = {k: j for j, k in enumerate(self.keys)}  # type: ignore[misc]
+        self.index = _KeyIndex()
+        self.index.insert(np.ascontiguousarray(self.hash_of[:m]), np.arange(m, dtype=np.int64))
 
     def fixed_bytes(self) -> int:
         """The part of the bytes that freeing slots keeps: arrays, the index's table."""
-        arrays = self.scope_of.nbytes + self.newest.nbytes + self.touch.nbytes + \
-            self.inuse.nbytes + self.dirty.nbytes
+        arrays = sum(a.nbytes for a in self._arrays())
         kernels = sum(k.nbytes() - k.variable_bytes() for _s, k in self.kernels)
-        return kernels + arrays + sys.getsizeof(self.index) + 8 * len(self.keys)
+        return kernels + arrays + self.index.nbytes() + 8 * len(self.keys)
 
     @property
     def sparse(self) -> bool:
@@ -209,12 +233,52 @@ class SlotTable:
         return np.flatnonzero(self.inuse[:n].astype(bool) & (self.scope_of[:n] == sc))
 
     def nbytes(self) -> int:
-        """Bytes of the index, the key strings and the per-slot arrays (estimated)."""
+        """Bytes of the index, the key texts and the per-slot arrays (the texts sampled)."""
         keys = [k for k in self.keys[-64:] if k is not None]
-        per_key = sum(map(sys.getsizeof, keys)) / len(keys) + 32 if keys else 0.0
-        arrays = self.scope_of.nbytes + self.newest.nbytes + self.touch.nbytes + \
-            self.inuse.nbytes + self.dirty.nbytes
-        return int(sys.getsizeof(self.index) + 8 * len(self.keys) + per_key * self.used + arrays)
+        per_key = sum(map(sys.getsizeof, keys)) / len(keys) if keys else 0.0
+        arrays = sum(a.nbytes for a in self._arrays())
+        return int(self.index.nbytes() + 8 * len(self.keys) + per_key * self.used + arrays)
+
+
+class PyKeyIndex:
+    """``_wincore.KeyIndex`` in Python (a dict of key hashes): the same slots, slower."""
+
+    def __init__(self) -> None:
+        self.map: dict[int, int] = {}
+
+    @property
+    def used(self) -> int:
+        return len(self.map)
+
+    def insert(self, hashes: np.ndarray, slots: np.ndarray) -> None:
+        self.map.update(zip(hashes.tolist(), slots.tolist(), strict=True))
+
+    def remove(self, hashes: np.ndarray) -> None:
+        for h in hashes.tolist():
+            self.map.pop(h, None)
+
+    def get(self, h: int) -> int:
+        return self.map.get(int(h), -1)
+
+    def nbytes(self) -> int:
+        return sys.getsizeof(self.map) + 64 * len(self.map)
+
+    def find(self, prefix: str | list[str], a: list[Any], b: list[Any] | None, bad: np.ndarray,
+             out: np.ndarray, hashes: np.ndarray) -> list[int]:
+        misses = []
+        badl = bad.tolist()
+        for i in range(len(a)):
+            if badl[i]:
+                out[i] = -1
+                hashes[i] = 0
+                continue
+            p = prefix if isinstance(prefix, str) else prefix[i]
+            h = _hash_text_py(f"{p}{a[i]}" if b is None else f"{p}{a[i]}>{b[i]}")
+            hashes[i] = h
+            out[i] = self.map.get(h, -1)
+            if out[i] < 0:
+                misses.append(i)
+        return misses
 
 
 class WindowStore:
@@ -308,8 +372,8 @@ class WindowStore:
         got = self.kernels.get(sig)
         if got is None:
             return False
-        slot = got[1].index.get(f"{sc}{_SCOPE_SEP}{key}")
-        return slot is not None and got[0].is_live(slot)
+        slot = got[1].slot_of(sc, key, create=False)
+        return slot >= 0 and got[0].is_live(slot)
 
     def bytes(self) -> int:
         """Bytes held: every kernel's arrays and event buffers, and the slot tables."""
@@ -439,24 +503,6 @@ def _last(dumped: list[Any]) -> float:
     return -math.inf if t is None else float(t)
 
 
-def _lookup_py(
-    index: dict[str, int], keys: list[str], bad: np.ndarray, out: np.ndarray
-) -> list[int]:
-    misses = []
-    badl = bad.tolist()
-    for i, k in enumerate(keys):
-        if badl[i]:
-            out[i] = -1
-            continue
-        slot = index.get(k)
-        if slot is None:
-            out[i] = -1
-            misses.append(i)
-        else:
-            out[i] = slot
-    return misses
-
-
 def _late_py(times: np.ndarray, bad: np.ndarray, scope: np.ndarray, marks: np.ndarray,
              lateness: float, late: np.ndarray) -> None:
     ts, badl, sl = times.tolist(), bad.tolist(), scope.tolist()
@@ -473,9 +519,9 @@ def _late_py(times: np.ndarray, bad: np.ndarray, scope: np.ndarray, marks: np.nd
 
 
 if _wincore is not None:
-    _lookup, _late_rows = _wincore.lookup, _wincore.late_rows
+    _KeyIndex, _late_rows = _wincore.KeyIndex, _wincore.late_rows
 else:
-    _lookup, _late_rows = _lookup_py, _late_py
+    _KeyIndex, _late_rows = PyKeyIndex, _late_py
 
 
 # ---- one compute call's inputs -----------------------------------------------------------
@@ -551,18 +597,9 @@ class WindowRun:
         for c in cats:
             if c.codes is not None:
                 codes = c.codes if codes is None else np.maximum(codes, c.codes)
-        pre = self._prefix
-        if isinstance(pre, str):
-            if len(parts) == 1:
-                keys = [f"{pre}{a}" for a in parts[0]]
-            else:
-                keys = [f"{pre}{a}>{b}" for a, b in zip(parts[0], parts[1], strict=True)]
-        elif len(parts) == 1:
-            keys = [f"{p}{a}" for p, a in zip(pre, parts[0], strict=True)]
-        else:
-            keys = [f"{p}{a}>{b}" for p, a, b in zip(pre, parts[0], parts[1], strict=True)]
         bad = self._bad_time if codes is None else np.maximum(self._bad_time, codes)
-        slots = self.store.table(by).slots(keys, np.ascontiguousarray(bad, dtype=np.uint8),
+        slots = self.store.table(by).slots(self._prefix, parts,
+                                           np.ascontiguousarray(bad, dtype=np.uint8),
                                            self.scope_list)
         got = self._slots[by] = (slots, codes)
         return got
