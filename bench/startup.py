@@ -4,10 +4,13 @@
   (SQLite), a backlog waiting on the embedded broker: seconds from the process
   start to the group's first committed offset, with the moments its log lines
   appeared (imports, registry, partitions assigned, models loaded).
+- with ``--model-store``, the same with one ``MODEL_STORAGE_PATH`` for every run:
+  the first start fills it, each later one is a restart from it;
 - ``stream --help`` and ``stream models`` (a registry command): wall seconds of
   the whole process, best of a few runs.
 
     python -m bench.startup [--session-timeout-ms 6000] [--runs 3] [--registry-uri URL]
+                            [--model-store]
 """
 
 from __future__ import annotations
@@ -52,7 +55,13 @@ def command_seconds(args: list[str], env: dict[str, str], runs: int) -> float:
 
 
 def measure(session_timeout_ms: int = 6000, runs: int = 3,
-            wl: workload.Workload | None = None, registry_uri: str = "") -> dict[str, Any]:
+            wl: workload.Workload | None = None, registry_uri: str = "",
+            model_store: bool = False) -> dict[str, Any]:
+    """First-commit times of fresh ``stream run`` processes.
+
+    With ``model_store`` every run keeps its models in one ``MODEL_STORAGE_PATH``: the
+    first run fills it (a first start), the others restart from it.
+    """
     wl = wl or workload.build(20_000, 5000)
     out: dict[str, Any] = {"session_timeout_ms": session_timeout_ms, "runs": []}
     with tempfile.TemporaryDirectory(prefix="stream-start-") as tmp, \
@@ -72,9 +81,12 @@ def measure(session_timeout_ms: int = 6000, runs: int = 3,
             broker.create_topics([f"flows.dlq{i}"], partitions=1)
             produce_all(broker.bootstrap, topic, wl.values[:20_000])
             t0 = time.monotonic()
+            extra = {"KAFKA_SESSION_TIMEOUT_MS": str(session_timeout_ms),
+                     "STREAM_LOG_LEVEL": "INFO"}
+            if model_store:
+                extra["MODEL_STORAGE_PATH"] = str(work / "model-store")
             run = start_consumer(broker.bootstrap, uri, topic, f"start-{i}", work, str(i),
-                                 {"KAFKA_SESSION_TIMEOUT_MS": str(session_timeout_ms),
-                                  "STREAM_LOG_LEVEL": "INFO"})
+                                 extra)
             watch = CommitWatch(broker.bootstrap, f"start-{i}", topic)
             try:
                 watch.wait_for(1, timeout=120, proc=run)
@@ -84,9 +96,13 @@ def measure(session_timeout_ms: int = 6000, runs: int = 3,
                 run.stop()
             phases = {name: next((t - t0 for t, line in run.lines if mark in line), None)
                       for name, mark in PHASES.items()}
-            out["runs"].append({"first_commit_s": first, **phases})
+            out["runs"].append({"first_commit_s": first, **phases,
+                                "kind": ("restart" if i else "first start") if model_store
+                                else "no model store"})
             out["log"] = [(round(t - t0, 2), line[:160]) for t, line in run.lines]
     out["first_commit_s"] = min(r["first_commit_s"] for r in out["runs"])
+    restarts = [r["first_commit_s"] for r in out["runs"] if r["kind"] == "restart"]
+    out["restart_s"] = min(restarts) if restarts else None
     return out
 
 
@@ -97,15 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--registry-uri", default="",
                     help="an mlflow server to register the models in (default: SQLite)")
+    ap.add_argument("--model-store", action="store_true",
+                    help="one MODEL_STORAGE_PATH for every run: the first fills it, the "
+                         "others restart from it")
     args = ap.parse_args(argv)
-    r = measure(args.session_timeout_ms, args.runs, registry_uri=args.registry_uri)
+    r = measure(args.session_timeout_ms, args.runs, registry_uri=args.registry_uri,
+                model_store=args.model_store)
     print(f"stream --help {r['help_s']:.2f}s; stream models {r['models_s']:.2f}s (best of "
           f"{args.runs})")
     for run in r["runs"]:
         marks = ", ".join(f"{k} {v:.2f}s" for k, v in run.items()
-                          if k != "first_commit_s" and v is not None)
-        print(f"stream run, session.timeout.ms {args.session_timeout_ms}: first commit "
-              f"{run['first_commit_s']:.2f}s ({marks})")
+                          if k not in ("first_commit_s", "kind") and v is not None)
+        print(f"stream run ({run['kind']}), session.timeout.ms {args.session_timeout_ms}: "
+              f"first commit {run['first_commit_s']:.2f}s ({marks})")
     if os.environ.get("BENCH_STARTUP_LOG"):
         for t, line in r["log"]:
             print(f"{t:6.2f} {line}")

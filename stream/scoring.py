@@ -124,8 +124,9 @@ def fast_isolation_forest(
     except Exception:
         return None
     walk = None
+    parts: dict[str, np.ndarray] | None = None
     if compiled and compiled_forest is not None:
-        walk = flat.compiled(center, spread)
+        walk, parts = flat.compiled(center, spread, parts=True)
     elif compiled and not _warned_missing:
         _warned_missing = True
         log.warning("compiled forest walk unavailable (%s): scoring with numpy and sklearn's "
@@ -203,6 +204,63 @@ def fast_isolation_forest(
             return fast_isolation_forest(pipeline, check, compiled=False)
         return None
     score.compiled = walk is not None  # type: ignore[attr-defined]
+    # What rebuilds this scorer without sklearn (``compiled_scorer``): the compiled walk's
+    # arrays and the final arithmetic's constants, kept beside a proved model.
+    score.parts = None if parts is None else {  # type: ignore[attr-defined]
+        **parts,
+        "constants": np.array([float(np.ravel(denominator)[0]), offset, n_features],
+                              dtype=np.float64),
+    }
+    return score
+
+
+def compiled_scorer(parts: dict[str, np.ndarray], fallback: Callable[[], Any]) -> Scorer | None:
+    """The compiled scorer ``fast_isolation_forest`` proved, rebuilt from its ``parts``.
+
+    No sklearn import: a restart scores from these arrays at once. The arithmetic
+    is the proved scorer's; a row the compiled walk hands back (a NaN input) is
+    scored by ``fallback()``'s model (loaded then, once). None without the
+    compiled extension or when the parts do not fit together.
+    """
+    if compiled_forest is None:
+        return None
+    try:
+        denominator, offset, n = (float(x) for x in parts["constants"])
+        n_features = int(n)
+        walk = compiled_forest.Forest(
+            np.ascontiguousarray(parts["roots"], dtype=np.int32),
+            np.ascontiguousarray(parts["depths"], dtype=np.int32),
+            np.ascontiguousarray(parts["nodes"]).view(NODE_DTYPE).reshape(-1),
+            np.ascontiguousarray(parts["term"], dtype=np.float64),
+            np.ascontiguousarray(parts["center"], dtype=np.float64),
+            np.ascontiguousarray(parts["spread"], dtype=np.float64))
+        nodes = np.ascontiguousarray(parts["nodes"]).view(NODE_DTYPE).reshape(-1)
+        if len(nodes) and (nodes["child"].max() >= len(nodes) or nodes["child"].min() < 0
+                           or nodes["feature"].max() >= n_features or nodes["feature"].min() < 0):
+            return None
+        if int(np.max(parts["roots"], initial=0)) >= len(nodes):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+    def score(X: np.ndarray) -> np.ndarray:
+        if X.ndim != 2 or X.shape[1] != n_features:
+            raise ValueError(f"expected {n_features} features, got shape {X.shape}")
+        depths = np.empty(len(X), dtype=np.float64)
+        if not walk.depths(np.ascontiguousarray(X, dtype=np.float64), depths):
+            return decision_scores(fallback(), X)
+        if denominator != 0:
+            depths /= denominator
+        else:
+            depths.fill(1.0)
+        np.negative(depths, out=depths)
+        np.power(2.0, depths, out=depths)
+        np.negative(depths, out=depths)
+        depths -= offset
+        return depths
+
+    score.compiled = True  # type: ignore[attr-defined]
+    score.parts = parts  # type: ignore[attr-defined]
     return score
 
 
@@ -259,8 +317,11 @@ class FlatForest:
                    np.concatenate(term).astype(np.float64),
                    np.array([t.max_depth for t, _f in trees], dtype=np.intp))
 
-    def compiled(self, center: np.ndarray | None, spread: np.ndarray | None) -> Any:
-        """The compiled walk (``stream._forest.Forest``), scaler included: no GIL, no branches."""
+    def compiled(self, center: np.ndarray | None, spread: np.ndarray | None,
+                 parts: bool = False) -> Any:
+        """The compiled walk (``stream._forest.Forest``), scaler included: no GIL, no branches.
+
+        With ``parts``: (the walk, the arrays it was built from)."""
         assert compiled_forest is not None
         own = np.arange(len(self.left), dtype=np.intp)
         leaf = self.left < 0
@@ -271,11 +332,18 @@ class FlatForest:
         nodes["child"][:, 0] = np.where(leaf, own, self.left)
         nodes["child"][:, 1] = np.where(leaf, own, self.right)
         none = np.empty(0, dtype=np.float64)
-        return compiled_forest.Forest(
-            self.roots.astype(np.int32), self.depths.astype(np.int32), nodes,
-            np.ascontiguousarray(self.term, dtype=np.float64),
-            none if center is None else np.ascontiguousarray(center, dtype=np.float64),
-            none if spread is None else np.ascontiguousarray(spread, dtype=np.float64))
+        arrays = {
+            "roots": self.roots.astype(np.int32), "depths": self.depths.astype(np.int32),
+            "nodes": nodes, "term": np.ascontiguousarray(self.term, dtype=np.float64),
+            "center": none if center is None else np.ascontiguousarray(center, dtype=np.float64),
+            "spread": none if spread is None else np.ascontiguousarray(spread, dtype=np.float64),
+        }
+        walk = compiled_forest.Forest(arrays["roots"], arrays["depths"], nodes, arrays["term"],
+                                      arrays["center"], arrays["spread"])
+        if not parts:
+            return walk
+        # Plain arrays for the store (no structured dtype: np.load reads them without pickle).
+        return walk, {**arrays, "nodes": nodes.view(np.uint8).reshape(len(nodes), -1)}
 
     def stacked_walk(self) -> Callable[[np.ndarray], np.ndarray]:
         """numpy's walk: every row down every tree at once, one pass per tree level.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,12 @@ from stream.baseline import Baseline
 from stream.features import FeatureSpec, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry.client import client, tracking_uri
-from stream.scoring import check_thresholds, decision_scores, fast_isolation_forest
+from stream.scoring import (
+    check_thresholds,
+    compiled_scorer,
+    decision_scores,
+    fast_isolation_forest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,7 @@ def load_version(
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
     source = f"models:/{name}/{version}"
+    location = None
     with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
         try:
             # URIs passed explicitly: this runs on loader threads and must not change the
@@ -165,6 +172,11 @@ def load_version(
             # artifact location is asked of OUR registry: MLflow resolves "models:/N/V"
             # through the process-wide registry URI whatever registry_uri says.
             location = client(uri).get_model_version_download_uri(name, version)
+            proved = store.proved(name, version, location) if store is not None else None
+            if proved is not None:
+                model = load_proved(*proved, name, version, trusted=trusted, t0=t0)
+                if model is not None:
+                    return model
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=tmp, tracking_uri=uri
             )
@@ -178,7 +190,81 @@ def load_version(
         model = load_directory(Path(local), name, version, trusted=trusted, t0=t0)
         if store is not None:
             store.keep(name, version, Path(local))
+            parts = getattr(model.scorer, "parts", None)
+            if parts is not None:
+                store.keep_proved(name, version, location, parts, dict(model.info))
         return model
+
+
+class _Deferred:
+    """A proved model's sklearn estimator, loaded from its kept copy when first needed
+    (a row the compiled walk hands back, or a caller that asks for the estimator)."""
+
+    def __init__(self, path: Path, name: str, version: str, trusted: Sequence[str]) -> None:
+        self._args = (path, name, version, trusted)
+        self._estimator: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._estimator is None:
+                path, name, version, trusted = self._args
+                self._estimator = load_directory(path, name, version, trusted=trusted).estimator
+            return self._estimator
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(self(), attr)
+
+
+def load_proved(
+    path: Path, parts: dict[str, Any], info: Mapping[str, Any], name: str, version: str, *,
+    trusted: Sequence[str] = (), t0: float | None = None,
+) -> LoadedModel | None:
+    """A kept version served by the scorer it proved at an earlier load (no sklearn import).
+
+    The same checks of its MLmodel as a full load (flavor, trusted types, spec,
+    thresholds, baseline); None when its scorer's arrays do not rebuild.
+    """
+    from mlflow.models import Model
+
+    t0 = time.perf_counter() if t0 is None else t0
+    source = f"models:/{name}/{version}"
+    mlmodel = Model.load(path)
+    check_trusted(mlmodel, source, trusted)
+    spec, thresholds = model_spec(mlmodel, source)
+    deferred = _Deferred(path, name, version, trusted)
+    scorer = compiled_scorer(parts, deferred)
+    if scorer is None or int(parts["constants"][2]) != len(spec.columns):
+        return None
+    log.info("%s: scoring with the compiled scorer it proved when kept (no model load)", source)
+    return LoadedModel(
+        baseline=_baseline(mlmodel, spec, source),
+        name=name,
+        version=str(version),
+        features=spec.columns,
+        spec=spec,
+        info=dict(info),
+        thresholds=thresholds,
+        estimator=deferred,
+        load_seconds=time.perf_counter() - t0,
+        scorer=scorer,
+    )
+
+
+def _baseline(mlmodel: Any, spec: FeatureSpec, source: str) -> Baseline | None:
+    meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
+    baseline = None
+    if meta.get("baseline") is not None:
+        try:
+            baseline = Baseline.from_dict(meta["baseline"])
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("%s: its training baseline does not load (%s): no explanations", source, e)
+        if baseline is not None and baseline.columns != tuple(spec.columns):
+            log.warning("%s: its training baseline is for other columns: no explanations", source)
+            baseline = None
+    return baseline
 
 
 def load_directory(
@@ -206,17 +292,8 @@ def load_directory(
             f"{len(spec.columns)}"
         )
     meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
-    baseline = None
-    if meta.get("baseline") is not None:
-        try:
-            baseline = Baseline.from_dict(meta["baseline"])
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("%s: its training baseline does not load (%s): no explanations", source, e)
-        if baseline is not None and baseline.columns != tuple(spec.columns):
-            log.warning("%s: its training baseline is for other columns: no explanations", source)
-            baseline = None
     return LoadedModel(
-        baseline=baseline,
+        baseline=_baseline(mlmodel, spec, source),
         name=name,
         version=str(version),
         features=spec.columns,

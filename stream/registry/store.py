@@ -10,10 +10,20 @@ says so in its log, and takes up the registry's view again at the first poll tha
 answers. A version the registry cannot deliver later (an artifact store outage) is
 loaded from its copy when there is one. Copies of versions no longer named by the
 last view are removed.
+
+Beside each copy, once the version has loaded and its compiled forest scorer has
+proved bit-identical to its ``decision_function``, the scorer's arrays are kept
+too (``stream-proved-scorer.npz``, plain arrays read without pickle, with a
+SHA-256 and the registry location they belong to). A restart that finds the
+registry naming that same location scores from them at once, without importing
+scikit-learn or skops or downloading the version again: the proof is the one
+made when the copy was kept.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import shutil
@@ -22,11 +32,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 log = logging.getLogger(__name__)
 
 VIEW_FILE = "registry-view.json"
+#: Beside a kept version: the compiled scorer it proved identical to its decision_function.
+PROVED_ARRAYS = "stream-proved-scorer.npz"
+PROVED_META = "stream-proved-scorer.json"
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class ModelStore:
@@ -56,6 +76,47 @@ class ModelStore:
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             log.warning("cannot keep %s v%s in the model store: %s", name, version, e)
+
+    def keep_proved(self, name: str, version: str, location: str, parts: dict[str, Any],
+                    info: dict[str, Any]) -> None:
+        """Record the scorer a kept version proved identical at load, for fast restarts.
+
+        ``location`` is where the registry said the version's files are: a copy is used
+        only while the registry still says so (a version number reused after a delete
+        is a different model).
+        """
+        d = self._dir(name, version)
+        if not (d / "MLmodel").is_file() or self.proved(name, version, location) is not None:
+            return
+        try:
+            buf = io.BytesIO()
+            np.savez(buf, **parts)
+            data = buf.getvalue()
+            _write(d / PROVED_ARRAYS, data)
+            _write(d / PROVED_META, orjson.dumps({
+                "format": 1, "location": location, "info": info,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }))
+        except OSError as e:
+            log.warning("cannot keep the proved scorer of %s v%s: %s", name, version, e)
+
+    def proved(
+        self, name: str, version: str, location: str
+    ) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+        """(the kept copy, the proved scorer's arrays, info) when both are whole and current."""
+        d = self._dir(name, version)
+        try:
+            meta = orjson.loads((d / PROVED_META).read_bytes())
+            data = (d / PROVED_ARRAYS).read_bytes()
+            if (meta.get("format") != 1 or meta.get("location") != location
+                    or hashlib.sha256(data).hexdigest() != meta.get("sha256")
+                    or not (d / "MLmodel").is_file()):
+                return None
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                parts = {k: z[k] for k in z.files}
+            return d, parts, dict(meta.get("info") or {})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
 
     def save_view(self, view: Any) -> None:
         """Record a successful poll's production and challenger versions; prune copies."""
