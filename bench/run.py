@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"broker rows done ({time.monotonic() - t_all:.0f}s)", flush=True)
         cpu_rows = cpu_e2e.measure(min(150_000, len(wl.values)), wl=wl)
         starts = startup.measure(wl=wl)
+        # A first start that fills a model store, then restarts from it.
+        starts["restarts"] = startup.measure(wl=wl, model_store=True)
         print(f"CPU and start-up rows done ({time.monotonic() - t_all:.0f}s)", flush=True)
 
     scale = None
@@ -161,6 +163,14 @@ def _cpu_rows(rows: list[dict[str, Any]], starts: dict[str, Any]) -> str:
                f"{len(starts['runs'])} (session.timeout.ms {starts['session_timeout_ms']}); "
                f"target <= {START_TARGET_S:g}s: "
                f"{start_verdict}")
+    again = starts.get("restarts") or {}
+    if again.get("restart_s") is not None:
+        r = again["restart_s"]
+        verdict = "met" if r <= START_TARGET_S else f"MISSED by {r - START_TARGET_S:.1f}s"
+        n = sum(x["kind"] == "restart" for x in again["runs"])
+        out.append(f"  12b the same, restarted with its model store (MODEL_STORAGE_PATH, proved "
+                   f"scorers kept): best {r:.2f}s of {n}; target <= {START_TARGET_S:g}s: "
+                   f"{verdict}")
     out.append(f"  13 command start: stream --help {starts['help_s']:.2f}s, stream models "
                f"{starts['models_s']:.2f}s (whole process, best of {len(starts['runs'])})")
     return "\n".join(out)
