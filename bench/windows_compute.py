@@ -4,7 +4,9 @@ The spec is the issue's shape: per source, per destination and per source>destin
 pair; exact windows and damped ones; counts, sums, moments, distinct values and
 inter-arrival gaps. The store is first filled with events of 100,000 distinct
 sources (each with its own destinations), then batches of live traffic are timed
-through ``FeatureSpec.compute`` on precomputed columns (the decode is row 7b's).
+through ``FeatureSpec.compute`` on precomputed columns (the decode is row 7b's),
+and apart from it what each commit adds with the changelog on: taking the
+changed states in their changelog form, and the TTL and memory bounds.
 Memory: the store's own estimate and tracemalloc's count per 100,000 entities.
 
     python -m bench.windows_compute [--entities 100000] [--rows 5000] [--repeat 10]
@@ -54,7 +56,7 @@ def flows(n: int, sources: int, start: float, rate: float, seed: int) -> list[di
 def measure(entities: int = 100_000, rows: int = 5000, repeat: int = 10) -> dict[str, float]:
     """Microseconds per event through the window stage, and bytes per 100k entities."""
     spec = FeatureSpec.parse(SPEC)
-    store = WindowStore(max_bytes=2**34)
+    store = WindowStore(max_bytes=2**34, track=True)
     # Fill: every source once (so `entities` live source keys), within the TTL.
     fill = flows(entities, entities, 0.0, entities / 50.0, seed=1)
     for i, s in enumerate(fill):
@@ -64,10 +66,11 @@ def measure(entities: int = 100_000, rows: int = 5000, repeat: int = 10) -> dict
     for k in range(0, len(fill), rows):
         part = fill[k : k + rows]
         spec.compute(ArraySource(RecordColumns(part), spec.fields), store=store)
+        store.take_changes(0)
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     live_sources = store.live(spec.window_signatures[0])
-    times = []
+    times, commits, records = [], [], 0
     t_next = 50.0
     for r in range(repeat + 1):
         batch = flows(rows, entities, t_next, 2000.0, seed=10 + r)
@@ -75,9 +78,16 @@ def measure(entities: int = 100_000, rows: int = 5000, repeat: int = 10) -> dict
         src = ArraySource(RecordColumns(batch), spec.fields)
         t0 = time.perf_counter()
         spec.compute(src, store=store)
+        t1 = time.perf_counter()
+        # What a commit adds with the changelog on: the changes, then the bounds.
+        changed, gone = store.take_changes(0)
+        store.maintain()
         if r:  # the first batch warms up
-            times.append(time.perf_counter() - t0)
+            times.append(t1 - t0)
+            commits.append(time.perf_counter() - t1)
+            records += len(changed) + len(gone)
     times.sort()
+    commits.sort()
     return {
         "windows": len(SPEC),
         "rows": rows,
@@ -85,6 +95,8 @@ def measure(entities: int = 100_000, rows: int = 5000, repeat: int = 10) -> dict
         "entities": store.entities,
         "best_us": times[0] / rows * 1e6,
         "median_us": times[len(times) // 2] / rows * 1e6,
+        "commit_us": commits[len(commits) // 2] / rows * 1e6,
+        "records_per_event": records / (repeat * rows),
         "estimate_mb_per_100k": store.bytes() / store.entities * 100_000 / 2**20,
         "traced_mb_per_100k": traced / store.entities * 100_000 / 2**20,
     }
@@ -101,6 +113,8 @@ def main() -> None:
           f"{m['entities']:,} entity states in all; batches of {args.rows:,}")
     print(f"window stage: best {m['best_us']:.2f} us/event, median {m['median_us']:.2f} "
           f"us/event (target <= 2)")
+    print(f"per commit (changelog on): changes and bounds {m['commit_us']:.2f} us/event "
+          f"(median), {m['records_per_event']:.2f} changelog records per event")
     print(f"memory per 100k entity states: {m['traced_mb_per_100k']:.1f} MiB traced, "
           f"{m['estimate_mb_per_100k']:.1f} MiB by the store's estimate")
 

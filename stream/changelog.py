@@ -3,8 +3,11 @@
 Each committed batch writes, for every input partition it touched, one record per
 entity whose window state changed (a tombstone for one evicted) and one for the
 partition's event-time watermark, to the same partition number of the changelog
-topic (default ``GROUP.state``). The records are produced with the batch's
-alerts, so in exactly-once mode they are inside its transaction.
+topic (default ``GROUP.state``). An entity is one key of one ``by`` (the record
+key is ``src_ip>dst_ip\x1e<tenant>\x1f<a>><b>``), and its record holds every
+window keyed that way, in the binary form of :mod:`stream.features.state_codec`.
+The records are produced with the batch's alerts, so in exactly-once mode they
+are inside its transaction.
 
 Every record carries the input offset its batch commits (header
 ``stream.offset``). Restoring a partition reads its changelog from the start
@@ -39,15 +42,16 @@ from confluent_kafka import (
 
 from stream.delivery.batch import Record
 from stream.failures import kafka_logger
+from stream.features import state_codec
 from stream.features.store import WindowStore
-from stream.features.windows import load_state  # validates a record
+from stream.features.windows import load_state  # validates a record of the earlier form
 
 log = logging.getLogger(__name__)
 
 OFFSET_HEADER: Final = "stream.offset"
 #: Key of the record holding a partition's event-time watermark (no entity key starts so).
 WATERMARK_KEY: Final = b"\x00watermark"
-_SEP: Final = "\x1e"  # between window signature and entity key
+_SEP: Final = "\x1e"  # between the slot table's name (its key fields) and the entity key
 RESTORE_TIMEOUT_S: Final = 60.0
 
 
@@ -60,10 +64,10 @@ def records(store: WindowStore, topic: str, next_offsets: dict[int, int]) -> lis
         if scope is None:
             continue
         headers = [(OFFSET_HEADER, str(nxt).encode())]
-        for (sig, key), dumped in changed.items():
-            out.append((topic, orjson.dumps(dumped), f"{sig}{_SEP}{key}".encode(), headers, p))
-        for sig, key in gone:
-            out.append((topic, None, f"{sig}{_SEP}{key}".encode(), headers, p))
+        for (name, key), value in changed.items():
+            out.append((topic, value, f"{name}{_SEP}{key}".encode(), headers, p))
+        for name, key in gone:
+            out.append((topic, None, f"{name}{_SEP}{key}".encode(), headers, p))
         if changed or gone:
             out.append((topic, orjson.dumps(scope.watermark), WATERMARK_KEY, headers, p))
     return out
@@ -131,13 +135,18 @@ def restore(
                 mark = orjson.loads(value)
                 watermark = watermark if mark is None else float(mark)
                 continue
-            sig, _, entity = key.decode().partition(_SEP)
-            dumped = orjson.loads(value)
-            load_state(dumped)  # a record that does not load is skipped, not fatal
+            name, _, entity = key.decode().partition(_SEP)
+            # A record that does not load is skipped, not fatal.
+            if state_codec.is_blob(value):
+                state_codec.split(value)
+                items.append((name, entity, value))
+            else:  # the earlier form: one window's state as JSON, keyed by its signature
+                dumped = orjson.loads(value)
+                load_state(dumped)
+                items.append((name, entity, dumped))
         except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
             bad += 1
             continue
-        items.append((sig, entity, dumped))
     if bad:
         log.warning("%s[%d]: %d changelog records do not load: those entities start empty",
                     topic, partition, bad)

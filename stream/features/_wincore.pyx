@@ -20,10 +20,12 @@ from cpython.mem cimport PyMem_RawCalloc as calloc
 from cpython.mem cimport PyMem_RawFree as free
 from cpython.mem cimport PyMem_RawMalloc as malloc
 from cpython.mem cimport PyMem_RawRealloc as realloc
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport INFINITY, NAN, exp, sqrt
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
+from libc.string cimport memcpy
 
 import numpy as np
 
@@ -788,6 +790,66 @@ cdef class Kernel:
         """The part of :meth:`nbytes` that clearing states frees: the event buffers."""
         return self.ring_bytes
 
+    # ---- the changelog's binary form (see stream.features.state_codec) --------------
+
+    cdef Py_ssize_t _raw_size(self, int64_t i) noexcept nogil:
+        return STATE_HEAD + 16 * <Py_ssize_t>self.rings[i].n
+
+    cdef void _write_raw(self, int64_t i, char* p) noexcept nogil:
+        cdef Ring* r = &self.rings[i]
+        cdef int32_t k, n = r.n
+        cdef Ev* e
+        p[0] = <char>self.kind
+        p[1] = <char>self.damped
+        p[2] = <char>self.sat[i]
+        p[3] = 0
+        memcpy(p + 4, &n, 4)
+        memcpy(p + 8, &self.last[i], 8)
+        memcpy(p + 16, &self.w[i], 8)
+        memcpy(p + 24, &self.s[i], 8)
+        memcpy(p + 32, &self.q[i], 8)
+        memcpy(p + 40, &self.olast[i], 8)
+        memcpy(p + 48, &self.seen[i], 8)
+        p += STATE_HEAD
+        for k in range(n):
+            e = _at(r, k)
+            memcpy(p, &e.t, 8)
+            memcpy(p + 8, &e.v, 8)
+            p += 16
+
+    def load_raw(self, int64_t i, const unsigned char[::1] buf, Py_ssize_t off,
+                 Py_ssize_t size):
+        """Set slot ``i`` from its binary form at ``buf[off:off + size]``."""
+        cdef const unsigned char* p
+        cdef int32_t n, k
+        cdef Val x
+        cdef double t
+        if off < 0 or size < STATE_HEAD or off + size > buf.shape[0]:
+            raise ValueError("window state record is cut short")
+        p = &buf[off]
+        memcpy(&n, p + 4, 4)
+        if p[0] != self.kind or p[1] != self.damped or n < 0 or STATE_HEAD + 16 * <Py_ssize_t>n != size:
+            raise ValueError("window state record does not fit this window")
+        self._grow(i)
+        self._release(i)
+        self.sat[i] = p[2]
+        memcpy(&self.last[i], p + 8, 8)
+        memcpy(&self.w[i], p + 16, 8)
+        memcpy(&self.s[i], p + 24, 8)
+        memcpy(&self.q[i], p + 32, 8)
+        memcpy(&self.olast[i], p + 40, 8)
+        memcpy(&self.seen[i], p + 48, 8)
+        p += STATE_HEAD
+        for k in range(n):
+            memcpy(&t, p, 8)
+            memcpy(&x, p + 8, 8)
+            self._push(&self.rings[i], t, x)
+            if self.kind == K_DISTINCT:
+                self.dn[i] += self._inc(i, x.u)
+            p += 16
+        self.alive[i] = 1
+        self.live += 1
+
     # ---- the changelog's form (the Python classes' dump format) -----------------------
 
     def dump(self, int64_t i) -> list:
@@ -836,6 +898,70 @@ cdef class Kernel:
                 self._push(r, float(t), x)
         self.alive[i] = 1
         self.live += 1
+
+
+cdef enum:
+    # A state's binary head: kind, damped, saturated, 0, n (int32), last, w, s, q, olast
+    # (float64), seen (int64); then n events of (t float64, value 8 bytes).
+    STATE_HEAD = 56
+
+
+def encode(list kernels, list sigs, const int64_t[::1] slots, const double[::1] newest):
+    """One changelog value per slot: every live window state on it (``state_codec``).
+
+    ``kernels`` and ``sigs`` (their signatures, UTF-8) are a slot table's windows; a
+    slot none of them holds gives None.
+    """
+    cdef Py_ssize_t j, m = len(kernels), size, nsig
+    cdef int64_t i
+    cdef uint16_t count, siglen
+    cdef uint32_t rawlen
+    cdef Kernel k
+    cdef char* p
+    cdef list out = []
+    cdef bytes blob
+    cdef const char* sigp
+    cdef Py_ssize_t slot_i
+    cdef list sigbufs = [s if isinstance(s, bytes) else s.encode() for s in sigs]
+    for slot_i in range(slots.shape[0]):
+        i = slots[slot_i]
+        size = BLOB_HEAD
+        count = 0
+        for j in range(m):
+            k = <Kernel>kernels[j]
+            if i < k.cap and k.alive[i]:
+                size += 6 + len(<bytes>sigbufs[j]) + k._raw_size(i)
+                count += 1
+        if not count:
+            out.append(None)
+            continue
+        blob = PyBytes_FromStringAndSize(NULL, size)
+        p = PyBytes_AS_STRING(blob)
+        memcpy(p, MAGIC, 4)
+        memcpy(p + 4, &newest[slot_i], 8)
+        memcpy(p + 12, &count, 2)
+        p += BLOB_HEAD
+        for j in range(m):
+            k = <Kernel>kernels[j]
+            if i < k.cap and k.alive[i]:
+                sigp = <bytes>sigbufs[j]
+                siglen = <uint16_t>len(<bytes>sigbufs[j])
+                memcpy(p, &siglen, 2)
+                memcpy(p + 2, sigp, siglen)
+                p += 2 + siglen
+                rawlen = <uint32_t>k._raw_size(i)
+                memcpy(p, &rawlen, 4)
+                p += 4
+                k._write_raw(i, p)
+                p += rawlen
+        out.append(blob)
+    return out
+
+
+cdef enum:
+    BLOB_HEAD = 14  # magic (4), newest time (float64), states (uint16)
+
+cdef const char* MAGIC = b"SW1L"  # window states, format 1, little-endian
 
 
 cdef inline double _finish(int kind, double n, double s, double q) noexcept nogil:

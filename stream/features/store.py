@@ -20,7 +20,8 @@ compiler) that evaluates the whole batch in one call. The store is bounded twice
 
 Both count as evictions. With ``track=True`` the store remembers which keys
 changed since :meth:`take_changes` (the changelog writes them with each
-commit, and evicted keys as tombstones).
+commit, one record per key and ``by`` holding every window on it, in the
+binary form of :mod:`stream.features.state_codec`; evicted keys as tombstones).
 
 :class:`WindowRun` is what one :meth:`FeatureSpec.compute` call hands the
 window functions: event times, late flags, which rows update the state, and
@@ -37,6 +38,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from stream.features import state_codec
 from stream.features.columns import ColumnSource
 from stream.features.windows import SEP, _hash_text_py, _wincore, hash_text
 from stream.reasons import BAD_TIMESTAMP, OK
@@ -81,7 +83,8 @@ class SlotTable:
     whether it changed since the last take.
     """
 
-    def __init__(self, track: bool) -> None:
+    def __init__(self, by: tuple[str, ...], track: bool) -> None:
+        self.name = ">".join(by)  # what the changelog calls it
         self.index: Any = _KeyIndex()  # key hash -> slot
         self.keys: list[str | None] = []  # slot -> "<scope>\x1e<tenant>\x1f<key>" (None: free)
         self.free: list[int] = []
@@ -217,6 +220,11 @@ class SlotTable:
         self.index = _KeyIndex()
         self.index.insert(np.ascontiguousarray(self.hash_of[:m]), np.arange(m, dtype=np.int64))
 
+    def encode(self, slots: np.ndarray) -> list[bytes | None]:
+        """The changelog value of each slot: every window state on it."""
+        return state_codec.encode([k for _s, k in self.kernels], [s for s, _k in self.kernels],
+                                  slots, self.newest[slots])
+
     def fixed_bytes(self) -> int:
         """The part of the bytes that freeing slots keeps: arrays, the index's table."""
         arrays = sum(a.nbytes for a in self._arrays())
@@ -298,12 +306,13 @@ class WindowStore:
         self.tables: dict[tuple[str, ...], SlotTable] = {}
         self.kernels: dict[str, tuple[Any, SlotTable]] = {}
         # Restored states of windows no spec has evaluated yet: loaded when one does.
-        self.pending: dict[str, list[tuple[int, str, list[Any]]]] = {}
+        self.pending: dict[str, list[tuple[int, str, Any, float]]] = {}
         # Called (once per scope until it is dropped) before a window first reads it.
         self.loader = loader
         self._loaded: set[int] = set()
         self.stats = StoreStats()
         self.seq = 0  # update sequence: a slot's touch is the seq of its last update
+        self._ttl_mark: dict[int, float] = {}  # the scopes' watermarks at the last TTL pass
 
     # ---- what window functions call ---------------------------------------------------
 
@@ -324,7 +333,7 @@ class WindowStore:
     def table(self, by: tuple[str, ...]) -> SlotTable:
         t = self.tables.get(by)
         if t is None:
-            t = self.tables[by] = SlotTable(self.track)
+            t = self.tables[by] = SlotTable(by, self.track)
         return t
 
     def kernel(
@@ -336,14 +345,19 @@ class WindowStore:
             table = self.table(by)
             got = self.kernels[sig] = (make(), table)
             table.kernels.append((sig, got[0]))
-            for sc, key, dumped in self.pending.pop(sig, ()):
-                self._load(got[0], table, sc, key, dumped)
+            for sc, key, state, t in self.pending.pop(sig, ()):
+                self._load(got[0], table, sc, key, state, t)
         return got
 
-    def _load(self, kernel: Any, table: SlotTable, sc: int, key: str, dumped: list[Any]) -> None:
+    def _load(self, kernel: Any, table: SlotTable, sc: int, key: str, state: Any,
+              t: float) -> None:
+        """One restored state: (value, offset, length) in the binary form, or a JSON list."""
         slot = table.slot_of(sc, key)
-        kernel.load(slot, dumped)
-        table.newest[slot] = max(table.newest[slot], _last(dumped))
+        if isinstance(state, tuple):
+            kernel.load_raw(slot, *state)
+        else:
+            kernel.load(slot, state)
+        table.newest[slot] = max(table.newest[slot], t)
         self.seq += 1
         table.touch[slot] = self.seq
 
@@ -382,19 +396,16 @@ class WindowStore:
         )
 
     def maintain(self) -> None:
-        """Evict keys past their TTL, then the least recently updated beyond the cap."""
-        for table in self.tables.values():
-            n = len(table.keys)
-            used = np.flatnonzero(table.inuse[:n])
-            if not len(used):
-                continue
-            horizon = np.full(len(used), -math.inf)
-            scope_of = table.scope_of[used]
-            for sc in np.unique(scope_of).tolist():
-                horizon[scope_of == sc] = self.scope(sc).watermark - self.ttl
-            old = used[table.newest[used] < horizon]
-            if len(old):
-                self.stats.evicted_ttl += self._evict(table, old)
+        """Evict keys past their TTL, then the least recently updated beyond the cap.
+
+        The TTL pass reads every slot, so it runs once the event time has moved on by
+        a 64th of the TTL since the last one (a key goes at most that much late).
+        """
+        marks = {sc: s.watermark for sc, s in self.scopes.items()}
+        if any(wm >= self._ttl_mark.get(sc, -math.inf) + self.ttl / 64
+               for sc, wm in marks.items()):
+            self._ttl_mark = marks
+            self._expire()
         self._compact(only_sparse=True)
         for _ in range(8):
             total = self.bytes()
@@ -420,6 +431,21 @@ class WindowStore:
                 self.stats.evicted_cap += self._evict(table, oldest)
             self._compact(only_sparse=not burst)
 
+    def _expire(self) -> None:
+        for table in self.tables.values():
+            used = np.flatnonzero(table.inuse[: len(table.keys)])
+            if not len(used):
+                continue
+            scope_of = table.scope_of[used]
+            # Each slot's horizon, by its scope's watermark (scopes are partition numbers).
+            horizon = np.full(int(scope_of.max()) + 1, -math.inf)
+            for sc in self.scopes:
+                if 0 <= sc < len(horizon):
+                    horizon[sc] = self.scopes[sc].watermark - self.ttl
+            old = used[table.newest[used] < horizon[scope_of]]
+            if len(old):
+                self.stats.evicted_ttl += self._evict(table, old)
+
     def _compact(self, only_sparse: bool) -> None:
         for table in self.tables.values():
             if table.sparse or not only_sparse:
@@ -428,13 +454,11 @@ class WindowStore:
     def _evict(self, table: SlotTable, slots: np.ndarray) -> int:
         """Drop these slots' states, remembering them as gone; how many states went."""
         slots = np.ascontiguousarray(slots, dtype=np.int64)
-        gone = 0
-        for sig, kernel in table.kernels:
-            if self.track:
-                for slot in slots.tolist():
-                    if kernel.is_live(slot):
-                        self.scope(int(table.scope_of[slot])).gone.add((sig, table.key(slot)))
-            gone += kernel.clear(slots)
+        if self.track:
+            for slot in slots.tolist():
+                if any(k.is_live(slot) for _sig, k in table.kernels):
+                    self.scope(int(table.scope_of[slot])).gone.add((table.name, table.key(slot)))
+        gone = sum(kernel.clear(slots) for _sig, kernel in table.kernels)
         table.release(slots)
         return gone
 
@@ -442,39 +466,67 @@ class WindowStore:
 
     def take_changes(
         self, sc: int
-    ) -> tuple[dict[tuple[str, str], list[Any]], set[tuple[str, str]]]:
-        """(changed key -> dumped state, evicted keys) of scope ``sc`` since the last call."""
+    ) -> tuple[dict[tuple[str, str], bytes], set[tuple[str, str]]]:
+        """Scope ``sc``'s changes since the last call: (table, key) -> value, and keys gone.
+
+        A value holds every window state of one key of one slot table (``by``), in
+        the binary form of :mod:`stream.features.state_codec`; the table is named
+        by its key fields (``src_ip``, ``src_ip>dst_ip``).
+        """
         s = self.scopes.get(sc)
         if s is None or not self.track:
             return {}, set()
-        changed: dict[tuple[str, str], list[Any]] = {}
+        changed: dict[tuple[str, str], bytes] = {}
         for table in self.tables.values():
             n = len(table.keys)
             slots = np.flatnonzero(table.dirty[:n].astype(bool) & (table.scope_of[:n] == sc))
             if not len(slots):
                 continue
-            for sig, kernel in table.kernels:
-                for slot in slots.tolist():
-                    if kernel.is_live(slot):
-                        changed[(sig, table.key(slot))] = kernel.dump(slot)
+            changed.update(
+                ((table.name, table.key(slot)), value)
+                for slot, value in zip(slots.tolist(), table.encode(slots), strict=True)
+                if value is not None
+            )
             table.dirty[slots] = 0
         gone = s.gone - set(changed)
         s.gone = set()
         return changed, gone
 
+    def snapshot(self, sc: int) -> dict[tuple[str, str], bytes]:
+        """Every state of scope ``sc``, as :meth:`take_changes` writes them."""
+        out: dict[tuple[str, str], bytes] = {}
+        for table in self.tables.values():
+            slots = table.in_scope(sc)
+            out.update(((table.name, table.key(slot)), value)
+                       for slot, value in zip(slots.tolist(), table.encode(slots), strict=True)
+                       if value is not None)
+        return out
+
     def restore(
-        self, sc: int, items: Sequence[tuple[str, str, list[Any]]], watermark: float
+        self, sc: int, items: Sequence[tuple[str, str, Any]], watermark: float
     ) -> None:
-        """Replace scope ``sc`` by the given (signature, key, dumped state) items."""
+        """Replace scope ``sc`` by the given (table, key, value) items.
+
+        A value is what :meth:`take_changes` wrote (bytes), or the earlier form: one
+        window's state as a JSON list, with the window's signature for the table.
+        """
         self._clear(sc)
         self.scopes[sc] = Scope(watermark=watermark)
+        loads: list[tuple[float, str, str, Any]] = []
+        for name, key, value in items:
+            if state_codec.is_blob(value):
+                t, states = state_codec.split(value)
+                loads.extend((t, sig, key, (value, off, size)) for sig, off, size in states)
+            else:
+                loads.append((_last(value), name, key, value))
         # Restored in least-recently-updated order, so LRU eviction still picks the oldest.
-        for sig, key, dumped in sorted(items, key=lambda it: _last(it[2])):
+        loads.sort(key=lambda it: it[0])
+        for t, sig, key, state in loads:
             got = self.kernels.get(sig)
             if got is None:
-                self.pending.setdefault(sig, []).append((sc, key, dumped))
+                self.pending.setdefault(sig, []).append((sc, key, state, t))
             else:
-                self._load(got[0], got[1], sc, key, dumped)
+                self._load(got[0], got[1], sc, key, state, t)
 
     def drop(self, sc: int) -> None:
         """Forget scope ``sc`` (its partition was revoked or its batch failed)."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
@@ -64,6 +65,7 @@ from stream.features.expr import (
     merge_codes,
     register,
 )
+from stream.features.state_codec import STATE
 from stream.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK
 
 #: Events kept per key of an exact window; older ones beyond this are forgotten early.
@@ -666,6 +668,58 @@ class PyKernel:
     def dump(self, i: int) -> list[Any]:
         return dump_state(self.states[i])
 
+    def raw(self, i: int) -> bytes:
+        """Slot ``i``'s state in the changelog's binary form (``state_codec``)."""
+        st = self.states[i]
+        olast, seen = -math.inf, 0
+        if type(st) is _Intervals:
+            olast, seen, st = st.last, st.seen, st.gaps
+        sat = False
+        if type(st) is _Damped:
+            last, w, s, q, events = st.last, st.w, st.s, st.q, b""
+        elif type(st) is _Exact:
+            last, w, s, q, sat = st.last, 0.0, st.s, st.q, st.saturated
+            flat = st.ev[st.head :]
+            events = struct.pack(f"<{len(flat)}d", *flat)
+        else:  # _Distinct: times and value hashes
+            last, w, s, q, sat = st.last, 0.0, 0.0, 0.0, st.saturated
+            pairs = st.pairs()
+            events = b"".join(struct.pack("<dQ", t, h) for t, h in pairs)
+        n = len(events) // 16
+        return STATE.pack(KINDS[self.kind], self.damped, sat, n, last, w, s, q, olast,
+                          seen) + events
+
+    def load_raw(self, i: int, buf: bytes, off: int, size: int) -> None:
+        kind, damped, sat, n, last, w, s, q, olast, seen = STATE.unpack_from(buf, off)
+        if kind != KINDS[self.kind] or bool(damped) != self.damped or \
+                STATE.size + 16 * n != size or off + size > len(buf):
+            raise ValueError("window state record does not fit this window")
+        body = off + STATE.size
+        st: Any
+        if self.damped:
+            st = _Damped()
+            st.last, st.w, st.s, st.q = last, w, s, q
+        elif self.kind == "distinct":
+            st = _Distinct()
+            st.last, st.saturated = last, bool(sat)
+            for k in range(n):
+                t, h = struct.unpack_from("<dQ", buf, body + 16 * k)
+                st.ev += [t, h]
+                st.counts[h] = st.counts.get(h, 0) + 1
+        else:
+            st = _Exact()
+            st.last, st.s, st.q, st.saturated = last, s, q, bool(sat)
+            st.ev = list(struct.unpack_from(f"<{2 * n}d", buf, body))
+        if self.kind in ("interval_mean", "interval_std"):
+            outer = _Intervals(st)
+            outer.last, outer.seen = olast, int(seen)
+            st = outer
+        if i >= len(self.states):
+            self.states.extend([None] * (i + 1 - len(self.states)))
+        if self.states[i] is None:
+            self.live += 1
+        self.states[i] = st
+
     def load(self, i: int, dumped: list[Any]) -> None:
         if i >= len(self.states):
             self.states.extend([None] * (i + 1 - len(self.states)))
@@ -705,10 +759,19 @@ _EMPTY_U: Final = np.empty(0, dtype=np.uint64)
 _said = False
 
 
+#: ``_wincore.KINDS``: a state's kind in the changelog's binary form.
+KINDS: Final = {"count": 0, "sum": 1, "mean": 2, "std": 3, "distinct": 4,
+                "interval_mean": 5, "interval_std": 6}
+
+
 def make_kernel(kind: str, damped: bool, param: float, span: float) -> Any:
-    """The compiled kernel for one window function, or :class:`PyKernel` without it."""
+    """The compiled kernel for one window function, or :class:`PyKernel` without it.
+
+    (The compiled kernels write the changelog's little-endian form in native byte
+    order: a big-endian host uses the Python ones.)
+    """
     global _said
-    if _wincore is not None and not FORCE_PYTHON:
+    if _wincore is not None and not FORCE_PYTHON and sys.byteorder == "little":
         return _wincore.Kernel(_wincore.KINDS[kind], damped, param, span, MAX_EVENTS)
     if not _said and _wincore is None:
         _said = True
