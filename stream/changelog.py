@@ -81,7 +81,7 @@ def restore(
 ) -> int:
     """Rebuild ``partition``'s state from the changelog up to input offset ``committed``.
 
-    Returns the number of entity states restored. ``committed`` < 0 (nothing
+    Returns the number of keys restored (one record each). ``committed`` < 0 (nothing
     committed yet) restores nothing: the partition starts from its beginning.
     """
     topic = settings.changelog_topic

@@ -119,5 +119,5 @@ class StateKeeper:
         t0 = time.perf_counter()
         n = changelog.restore(self.store, s, partition, tp.offset)
         if n:
-            log.info("restored %d window states of %s[%d] in %.2f s", n, s.input_topic,
+            log.info("restored the windows of %d keys of %s[%d] in %.2f s", n, s.input_topic,
                      partition, time.perf_counter() - t0)
