@@ -116,8 +116,13 @@ def test_exactly_once_windows_survive_sigkill_and_restart(
     topics = fu.Topics(unique)
     topics.create(broker, input_partitions=2)
     n = _produce_by_tenant(broker.bootstrap, topics.input, events)
+    # A stable transactional.id, as the consumer's own warning asks for exactly-once:
+    # a restart then fences the killed process's open transaction at once. (With a
+    # random id its transaction stays open, and read_committed reads of the changelog
+    # wait for it, which on the embedded broker can outlast the test.)
     env = fu.stream_env(broker.bootstrap, topics, tracking_uri, base,
-                        STREAM_DELIVERY="exactly-once")
+                        STREAM_DELIVERY="exactly-once",
+                        STREAM_KAFKA_PROPERTIES=f"transactional.id=stream-{topics.unique}")
 
     def done() -> int:
         return sum(max(o, 0) for o in fu.committed(broker.bootstrap, topics.group,
@@ -131,12 +136,21 @@ def test_exactly_once_windows_survive_sigkill_and_restart(
                       state=lambda p=proc: p.log()[-2000:])
         proc.kill()
         kills += 1
+    before = len(log.read_text()) if log.exists() else 0
     proc = fu.StreamProcess(env, log).start()
     fu.wait_until(lambda: done() >= n, 180, "every event committed",
                   state=lambda: proc.log()[-2000:])
+    # Its predecessor may have committed nearly everything: stop it once it is up (a
+    # SIGTERM while it still imports would end it before its handler is installed).
+    fu.wait_until(lambda: "consuming " in proc.log()[before:], 60, "the last process up",
+                  state=lambda: proc.log()[-2000:])
     assert proc.stop() == 0
     text = proc.log()
-    assert text.count("restored") >= 2, text[-3000:]  # each restart restored its windows
+    # A partition's windows are restored when a restarted process first reads it, and
+    # only if it had committed before: a restart may find nothing of its own to restore
+    # (its predecessor got through a partition, or never reached the other one), so
+    # the proof is the scores below; at least one restart restores.
+    assert text.count("restored") >= 1, text[-3000:]
     # Every copy, committed or from a transaction the kill aborted (the embedded broker
     # hands those to read_committed readers too), carries the score `stream score` gives.
     alerts = [orjson.loads(m.value()) for m in fu.read_topic(broker.bootstrap, topics.alerts)]
