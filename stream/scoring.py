@@ -164,17 +164,7 @@ def fast_isolation_forest(
     def score(X: np.ndarray) -> np.ndarray:
         if X.ndim != 2 or X.shape[1] != n_features:
             raise ValueError(f"expected {n_features} features, got shape {X.shape}")
-        depths = path_depths(X)
-        # sklearn's arithmetic, ufunc for ufunc, but in place: fewer temporaries per call.
-        if denominator != 0:
-            depths /= denominator
-        else:
-            depths.fill(1.0)
-        np.negative(depths, out=depths)
-        np.power(2.0, depths, out=depths)
-        np.negative(depths, out=depths)
-        depths -= offset
-        return depths
+        return _scores(path_depths(X), denominator, offset)
 
     rng = np.random.default_rng(0)
     mean = np.asarray(scaler.mean_, dtype=np.float64)
@@ -227,19 +217,21 @@ def compiled_scorer(parts: dict[str, np.ndarray], fallback: Callable[[], Any]) -
     try:
         denominator, offset, n = (float(x) for x in parts["constants"])
         n_features = int(n)
-        walk = compiled_forest.Forest(
-            np.ascontiguousarray(parts["roots"], dtype=np.int32),
-            np.ascontiguousarray(parts["depths"], dtype=np.int32),
-            np.ascontiguousarray(parts["nodes"]).view(NODE_DTYPE).reshape(-1),
-            np.ascontiguousarray(parts["term"], dtype=np.float64),
-            np.ascontiguousarray(parts["center"], dtype=np.float64),
-            np.ascontiguousarray(parts["spread"], dtype=np.float64))
         nodes = np.ascontiguousarray(parts["nodes"]).view(NODE_DTYPE).reshape(-1)
+        roots = np.ascontiguousarray(parts["roots"], dtype=np.int32)
+        center = np.ascontiguousarray(parts["center"], dtype=np.float64)
+        spread = np.ascontiguousarray(parts["spread"], dtype=np.float64)
+        # The walk does not check its indices: every one must be in range first.
         if len(nodes) and (nodes["child"].max() >= len(nodes) or nodes["child"].min() < 0
                            or nodes["feature"].max() >= n_features or nodes["feature"].min() < 0):
             return None
-        if int(np.max(parts["roots"], initial=0)) >= len(nodes):
+        if int(np.max(roots, initial=0)) >= len(nodes) or int(np.min(roots, initial=0)) < 0:
             return None
+        if len(center) not in (0, n_features) or len(spread) not in (0, n_features):
+            return None
+        walk = compiled_forest.Forest(
+            roots, np.ascontiguousarray(parts["depths"], dtype=np.int32), nodes,
+            np.ascontiguousarray(parts["term"], dtype=np.float64), center, spread)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -249,19 +241,25 @@ def compiled_scorer(parts: dict[str, np.ndarray], fallback: Callable[[], Any]) -
         depths = np.empty(len(X), dtype=np.float64)
         if not walk.depths(np.ascontiguousarray(X, dtype=np.float64), depths):
             return decision_scores(fallback(), X)
-        if denominator != 0:
-            depths /= denominator
-        else:
-            depths.fill(1.0)
-        np.negative(depths, out=depths)
-        np.power(2.0, depths, out=depths)
-        np.negative(depths, out=depths)
-        depths -= offset
-        return depths
+        return _scores(depths, denominator, offset)
 
     score.compiled = True  # type: ignore[attr-defined]
     score.parts = parts  # type: ignore[attr-defined]
     return score
+
+
+def _scores(depths: np.ndarray, denominator: Any, offset: float) -> np.ndarray:
+    """``decision_function`` from the summed path terms: sklearn's arithmetic, ufunc for
+    ufunc, but in place (fewer temporaries per call)."""
+    if denominator != 0:
+        depths /= denominator
+    else:
+        depths.fill(1.0)
+    np.negative(depths, out=depths)
+    np.power(2.0, depths, out=depths)
+    np.negative(depths, out=depths)
+    depths -= offset
+    return depths
 
 
 #: ``stream._forest.Node``'s layout.

@@ -216,14 +216,6 @@ cdef class KeyIndex:
             self.t[i].slot = -1
             self.used -= 1
 
-    def shrink(self):
-        """Fit the table to the keys it holds (after many removals)."""
-        cdef int64_t size = 1024
-        while size < 2 * self.used + 2:
-            size *= 2
-        if size < self.mask + 1:
-            self._resize(size)
-
     def get(self, uint64_t h) -> int:
         return self._get(h)
 
@@ -353,9 +345,6 @@ cdef class Kernel:
 
     # ---- storage ----------------------------------------------------------------------
 
-    cdef bint _uses_ring(self) noexcept nogil:
-        return not self.damped
-
     cdef void _reset(self, int64_t i) noexcept nogil:
         self.last[i] = -INFINITY
         self.olast[i] = -INFINITY
@@ -369,11 +358,21 @@ cdef class Kernel:
         self.rings[i].head = 0
         self.rings[i].n = 0
 
+    cdef void _fresh(self, int64_t i) noexcept nogil:
+        # A slot with no state and no event buffer (whatever it held was moved or freed).
+        self.rings[i].buf = NULL
+        self.rings[i].cap = 0
+        self._reset(i)
+
     cdef int _grow(self, int64_t need) except -1:
-        cdef int64_t cap, i, old = self.cap
         if need < self.cap:
             return 0
-        cap = max(64, need + need // 4 + 1)  # not doubling: the arrays count against the cap
+        # Not doubling: the arrays count against the memory cap.
+        return self._resize(max(64, need + need // 4 + 1))
+
+    cdef int _resize(self, int64_t cap) except -1:
+        """Every per-slot array to ``cap`` slots; new slots fresh."""
+        cdef int64_t i, old = self.cap
         self.last = <double*>_re(self.last, cap * sizeof(double))
         self.w = <double*>_re(self.w, cap * sizeof(double))
         self.s = <double*>_re(self.s, cap * sizeof(double))
@@ -385,9 +384,7 @@ cdef class Kernel:
         self.alive = <uint8_t*>_re(self.alive, cap * sizeof(uint8_t))
         self.rings = <Ring*>_re(self.rings, cap * sizeof(Ring))
         for i in range(old, cap):
-            self.rings[i].buf = NULL
-            self.rings[i].cap = 0
-            self._reset(i)
+            self._fresh(i)
         self.cap = cap
         return 0
 
@@ -471,7 +468,11 @@ cdef class Kernel:
         return 1
 
     cdef int _rehash(self) except -1:
-        cdef int64_t size = 1024 if self.tmask < 0 else (self.tmask + 1) * 2, i, j
+        return self._rebuild(1024 if self.tmask < 0 else (self.tmask + 1) * 2, NULL)
+
+    cdef int _rebuild(self, int64_t size, const int64_t* where) except -1:
+        """The distinct table at ``size`` entries; each slot renumbered by ``where`` if given."""
+        cdef int64_t i, j
         cdef Entry* old = self.table
         cdef int64_t old_size = self.tmask + 1
         self.table = <Entry*>calloc(size, sizeof(Entry))
@@ -481,6 +482,8 @@ cdef class Kernel:
         self.tmask = size - 1
         for i in range(old_size):
             if old[i].count:
+                if where != NULL:
+                    old[i].slot = where[old[i].slot]
                 j = self._home(old[i].slot, old[i].h)
                 while self.table[j].count:
                     j = (j + 1) & self.tmask
@@ -709,11 +712,9 @@ cdef class Kernel:
         Shrinks the arrays and the distinct table to fit, so a burst of keys that
         was evicted gives its memory back.
         """
-        cdef int64_t j, i, k, m = keep.shape[0], old_cap = self.cap
+        cdef int64_t j, i, m = keep.shape[0], old_cap = self.cap
         cdef int64_t cap = max(64, m + m // 4 + 1), size
         cdef int64_t* where = <int64_t*>malloc(max(1, old_cap) * sizeof(int64_t))
-        cdef Entry* old
-        cdef int64_t old_size
         if where == NULL:
             raise MemoryError()
         for i in range(old_cap):
@@ -729,9 +730,7 @@ cdef class Kernel:
             i = keep[j]
             if i >= old_cap:
                 if j < old_cap:
-                    self.rings[j].buf = NULL
-                    self.rings[j].cap = 0
-                    self._reset(j)
+                    self._fresh(j)
                 continue
             if i == j:
                 continue
@@ -740,46 +739,20 @@ cdef class Kernel:
             self.olast[j], self.seen[j], self.dn[j] = self.olast[i], self.seen[i], self.dn[i]
             self.sat[j], self.alive[j], self.rings[j] = self.sat[i], self.alive[i], self.rings[i]
         if self.tmask >= 0:
-            old, old_size = self.table, self.tmask + 1
             size = 1024
             while size < 2 * self.tused + 2:
                 size *= 2
-            self.table = <Entry*>calloc(size, sizeof(Entry))
-            if self.table == NULL:
-                self.table = old
+            try:
+                self._rebuild(size, where)
+            finally:
                 free(where)
-                raise MemoryError()
-            self.tmask = size - 1
-            for i in range(old_size):
-                if old[i].count:
-                    old[i].slot = where[old[i].slot]
-                    k = self._home(old[i].slot, old[i].h)
-                    while self.table[k].count:
-                        k = (k + 1) & self.tmask
-                    self.table[k] = old[i]
-            free(old)
-        free(where)
+        else:
+            free(where)
         if old_cap > m:
             for j in range(m, min(old_cap, cap)):
-                self.rings[j].buf = NULL
-                self.rings[j].cap = 0
-                self._reset(j)
+                self._fresh(j)
         if cap < old_cap or old_cap == 0:
-            self.last = <double*>_re(self.last, cap * sizeof(double))
-            self.w = <double*>_re(self.w, cap * sizeof(double))
-            self.s = <double*>_re(self.s, cap * sizeof(double))
-            self.q = <double*>_re(self.q, cap * sizeof(double))
-            self.olast = <double*>_re(self.olast, cap * sizeof(double))
-            self.seen = <int64_t*>_re(self.seen, cap * sizeof(int64_t))
-            self.dn = <int64_t*>_re(self.dn, cap * sizeof(int64_t))
-            self.sat = <uint8_t*>_re(self.sat, cap * sizeof(uint8_t))
-            self.alive = <uint8_t*>_re(self.alive, cap * sizeof(uint8_t))
-            self.rings = <Ring*>_re(self.rings, cap * sizeof(Ring))
-            for j in range(old_cap, cap):
-                self.rings[j].buf = NULL
-                self.rings[j].cap = 0
-                self._reset(j)
-            self.cap = cap
+            self._resize(cap)
 
     def nbytes(self) -> int:
         """Bytes held: the per-slot arrays, every event buffer and the distinct table."""

@@ -90,6 +90,10 @@ class SlotTable:
         self.free: list[int] = []
         self.kernels: list[tuple[str, Any]] = []  # (signature, kernel) of each window on it
         self.track = track
+        self._no_slots()
+
+    def _no_slots(self) -> None:
+        """The per-slot arrays, empty (``_grow`` sizes them)."""
         self.hash_of = np.zeros(0, dtype=np.uint64)
         self.scope_of = np.zeros(0, dtype=np.int64)
         self.newest = np.zeros(0, dtype=np.float64)
@@ -146,7 +150,7 @@ class SlotTable:
         self.dirty = grown(self.dirty, 0) if self.track else self.dirty
 
     def slots(self, prefix: str | list[str], parts: list[list[Any]], bad: np.ndarray,
-              scopes: list[int]) -> np.ndarray:
+              scopes: np.ndarray) -> np.ndarray:
         """The slot of each row's key (allocated when new); -1 where ``bad``.
 
         A row's key text is its prefix then its parts joined by ``>``.
@@ -169,7 +173,7 @@ class SlotTable:
             else:
                 texts = [f"{p}{a[i]}>{b[i]}" for p, i in zip(pre, rows, strict=True)]
             new = self._alloc_many(texts, np.array(list(first), dtype=np.uint64),
-                                   np.array(scopes, dtype=np.int64)[rows])
+                                   scopes[rows])
             slot_of = dict(zip(first, new.tolist(), strict=True))
             out[misses] = [slot_of[h] for h in hs]
         return out
@@ -205,12 +209,7 @@ class SlotTable:
         keys = self.keys
         self.keys = [keys[i] for i in keep.tolist()]
         old = self._arrays()
-        self.hash_of = np.zeros(0, dtype=np.uint64)
-        self.scope_of = np.zeros(0, dtype=np.int64)
-        self.newest = np.zeros(0, dtype=np.float64)
-        self.touch = np.zeros(0, dtype=np.int64)
-        self.inuse = np.zeros(0, dtype=np.uint8)
-        self.dirty = np.zeros(0, dtype=np.uint8)
+        self._no_slots()
         m = len(keep)
         self._grow(m)
         for new, was in zip(self._arrays(), old, strict=True):
@@ -598,7 +597,9 @@ class WindowRun:
         self.time_codes = codes if codes.any() else None
         self._bad_time = codes
         self.times = np.ascontiguousarray(times, dtype=np.float64)
-        self.scope_list: list[int] = [0] * n if scopes is None else np.asarray(scopes).tolist()
+        self.scope_array = (np.zeros(n, dtype=np.int64) if scopes is None
+                            else np.asarray(scopes, dtype=np.int64))
+        self.scope_list: list[int] = self.scope_array.tolist()
         store.ensure(set(self.scope_list))
         scope_text = {sc: f"{sc}{_SCOPE_SEP}" for sc in set(self.scope_list)}
         if tenants is None:
@@ -652,7 +653,7 @@ class WindowRun:
         bad = self._bad_time if codes is None else np.maximum(self._bad_time, codes)
         slots = self.store.table(by).slots(self._prefix, parts,
                                            np.ascontiguousarray(bad, dtype=np.uint8),
-                                           self.scope_list)
+                                           self.scope_array)
         got = self._slots[by] = (slots, codes)
         return got
 

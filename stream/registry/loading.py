@@ -164,7 +164,6 @@ def load_version(
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
     source = f"models:/{name}/{version}"
-    location = None
     with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
         try:
             # URIs passed explicitly: this runs on loader threads and must not change the
@@ -180,6 +179,8 @@ def load_version(
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, dst_path=tmp, tracking_uri=uri
             )
+        except ModelLoadError:
+            raise  # the kept copy itself is refused: not a download failure
         except Exception as e:
             kept = store.path(name, version) if store is not None else None
             if kept is None:
@@ -231,9 +232,7 @@ def load_proved(
 
     t0 = time.perf_counter() if t0 is None else t0
     source = f"models:/{name}/{version}"
-    mlmodel = Model.load(path)
-    check_trusted(mlmodel, source, trusted)
-    spec, thresholds = model_spec(mlmodel, source)
+    mlmodel, spec, thresholds = _checked(Model.load(path), source, trusted)
     deferred = _Deferred(path, name, version, trusted)
     scorer = compiled_scorer(parts, deferred)
     if scorer is None or int(parts["constants"][2]) != len(spec.columns):
@@ -251,6 +250,15 @@ def load_proved(
         load_seconds=time.perf_counter() - t0,
         scorer=scorer,
     )
+
+
+def _checked(
+    mlmodel: Any, source: str, trusted: Sequence[str]
+) -> tuple[Any, FeatureSpec, np.ndarray]:
+    """A version's MLmodel once trusted, with its feature spec and thresholds."""
+    check_trusted(mlmodel, source, trusted)
+    spec, thresholds = model_spec(mlmodel, source)
+    return mlmodel, spec, thresholds
 
 
 def _baseline(mlmodel: Any, spec: FeatureSpec, source: str) -> Baseline | None:
@@ -276,9 +284,7 @@ def load_directory(
 
     t0 = time.perf_counter() if t0 is None else t0
     source = f"models:/{name}/{version}"
-    mlmodel = Model.load(Path(local))
-    check_trusted(mlmodel, source, trusted)
-    spec, thresholds = model_spec(mlmodel, source)
+    mlmodel, spec, thresholds = _checked(Model.load(Path(local)), source, trusted)
     try:
         estimator = mlflow.sklearn.load_model(str(local))
     except Exception as e:
