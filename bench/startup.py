@@ -9,7 +9,7 @@
 - ``stream --help`` and ``stream models`` (a registry command): wall seconds of
   the whole process, best of a few runs.
 
-    python -m bench.startup [--session-timeout-ms 6000] [--runs 3] [--registry-uri URL]
+    python -m bench.startup [--session-timeout-ms 4000] [--runs 3] [--registry-uri URL]
                             [--model-store]
 """
 
@@ -54,7 +54,7 @@ def command_seconds(args: list[str], env: dict[str, str], runs: int) -> float:
     return best
 
 
-def measure(session_timeout_ms: int = 6000, runs: int = 3,
+def measure(session_timeout_ms: int = 4000, runs: int = 3,
             wl: workload.Workload | None = None, registry_uri: str = "",
             model_store: bool = False) -> dict[str, Any]:
     """First-commit times of fresh ``stream run`` processes.
@@ -109,7 +109,7 @@ def measure(session_timeout_ms: int = 6000, runs: int = 3,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.startup",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--session-timeout-ms", type=int, default=6000)
+    ap.add_argument("--session-timeout-ms", type=int, default=4000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--registry-uri", default="",
                     help="an mlflow server to register the models in (default: SQLite)")

@@ -120,7 +120,7 @@ class MLModelManager:
         if version is None:
             log.error("no model found for %s", name)
             return None
-        return registry.load_version(name, version, uri=self.tracking_uri).estimator
+        return registry.load_version(name, version, uri=self.tracking_uri).fitted
 
     def _production_version(self, name: str) -> str | None:
         """Alias production, else stage Production, else (logged) the latest version."""

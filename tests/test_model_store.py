@@ -10,6 +10,7 @@ loaded in full again.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ print(type(m.estimator).__name__, "sklearn" in sys.modules, "skops" in sys.modul
 
 @pytest.mark.skipif(compiled_forest is None, reason="the compiled forest walk is not built here")
 def test_a_kept_version_restarts_from_the_scorer_it_proved(
-    tracking_uri: str, tmp_path: Path
+    tracking_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     flows = list(generate_flows(1500, ("acme",), seed=3, attack_rate=0.02))
     name = "proved_" + os.urandom(3).hex()
@@ -54,7 +55,9 @@ def test_a_kept_version_restarts_from_the_scorer_it_proved(
     want = first.estimator.decision_function(X)
 
     # A restart: the kept copy and its proved scorer, the same scores, no model load.
-    again = registry.load_version(name, version, uri=tracking_uri, store=store)
+    with caplog.at_level(logging.INFO, logger="stream.registry.loading"):
+        again = registry.load_version(name, version, uri=tracking_uri, store=store)
+    assert "proved when kept" in caplog.text
     assert isinstance(again.estimator, _Deferred) and again.estimator._estimator is None
     assert np.array_equal(again.score(X), want)
     assert np.array_equal(again.thresholds, first.thresholds)
@@ -75,18 +78,25 @@ def test_a_kept_version_restarts_from_the_scorer_it_proved(
     assert out.stdout.split() == ["_Deferred", "False", "False"], out.stdout + out.stderr
     assert np.array_equal(np.load(str(data) + ".out.npy"), want)
 
-    # A tampered copy is not used: the version is loaded in full (and kept again).
+    # A tampered copy is not used: the version is downloaded again, served by the scorer
+    # its trainer shipped (proved anew, stream.registry.shipped), and kept whole again.
     arrays = kept / PROVED_ARRAYS
     raw = bytearray(arrays.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     arrays.write_bytes(bytes(raw))
-    full = registry.load_version(name, version, uri=tracking_uri, store=store)
-    assert not isinstance(full.estimator, _Deferred)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stream.registry.loading"):
+        full = registry.load_version(name, version, uri=tracking_uri, store=store)
+    assert "its trainer shipped" in caplog.text and "proved when kept" not in caplog.text
     assert np.array_equal(full.score(X), want)
+    location = orjson.loads((kept / PROVED_META).read_bytes())["location"]
+    assert store.proved(name, version, location) is not None
     # Nor is one kept for another location (a version number reused after a delete).
     meta = kept / PROVED_META
     doc = orjson.loads(meta.read_bytes())
     meta.write_bytes(orjson.dumps({**doc, "location": doc["location"] + "-elsewhere"}))
     assert store.proved(name, version, doc["location"]) is None
-    assert not isinstance(
-        registry.load_version(name, version, uri=tracking_uri, store=store).estimator, _Deferred)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stream.registry.loading"):
+        registry.load_version(name, version, uri=tracking_uri, store=store)
+    assert "its trainer shipped" in caplog.text and "proved when kept" not in caplog.text

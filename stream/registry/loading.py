@@ -10,9 +10,11 @@ bit-identical to the model's own ``decision_function``.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 from stream.baseline import Baseline
 from stream.features import FeatureSpec, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
+from stream.registry import shipped
 from stream.registry.client import client, tracking_uri
 from stream.scoring import (
     check_thresholds,
@@ -94,6 +97,13 @@ class LoadedModel:
     def key(self) -> tuple[str, str]:
         return (self.name, self.version)
 
+    @property
+    def fitted(self) -> Any:
+        """The fitted estimator itself (loaded now if it was deferred: a proved scorer
+        serves the version without it)."""
+        est = self.estimator
+        return est() if isinstance(est, _Deferred) else est
+
     def score(self, X: np.ndarray) -> np.ndarray:
         if self.scorer is not None:
             return self.scorer(X)
@@ -164,7 +174,9 @@ def load_version(
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
     source = f"models:/{name}/{version}"
-    with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix="stream-model-"))
+    owned = False  # True once a served model's lazy estimator reads from ``tmp``
+    try:
         try:
             # URIs passed explicitly: this runs on loader threads and must not change the
             # process-wide default tracking URI under anyone else's feet. The version's own
@@ -176,9 +188,9 @@ def load_version(
                 model = load_proved(*proved, name, version, trusted=trusted, t0=t0)
                 if model is not None:
                     return model
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=tmp, tracking_uri=uri
-            )
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(tmp), tracking_uri=uri
+            ))
         except ModelLoadError:
             raise  # the kept copy itself is refused: not a download failure
         except Exception as e:
@@ -188,13 +200,75 @@ def load_version(
             log.warning("%s: download failed (%s); loading the copy in the model store",
                         source, str(e).splitlines()[0][:200])
             return load_directory(kept, name, version, trusted=trusted, t0=t0)
-        model = load_directory(Path(local), name, version, trusted=trusted, t0=t0)
         if store is not None:
-            store.keep(name, version, Path(local))
+            store.keep(name, version, local)
+        kept = store.path(name, version) if store is not None else None
+        model = load_shipped(kept or local, name, version, trusted=trusted, t0=t0)
+        if model is not None:
+            owned = kept is None
+        else:
+            model = load_directory(local, name, version, trusted=trusted, t0=t0)
+        if store is not None:
             parts = getattr(model.scorer, "parts", None)
             if parts is not None:
                 store.keep_proved(name, version, location, parts, dict(model.info))
+        if owned:
+            # The temporary copy lives as long as the model that may still load from it.
+            weakref.finalize(model.estimator, shutil.rmtree, tmp, True)
         return model
+    finally:
+        if not owned:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_shipped(
+    local: Path, name: str, version: str, *, trusted: Sequence[str] = (),
+    t0: float | None = None,
+) -> LoadedModel | None:
+    """A downloaded version served by the scorer its trainer shipped and proved
+    (``stream.registry.shipped``), once it proves identical here too; None otherwise.
+
+    The same checks of its MLmodel as a full load; no sklearn or skops import.
+    """
+    from mlflow.models import Model
+
+    t0 = time.perf_counter() if t0 is None else t0
+    source = f"models:/{name}/{version}"
+    mlmodel, spec, thresholds = _checked(Model.load(local), source, trusted)
+    model_file = str(mlmodel.flavors["sklearn"].get("pickled_model") or "model.skops")
+    deferred = _Deferred(local, name, version, trusted)
+    found = shipped.read(local, model_file, deferred, source)
+    if found is None:
+        return None
+    scorer, estimator_name = found
+    if int(scorer.parts["constants"][2]) != len(spec.columns):  # type: ignore[attr-defined]
+        log.warning("%s: its shipped scorer takes other inputs than its spec; loading the model",
+                    source)
+        return None
+    meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
+    log.info("%s: scoring with the compiled scorer its trainer shipped (proved here, "
+             "no model load)", source)
+    return LoadedModel(
+        baseline=_baseline(mlmodel, spec, source),
+        name=name,
+        version=str(version),
+        features=spec.columns,
+        spec=spec,
+        info=_info(meta, estimator_name),
+        thresholds=thresholds,
+        estimator=deferred,
+        load_seconds=time.perf_counter() - t0,
+        scorer=scorer,
+    )
+
+
+def _info(meta: Mapping[str, Any], estimator_name: str) -> dict[str, Any]:
+    """What ``stream describe`` shows of a version's training: detector, schema, estimator."""
+    return {
+        "detector": meta.get("detector", "isolation_forest"),
+        "input_schema": meta.get("input_schema", "native"),
+        "estimator": estimator_name,
+    }
 
 
 class _Deferred:
@@ -304,11 +378,8 @@ def load_directory(
         version=str(version),
         features=spec.columns,
         spec=spec,
-        info={
-            "detector": meta.get("detector", "isolation_forest"),
-            "input_schema": meta.get("input_schema", "native"),
-            "estimator": type(estimator[-1] if hasattr(estimator, "steps") else estimator).__name__,
-        },
+        info=_info(meta, type(estimator[-1] if hasattr(estimator, "steps")
+                              else estimator).__name__),
         thresholds=thresholds,
         estimator=estimator,
         load_seconds=time.perf_counter() - t0,

@@ -8,11 +8,14 @@ serialized with skops and the types it must trust (``TRUSTED_TYPES``).
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +25,15 @@ from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from stream.features import FeatureSpec, RecordColumns, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.reasons import OK, REASONS
+from stream.registry import shipped
 from stream.registry.admin import promote
-from stream.registry.client import ensure_experiment, registered_name, tracking_uri, using_uri
+from stream.registry.client import (
+    client,
+    ensure_experiment,
+    registered_name,
+    tracking_uri,
+    using_uri,
+)
 from stream.registry.loading import TRUSTED_TYPES, needed_types
 from stream.scoring import (
     DEFAULT_CALIBRATION,
@@ -32,6 +42,8 @@ from stream.scoring import (
     decision_scores,
 )
 from stream.sources.view import columns_for
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FEATURES: tuple[str, ...] = ("bytes_transferred", "packet_count", "connection_duration")
 
@@ -293,6 +305,7 @@ def log_pipeline(
                     }
                 },
             )
+        _ship_scorer(pipeline, X, info, uri)
         run_id = run.info.run_id
     version = str(info.registered_model_version)
     return TrainResult(
@@ -303,6 +316,31 @@ def log_pipeline(
         thresholds=(float(thr[0]), float(thr[1]), float(thr[2])),
         metrics=metrics,
     )
+
+
+def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str) -> None:
+    """Log the proved compiled scorer into the version's model directory
+    (``stream.registry.shipped``), so a consumer serves it without loading sklearn.
+
+    A pipeline without one (another detector, no compiled extension) ships nothing;
+    a failure to upload is logged, and consumers then load the model the usual way.
+    """
+    import mlflow
+
+    model_file = str(info.flavors["sklearn"].get("pickled_model") or "model.skops")
+    try:
+        root = client(uri).get_logged_model(info.model_id).artifact_location
+        with tempfile.TemporaryDirectory(prefix="stream-scorer-") as tmp:
+            saved = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{root.rstrip('/')}/{model_file}", dst_path=tmp, tracking_uri=uri
+            )
+            out = Path(tmp) / "scorer"
+            out.mkdir()
+            if shipped.write(pipeline, X, Path(saved).read_bytes(), out):
+                client(uri).log_model_artifacts(info.model_id, str(out))
+    except Exception as e:  # the model is registered and serves either way
+        log.warning("the compiled scorer was not shipped with the model (%s); consumers "
+                    "will load it with scikit-learn", str(e).splitlines()[0][:200])
 
 
 def train(
