@@ -217,6 +217,8 @@ def test_train_promote_models_and_run_through_the_server(
         # stdout is the one JSON object; MLflow's run link went to stderr.
         results.append(orjson.loads(out))
         assert "View run " in err and registry.uri in err
+        # The proved scorer went up through the server with the model (registry/shipped.py).
+        assert "was not shipped" not in err, err[-3000:]
     glob, acme = results
     assert (glob["model_name"], glob["version"], glob["promoted"]) == (base, "1", True)
     assert (acme["model_name"], acme["version"], acme["promoted"]) == (tenant_model, "1", False)
@@ -280,6 +282,8 @@ def test_train_promote_models_and_run_through_the_server(
         assert value(samples, "stream_model_reload_failures_total", model=model) == 0
     assert read_all(broker.bootstrap, topics["dlq"]) == []
     assert "401" not in proc.stderr_text() and "403" not in proc.stderr_text()
+    # Both versions served from the scorer their trainer shipped, proved here.
+    assert proc.stderr_text().count("its trainer shipped") >= 2, proc.log_tail()
 
 
 
