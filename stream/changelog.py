@@ -19,6 +19,10 @@ last committed batch, and the events after it are scored again on top of it.
 That check is also what makes this correct on a broker that hands aborted
 transactional records to read_committed readers (the embedded broker does).
 
+Records of the earlier form (one JSON record per window and key, keyed by the
+window's signature) still restore; the first commit after that writes the key in
+the binary form and a tombstone for the old record, so compaction removes it.
+
 Known limit: with compaction, a newer record of an uncommitted batch can hide an
 older committed one of the same key once the broker compacts; the key then
 restores from nothing. It needs a crash between produce and commit and a

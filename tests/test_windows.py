@@ -247,6 +247,21 @@ def test_the_earlier_json_form_of_the_changelog_still_restores() -> None:
     for _sig, _key, d in legacy:
         assert dump_state(load_state(d))[1][:2] == d[1][:2]
 
+    # The first commit after such a restore migrates: every key in the binary form, and a
+    # tombstone for each record of the earlier form (it would be restored at every start).
+    migrating = WindowStore(track=True)
+    migrating.restore(0, legacy, store.scope(0).watermark)
+    spec.compute(RecordColumns([]), store=migrating)
+    changed, gone = migrating.take_changes(0)
+    assert gone == {(sig, key) for sig, key, _d in legacy}
+    assert {key for _name, key in changed} == {"a", "b"}
+    assert all(state_codec.is_blob(v) for v in changed.values())
+    assert migrating.take_changes(0) == ({}, set())
+    migrated = WindowStore()
+    migrated.restore(0, [(n, k, v) for (n, k), v in changed.items()], store.scope(0).watermark)
+    third = spec.compute(RecordColumns(events[3:]), store=migrated).X
+    assert np.array_equal(third, second)
+
 
 def test_late_events_are_scored_but_change_nothing() -> None:
     spec = FeatureSpec.parse([("c", "count(by=src, window=60s)")])

@@ -345,17 +345,23 @@ class WindowStore:
             got = self.kernels[sig] = (make(), table)
             table.kernels.append((sig, got[0]))
             for sc, key, state, t in self.pending.pop(sig, ()):
-                self._load(got[0], table, sc, key, state, t)
+                self._load(got[0], table, sc, key, state, t, sig)
         return got
 
     def _load(self, kernel: Any, table: SlotTable, sc: int, key: str, state: Any,
-              t: float) -> None:
+              t: float, sig: str) -> None:
         """One restored state: (value, offset, length) in the binary form, or a JSON list."""
         slot = table.slot_of(sc, key)
         if isinstance(state, tuple):
             kernel.load_raw(slot, *state)
         else:
             kernel.load(slot, state)
+            # Migrated: the next commit writes the key in the binary form and a tombstone
+            # for its record of the earlier form (keyed by the window's signature), which
+            # would otherwise stay in the compacted topic and be restored at every start.
+            if self.track:
+                table.dirty[slot] = 1
+                self.scopes[sc].gone.add((sig, key))
         table.newest[slot] = max(table.newest[slot], t)
         self.seq += 1
         table.touch[slot] = self.seq
@@ -525,7 +531,7 @@ class WindowStore:
             if got is None:
                 self.pending.setdefault(sig, []).append((sc, key, state, t))
             else:
-                self._load(got[0], got[1], sc, key, state, t)
+                self._load(got[0], got[1], sc, key, state, t, sig)
 
     def drop(self, sc: int) -> None:
         """Forget scope ``sc`` (its partition was revoked or its batch failed)."""
