@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -69,13 +70,17 @@ def test_a_first_start_scores_from_the_shipped_scorer_without_sklearn(
     X = full.spec.compute(RecordColumns(flows)).X
     want = full.estimator.decision_function(X)
 
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("stream-model-*"))
     served = registry.load_version(name, version, uri=tracking_uri)
     assert isinstance(served.estimator, _Deferred) and served.estimator._estimator is None
+    # The download is not kept meanwhile (256 cached tenant models would hold their files).
+    assert set(temp.glob("stream-model-*")) == before
     assert np.array_equal(served.score(X), want)
     assert np.array_equal(served.thresholds, full.thresholds) and served.info == full.info
     assert served.baseline is not None and served.spec.to_dict() == full.spec.to_dict()
-    # A NaN row, which the compiled walk hands back, is scored by the model, loaded then
-    # from the download the served model keeps alive.
+    # A NaN row, which the compiled walk hands back, is scored by the model, downloaded
+    # and loaded then.
     odd = X[:3].copy()
     odd[2, 1] = np.nan
     assert np.array_equal(served.score(odd), full.score(odd), equal_nan=True)

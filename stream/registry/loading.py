@@ -10,11 +10,9 @@ bit-identical to the model's own ``decision_function``.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +172,7 @@ def load_version(
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
     source = f"models:/{name}/{version}"
-    tmp = Path(tempfile.mkdtemp(prefix="stream-model-"))
-    owned = False  # True once a served model's lazy estimator reads from ``tmp``
-    try:
+    with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
         try:
             # URIs passed explicitly: this runs on loader threads and must not change the
             # process-wide default tracking URI under anyone else's feet. The version's own
@@ -189,7 +185,7 @@ def load_version(
                 if model is not None:
                     return model
             local = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=str(tmp), tracking_uri=uri
+                artifact_uri=location, dst_path=tmp, tracking_uri=uri
             ))
         except ModelLoadError:
             raise  # the kept copy itself is refused: not a download failure
@@ -203,32 +199,31 @@ def load_version(
         if store is not None:
             store.keep(name, version, local)
         kept = store.path(name, version) if store is not None else None
-        model = load_shipped(kept or local, name, version, trusted=trusted, t0=t0)
-        if model is not None:
-            owned = kept is None
-        else:
+        # Served from the shipped scorer, the estimator loads only if asked for: from the
+        # store's copy, else downloaded again then (not kept on disk meanwhile: 256 cached
+        # tenant models would hold their files in the temporary directory).
+        model = load_shipped(local, name, version, trusted=trusted, t0=t0,
+                             later=kept or (location, uri))
+        if model is None:
             model = load_directory(local, name, version, trusted=trusted, t0=t0)
         if store is not None:
             parts = getattr(model.scorer, "parts", None)
             if parts is not None:
                 store.keep_proved(name, version, location, parts, dict(model.info))
-        if owned:
-            # The temporary copy lives as long as the model that may still load from it.
-            weakref.finalize(model.estimator, shutil.rmtree, tmp, True)
         return model
-    finally:
-        if not owned:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_shipped(
     local: Path, name: str, version: str, *, trusted: Sequence[str] = (),
-    t0: float | None = None,
+    t0: float | None = None, later: Path | tuple[str, str] | None = None,
 ) -> LoadedModel | None:
     """A downloaded version served by the scorer its trainer shipped and proved
     (``stream.registry.shipped``), once it proves identical here too; None otherwise.
 
-    The same checks of its MLmodel as a full load; no sklearn or skops import.
+    The same checks of its MLmodel as a full load; no sklearn or skops import. The
+    estimator is loaded when first asked for, from ``later``: a directory that stays
+    (the model store's copy), or (location, tracking URI) to download it again;
+    by default from ``local``.
     """
     from mlflow.models import Model
 
@@ -236,7 +231,7 @@ def load_shipped(
     source = f"models:/{name}/{version}"
     mlmodel, spec, thresholds = _checked(Model.load(local), source, trusted)
     model_file = str(mlmodel.flavors["sklearn"].get("pickled_model") or "model.skops")
-    deferred = _Deferred(local, name, version, trusted)
+    deferred = _Deferred(local if later is None else later, name, version, trusted)
     found = shipped.read(local, model_file, deferred, source)
     if found is None:
         return None
@@ -272,20 +267,38 @@ def _info(meta: Mapping[str, Any], estimator_name: str) -> dict[str, Any]:
 
 
 class _Deferred:
-    """A proved model's sklearn estimator, loaded from its kept copy when first needed
-    (a row the compiled walk hands back, or a caller that asks for the estimator)."""
+    """A proved model's sklearn estimator, loaded when first needed (a row the compiled
+    walk hands back, or a caller that asks for the estimator): from a model directory
+    that stays, or downloaded again from (location, tracking URI)."""
 
-    def __init__(self, path: Path, name: str, version: str, trusted: Sequence[str]) -> None:
-        self._args = (path, name, version, trusted)
+    def __init__(self, where: Path | tuple[str, str], name: str, version: str,
+                 trusted: Sequence[str]) -> None:
+        self._args = (where, name, version, trusted)
         self._estimator: Any = None
         self._lock = threading.Lock()
 
     def __call__(self) -> Any:
         with self._lock:
             if self._estimator is None:
-                path, name, version, trusted = self._args
-                self._estimator = load_directory(path, name, version, trusted=trusted).estimator
+                where, name, version, trusted = self._args
+                if isinstance(where, Path):
+                    self._estimator = load_directory(where, name, version,
+                                                     trusted=trusted).estimator
+                else:
+                    self._estimator = self._download(*where)
             return self._estimator
+
+    def _download(self, location: str, uri: str) -> Any:
+        import mlflow
+
+        _where, name, version, trusted = self._args
+        with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=tmp, tracking_uri=uri)
+            except Exception as e:
+                raise ModelLoadError(f"models:/{name}/{version}: download failed: {e}") from e
+            return load_directory(Path(local), name, version, trusted=trusted).estimator
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
