@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import gc
 import pickle
+import shutil
+import tempfile
 import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,7 @@ from bench.workload import (
 from stream.batch import process_batch
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, encode_alert, model_ref, threat_levels, utc_now_iso
-from stream.registry import TRUSTED_TYPES, LoadedModel, RegistryView, registered_name
+from stream.registry import TRUSTED_TYPES, LoadedModel, RegistryView, registered_name, shipped
 from stream.scoring import fast_isolation_forest
 
 PARTITIONS = 4
@@ -260,6 +263,9 @@ class ScaleResult:
     loads_per_batch_default_cache: float
     default_cache: int
     projected_eps_default_cache: float
+    shipped_load_ms: float = float("nan")
+    mb_per_shipped_model: float = float("nan")
+    projected_eps_default_cache_shipped: float = float("nan")
 
 
 class _NoModel:
@@ -301,7 +307,34 @@ def run_scale(wl: Workload, n_tenants: int = 1000, n_events: int = 10000,
     tracemalloc.stop()
     del kept
 
-    # For the throughput runs a load is a pickle round trip of the same fitted model
+    # What a version with a shipped scorer costs instead (registry/shipped.py: the
+    # hashes, the arrays, the proof rows scored and compared; no estimator is kept).
+    shipped_dir = Path(tempfile.mkdtemp(prefix="bench-shipped-"))
+    (shipped_dir / "model.skops").write_bytes(blob)
+    rows = np.random.default_rng(0).normal(size=(2048, len(wl.features)))
+    has_shipped = shipped.write(wl.estimator, rows, blob, shipped_dir)
+
+    def from_shipped() -> Any:
+        got = shipped.read(shipped_dir, "model.skops", lambda: wl.estimator, "bench")
+        return None if got is None else got[0]
+
+    shipped_ms = shipped_mb = float("nan")
+    if has_shipped:
+        t0 = time.perf_counter()
+        kept = [from_shipped() for _ in range(sample_loads)]
+        shipped_ms = (time.perf_counter() - t0) / sample_loads * 1e3
+        del kept
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [from_shipped() for _ in range(sample_loads)]
+        gc.collect()
+        shipped_mb = (tracemalloc.get_traced_memory()[0] - before) / sample_loads / 1e6
+        tracemalloc.stop()
+        del kept
+
+    # For the throughput runs a load is the shipped scorer's (what a consumer does for a
+    # version `stream train` logged), else a pickle round trip of the same fitted model
     # (separate arrays, the same memory, ~2 ms instead of ~100 ms) so 1,000 loads fit
     # in the benchmark's time budget; the skops cost above is reported separately.
     pickled = pickle.dumps(wl.estimator)
@@ -309,6 +342,10 @@ def run_scale(wl: Workload, n_tenants: int = 1000, n_events: int = 10000,
 
     def loader(name: str, _version: str) -> LoadedModel:
         loads[name] += 1
+        scorer = from_shipped() if has_shipped else None
+        if scorer is not None:
+            return LoadedModel(name, "1", wl.features, wl.thresholds, _NoModel(),
+                               scorer=scorer)
         est = pickle.loads(pickled)
         # As registry.load_version does: the fast scorer, once proved identical.
         return LoadedModel(name, "1", wl.features, wl.thresholds, est,
@@ -361,8 +398,10 @@ def run_scale(wl: Workload, n_tenants: int = 1000, n_events: int = 10000,
     small.stop()
     n_batches = len(batches_of(wl.batch_size))
     reloads = sum(loads.values()) / n_batches
-    # Computed, not run: the warm pass plus a skops load for every reload it needs.
+    # Computed, not run: the warm pass plus a load for every reload it needs.
     projected = n_events / (warm + sum(loads.values()) * load_s)
+    projected_shipped = n_events / (warm + sum(loads.values()) * shipped_ms / 1e3)
+    shutil.rmtree(shipped_dir, ignore_errors=True)
     return ScaleResult(
         tenants=n_tenants,
         events=n_events,
@@ -379,4 +418,7 @@ def run_scale(wl: Workload, n_tenants: int = 1000, n_events: int = 10000,
         loads_per_batch_default_cache=reloads,
         default_cache=default_cache,
         projected_eps_default_cache=projected,
+        shipped_load_ms=shipped_ms,
+        mb_per_shipped_model=shipped_mb,
+        projected_eps_default_cache_shipped=projected_shipped,
     )

@@ -319,10 +319,15 @@ def _report(args: argparse.Namespace, wl: workload.Workload, off: offline.Offlin
                      "events/s warm")
         lines.append(f"  memory per loaded model: {scale.mb_per_model:.2f} MB (traced); one lazy "
                      f"load (skops, trusted types, scorer check): {scale.skops_load_ms:.0f} ms")
+        lines.append(f"  from the scorer its trainer shipped (hashes, arrays, proof rows; the "
+                     f"throughput rows above load so): {scale.shipped_load_ms:.1f} ms, "
+                     f"{scale.mb_per_shipped_model:.2f} MB per model (traced)")
         lines.append(f"  default --model-cache-size {scale.default_cache}: "
                      f"{scale.loads_per_batch_default_cache:.0f} reloads per micro-batch; at "
                      f"{scale.skops_load_ms:.0f} ms each that is "
-                     f"{_fmt_eps(scale.projected_eps_default_cache)} events/s (computed)")
+                     f"{_fmt_eps(scale.projected_eps_default_cache)} events/s, at "
+                     f"{scale.shipped_load_ms:.1f} ms each "
+                     f"{_fmt_eps(scale.projected_eps_default_cache_shipped)} (computed)")
 
     lines += ["", f"peak RSS of the benchmark process {_mb(workload.peak_rss_bytes())}; "
                   f"whole run {elapsed:.0f}s"]
