@@ -106,7 +106,7 @@ def _rewrite(local: Path, change: dict[str, np.ndarray]) -> None:
     (local / shipped.META).write_bytes(orjson.dumps(meta))
 
 
-@pytest.mark.parametrize("damage", ["bytes", "proof", "model", "format", "missing"])
+@pytest.mark.parametrize("damage", ["bytes", "proof", "model", "format", "missing", "garbage"])
 def test_a_shipped_scorer_that_does_not_prove_is_refused(
     tracking_uri: str, trained: tuple[str, str, list[dict]], tmp_path: Path,
     caplog: pytest.LogCaptureFixture, damage: str,
@@ -132,6 +132,12 @@ def test_a_shipped_scorer_that_does_not_prove_is_refused(
     elif damage == "format":
         meta_path.write_bytes(orjson.dumps({**orjson.loads(meta_path.read_bytes()), "format": 9}))
         why = "unknown format"
+    elif damage == "garbage":  # not an npz at all, with a matching SHA-256
+        junk = b"PK\x03\x04 not a zip archive"
+        (local / shipped.ARRAYS).write_bytes(junk)
+        meta = orjson.loads(meta_path.read_bytes())
+        meta_path.write_bytes(orjson.dumps({**meta, "arrays_sha256": shipped._sha256(junk)}))
+        why = "do not load"
     else:
         (local / shipped.ARRAYS).unlink()
         why = "missing"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any, Final
 
@@ -87,11 +88,16 @@ def read(local: Path, model_file: str, fallback: Any, source: str) -> tuple[Scor
         log.warning("%s: its shipped scorer is unreadable (%s); loading the model", source, e)
         return None
     data, why = _checked(local, meta, model_file)
+    scorer = None
     if why is None:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            parts = {k: z[k] for k in z.files}
-        proof_X, proof_scores = parts.pop("proof_X"), parts.pop("proof_scores")
-        scorer = compiled_scorer(parts, fallback)
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                parts = {k: z[k] for k in z.files}
+            proof_X, proof_scores = parts.pop("proof_X"), parts.pop("proof_scores")
+            scorer = compiled_scorer(parts, fallback)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            why = f"its arrays do not load ({type(e).__name__}: {e})"
+    if why is None:
         if scorer is None:
             why = "its arrays do not rebuild the compiled scorer"
         else:
