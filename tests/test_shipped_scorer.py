@@ -29,7 +29,7 @@ from stream import registry
 from stream.features import RecordColumns
 from stream.generate import generate_flows
 from stream.registry import shipped
-from stream.registry.loading import _Deferred, load_directory, load_shipped
+from stream.registry.loading import ModelLoadError, _Deferred, load_directory, load_shipped
 from stream.scoring import compiled_forest
 
 pytestmark = pytest.mark.skipif(compiled_forest is None,
@@ -161,3 +161,15 @@ def test_a_detector_without_a_compiled_scorer_ships_nothing(
     assert model.info["estimator"] == "EllipticEnvelope"
     assert not isinstance(model.estimator, _Deferred)
     shutil.rmtree(tmp_path / "dl")
+
+
+def test_a_broken_mlmodel_file_is_a_load_error(
+    tracking_uri: str, trained: tuple[str, str, list[dict]], tmp_path: Path
+) -> None:
+    name, version, _ = trained
+    local = _download(tracking_uri, name, version, tmp_path / "dl")
+    (local / "MLmodel").write_text("flavors: {sklearn: [unclosed\n")
+    with pytest.raises(ModelLoadError, match="MLmodel file does not load"):
+        load_shipped(local, name, version)
+    with pytest.raises(ModelLoadError, match="MLmodel file does not load"):
+        load_directory(local, name, version)
