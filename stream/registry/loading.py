@@ -4,7 +4,10 @@ A version is downloaded once, refused unless its sklearn flavor is skops **and**
 the types it asks skops to trust are in ``TRUSTED_TYPES`` (pickle could run
 arbitrary code), and loaded with the features and thresholds recorded in its
 MLmodel metadata. The fast forest scorer is attached only once it has proved
-bit-identical to the model's own ``decision_function``.
+bit-identical to the model's own ``decision_function``. A version that ships
+the scorer its trainer proved (``stream.registry.shipped``), or whose proved
+scorer the model store kept, is served from it after the same checks of its
+MLmodel, without loading the estimator (``_Deferred`` loads it if asked).
 """
 
 from __future__ import annotations
@@ -241,13 +244,21 @@ def load_shipped(
     meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
     log.info("%s: scoring with the compiled scorer its trainer shipped (proved here, "
              "no model load)", source)
+    return _served(mlmodel, spec, thresholds, scorer, deferred, _info(meta, estimator_name),
+                   name, version, t0)
+
+
+def _served(mlmodel: Any, spec: FeatureSpec, thresholds: np.ndarray, scorer: Any,
+            deferred: _Deferred, info: Mapping[str, Any], name: str, version: str,
+            t0: float) -> LoadedModel:
+    """A version served by a proved compiled scorer, its estimator deferred."""
     return LoadedModel(
-        baseline=_baseline(mlmodel, spec, source),
+        baseline=_baseline(mlmodel, spec, f"models:/{name}/{version}"),
         name=name,
         version=str(version),
         features=spec.columns,
         spec=spec,
-        info=_info(meta, estimator_name),
+        info=dict(info),
         thresholds=thresholds,
         estimator=deferred,
         load_seconds=time.perf_counter() - t0,
@@ -321,18 +332,7 @@ def load_proved(
     if scorer is None or int(parts["constants"][2]) != len(spec.columns):
         return None
     log.info("%s: scoring with the compiled scorer it proved when kept (no model load)", source)
-    return LoadedModel(
-        baseline=_baseline(mlmodel, spec, source),
-        name=name,
-        version=str(version),
-        features=spec.columns,
-        spec=spec,
-        info=dict(info),
-        thresholds=thresholds,
-        estimator=deferred,
-        load_seconds=time.perf_counter() - t0,
-        scorer=scorer,
-    )
+    return _served(mlmodel, spec, thresholds, scorer, deferred, info, name, version, t0)
 
 
 def read_mlmodel(local: Path) -> Any:
