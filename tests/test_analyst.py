@@ -123,6 +123,12 @@ def test_alerts_explain_group_into_incidents_and_map_to_ecs_and_ocsf(served: Ser
     # their bytes, so the duration leads some.)
     assert sum("bytes" in t for t in tops) > len(tops) / 2, tops
     assert all(any("bytes" in x["feature"] for x in a["explanation"][:2]) for a in exfil)
+    # Where another input leads, it is outside the training range as the bytes are (tail
+    # 0 for both): ranking the bytes first there would be arbitrary, not more true.
+    for a in exfil:
+        if "bytes" not in a["explanation"][0]["feature"]:
+            first, second = a["explanation"][:2]
+            assert first["tail"] == 0 and second["tail"] == 0 and "bytes" in second["feature"]
 
     # One port-scan episode (one scanner) is one incident, in far fewer records.
     scans = [a for a in alerts if label[a["alert_id"]] == "port_scan"]
