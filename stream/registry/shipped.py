@@ -34,7 +34,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from stream.scoring import Scorer, compiled_scorer, fast_isolation_forest
+from stream.scoring import Scorer, compiled_forest, compiled_scorer, fast_isolation_forest
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def write(pipeline: Any, X: np.ndarray, model_file: bytes, dest: Path) -> bool:
 def read(local: Path, model_file: str, fallback: Any, source: str) -> tuple[Scorer, str] | None:
     """The shipped scorer of the model directory ``local`` once it proves identical here,
     with the estimator's name; None (and why, in the log) when it does not."""
+    if compiled_forest is None:
+        return None  # no compiled walk here: the model loads (stream.scoring says so once)
     try:
         meta = orjson.loads((local / META).read_bytes())
     except FileNotFoundError:
@@ -88,28 +90,28 @@ def read(local: Path, model_file: str, fallback: Any, source: str) -> tuple[Scor
         log.warning("%s: its shipped scorer is unreadable (%s); loading the model", source, e)
         return None
     data, why = _checked(local, meta, model_file)
-    scorer = None
-    if why is None:
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                parts = {k: z[k] for k in z.files}
-            proof_X, proof_scores = parts.pop("proof_X"), parts.pop("proof_scores")
-            scorer = compiled_scorer(parts, fallback)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            why = f"its arrays do not load ({type(e).__name__}: {e})"
-    if why is None:
-        if scorer is None:
-            why = "its arrays do not rebuild the compiled scorer"
-        else:
-            try:
-                same = np.array_equal(scorer(proof_X), proof_scores)
-            except ValueError as e:
-                same, why = False, f"its proof rows do not score ({e})"
-            if same:
-                return scorer, str(meta.get("estimator", "IsolationForest"))
-            why = why or "it is not identical to decision_function on its proof rows"
+    scorer, why = _proved(data, fallback) if why is None else (None, why)
+    if scorer is not None:
+        return scorer, str(meta.get("estimator", "IsolationForest"))
     log.warning("%s: its shipped scorer is not used (%s); loading the model", source, why)
     return None
+
+
+def _proved(data: bytes, fallback: Any) -> tuple[Scorer | None, str]:
+    """The scorer rebuilt from the arrays file once it scores its proof rows exactly as
+    ``decision_function`` did at training; else None and why."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            parts = {k: z[k] for k in z.files}
+        proof_X, proof_scores = parts.pop("proof_X"), parts.pop("proof_scores")
+        scorer = compiled_scorer(parts, fallback)
+        if scorer is None:
+            return None, "its arrays do not rebuild the compiled scorer"
+        if not np.array_equal(scorer(proof_X), proof_scores):
+            return None, "it is not identical to decision_function on its proof rows"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        return None, f"its arrays do not load ({type(e).__name__}: {e})"
+    return scorer, ""
 
 
 def _checked(local: Path, meta: Any, model_file: str) -> tuple[bytes, str | None]:
