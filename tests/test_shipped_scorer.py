@@ -173,3 +173,19 @@ def test_a_broken_mlmodel_file_is_a_load_error(
         load_shipped(local, name, version)
     with pytest.raises(ModelLoadError, match="MLmodel file does not load"):
         load_directory(local, name, version)
+
+
+def test_without_the_compiled_walk_the_version_loads_as_before(
+    tracking_uri: str, trained: tuple[str, str, list[dict]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stream import scoring
+
+    name, version, _ = trained
+    local = _download(tracking_uri, name, version, tmp_path / "dl")
+    monkeypatch.setattr(scoring, "compiled_forest", None)
+    with caplog.at_level(logging.WARNING, logger="stream.registry.shipped"):
+        assert load_shipped(local, name, version) is None
+    assert caplog.text == ""  # quiet: stream.scoring says once that the walk is missing
+    model = registry.load_version(name, version, uri=tracking_uri)
+    assert not isinstance(model.estimator, _Deferred) and not model.scorer.compiled

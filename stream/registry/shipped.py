@@ -34,7 +34,8 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from stream.scoring import Scorer, compiled_forest, compiled_scorer, fast_isolation_forest
+from stream import scoring
+from stream.scoring import Scorer, compiled_scorer, fast_isolation_forest
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def write(pipeline: Any, X: np.ndarray, model_file: bytes, dest: Path) -> bool:
 def read(local: Path, model_file: str, fallback: Any, source: str) -> tuple[Scorer, str] | None:
     """The shipped scorer of the model directory ``local`` once it proves identical here,
     with the estimator's name; None (and why, in the log) when it does not."""
-    if compiled_forest is None:
+    if scoring.compiled_forest is None:
         return None  # no compiled walk here: the model loads (stream.scoring says so once)
     try:
         meta = orjson.loads((local / META).read_bytes())
