@@ -170,7 +170,6 @@ def load_version(
     With ``store`` (a ``ModelStore``, ``MODEL_STORAGE_PATH``) the downloaded version is
     kept there, and a version the registry cannot deliver is loaded from there.
     """
-    import mlflow
 
     uri = uri or tracking_uri()
     t0 = time.perf_counter()
@@ -187,9 +186,7 @@ def load_version(
                 model = load_proved(*proved, name, version, trusted=trusted, t0=t0)
                 if model is not None:
                     return model
-            local = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=location, dst_path=tmp, tracking_uri=uri
-            ))
+            local = _download(location, uri, tmp)
         except ModelLoadError:
             raise  # the kept copy itself is refused: not a download failure
         except Exception as e:
@@ -237,21 +234,25 @@ def load_shipped(
     if found is None:
         return None
     scorer, estimator_name = found
-    if int(scorer.parts["constants"][2]) != len(spec.columns):  # type: ignore[attr-defined]
+    meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
+    model = _served(mlmodel, spec, thresholds, scorer, deferred, _info(meta, estimator_name),
+                    name, version, t0)
+    if model is None:
         log.warning("%s: its shipped scorer takes other inputs than its spec; loading the model",
                     source)
-        return None
-    meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
-    log.info("%s: scoring with the compiled scorer its trainer shipped (proved here, "
-             "no model load)", source)
-    return _served(mlmodel, spec, thresholds, scorer, deferred, _info(meta, estimator_name),
-                   name, version, t0)
+    else:
+        log.info("%s: scoring with the compiled scorer its trainer shipped (proved here, "
+                 "no model load)", source)
+    return model
 
 
 def _served(mlmodel: Any, spec: FeatureSpec, thresholds: np.ndarray, scorer: Any,
             deferred: _Deferred, info: Mapping[str, Any], name: str, version: str,
-            t0: float) -> LoadedModel:
-    """A version served by a proved compiled scorer, its estimator deferred."""
+            t0: float) -> LoadedModel | None:
+    """A version served by a proved compiled scorer, its estimator deferred; None when
+    the scorer takes another number of inputs than the version's spec makes."""
+    if int(scorer.parts["constants"][2]) != len(spec.columns):
+        return None
     return LoadedModel(
         baseline=_baseline(mlmodel, spec, f"models:/{name}/{version}"),
         name=name,
@@ -273,6 +274,14 @@ def _info(meta: Mapping[str, Any], estimator_name: str) -> dict[str, Any]:
         "input_schema": meta.get("input_schema", "native"),
         "estimator": estimator_name,
     }
+
+
+def _download(location: str, uri: str, dst: str) -> Path:
+    """A version's model directory, downloaded from its artifact ``location`` into ``dst``."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=dst,
+                                                    tracking_uri=uri))
 
 
 class _Deferred:
@@ -298,16 +307,13 @@ class _Deferred:
             return self._estimator
 
     def _download(self, location: str, uri: str) -> Any:
-        import mlflow
-
         _where, name, version, trusted = self._args
         with tempfile.TemporaryDirectory(prefix="stream-model-") as tmp:
             try:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=location, dst_path=tmp, tracking_uri=uri)
+                local = _download(location, uri, tmp)
             except Exception as e:
                 raise ModelLoadError(f"models:/{name}/{version}: download failed: {e}") from e
-            return load_directory(Path(local), name, version, trusted=trusted).estimator
+            return load_directory(local, name, version, trusted=trusted).estimator
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("_"):
@@ -329,10 +335,12 @@ def load_proved(
     mlmodel, spec, thresholds = _checked(read_mlmodel(path), source, trusted)
     deferred = _Deferred(path, name, version, trusted)
     scorer = compiled_scorer(parts, deferred)
-    if scorer is None or int(parts["constants"][2]) != len(spec.columns):
-        return None
-    log.info("%s: scoring with the compiled scorer it proved when kept (no model load)", source)
-    return _served(mlmodel, spec, thresholds, scorer, deferred, info, name, version, t0)
+    model = None if scorer is None else _served(mlmodel, spec, thresholds, scorer, deferred,
+                                                 info, name, version, t0)
+    if model is not None:
+        log.info("%s: scoring with the compiled scorer it proved when kept (no model load)",
+                 source)
+    return model
 
 
 def read_mlmodel(local: Path) -> Any:
@@ -385,7 +393,7 @@ def load_directory(
 
     t0 = time.perf_counter() if t0 is None else t0
     source = f"models:/{name}/{version}"
-    mlmodel, spec, thresholds = _checked(read_mlmodel(Path(local)), source, trusted)
+    mlmodel, spec, thresholds = _checked(read_mlmodel(local), source, trusted)
     try:
         estimator = mlflow.sklearn.load_model(str(local))
     except Exception as e:
