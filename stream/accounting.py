@@ -98,6 +98,14 @@ class NullHealth:
     def set_ready(self, ready: bool, reason: str = "") -> None: ...
 
 
+#: How late events are reported, by tenant (the log line and ``stream score``'s summary).
+LATE_WHAT = (
+    "late (older than their tenant's newest event on the partition by more than "
+    "--lateness: scored against the windows, which they do not change; replaying older "
+    "traffic? give it its own --group-id, or its own tenant)"
+)
+
+
 class _CappedCounter(Counter[Any]):
     """A Counter whose keys past ``limit`` distinct ones are folded by ``fold``."""
 
@@ -181,6 +189,7 @@ class Accounting:
         self._last_lag = 0.0
         self._last_shadow_log = 0.0
         self.dead_letter_log = BurstLog(log, "dead-lettered")
+        self.late_log = BurstLog(log, LATE_WHAT)
 
     def window_state(self, store: Any) -> None:
         """Window state size, evictions and late events (a ``WindowStore``)."""
@@ -212,6 +221,8 @@ class Accounting:
         self._canary(outcome)
         self._record_shadow(outcome.shadow)
         self.drift.add(outcome)
+        if outcome.decoded.late_by:
+            self.late_log.add(outcome.decoded.late_by, outcome.n)
         if reasons:
             # Once when it starts, then one summary per interval: a steady trickle of bad
             # records must not write a line per batch (the counts are in the metrics).
@@ -317,3 +328,4 @@ class Accounting:
 
     def close(self) -> None:
         self.dead_letter_log.flush()
+        self.late_log.flush()

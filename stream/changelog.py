@@ -1,8 +1,9 @@
 """The window state's changelog: a compacted topic that makes windows survive restarts.
 
 Each committed batch writes, for every input partition it touched, one record per
-entity whose window state changed (a tombstone for one evicted) and one for the
-partition's event-time watermark, to the same partition number of the changelog
+entity whose window state changed (a tombstone for one evicted) and one per tenant
+whose event-time clock moved (its newest event time in the partition: lateness and
+the TTL are measured per tenant), to the same partition number of the changelog
 topic (default ``GROUP.state``). An entity is one key of one ``by`` (the record
 key is ``src_ip>dst_ip\x1e<tenant>\x1f<a>><b>``), and its record holds every
 window keyed that way, in the binary form of :mod:`stream.features.state_codec`.
@@ -53,8 +54,10 @@ from stream.features.windows import load_state  # validates a record of the earl
 log = logging.getLogger(__name__)
 
 OFFSET_HEADER: Final = "stream.offset"
-#: Key of the record holding a partition's event-time watermark (no entity key starts so).
+#: Key of the record holding the earlier form's one event-time clock per partition (no entity
+#: key starts so); a tenant's clock is keyed ``WATERMARK_KEY + b"\x1f" + tenant``.
 WATERMARK_KEY: Final = b"\x00watermark"
+_CLOCK_PREFIX: Final = WATERMARK_KEY + b"\x1f"
 _SEP: Final = "\x1e"  # between the slot table's name (its key fields) and the entity key
 RESTORE_TIMEOUT_S: Final = 60.0
 
@@ -64,16 +67,16 @@ def records(store: WindowStore, topic: str, next_offsets: dict[int, int]) -> lis
     out: list[Record] = []
     for p, nxt in next_offsets.items():
         changed, gone = store.take_changes(p)
-        scope = store.scopes.get(p)
-        if scope is None:
+        clocks = store.clocks.take(p)
+        if p not in store.scopes:
             continue
         headers = [(OFFSET_HEADER, str(nxt).encode())]
         for (name, key), value in changed.items():
             out.append((topic, value, f"{name}{_SEP}{key}".encode(), headers, p))
         for name, key in gone:
             out.append((topic, None, f"{name}{_SEP}{key}".encode(), headers, p))
-        if changed or gone:
-            out.append((topic, orjson.dumps(scope.watermark), WATERMARK_KEY, headers, p))
+        for tenant, mark in clocks.items():
+            out.append((topic, orjson.dumps(mark), _CLOCK_PREFIX + tenant.encode(), headers, p))
     return out
 
 
@@ -90,7 +93,7 @@ def restore(
     """
     topic = settings.changelog_topic
     if committed < 0:
-        store.restore(partition, [], float("-inf"))
+        store.restore(partition, [], {})
         return 0
     conf = settings.kafka_common()
     conf.update(
@@ -128,16 +131,21 @@ def restore(
                     latest[m.key()] = m.value()
     finally:
         c.close()
-    watermark = float("-inf")
+    base = float("-inf")
+    marks: dict[str, float] = {}
     items = []
     bad = 0
     for key, value in latest.items():
         if value is None:
             continue
         try:
-            if key == WATERMARK_KEY:
+            if key == WATERMARK_KEY or key.startswith(_CLOCK_PREFIX):
                 mark = orjson.loads(value)
-                watermark = watermark if mark is None else float(mark)
+                mark = float("-inf") if mark is None else float(mark)
+                if key == WATERMARK_KEY:
+                    base = mark
+                else:
+                    marks[key[len(_CLOCK_PREFIX):].decode()] = mark
                 continue
             name, _, entity = key.decode().partition(_SEP)
             # A record that does not load is skipped, not fatal.
@@ -154,7 +162,7 @@ def restore(
     if bad:
         log.warning("%s[%d]: %d changelog records do not load: those entities start empty",
                     topic, partition, bad)
-    store.restore(partition, items, watermark)
+    store.restore(partition, items, marks, base)
     return len(items)
 
 

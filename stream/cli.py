@@ -870,7 +870,19 @@ def score(
         f"{dict(summary.dead_letters)}, unreadable lines {len(summary.unreadable)}",
         err=True,
     )
+    _report_late(summary)
     _nothing_scored(summary, files)
+
+
+def _report_late(summary: Any) -> None:
+    """One line on stderr when some records were late (by tenant, the largest few)."""
+    if not summary.late:
+        return
+    from stream.accounting import LATE_WHAT
+
+    top = dict(summary.late.most_common(10))
+    more = f" and {len(summary.late) - len(top)} more" if len(summary.late) > len(top) else ""
+    click.echo(f"{LATE_WHAT}: {sum(summary.late.values())} records {top}{more}", err=True)
 
 
 def _nothing_scored(summary: Any, files: tuple[Path, ...]) -> None:
@@ -931,6 +943,7 @@ def evaluate(
         list(files), table, settings, label_field, fmt=fmt, mapping=_mapping(maps), tenant=tenant
     )
     table.stop()
+    _report_late(summary)
     _nothing_scored(summary, files)
     labels = ev.labels_from_field(raw, list(positive) or None)
     result = ev.evaluate(tenants, scores, levels, labels)

@@ -167,8 +167,9 @@ class Settings:
     lateness: float = _opt(
         5.0,
         "STREAM_LATENESS",
-        "Seconds an event may be older than the newest of its partition and still update "
-        "the windows; older ones are scored against the current state and counted late.",
+        "Seconds an event may be older than the newest event of its tenant on its partition "
+        "and still update the windows; older ones are scored against the current state and "
+        "counted late.",
         min=0,
     )
     state_ttl: float = _opt(

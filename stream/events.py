@@ -27,6 +27,7 @@ import math
 import re
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import islice
 from operator import attrgetter
@@ -167,6 +168,7 @@ class DecodedBatch:
         self.reason = np.zeros(self.n, dtype=np.uint8)
         self.detail: dict[int, str] = {}
         self.late = 0  # rows scored against window state they were too late to update
+        self.late_by: Counter[str] = Counter()  # ... per tenant
         self.tenant_field = tenant_field
         self._schema = _schema_for(tenant_field)
         # Rows the slow path decided: row -> orjson document (None when rejected).
@@ -407,7 +409,10 @@ def compute_rows(
         tenants = [batch.tenants[i] for i in rows.tolist()]
         scopes = None if scopes is None else scopes[rows]
     computed = spec.compute(RowSubset(source, rows), store=store, scopes=scopes, tenants=tenants)
-    batch.late += computed.late
+    if computed.late:
+        batch.late += computed.late
+        assert tenants is not None and computed.late_rows is not None
+        batch.late_by.update(tenants[k] for k in computed.late_rows.tolist())
     ok = computed.reason == OK
     if not ok.all():
         bad = np.flatnonzero(~ok)

@@ -96,6 +96,10 @@ def route_mlflow_prints() -> None:
         mod.MLFLOW_LOGGING_STREAM = _MlflowPrints()
 
 
+#: Kinds a BurstLog line names (the JSON form carries them all).
+SHOWN_KINDS = 10
+
+
 class BurstLog:
     """Logs a recurring condition once when it starts, then one summary per ``interval``.
 
@@ -149,12 +153,15 @@ class BurstLog:
     def _emit(self, now: float) -> None:
         n = sum(self._counts.values())
         counts = dict(self._counts.most_common())
+        # Kinds can be tenants: the line names the largest few.
+        shown = dict(self._counts.most_common(SHOWN_KINDS))
+        more = f" and {len(counts) - len(shown)} more" if len(counts) > len(shown) else ""
         if self._occurrences == 1:
-            text = f"{self._what} {n} of {self._records} records: {counts}"
+            text = f"{self._what} {n} of {self._records} records: {shown}{more}"
         else:
             text = (
                 f"{self._what} {n} of {self._records} records in {self._occurrences} batches "
-                f"over {now - self._since:.0f}s: {counts}"
+                f"over {now - self._since:.0f}s: {shown}{more}"
             )
         self._log.log(
             self._level,

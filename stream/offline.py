@@ -39,6 +39,7 @@ class ScoreSummary:
     unreadable: list[tuple[str, int, str]] = field(default_factory=list)
     dead_letters: Counter[str] = field(default_factory=Counter)
     alerts_by_level: Counter[str] = field(default_factory=Counter)
+    late: Counter[str] = field(default_factory=Counter)  # per tenant: see accounting.LATE_WHAT
 
 
 def _batches(
@@ -121,6 +122,7 @@ def score_batches(
         summary.scored += outcome.scored
         summary.alerts += len(outcome.alerts)
         summary.dead_letters.update(outcome.reason_counts())
+        summary.late.update(outcome.decoded.late_by)
         for (_tenant, lv), n in outcome.alert_counts().items():
             summary.alerts_by_level[lv] += n
         yield outcome

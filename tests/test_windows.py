@@ -209,13 +209,13 @@ def test_state_survives_the_changelog_format_bit_for_bit() -> None:
     # What a restore reads back: the values as bytes, into a fresh store.
     items = [(name, key, bytes(v)) for (name, key), v in changed.items()]
     restored = WindowStore(track=True)
-    restored.restore(0, items, store.scope(0).watermark)
+    restored.restore(0, items, store.clocks.of_scope(0))
     assert restored.snapshot(0) == {}  # no window has been evaluated yet: states pending
     second = spec.compute(RecordColumns(events[250:]), store=restored).X
     assert np.array_equal(np.vstack([first, second]), whole)
     # Loaded back, every state writes the same bytes.
     again = WindowStore(track=True)
-    again.restore(0, items, store.scope(0).watermark)
+    again.restore(0, items, store.clocks.of_scope(0))
     spec.compute(RecordColumns([]), store=again)
     assert again.snapshot(0) == changed
 
@@ -233,7 +233,7 @@ def test_the_earlier_json_form_of_the_changelog_still_restores() -> None:
     legacy = []
     for sig, (kernel, table) in store.kernels.items():
         for key in ("a", "b"):
-            slot = table.slot_of(0, key, create=False)
+            slot = table.slot_of(0, key)
             dumped = kernel.dump(slot)
             if dumped[0] == "_DistinctH":  # the earlier form held the values themselves
                 values = [e["dst"] for e in events[:3] if e["src"] == key]
@@ -241,7 +241,7 @@ def test_the_earlier_json_form_of_the_changelog_still_restores() -> None:
                 dumped = ["_Distinct", [*dumped[1][:3], values]]
             legacy.append((sig, key, orjson.loads(orjson.dumps(dumped))))
     restored = WindowStore()
-    restored.restore(0, legacy, store.scope(0).watermark)
+    restored.restore(0, legacy, store.clocks.of_scope(0))
     second = spec.compute(RecordColumns(events[3:]), store=restored).X
     assert np.array_equal(np.vstack([first, second]), whole)
     for _sig, _key, d in legacy:
@@ -250,7 +250,7 @@ def test_the_earlier_json_form_of_the_changelog_still_restores() -> None:
     # The first commit after such a restore migrates: every key in the binary form, and a
     # tombstone for each record of the earlier form (it would be restored at every start).
     migrating = WindowStore(track=True)
-    migrating.restore(0, legacy, store.scope(0).watermark)
+    migrating.restore(0, legacy, store.clocks.of_scope(0))
     spec.compute(RecordColumns([]), store=migrating)
     changed, gone = migrating.take_changes(0)
     assert gone == {(sig, key) for sig, key, _d in legacy}
@@ -258,7 +258,7 @@ def test_the_earlier_json_form_of_the_changelog_still_restores() -> None:
     assert all(state_codec.is_blob(v) for v in changed.values())
     assert migrating.take_changes(0) == ({}, set())
     migrated = WindowStore()
-    migrated.restore(0, [(n, k, v) for (n, k), v in changed.items()], store.scope(0).watermark)
+    migrated.restore(0, [(n, k, v) for (n, k), v in changed.items()], store.clocks.of_scope(0))
     third = spec.compute(RecordColumns(events[3:]), store=migrated).X
     assert np.array_equal(third, second)
 
@@ -407,9 +407,9 @@ def test_keys_with_one_event_round_trip_through_the_changelog() -> None:
     first = spec.compute(RecordColumns(events[:2]), store=store).X
     changed, _gone = store.take_changes(0)
     items = [(name, key, bytes(v)) for (name, key), v in changed.items()]
-    mark = orjson.loads(orjson.dumps(store.scope(0).watermark))
+    marks = orjson.loads(orjson.dumps(store.clocks.of_scope(0)))
     restored = WindowStore()
-    restored.restore(0, items, -math.inf if mark is None else mark)
+    restored.restore(0, items, {t: -math.inf if m is None else m for t, m in marks.items()})
     second = spec.compute(RecordColumns(events[2:]), store=restored).X
     assert np.array_equal(np.vstack([first, second]), whole)
 
@@ -456,7 +456,7 @@ def _engine_run(python: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
             if k == 900:  # scope 0 goes through the changelog's form into a fresh store
                 items = [(name, key, bytes(v)) for (name, key), v in changed.items()]
                 fresh = WindowStore(track=True, ttl=30.0)
-                fresh.restore(0, items, store.scope(0).watermark)
+                fresh.restore(0, items, store.clocks.of_scope(0))
                 store = fresh
             store.maintain()
         out.append(np.array([store.entities, store.stats.evicted_ttl, store.stats.evicted_cap,

@@ -195,3 +195,95 @@ def test_windows_follow_a_partition_to_a_second_consumer(
     print(f"\nwindows across a rebalance: partition {sorted(moved)} moved to B, "
           f"{b.stats.consumed} events scored there, max |diff| {diff:.3g}")
     assert diff <= 1e-9
+
+
+# ---- tenants apart: one input, each tenant as if alone ------------------------------------
+
+_tenant_models: dict[str, str] = {}
+
+
+def tenant_models(tracking_uri: str) -> str:
+    """One flows-recipe model per tenant (no global one), trained once per session."""
+    if tracking_uri not in _tenant_models:
+        base = "iso_" + os.urandom(3).hex()
+        normal = list(generate_flows(6000, TENANTS, seed=5, attack_rate=0.0))
+        for t in TENANTS:
+            registry.train([e for e in normal if e["tenant_id"] == t], tenant=t, model_name=base,
+                           uri=tracking_uri, features=recipe("flows"), n_estimators=30,
+                           calibrate=(0.005, 0.01, 0.03), do_promote=True)
+        _tenant_models[tracking_uri] = base
+    return _tenant_models[tracking_uri]
+
+
+def _score(tmp_path: Path, name: str, paths: list[Path], base: str, uri: str
+           ) -> tuple[dict[str, float], str]:
+    out = tmp_path / f"{name}.alerts.jsonl"
+    r = CliRunner().invoke(main, ["score", *map(str, paths), "-o", str(out), "--min-level", "low",
+                                  "--model-name", base, "--tracking-uri", uri])
+    assert r.exit_code == 0, r.output
+    scored = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    return {f"{a['source']['topic']}/{a['event']['flow_id']}": a["anomaly_score"]
+            for a in scored}, r.output
+
+
+def test_stream_score_scores_each_tenant_as_if_its_events_were_alone(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    base = tenant_models(tracking_uri)
+    events = _events(8000, seed=21)
+    both = tmp_path / "both.jsonl"
+    write_jsonl(both, events)
+    together, said = _score(tmp_path, "both", [both], base, tracking_uri)
+    assert "late" not in said
+    worst = 0.0
+    for t in TENANTS:
+        own = tmp_path / f"{t}.jsonl"
+        write_jsonl(own, [e for e in events if e["tenant_id"] == t])
+        alone, _ = _score(tmp_path, t, [own], base, tracking_uri)
+        assert len(alone) == sum(e["tenant_id"] == t for e in events)
+        worst = max(worst, max(abs(s - together[k.replace(f"{t}.jsonl", "both.jsonl")])
+                               for k, s in alone.items()))
+    print(f"\nstream score, {len(events)} events of {len(TENANTS)} tenants in one file vs "
+          f"each alone: max |diff| {worst:.3g}")
+    assert worst <= 1e-9
+    # The same file twice: the second copy is late for both tenants (older than their
+    # newest events), scored against the windows and said so, per tenant; nothing is
+    # dead-lettered (no flow gives a non-finite window value).
+    twice, said = _score(tmp_path, "twice", [both, both], base, tracking_uri)
+    assert "dead letters 0 {}" in said, said
+    assert "late (older than their tenant's newest event" in said and "'acme': " in said, said
+    assert len(twice) == len(together)  # (the same names: keyed by file and flow id)
+
+
+def test_two_tenants_on_one_partition_score_as_they_would_alone(
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+) -> None:
+    """Unkeyed, one partition: the stream scores each tenant as `stream score` of its
+    events alone does."""
+    base = tenant_models(tracking_uri)
+    events = _events(6000, seed=22)
+    topics = fu.Topics(unique)
+    topics.create(broker, input_partitions=1)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for e in events:
+        p.produce(topics.input, orjson.dumps(e), partition=0)
+        p.poll(0)
+    assert p.flush(30) == 0
+    s = fu.settings(broker.bootstrap, topics, tracking_uri, base)
+    pipeline = service.build(s)
+    thread = fu.start(pipeline)
+    fu.wait_until(lambda: pipeline.stats.consumed >= len(events), 120, "all events consumed")
+    fu.stop(pipeline, thread)
+    assert pipeline.stats.dead_letters == 0
+    alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, topics.alerts)]
+    worst = 0.0
+    for t in TENANTS:
+        mine = [a for a in alerts if a["tenant_id"] == t]
+        own = tmp_path / t
+        own.mkdir()
+        alone = offline_scores(own, [e for e in events if e["tenant_id"] == t], base,
+                               tracking_uri)
+        worst = max(worst, compare(mine, alone))
+    print(f"\n{len(events)} events of {len(TENANTS)} tenants on one partition vs each tenant "
+          f"alone in stream score: max |diff| {worst:.3g}")
+    assert worst <= 1e-9

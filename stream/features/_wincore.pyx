@@ -258,11 +258,12 @@ cdef class KeyIndex:
 
 
 def late_rows(const double[::1] times, const uint8_t[::1] bad, const int64_t[::1] scope,
-              double[::1] marks, double lateness, uint8_t[::1] late):
-    """Flag rows older than their scope's newest event by more than ``lateness``.
+              double[::1] marks, double lateness, uint8_t[::1] late, double[::1] clock):
+    """Flag rows older than their clock's newest event by more than ``lateness``.
 
-    ``scope`` numbers each row's scope into ``marks`` (their newest times so far),
-    which advance as the rows go.
+    ``scope`` numbers each row's clock (one per partition and tenant) into ``marks``
+    (their newest times so far), which advance as the rows go; ``clock[i]`` is row
+    i's clock after it (what the TTL of its key is measured against).
     """
     cdef Py_ssize_t i, n = times.shape[0]
     cdef double t, wm
@@ -270,6 +271,7 @@ def late_rows(const double[::1] times, const uint8_t[::1] bad, const int64_t[::1
         for i in range(n):
             late[i] = 0
             if bad[i]:
+                clock[i] = -INFINITY
                 continue
             wm = marks[scope[i]]
             t = times[i]
@@ -277,6 +279,8 @@ def late_rows(const double[::1] times, const uint8_t[::1] bad, const int64_t[::1
                 late[i] = 1
             elif t > wm:
                 marks[scope[i]] = t
+                wm = t
+            clock[i] = wm
 
 
 cdef int _cmp_u64(const void* a, const void* b) noexcept nogil:
@@ -655,16 +659,20 @@ cdef class Kernel:
 
     def run(self, const int32_t[::1] slots, const double[::1] times, const double[::1] vals,
             const uint64_t[::1] hashes, const uint8_t[::1] push, double[::1] out,
-            double[::1] newest, int64_t[::1] touch, uint8_t[::1] dirty, int64_t seq):
+            double[::1] newest, int64_t[::1] touch, uint8_t[::1] dirty, int64_t seq,
+            const double[::1] expire):
         """Evaluate rows in order: ``out[i]`` is row i's value (NaN where its slot is -1).
 
         A row with ``push`` applies the event (marking its slot's ``newest`` time,
         ``touch`` sequence and ``dirty`` flag, when ``dirty`` is not empty); one
-        without is scored against the state and leaves it unchanged.
+        without is scored against the state and leaves it unchanged. A state whose
+        newest event is older than ``expire[i]`` (the row's clock minus the TTL) has
+        expired: row i sees no state (a pushing row starts it afresh), whether or
+        not the store has evicted it yet, so eviction never changes a value.
         """
         cdef Py_ssize_t j, n = slots.shape[0]
         cdef int64_t i, top = -1
-        cdef double t
+        cdef double t, v
         cdef bint p, track = dirty.shape[0] > 0, has_vals = vals.shape[0] > 0
         cdef int kind = self.kind
         for j in range(n):
@@ -678,12 +686,18 @@ cdef class Kernel:
                 continue
             t = times[j]
             p = push[j]
+            v = vals[j] if has_vals else 0.0
+            if self.alive[i] and (self.olast[i] if kind >= K_IMEAN else self.last[i]) < expire[j]:
+                if not p:
+                    out[j] = _alone(kind, v, self.span)
+                    continue
+                self._release(i)
             if kind == K_DISTINCT:
                 out[j] = self._distinct(i, t, hashes[j], p)
             elif kind >= K_IMEAN:
                 out[j] = self._interval(i, t, p)
             else:
-                out[j] = self._stat(i, t, vals[j] if has_vals else 0.0, p)
+                out[j] = self._stat(i, t, v, p)
             if p:
                 if not self.alive[i]:
                     self.alive[i] = 1
@@ -935,6 +949,15 @@ cdef enum:
     BLOB_HEAD = 14  # magic (4), newest time (float64), states (uint16)
 
 cdef const char* MAGIC = b"SW1L"  # window states, format 1, little-endian
+
+
+cdef inline double _alone(int kind, double v, double span) noexcept nogil:
+    # The value of an event that meets no state (the Python classes' fresh state, peeked).
+    if kind == K_DISTINCT:
+        return 1.0
+    if kind >= K_IMEAN:
+        return span
+    return _finish(kind, 1.0, v, v * v)
 
 
 cdef inline double _finish(int kind, double n, double s, double q) noexcept nogil:

@@ -9,7 +9,9 @@ per second. Over time, per tenant:
 * per source: distinct destination ports in 2 s (a port scan touches many);
 * per destination: distinct sources in 2 s (a DDoS has many);
 * per source>destination pair: flows in 5 s, and the regularity of their gaps
-  (the log of the gaps' coefficient of variation; beacons repeat on a clock).
+  (the log of the gaps' coefficient of variation; beacons repeat on a clock). The
+  mean gap is floored at a millisecond: flows of one pair that share a timestamp
+  have gaps of 0, and their ratio must still be a number (0: perfectly regular).
 
 The spans suit the demo's traffic (about 1,000 flows per second). For a
 quieter network, longer spans see the same shapes; copy the recipe into a
@@ -35,7 +37,7 @@ RECIPES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         (
             "pair_regularity",
             "log(interval_std(by=src_ip>dst_ip, window=5s)"
-            " / interval_mean(by=src_ip>dst_ip, window=5s) + 0.05)",
+            " / max(interval_mean(by=src_ip>dst_ip, window=5s), 0.001) + 0.05)",
         ),
     ),
 }

@@ -52,6 +52,7 @@ class Computed:
     reason: np.ndarray
     detail: dict[int, str]
     late: int = 0  # rows older than the lateness allows: scored, not applied to windows
+    late_rows: np.ndarray | None = None  # which rows those are
 
     @property
     def ok(self) -> np.ndarray:
@@ -372,8 +373,9 @@ class FeatureSpec:
                         reason[new] = codes[new]
                         rejected.append((f, np.flatnonzero(new)))
             detail = self._details(ctx, rejected, reason)
-        late = ctx.windows.late if ctx.windows is not None else 0
-        return Computed(X, reason, detail, late)
+        if ctx.windows is None:
+            return Computed(X, reason, detail)
+        return Computed(X, reason, detail, ctx.windows.late, ctx.windows.late_rows)
 
     def _details(
         self, ctx: EvalContext, rejected: list[tuple[_Feature, np.ndarray]], reason: np.ndarray

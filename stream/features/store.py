@@ -10,15 +10,21 @@ that way, and each window's state lives in a kernel (``_wincore.Kernel``, in C
 arrays indexed by slot; :class:`~stream.features.windows.PyKernel` without a
 compiler) that evaluates the whole batch in one call. The store is bounded twice:
 
-* an entity TTL: a key whose newest event is older than the scope's newest
-  event by more than ``ttl`` seconds is dropped (its windows are empty anyway
-  once the TTL exceeds the longest window);
+* an entity TTL: a key whose newest event is older than its tenant's newest
+  event in the scope by more than ``ttl`` seconds has expired: the kernels treat
+  it as absent from then on (whether or not it was evicted yet, so when eviction
+  runs never changes a value), and the next pass drops it;
 * a memory cap: beyond ``max_bytes`` (see :meth:`WindowStore.bytes`: the
   kernels' own allocations, counted, and the key strings and index, estimated)
   the least recently updated keys are evicted first, and a table most of whose
   slots are free is compacted, so a burst of keys gives its memory back.
 
-Both count as evictions. With ``track=True`` the store remembers which keys
+Both count as evictions. Event time is kept per *clock* (:class:`Clocks`: one
+per scope and tenant), so lateness and the TTL of one tenant's keys depend on
+that tenant's events only: a tenant never makes another's events late, nor its
+keys expire. (The memory cap is the one bound shared by every tenant of a
+process: under it the least recently updated keys go, whoever owns them.)
+With ``track=True`` the store remembers which keys
 changed since :meth:`take_changes` (the changelog writes them with each
 commit, one record per key and ``by`` holding every window on it, in the
 binary form of :mod:`stream.features.state_codec`; evicted keys as tombstones).
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -51,10 +57,92 @@ DEFAULT_MAX_BYTES: Final = 256 * 2**20
 
 @dataclass
 class Scope:
-    """One scope (an input partition): its clock, and its keys evicted since take_changes."""
+    """One scope (an input partition): its keys evicted since take_changes."""
 
-    watermark: float = -math.inf  # newest event time seen in this scope
     gone: set[tuple[str, str]] = field(default_factory=set)
+
+
+class Clocks:
+    """Event-time clocks: the newest event time of each tenant in each scope.
+
+    A row is late when it is older than its own clock by more than the lateness,
+    and a key expires when it is older than its own clock by more than the TTL:
+    neither reads another tenant's events. Clocks are numbered (``ids_for``) so a
+    batch's rows index one float array (``marks``); the numbers of a dropped scope
+    are reused. ``moved`` holds the clocks advanced since the changelog last took
+    them (``take``).
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[int, str], int] = {}
+        self.marks = np.full(64, -math.inf)
+        self.owner: list[tuple[int, str] | None] = []  # clock id -> (scope, tenant)
+        self.free: list[int] = []
+        # Scope -> the mark a tenant's clock starts from when none was restored for it
+        # (a changelog of the earlier form kept one clock per partition).
+        self.base: dict[int, float] = {}
+        self.moved: set[int] = set()
+
+    def id(self, sc: int, tenant: str) -> int:
+        got = self.ids.get((sc, tenant))
+        if got is not None:
+            return got
+        if self.free:
+            i = self.free.pop()
+            self.owner[i] = (sc, tenant)
+        else:
+            i = len(self.owner)
+            self.owner.append((sc, tenant))
+            if i >= len(self.marks):
+                grown = np.full(2 * len(self.marks), -math.inf)
+                grown[: len(self.marks)] = self.marks
+                self.marks = grown
+        self.marks[i] = self.base.get(sc, -math.inf)
+        self.ids[(sc, tenant)] = i
+        return i
+
+    def ids_for(self, scopes: list[int], tenants: Sequence[Any] | None) -> np.ndarray:
+        """The clock of each row (tenant None: one clock per scope, its tenant '')."""
+        if tenants is None:
+            ids = {sc: self.id(sc, "") for sc in set(scopes)}
+            return np.fromiter(map(ids.__getitem__, scopes), dtype=np.int64, count=len(scopes))
+        pairs = list(zip(scopes, map(str, tenants), strict=True))
+        ids = {pair: self.id(*pair) for pair in set(pairs)}
+        return np.fromiter(map(ids.__getitem__, pairs), dtype=np.int64, count=len(pairs))
+
+    def of_scope(self, sc: int) -> dict[str, float]:
+        """Tenant -> newest event time, for scope ``sc``."""
+        return {t: float(self.marks[i]) for (s, t), i in self.ids.items() if s == sc}
+
+    def take(self, sc: int) -> dict[str, float]:
+        """The clocks of scope ``sc`` that moved since the last take (tenant -> mark)."""
+        out: dict[str, float] = {}
+        for i in list(self.moved):
+            owner = self.owner[i]
+            if owner is None:
+                self.moved.discard(i)
+            elif owner[0] == sc:
+                out[owner[1]] = float(self.marks[i])
+                self.moved.discard(i)
+        return out
+
+    def set(self, sc: int, marks: Mapping[str, float], base: float) -> None:
+        """Scope ``sc``'s clocks as restored (after ``clear``)."""
+        self.base[sc] = base
+        for tenant, mark in marks.items():
+            self.marks[self.id(sc, tenant)] = mark
+
+    def clear(self, sc: int) -> None:
+        for key in [k for k in self.ids if k[0] == sc]:
+            i = self.ids.pop(key)
+            self.owner[i] = None
+            self.moved.discard(i)
+            self.free.append(i)
+        self.base.pop(sc, None)
+
+    def nbytes(self) -> int:
+        # A dict entry with its tuple key and text, and a list entry, per clock.
+        return int(self.marks.nbytes + 8 * len(self.owner) + 160 * len(self.ids))
 
 
 @dataclass
@@ -77,8 +165,8 @@ class SlotTable:
     up once, not once per window; each window's kernel keeps its state in arrays
     indexed by slot. Keys are found by the 64-bit hash of their text
     (``_wincore.KeyIndex``, computed from the key's parts: the text is built only
-    for a new key, which the changelog names). Per slot: its key text, hash and
-    scope, its newest event time (the TTL reads it), when it was last updated
+    for a new key, which the changelog names). Per slot: its key text, hash,
+    scope and clock, its newest event time (the TTL reads it), when it was last updated
     (``touch``: LRU eviction reads it) and, when the store tracks changes,
     whether it changed since the last take.
     """
@@ -96,6 +184,7 @@ class SlotTable:
         """The per-slot arrays, empty (``_grow`` sizes them)."""
         self.hash_of = np.zeros(0, dtype=np.uint64)
         self.scope_of = np.zeros(0, dtype=np.int64)
+        self.clock_of = np.zeros(0, dtype=np.int64)
         self.newest = np.zeros(0, dtype=np.float64)
         self.touch = np.zeros(0, dtype=np.int64)
         self.inuse = np.zeros(0, dtype=np.uint8)
@@ -106,10 +195,13 @@ class SlotTable:
         return int(self.index.used)
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.hash_of, self.scope_of, self.newest, self.touch, self.inuse, self.dirty)
+        return (self.hash_of, self.scope_of, self.clock_of, self.newest, self.touch, self.inuse,
+                self.dirty)
 
-    def _alloc_many(self, ikeys: list[str], hashes: np.ndarray, scopes: np.ndarray) -> np.ndarray:
-        """Slots for new keys (freed slots first): marked in use, in their scope, unseen."""
+    def _alloc_many(self, ikeys: list[str], hashes: np.ndarray, scopes: np.ndarray,
+                    clocks: np.ndarray) -> np.ndarray:
+        """Slots for new keys (freed slots first): marked in use, in their scope and clock,
+        unseen."""
         m = len(ikeys)
         reuse = min(m, len(self.free))
         taken = [self.free.pop() for _ in range(reuse)]
@@ -125,6 +217,7 @@ class SlotTable:
         self.index.insert(hashes, slots)
         self.hash_of[slots] = hashes
         self.scope_of[slots] = scopes
+        self.clock_of[slots] = clocks
         self.newest[slots] = -math.inf
         self.inuse[slots] = 1
         return slots
@@ -144,13 +237,14 @@ class SlotTable:
 
         self.hash_of = grown(self.hash_of, 0)
         self.scope_of = grown(self.scope_of, 0)
+        self.clock_of = grown(self.clock_of, 0)
         self.newest = grown(self.newest, -math.inf)
         self.touch = grown(self.touch, 0)
         self.inuse = grown(self.inuse, 0)
         self.dirty = grown(self.dirty, 0) if self.track else self.dirty
 
     def slots(self, prefix: str | list[str], parts: list[list[Any]], bad: np.ndarray,
-              scopes: np.ndarray) -> np.ndarray:
+              scopes: np.ndarray, clocks: np.ndarray) -> np.ndarray:
         """The slot of each row's key (allocated when new); -1 where ``bad``.
 
         A row's key text is its prefix then its parts joined by ``>``.
@@ -173,19 +267,21 @@ class SlotTable:
             else:
                 texts = [f"{p}{a[i]}>{b[i]}" for p, i in zip(pre, rows, strict=True)]
             new = self._alloc_many(texts, np.array(list(first), dtype=np.uint64),
-                                   scopes[rows])
+                                   scopes[rows], clocks[rows])
             slot_of = dict(zip(first, new.tolist(), strict=True))
             out[misses] = [slot_of[h] for h in hs]
         return out
 
-    def slot_of(self, sc: int, key: str, create: bool = True) -> int:
-        """The slot of a state key of scope ``sc`` (allocated when new, or -1)."""
+    def slot_of(self, sc: int, key: str, clock: int = -1) -> int:
+        """The slot of a state key of scope ``sc``; allocated on clock ``clock`` when new
+        (-1: not allocated, -1 returned)."""
         ikey = f"{sc}{_SCOPE_SEP}{key}"
         h = hash_text(ikey)
         slot = int(self.index.get(h))
-        if slot < 0 and create:
+        if slot < 0 and clock >= 0:
             slot = int(self._alloc_many([ikey], np.array([h], dtype=np.uint64),
-                                        np.array([sc], dtype=np.int64))[0])
+                                        np.array([sc], dtype=np.int64),
+                                        np.array([clock], dtype=np.int64))[0])
         return slot
 
     def release(self, slots: np.ndarray) -> None:
@@ -302,6 +398,7 @@ class WindowStore:
     ) -> None:
         self.lateness, self.ttl, self.max_bytes, self.track = lateness, ttl, max_bytes, track
         self.scopes: dict[int, Scope] = {}
+        self.clocks = Clocks()
         self.tables: dict[tuple[str, ...], SlotTable] = {}
         self.kernels: dict[str, tuple[Any, SlotTable]] = {}
         # Restored states of windows no spec has evaluated yet: loaded when one does.
@@ -311,7 +408,7 @@ class WindowStore:
         self._loaded: set[int] = set()
         self.stats = StoreStats()
         self.seq = 0  # update sequence: a slot's touch is the seq of its last update
-        self._ttl_mark: dict[int, float] = {}  # the scopes' watermarks at the last TTL pass
+        self._ttl_mark = np.zeros(0)  # the clocks' marks at the last TTL pass
 
     # ---- what window functions call ---------------------------------------------------
 
@@ -351,7 +448,9 @@ class WindowStore:
     def _load(self, kernel: Any, table: SlotTable, sc: int, key: str, state: Any,
               t: float, sig: str) -> None:
         """One restored state: (value, offset, length) in the binary form, or a JSON list."""
-        slot = table.slot_of(sc, key)
+        # The key's tenant is its text before the separator ('' for keys without one).
+        tenant = key.partition(SEP)[0] if SEP in key else ""
+        slot = table.slot_of(sc, key, self.clocks.id(sc, tenant))
         if isinstance(state, tuple):
             kernel.load_raw(slot, *state)
         else:
@@ -391,25 +490,26 @@ class WindowStore:
         got = self.kernels.get(sig)
         if got is None:
             return False
-        slot = got[1].slot_of(sc, key, create=False)
+        slot = got[1].slot_of(sc, key)
         return slot >= 0 and got[0].is_live(slot)
 
     def bytes(self) -> int:
-        """Bytes held: every kernel's arrays and event buffers, and the slot tables."""
+        """Bytes held: every kernel's arrays and event buffers, the slot tables, the clocks."""
         return sum(k.nbytes() for k, _t in self.kernels.values()) + sum(
             t.nbytes() for t in self.tables.values()
-        )
+        ) + self.clocks.nbytes()
 
     def maintain(self) -> None:
         """Evict keys past their TTL, then the least recently updated beyond the cap.
 
-        The TTL pass reads every slot, so it runs once the event time has moved on by
-        a 64th of the TTL since the last one (a key goes at most that much late).
+        The TTL pass reads every slot, so it runs once some clock has moved on by a
+        64th of the TTL since the last one (an expired key is treated as absent until
+        then, so when it goes changes nothing but memory).
         """
-        marks = {sc: s.watermark for sc, s in self.scopes.items()}
-        if any(wm >= self._ttl_mark.get(sc, -math.inf) + self.ttl / 64
-               for sc, wm in marks.items()):
-            self._ttl_mark = marks
+        marks = self.clocks.marks
+        last = self._ttl_mark
+        if len(last) != len(marks) or np.any(marks >= last + self.ttl / 64):
+            self._ttl_mark = marks.copy()
             self._expire()
         self._compact(only_sparse=True)
         for _ in range(8):
@@ -437,17 +537,13 @@ class WindowStore:
             self._compact(only_sparse=not burst)
 
     def _expire(self) -> None:
+        marks = self.clocks.marks
         for table in self.tables.values():
             used = np.flatnonzero(table.inuse[: len(table.keys)])
             if not len(used):
                 continue
-            scope_of = table.scope_of[used]
-            # Each slot's horizon, by its scope's watermark (scopes are partition numbers).
-            horizon = np.full(int(scope_of.max()) + 1, -math.inf)
-            for sc in self.scopes:
-                if 0 <= sc < len(horizon):
-                    horizon[sc] = self.scopes[sc].watermark - self.ttl
-            old = used[table.newest[used] < horizon[scope_of]]
+            # Each key against its own clock (its tenant in its scope).
+            old = used[table.newest[used] < marks[table.clock_of[used]] - self.ttl]
             if len(old):
                 self.stats.evicted_ttl += self._evict(table, old)
 
@@ -508,15 +604,22 @@ class WindowStore:
         return out
 
     def restore(
-        self, sc: int, items: Sequence[tuple[str, str, Any]], watermark: float
+        self, sc: int, items: Sequence[tuple[str, str, Any]],
+        marks: Mapping[str, float] | float, base: float = -math.inf,
     ) -> None:
-        """Replace scope ``sc`` by the given (table, key, value) items.
+        """Replace scope ``sc`` by the given (table, key, value) items and clocks.
 
         A value is what :meth:`take_changes` wrote (bytes), or the earlier form: one
         window's state as a JSON list, with the window's signature for the table.
+        ``marks``: each tenant's clock (:meth:`Clocks.of_scope`); a number is the
+        earlier form's one clock per scope, where every tenant's clock starts (as
+        ``base`` does for tenants ``marks`` does not name).
         """
         self._clear(sc)
-        self.scopes[sc] = Scope(watermark=watermark)
+        if not isinstance(marks, Mapping):
+            marks, base = {}, float(marks)
+        self.scopes[sc] = Scope()
+        self.clocks.set(sc, marks, base)
         loads: list[tuple[float, str, str, Any]] = []
         for name, key, value in items:
             if state_codec.is_blob(value):
@@ -552,6 +655,7 @@ class WindowStore:
             else:
                 del self.pending[sig]
         self.scopes.pop(sc, None)
+        self.clocks.clear(sc)
 
 
 def _last(dumped: list[Any]) -> float:
@@ -561,18 +665,20 @@ def _last(dumped: list[Any]) -> float:
 
 
 def _late_py(times: np.ndarray, bad: np.ndarray, scope: np.ndarray, marks: np.ndarray,
-             lateness: float, late: np.ndarray) -> None:
+             lateness: float, late: np.ndarray, clock: np.ndarray) -> None:
     ts, badl, sl = times.tolist(), bad.tolist(), scope.tolist()
     for i in range(len(ts)):
         late[i] = 0
         if badl[i]:
+            clock[i] = -math.inf
             continue
         wm = marks[sl[i]]
         t = ts[i]
         if t < wm - lateness:
             late[i] = 1
         elif t > wm:
-            marks[sl[i]] = t
+            marks[sl[i]] = wm = t
+        clock[i] = wm
 
 
 if _wincore is not None:
@@ -585,7 +691,7 @@ else:
 
 
 class WindowRun:
-    """Event times, late flags, scope and state key prefix per row for one compute call."""
+    """Event times, late flags, clocks and state key prefix per row for one compute call."""
 
     def __init__(
         self,
@@ -608,6 +714,8 @@ class WindowRun:
         self.scope_list: list[int] = self.scope_array.tolist()
         store.ensure(set(self.scope_list))
         scope_text = {sc: f"{sc}{_SCOPE_SEP}" for sc in set(self.scope_list)}
+        for sc in scope_text:
+            store.scope(sc)
         if tenants is None:
             if len(scope_text) == 1:
                 self._prefix: list[str] | str = next(iter(scope_text.values()))
@@ -617,32 +725,36 @@ class WindowRun:
             self._prefix = [f"{scope_text[sc]}{t}{SEP}"
                             for sc, t in zip(self.scope_list, tenants, strict=True)]
         self._slots: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray | None]] = {}
-        late = self._late(codes, scopes)
-        self.late = int(late.sum())
+        # Each row's clock: its tenant's newest event time in its scope.
+        self.clock_ids = store.clocks.ids_for(self.scope_list, tenants)
+        late, clock = self._late(codes)
+        self.late_rows = np.flatnonzero(late)
+        self.late = len(self.late_rows)
         # Rows that update the state: on time, and not a dry run.
         self.push = np.zeros(n, dtype=np.uint8) if dry else (1 - late).astype(np.uint8)
+        # A key older than this (per row) has expired: see Kernel.run.
+        self.expire = clock - store.ttl
         # Each row's update sequence is seq + its row: LRU order is event order.
         self.seq = store.seq + 1
         if not dry:
             store.stats.late += self.late
             store.seq += n + 1
 
-    def _late(self, codes: np.ndarray, scopes: np.ndarray | None) -> np.ndarray:
-        """Rows older than their scope's newest event by more than the lateness; advances it."""
+    def _late(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows older than their clock's newest event by more than the lateness, and each
+        row's clock after it; advances the clocks (unless dry)."""
         n = self.n
         late = np.zeros(n, dtype=np.uint8)
-        if scopes is None:
-            ids, idx = [0], np.zeros(n, dtype=np.int64)
-        else:
-            u, inv = np.unique(np.asarray(scopes), return_inverse=True)
-            ids, idx = u.tolist(), np.ascontiguousarray(inv, dtype=np.int64)
-        marks = np.array([self.store.scope(sc).watermark for sc in ids], dtype=np.float64)
-        _late_rows(self.times, np.ascontiguousarray(codes, dtype=np.uint8), idx, marks,
-                   self.store.lateness, late)
+        clock = np.empty(n, dtype=np.float64)
+        clocks = self.store.clocks
+        marks = clocks.marks.copy() if self.dry else clocks.marks
+        used = np.unique(self.clock_ids)
+        before = marks[used]
+        _late_rows(self.times, np.ascontiguousarray(codes, dtype=np.uint8), self.clock_ids,
+                   marks, self.store.lateness, late, clock)
         if not self.dry:
-            for sc, wm in zip(ids, marks.tolist(), strict=True):
-                self.store.scope(sc).watermark = wm
-        return late
+            clocks.moved.update(used[marks[used] != before].tolist())
+        return late, clock
 
     def slots(self, ctx: Any, by: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
         """The slot of each row's state key (-1 where the key or time is unusable), and the
@@ -659,7 +771,7 @@ class WindowRun:
         bad = self._bad_time if codes is None else np.maximum(self._bad_time, codes)
         slots = self.store.table(by).slots(self._prefix, parts,
                                            np.ascontiguousarray(bad, dtype=np.uint8),
-                                           self.scope_array)
+                                           self.scope_array, self.clock_ids)
         got = self._slots[by] = (slots, codes)
         return got
 

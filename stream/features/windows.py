@@ -19,9 +19,11 @@ intervals). Until a key has two gaps in its window, both are the window length
 
 Event time comes from the spec's timestamp field (ISO 8601 or epoch seconds).
 An event older than the newest event of its key counts at that newest time;
-an event older than the newest of its scope by more than the store's lateness
-(default 5 s) is *late*: it is scored against the current state and leaves it
-unchanged. A missing or unparseable timestamp rejects the row (``bad_timestamp``);
+an event older than the newest event of its tenant in its scope by more than the
+store's lateness (default 5 s) is *late*: it is scored against the current state
+and leaves it unchanged. A key's state whose newest event is older than its
+tenant's newest by more than the store's TTL has expired: an event meets no state
+(as if the key were new), whether or not the store has evicted it yet. A missing or unparseable timestamp rejects the row (``bad_timestamp``);
 a missing key field makes the feature missing, which ``fill`` can replace.
 
 Every scorer computes windows with this module, in event order: training and
@@ -310,7 +312,7 @@ class _Window(Function):
             hashes = hash_texts(arg.values.tolist())
         out = np.empty(n, dtype=np.float64)
         kernel.run(slots, run.times, vals, hashes, run.push, out, table.newest, table.touch,
-                   table.dirty, run.seq)
+                   table.dirty, run.seq, run.expire)
         if codes is not None:
             codes = codes.astype(np.uint8, copy=False)
         return Col(out, codes)
@@ -605,14 +607,14 @@ class PyKernel:
 
     def run(self, slots: np.ndarray, times: np.ndarray, vals: np.ndarray, hashes: np.ndarray,
             push: np.ndarray, out: np.ndarray, newest: np.ndarray, touch: np.ndarray,
-            dirty: np.ndarray, seq: int) -> None:
+            dirty: np.ndarray, seq: int, expire: np.ndarray) -> None:
         n = len(slots)
         sl = slots.tolist()
         top = max(sl, default=-1)
         states = self.states
         if top >= len(states):
             states.extend([None] * (top + 1 - len(states)))
-        ts, ps = times.tolist(), push.tolist()
+        ts, ps, ex = times.tolist(), push.tolist(), expire.tolist()
         vs = hashes.tolist() if self.kind == "distinct" else vals.tolist() if len(vals) else \
             [0.0] * n
         make, value, param, span = self._make, self._value, self.param, self.span
@@ -623,6 +625,13 @@ class PyKernel:
                 out[j] = math.nan
                 continue
             st = states[i]
+            if st is not None and st.last < ex[j]:
+                # Expired (idle past the TTL): as if evicted, whether or not it was yet.
+                if not ps[j]:
+                    out[j] = value(make(), ts[j], vs[j], param, span, False)
+                    continue
+                states[i] = st = None
+                self.live -= 1
             fresh = st is None
             if fresh:
                 st = make()
