@@ -54,6 +54,7 @@ class MetricsSink(Protocol):
     def remove_lag(self, topic: str, partition: int) -> None: ...
     def record_shadow(self, tenant: str, agreement: float, mean_score_diff: float) -> None: ...
     def record_delivery_failures(self, n: int) -> None: ...
+    def record_stalled(self, seconds: float) -> None: ...
     def record_state(
         self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
     ) -> None: ...
@@ -83,6 +84,7 @@ class NullMetrics:
     def remove_lag(self, topic: str, partition: int) -> None: ...
     def record_shadow(self, tenant: str, agreement: float, mean_score_diff: float) -> None: ...
     def record_delivery_failures(self, n: int) -> None: ...
+    def record_stalled(self, seconds: float) -> None: ...
     def record_state(
         self, *, entities: int, nbytes: int, evicted_ttl: int, evicted_cap: int, late: int
     ) -> None: ...
@@ -104,6 +106,95 @@ LATE_WHAT = (
     "--lateness: scored against the windows, which they do not change; replaying older "
     "traffic? give it its own --group-id, or its own tenant)"
 )
+
+
+class Progress:
+    """Whether the consumer makes progress, and if not, why: what /readyz and the log say.
+
+    Progress is a committed batch (or a poll with nothing to do). ``blocked(cause)`` notes
+    why a batch could not be finished (not delivered, models not loaded, window state not
+    restored); once ``stall_after`` seconds have passed since the last progress, the
+    consumer is *stalled*:
+    ``stalled`` gives the cause (readiness turns 503 with it), the time counts in
+    ``stream_stalled_seconds_total``, and the cause is logged at WARNING when it first
+    shows or changes, then at growing intervals (30 s doubling to 5 min) while it lasts.
+    ``at_once`` stalls without the grace (nothing of the input can be scored).
+    ``committed`` ends it, with one INFO line; so does ``clear`` (the partitions of the
+    stuck batch went to another member).
+    """
+
+    def __init__(self, stall_after: float, metrics: MetricsSink,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_after = stall_after
+        self.metrics = metrics
+        self.clock = clock
+        # When the stuck batch began (the last commit, or the last poll that found nothing
+        # to do, before the first unresolved failure); None while all is well.
+        self.since: float | None = None
+        self._last_progress = clock()
+        self.cause = ""
+        self._at_once = False
+        self._counted = 0.0  # up to when the stalled time was counted
+        self._logged = ""  # the cause last logged
+        self._next_log = 0.0
+        self._gap = 30.0
+
+    def idle(self) -> None:
+        """A poll found nothing to do (and nothing is stuck): as good as progress."""
+        if self.since is None:
+            self._last_progress = self.clock()
+
+    def blocked(self, cause: str, *, at_once: bool = False) -> None:
+        now = self.clock()
+        if self.since is None:
+            self.since = self._last_progress
+            self._counted = max(now if at_once else self.since + self.stall_after,
+                                self.since)
+        self.cause = cause
+        self._at_once = self._at_once or at_once
+        if cause != self._logged or now >= self._next_log:
+            if cause != self._logged:
+                self._gap = 30.0
+            stuck = now - self.since
+            log.warning("no progress%s: %s", f" for {stuck:.0f} s" if stuck >= 1 else "", cause)
+            self._logged = cause
+            self._next_log = now + self._gap
+            self._gap = min(self._gap * 2, 300.0)
+        self.tick()
+
+    @property
+    def stalled(self) -> str | None:
+        """The cause, once no batch committed for ``stall_after`` s since it (else None)."""
+        if self.since is None:
+            return None
+        stuck = self.clock() - self.since
+        if not self._at_once and stuck < self.stall_after:
+            return None
+        return f"no batch committed for {stuck:.0f} s: {self.cause}"
+
+    def tick(self) -> None:
+        """Count the stalled time up to now (called from the loop)."""
+        if self.since is None:
+            return
+        now = self.clock()
+        if now > self._counted:
+            self.metrics.record_stalled(now - self._counted)
+            self._counted = now
+
+    def committed(self) -> None:
+        self._last_progress = self.clock()
+        if self.since is None:
+            return
+        self.tick()
+        log.info("progress again after %.0f s (it was: %s)", self.clock() - self.since,
+                 self.cause)
+        self.clear()
+
+    def clear(self) -> None:
+        self.since = None
+        self._last_progress = self.clock()
+        self.cause = self._logged = ""
+        self._at_once = False
 
 
 class _CappedCounter(Counter[Any]):
@@ -137,6 +228,7 @@ class RunStats:
     batches: int = 0
     delivery_failures: int = 0
     rewinds: int = 0
+    filtered: int = 0  # records --where left out (not events: skipped, not dead letters)
     pauses: int = 0  # times the partitions were paused for backpressure
     paused_seconds: float = 0.0
     settled_on_revoke: int = 0  # batches finished inside a revocation callback
@@ -152,7 +244,7 @@ class RunStats:
 
 def _tenant_counts(outcome: BatchOutcome) -> tuple[Counter[str], Counter[tuple[str, str]]]:
     """Events per tenant, and dead letters per (tenant, reason), of one batch."""
-    from stream.reasons import INVALID_TENANT, REASONS
+    from stream.reasons import FILTERED, INVALID_TENANT, REASONS
 
     # A row without a valid tenant is counted under "_invalid", which takes no label slot.
     reason = outcome.decoded.reason
@@ -162,7 +254,8 @@ def _tenant_counts(outcome: BatchOutcome) -> tuple[Counter[str], Counter[tuple[s
     consumed = Counter(t or INVALID_TENANT_LABEL for t in tenants)
     dead: Counter[tuple[str, str]] = Counter()
     for i in np.flatnonzero(reason).tolist():
-        dead[(tenants[i] or INVALID_TENANT_LABEL, REASONS[int(reason[i])])] += 1
+        if reason[i] != FILTERED:
+            dead[(tenants[i] or INVALID_TENANT_LABEL, REASONS[int(reason[i])])] += 1
     return consumed, dead
 
 
@@ -206,7 +299,9 @@ class Accounting:
         st = self.stats
         n_alerts = len(outcome.alerts)
         scored = outcome.scored
-        dead = outcome.n - scored
+        filtered = outcome.filtered
+        dead = outcome.n - scored - filtered
+        st.filtered += filtered
         st.consumed += outcome.n
         st.scored += scored
         st.alerts += n_alerts

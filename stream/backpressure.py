@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 Part = tuple[str, int]
 
+#: Seconds between two WARNING lines about pausing.
+QUIET_S = 60.0
+
 
 class Backpressure:
     """The paused partitions and the messages held while paused; the waiter of ``settle``."""
@@ -39,20 +42,28 @@ class Backpressure:
         *,
         batch_size: int,
         stats: RunStats,
+        on_wait: Callable[[str, float], None] = lambda why, seconds: None,
     ) -> None:
         self.consumer = consumer
+        # Told, at every wait, why and for how long the input has been paused.
+        self._on_wait = on_wait
         self._assignment = assignment
         self._batch_size = batch_size
         self._stats = stats  # pauses, paused_seconds, held
         self.paused: set[Part] = set()
         self._since = 0.0
         self._held: list[Message] = []
+        # A pause is said at WARNING once per QUIET_S (batch after batch failing would
+        # otherwise repeat it; why they fail is said once, by accounting.Progress).
+        self._said = -QUIET_S
+        self._loud = False
 
     # ---- the waiter -------------------------------------------------------------------
 
     def stalled(self, why: str) -> None:
         """Pause every assigned partition (once) and poll the consumer without waiting."""
         self._pause(why)
+        self._on_wait(why, time.monotonic() - self._since)
         # No wait here: the caller waits in producer.poll, where acknowledgements arrive.
         msgs = self.consumer.consume(self._batch_size, 0)
         good = usable_messages(msgs) if msgs else []
@@ -70,7 +81,11 @@ class Backpressure:
         if not self.paused:
             self._stats.pauses += 1
             self._since = time.monotonic()
-            log.warning("producer not draining (%s): pausing %d partitions", why, len(owned))
+            self._loud = self._since - self._said >= QUIET_S
+            if self._loud:
+                self._said = self._since
+            log.log(logging.WARNING if self._loud else logging.DEBUG,
+                    "producer not draining (%s): pausing %d partitions", why, len(owned))
         self.consumer.pause(parts)
         self.paused |= {(p.topic, p.partition) for p in parts}
 
@@ -85,7 +100,8 @@ class Backpressure:
             self.consumer.resume(parts)
         waited = time.monotonic() - self._since
         self._stats.paused_seconds += waited
-        log.info("producer drained after %.1fs: resumed %d partitions", waited, len(parts))
+        log.log(logging.INFO if self._loud else logging.DEBUG,
+                "producer drained after %.1fs: resumed %d partitions", waited, len(parts))
 
     # ---- held messages ------------------------------------------------------------------
 

@@ -28,10 +28,12 @@ from stream.outcomes import (
     threat_levels,
     utc_now_iso,
 )
-from stream.registry import LoadedModel
+from stream.reasons import FILTERED
+from stream.registry import LoadedModel, NotLoaded
 from stream.sources.view import columns_for
+from stream.where import Where
 
-Resolver = Callable[[Sequence[str]], list[LoadedModel | None]]
+Resolver = Callable[[Sequence[str]], list[LoadedModel | NotLoaded | None]]
 
 
 @dataclass
@@ -74,6 +76,9 @@ class BatchOutcome:
     source: Any = None  # the batch's columns as its sensor schema reads them
     # (key, value) records of the incidents this batch changed (with --incident-topic).
     incident_records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Models that should score some of its rows but are not loaded: the batch was not
+    # scored at all (no state touched) and must wait, never be committed or dead-lettered.
+    waiting: list[NotLoaded] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -81,14 +86,22 @@ class BatchOutcome:
 
     @property
     def rejected_rows(self) -> np.ndarray:
-        return np.flatnonzero(self.decoded.reason != events.OK)
+        """Rows that become dead letters (rows ``--where`` filtered out do not)."""
+        r = self.decoded.reason
+        return np.flatnonzero((r != events.OK) & (r != FILTERED))
+
+    @property
+    def filtered(self) -> int:
+        """Rows ``--where`` left out."""
+        return int(np.count_nonzero(self.decoded.reason == FILTERED))
 
     @property
     def scored(self) -> int:
         return int(np.count_nonzero(self.levels >= 0))
 
     def reason_counts(self) -> Counter[str]:
-        codes = self.decoded.reason[self.decoded.reason != events.OK]
+        r = self.decoded.reason
+        codes = r[(r != events.OK) & (r != FILTERED)]
         return Counter(
             {
                 events.REASONS[int(c)]: int(n)
@@ -134,10 +147,12 @@ def process_batch(
     tenants: Sequence[object] | None = None,
     store: Any = None,
     incidents: Any = None,
+    where: Where | None = None,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
-    ``schema`` names the sensor schema the events are in (``--input-schema``); the
+    ``where`` (``--where``) leaves out the records that are not events to score. ``schema``
+    names the sensor schema the events are in (``--input-schema``); the
     tenant of an event is its ``tenant_field``, or ``tenants`` when given (taken from
     the message key, a header or a constant: ``--tenant-from``). Window features keep
     their state in ``store`` (a ``WindowStore``), scoped by input partition; with
@@ -146,6 +161,10 @@ def process_batch(
     """
     batch = DecodedBatch(values, max_bytes, tenant_field=tenant_field, tenants=tenants)
     source = columns_for(batch, schema)
+    if where is not None:
+        # Records the filter leaves out are not events: skipped, never dead-lettered.
+        left_out = ~where.mask(source) & (batch.reason == events.OK)
+        batch.reason[left_out] = FILTERED
     n = batch.n
     scores = np.full(n, np.nan)
     levels = np.full(n, -1, dtype=np.int8)
@@ -156,7 +175,10 @@ def process_batch(
     inputs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     explain_from = max(min_level, ACTIONABLE_LEVEL)
 
-    uniques, tenant_codes, row_model = _route(batch, resolve, models)
+    uniques, tenant_codes, row_model, waiting = _route(batch, resolve, models)
+    if waiting:
+        return BatchOutcome(batch, topic, partitions, offsets, scores, levels, model_index,
+                            models, np.empty(0, dtype=np.int64), [], waiting=waiting)
     for mi, rows in group_rows(row_model):
         model = models[mi]
         X, good = compute_rows(batch, source, rows, model.spec, store=store, scopes=partitions)
@@ -215,10 +237,11 @@ def process_batch(
 
 def _route(
     batch: DecodedBatch, resolve: Resolver, models: list[LoadedModel]
-) -> tuple[list[str], np.ndarray, np.ndarray]:
+) -> tuple[list[str], np.ndarray, np.ndarray, list[NotLoaded]]:
     """Each usable row's model: (distinct tenants, tenant code per row, index into
-    ``models`` per row, -1 for none). Rows of a tenant without a model (and no global
-    one) are rejected ``no_model``. Fills ``models``, one entry per model version."""
+    ``models`` per row, -1 for none, the models the batch waits for). Rows of a tenant
+    without a model (and no global one) are rejected ``no_model``. Fills ``models``, one
+    entry per model version."""
     n = batch.n
     usable = batch.reason == events.OK
     # Distinct tenants in first-seen order and a code per row, all in C-level loops.
@@ -229,8 +252,15 @@ def _route(
     # Tenants served by the same model version are scored together in one call.
     slot: dict[tuple[str, str], int] = {}
     tenant_to_model = np.full(len(uniques) + 1, -1, dtype=np.int32)
+    waiting: dict[str, NotLoaded] = {}
     for ti, model in enumerate(resolve(uniques)):
         if model is None:
+            continue
+        if isinstance(model, NotLoaded):
+            # Only tenants with usable rows count: a batch is not held up by a tenant
+            # id that appears only on records that are dead letters anyway.
+            if (tenant_codes == ti).any():
+                waiting.setdefault(model.name, model)
             continue
         if model.key not in slot:
             slot[model.key] = len(models)
@@ -242,7 +272,7 @@ def _route(
         batch.reject(
             np.flatnonzero(no_model), events.NO_MODEL, "no model for tenant and no global model"
         )
-    return uniques, tenant_codes, row_model
+    return uniques, tenant_codes, row_model, list(waiting.values())
 
 
 def _shadow(

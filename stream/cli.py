@@ -94,9 +94,18 @@ def settings_usage() -> dict[str, list[str]]:
 
 def load_settings(**kwargs: Any) -> config.Settings:
     try:
-        return config.from_env(**kwargs)
+        s = config.from_env(**kwargs)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
+    if s.where:
+        from stream.where import Where, WhereError
+
+        try:
+            Where.parse(s.where)
+        except WhereError as e:
+            raise click.BadParameter(str(e).removeprefix(f"--where {s.where!r}: "),
+                                     param_hint="--where") from None
+    return s
 
 
 def _check_tenant(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -121,7 +130,13 @@ class _Main(click.Group):
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from stream.failures import EXIT_BAD_SETTING, EXIT_UNREACHABLE, BadSetting, Unreachable
+        from stream.failures import (
+            EXIT_BAD_SETTING,
+            EXIT_UNREACHABLE,
+            BadSetting,
+            ModelsNotLoaded,
+            Unreachable,
+        )
 
         try:
             return super().invoke(ctx)
@@ -136,6 +151,9 @@ class _Main(click.Group):
         except BadSetting as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(EXIT_BAD_SETTING)
+        except ModelsNotLoaded as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
         except ValueError as e:
             from stream.sources.detect import UnknownFormat
 
@@ -152,11 +170,25 @@ def _kafka(s: config.Settings) -> None:
     require_kafka(s.kafka_common(), s.kafka_timeout, s.connect_timeout)
 
 
-def _registry(uri: str, s: config.Settings | None = None) -> None:
-    """Fail fast, in one line, when the registry cannot be reached."""
-    from stream.failures import require_registry
+def _registry(uri: str, s: config.Settings | None = None, *, create: bool | None = True
+              ) -> None:
+    """Say which registry a command uses; fail fast, in one line, when it cannot be reached
+    or, for a command that reads it (``create`` False, or None without a ``--create``
+    flag), when it is a SQLite file that does not exist."""
+    from stream.failures import redact_uri, require_existing_registry, require_registry
 
+    log.info("registry %s", redact_uri(uri))
+    if not create:
+        require_existing_registry(uri, can_create=create is False)
     require_registry(uri, (s or load_settings()).connect_timeout)
+
+
+def _create_option(func: F) -> F:
+    return click.option(
+        "--create", "--create-registry", "create", is_flag=True,
+        help="Start an empty registry when the --tracking-uri SQLite file does not exist "
+        "(without it, that is an error: a wrong directory, or a mistyped path).",
+    )(func)
 
 
 @click.group(cls=_Main,
@@ -189,6 +221,9 @@ def main(log_level: str, log_format: str | None) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # A WARNING per HTTP retry, with the whole exception chain: the commands say what
+        # failed in one line of their own (failures.brief).
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     logs.setup(
         log_format or os.environ.get("STREAM_LOG_FORMAT") or "text",
         getattr(logging, log_level.upper()),
@@ -203,11 +238,16 @@ def main(log_level: str, log_format: str | None) -> None:
     help="Create missing topics before consuming (--topic-partitions, "
     "--topic-replication-factor).",
 )
-def run(create_topics: bool, **kwargs: Any) -> None:
+@_create_option
+def run(create_topics: bool, create: bool, **kwargs: Any) -> None:
     """Consume flow events, score them with each tenant's production model, publish alerts."""
     from stream import service
+    from stream.failures import redact_uri, require_existing_registry
 
     settings = load_settings(**kwargs)
+    log.info("registry %s", redact_uri(settings.tracking_uri))
+    if not create:
+        require_existing_registry(settings.tracking_uri, can_create=True)
     if kwargs.get("log_format"):  # `stream run --log-format` overrides the group-level option
         logs.setup(settings.log_format, logging.getLogger().level)
     service.serve(settings, create_missing_topics=create_topics)
@@ -289,8 +329,17 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     help="Training flows: JSONL, CSV, Parquet, Zeek conn.log (TSV or JSON); gzip ok.",
 )
 @_format_option
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="TARGET=EXPR",
+    help="Field mapping, as replay, score and evaluate read files: EXPR is a column or a "
+    "sum of columns (a+b). Zeek conn.log fields are mapped automatically.",
+)
 @_tenant_option("Tenant id (omit for the global model).")
-@settings_options("model_name", "tracking_uri", "experiment_name", "input_schema", "trust_types")
+@settings_options("model_name", "tracking_uri", "experiment_name", "input_schema", "trust_types",
+                  "where")
 @click.option(
     "--features",
     default=None,
@@ -380,12 +429,14 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 def train(
     input_path: str,
     fmt: str | None,
+    maps: tuple[str, ...],
     tenant: str | None,
     model_name: str | None,
     tracking_uri: str | None,
     experiment_name: str | None,
     input_schema: str | None,
     trust_types: tuple[str, ...],
+    where: str | None,
     features: str | None,
     feature_exprs: tuple[str, ...],
     feature_file: str | None,
@@ -410,18 +461,30 @@ def train(
 
     s = load_settings(
         model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name,
-        input_schema=input_schema, trust_types=trust_types,
+        input_schema=input_schema, trust_types=trust_types, where=where,
     )
     spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
     _registry(s.tracking_uri, s)
     # The readers of replay and score: every format, bad lines reported. A sensor schema
     # named explicitly maps the raw records (the Zeek mapping is the default for Zeek files).
-    loaded = load_records(input_path, fmt=fmt, raw=s.input_schema != "native")
+    loaded = load_records(input_path, fmt=fmt, mapping=_mapping(maps),
+                          raw=s.input_schema != "native")
     records = loaded.records
     # Here --tenant filters (replay and score set tenant_id instead): a file with tenant
     # ids trains on that tenant's rows; a file without them is all that tenant's.
     if tenant is not None and any("tenant_id" in r for r in records):
         records = [r for r in records if r.get("tenant_id", tenant) == tenant]
+    if s.where and records:
+        # The records the consumer would score, as it reads them (the sensor schema).
+        from stream.features import RecordColumns
+        from stream.sources.view import columns_for
+        from stream.where import Where
+
+        keep = Where.parse(s.where).mask(columns_for(RecordColumns(records), s.input_schema))
+        left = len(records) - int(keep.sum())
+        records = [r for r, k in zip(records, keep.tolist(), strict=True) if k]
+        if left:
+            click.echo(f"{input_path}: --where left out {left} records", err=True)
     if not records:
         whose = "the global model" if tenant is None else f"tenant {tenant}"
         raise click.UsageError(
@@ -464,13 +527,18 @@ def train(
             f"cannot use: {result.skipped}",
             err=True,
         )
+    for note in result.warnings:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     else:
         click.echo(f"run id:     {result.run_id}")
         click.echo(f"model:      {result.model_name}")
         click.echo(f"version:    {result.version}{' (promoted to production)' if promote else ''}")
-        click.echo(f"thresholds: {', '.join(f'{t:.4f}' for t in result.thresholds)}")
+        click.echo(f"detector:   {result.detector} (the name above is a routing key, "
+                   "--model-name)" if result.detector != "isolation_forest"
+                   else f"detector:   {result.detector}")
+        click.echo(f"thresholds: {', '.join(f'{t:.6g}' for t in result.thresholds)}")
         m = result.metrics
         click.echo(
             "training traffic flagged: "
@@ -503,7 +571,7 @@ def promote(
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
-    _registry(s.tracking_uri, s)
+    _registry(s.tracking_uri, s, create=None)
     name = registry.registered_name(s.model_name, tenant)
     try:
         if alias == "production":
@@ -523,7 +591,7 @@ def demote(tenant: str | None, model_name: str | None, tracking_uri: str | None)
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri)
-    _registry(s.tracking_uri, s)
+    _registry(s.tracking_uri, s, create=None)
     name = registry.registered_name(s.model_name, tenant)
     try:
         was = registry.demote(name, uri=s.tracking_uri)
@@ -538,7 +606,8 @@ def demote(tenant: str | None, model_name: str | None, tracking_uri: str | None)
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @settings_options("tracking_uri")
-def models(as_json: bool, tracking_uri: str | None) -> None:
+@_create_option
+def models(as_json: bool, tracking_uri: str | None, create: bool) -> None:
     """List registered models with their production (and challenger) versions."""
     from rich.console import Console
     from rich.table import Table
@@ -546,7 +615,7 @@ def models(as_json: bool, tracking_uri: str | None) -> None:
     from stream import registry
 
     uri = load_settings(tracking_uri=tracking_uri).tracking_uri
-    _registry(uri)
+    _registry(uri, create=create)
     rows = registry.list_models(uri=uri)
     if as_json:
         for r in rows:
@@ -565,6 +634,7 @@ def models(as_json: bool, tracking_uri: str | None) -> None:
 @click.option("--version", default=None, help="Model version [default: the production one].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @settings_options("model_name", "tracking_uri", "trust_types")
+@_create_option
 def describe(
     tenant: str | None,
     version: str | None,
@@ -572,12 +642,13 @@ def describe(
     model_name: str | None,
     tracking_uri: str | None,
     trust_types: tuple[str, ...],
+    create: bool,
 ) -> None:
     """Show a model version's feature spec, detector, thresholds and what it learned."""
     from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri, trust_types=trust_types)
-    _registry(s.tracking_uri, s)
+    _registry(s.tracking_uri, s, create=create)
     name = registry.registered_name(s.model_name, tenant)
     try:
         version = version or registry.production_version(name, uri=s.tracking_uri)
@@ -605,18 +676,24 @@ def describe(
 @click.option("--port", default=9092, show_default=True, type=int)
 @click.option(
     "--topics",
-    default="flows,alerts,flows.dlq",
+    default="flows,alerts,flows.dlq,alerts.feedback,alerts.incidents",
     show_default=True,
-    help="Topics to create at start (comma-separated; empty for none).",
+    help="Topics to create at start (comma-separated; empty for none): by default the "
+    "input, alert, dead-letter, feedback and incident topics of the default settings.",
 )
 @click.option("--partitions", default=3, show_default=True, type=int)
 def broker(port: int, topics: str, partitions: int) -> None:
     """Run the embedded Kafka-compatible broker (memory only) in the foreground."""
     import signal
 
-    from stream.embedded import EmbeddedBroker
+    from stream.embedded import EmbeddedBroker, PortInUse
+    from stream.failures import BadSetting
 
-    b = EmbeddedBroker(port, silent=False).start()
+    try:
+        b = EmbeddedBroker(port, silent=False).start()
+    except PortInUse as e:
+        raise BadSetting(f"--port {port}: cannot listen there ({e}: is a broker running "
+                         "already?)") from None
     names = [t for t in topics.split(",") if t]
     if names:
         b.create_topics(names, partitions=partitions)
@@ -800,7 +877,7 @@ def _offline_table(**given: Any) -> Any:
     from stream import service
 
     settings = load_settings(**given)
-    _registry(settings.tracking_uri, settings)
+    _registry(settings.tracking_uri, settings, create=None)
     if settings.tenant_source.kind in ("key", "header"):
         raise click.BadParameter(
             "files have no message keys or headers: use field:NAME or const:TENANT",
@@ -821,7 +898,7 @@ def _offline_table(**given: Any) -> Any:
 @click.option("--output", "-o", default="-", show_default=True, help="Alerts JSONL file or -.")
 @settings_options(
     "min_level", "model_name", "tracking_uri", "max_message_bytes", "input_schema",
-    "tenant_from", "trust_types",
+    "tenant_from", "trust_types", "where",
 )
 @click.option(
     "--dead-letters",
@@ -842,6 +919,7 @@ def score(
     input_schema: str | None,
     tenant_from: str | None,
     trust_types: tuple[str, ...],
+    where: str | None,
     dead_letters: str | None,
 ) -> None:
     """Score files with the production models, no broker: alerts as JSON lines."""
@@ -850,7 +928,7 @@ def score(
     settings, table = _offline_table(
         min_level=min_level, model_name=model_name, tracking_uri=tracking_uri,
         max_message_bytes=max_message_bytes, input_schema=input_schema,
-        tenant_from=tenant_from, trust_types=trust_types,
+        tenant_from=tenant_from, trust_types=trust_types, where=where,
     )
     summary = score_to_file(
         list(files),
@@ -867,11 +945,28 @@ def score(
     click.echo(
         f"records {summary.records}: scored {summary.scored}, alerts {summary.alerts} "
         f"{dict(summary.alerts_by_level)}, dead letters {sum(summary.dead_letters.values())} "
-        f"{dict(summary.dead_letters)}, unreadable lines {len(summary.unreadable)}",
+        f"{dict(summary.dead_letters)}, unreadable lines {len(summary.unreadable)}"
+        + (f", left out by --where {summary.filtered}" if summary.filtered else ""),
         err=True,
     )
+    _report_dead_letters(summary, tenant_given=tenant is not None)
     _report_late(summary)
     _nothing_scored(summary, files)
+
+
+def _report_dead_letters(summary: Any, tenant_given: bool) -> None:
+    """Per reason, what its most common detail says (the feature and field behind a
+    missing_feature, say), and how to give files a tenant when they have none."""
+    for reason, _n in summary.dead_letters.most_common():
+        top = [(d, k) for (r, d), k in summary.details.most_common() if r == reason][:2]
+        said = "; ".join(f"{d or '(no detail)'} x{k}" for d, k in top)
+        click.echo(f"  {reason}: {said}", err=True)
+    missing = sum(k for (r, d), k in summary.details.items()
+                  if r == "invalid_tenant" and d.startswith("missing"))
+    if missing and not tenant_given:
+        click.echo(f"  {missing} records carry no tenant: give --tenant NAME (or "
+                   "--tenant-from const:NAME, or field:NAME for the field that holds it)",
+                   err=True)
 
 
 def _report_late(summary: Any) -> None:
@@ -896,9 +991,18 @@ def _nothing_scored(summary: Any, files: tuple[Path, ...]) -> None:
         first = f" (first: line {summary.unreadable[0][1]}: {summary.unreadable[0][2]})" \
             if summary.unreadable else ""
         raise click.ClickException(f"no record of {names} could be read: {why}{first}")
+    if not summary.dead_letters:
+        raise click.ClickException(
+            f"none of the {summary.records} records of {names} could be scored: --where left "
+            f"out {summary.filtered}")
     reasons = ", ".join(f"{r} {n}" for r, n in summary.dead_letters.most_common())
+    top_reason = summary.dead_letters.most_common(1)[0][0]
+    top = next((d for (r, d), _k in summary.details.most_common() if r == top_reason), "")
+    hint = f" ({top})" if top else ""
+    if top_reason == "invalid_tenant" and top.startswith("missing"):
+        hint = " (the records carry no tenant: give --tenant NAME, or --tenant-from const:NAME)"
     raise click.ClickException(
-        f"none of the {summary.records} records of {names} could be scored: {reasons}"
+        f"none of the {summary.records} records of {names} could be scored: {reasons}{hint}"
     )
 
 
@@ -914,7 +1018,7 @@ def _nothing_scored(summary: Any, files: tuple[Path, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @settings_options(
     "model_name", "tracking_uri", "max_message_bytes", "input_schema", "tenant_from",
-    "trust_types",
+    "trust_types", "where",
 )
 def evaluate(
     files: tuple[Path, ...],
@@ -930,6 +1034,7 @@ def evaluate(
     input_schema: str | None,
     tenant_from: str | None,
     trust_types: tuple[str, ...],
+    where: str | None,
 ) -> None:
     """ROC-AUC, average precision, precision/recall per threat level, per tenant and overall."""
     from stream import evaluate as ev
@@ -938,14 +1043,25 @@ def evaluate(
     settings, table = _offline_table(
         model_name=model_name, tracking_uri=tracking_uri, max_message_bytes=max_message_bytes,
         input_schema=input_schema, tenant_from=tenant_from, trust_types=trust_types,
+        where=where,
     )
     tenants, scores, levels, raw, summary = collect_for_evaluation(
         list(files), table, settings, label_field, fmt=fmt, mapping=_mapping(maps), tenant=tenant
     )
     table.stop()
+    _report_dead_letters(summary, tenant_given=tenant is not None)
     _report_late(summary)
     _nothing_scored(summary, files)
+    if all(v is None for v in raw):
+        raise click.BadParameter(
+            f"no scored record has a field {label_field!r}: nothing to evaluate against",
+            param_hint="--label-field")
     labels = ev.labels_from_field(raw, list(positive) or None)
+    if not labels.any():
+        values = sorted({str(v) for v in raw if v is not None})[:8]
+        click.echo(f"warning: no record counts as an attack in {label_field!r} (values seen: "
+                   f"{', '.join(values)}{', ...' if len(values) == 8 else ''}); give the "
+                   "attack values with --positive", err=True)
     result = ev.evaluate(tenants, scores, levels, labels)
     if as_json:
         click.echo(orjson.dumps(result).decode())
@@ -958,7 +1074,7 @@ def evaluate(
         )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @settings_options(
     "bootstrap_servers", "alert_topic", "incident_topic", "feedback_topic", "dlq_topic",
     "kafka_properties", "metrics_port",
@@ -969,7 +1085,9 @@ def evaluate(
 @click.option("--follow", "-f", is_flag=True,
               help="Keep reading feedback (with --metrics-port: serve the precision).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
 def feedback(
+    ctx: click.Context,
     bootstrap_servers: str | None,
     alert_topic: str | None,
     incident_topic: str | None,
@@ -981,7 +1099,9 @@ def feedback(
     follow: bool,
     as_json: bool,
 ) -> None:
-    """Join analyst verdicts to alerts: precision per tenant, and a labelled export."""
+    """Join analyst verdicts to alerts: precision per tenant, and a labelled export.
+
+    ``stream feedback add`` gives a verdict."""
     from stream import feedback as fb
 
     s = load_settings(
@@ -989,6 +1109,9 @@ def feedback(
         incident_topic=incident_topic, feedback_topic=feedback_topic, dlq_topic=dlq_topic,
         kafka_properties=kafka_properties, metrics_port=metrics_port,
     )
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = s  # the subcommand writes with these settings
+        return
     _kafka(s)
     update = None
     if s.metrics_port:
@@ -1027,6 +1150,33 @@ def feedback(
                                       if export_path else ""))
 
 
+@feedback.command("add")
+@click.option("--alert-id", default=None, help="The alert the verdict is about.")
+@click.option("--incident-id", default=None,
+              help="Or the incident: the verdict applies to every alert it lists.")
+@click.option("--verdict", required=True, type=click.Choice(["true_positive",
+              "false_positive", "benign"]))
+@click.option("--note", default="", help="Why, for whoever reads the verdict later.")
+@click.option("--analyst", default="", help="Who gives it.")
+@click.pass_obj
+def feedback_add(s: config.Settings, alert_id: str | None, incident_id: str | None,
+                 verdict: str, note: str, analyst: str) -> None:
+    """Give one verdict: written to the feedback topic, as `stream feedback` reads it."""
+    from stream.feedback import write_verdict
+
+    if (alert_id is None) == (incident_id is None):
+        raise click.UsageError("give exactly one of --alert-id and --incident-id")
+    _kafka(s)
+    doc = {"alert_id": alert_id} if alert_id else {"incident_id": incident_id}
+    doc.update({"verdict": verdict, **({"note": note} if note else {}),
+                **({"analyst": analyst} if analyst else {})})
+    try:
+        where = write_verdict(s, doc)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{verdict} on {alert_id or incident_id}: written to {where}")
+
+
 @main.command("dead-letters")
 @settings_options("bootstrap_servers", "dlq_topic", "kafka_properties",
                   aliases={"dlq_topic": "--topic"})
@@ -1034,6 +1184,14 @@ def feedback(
 @click.option("--reason", "reasons", multiple=True, help="Only these reasons (repeatable).")
 @click.option("--summary", is_flag=True, help="Counts per reason only.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines (for piping).")
+@click.option("--redrive", is_flag=True,
+              help="Send the dead letters of the --reason(s) given back to the topic they came "
+              "from (original value, key and headers), once: a consumer group (--group) "
+              "remembers how far it got.")
+@click.option("--to", "redrive_to", default=None, metavar="TOPIC",
+              help="With --redrive: send them to this topic instead.")
+@click.option("--group", "redrive_group", default="stream-redrive", show_default=True,
+              help="With --redrive: the consumer group that remembers what was sent.")
 def dead_letters_cmd(
     bootstrap_servers: str | None,
     dlq_topic: str | None,
@@ -1042,6 +1200,9 @@ def dead_letters_cmd(
     reasons: tuple[str, ...],
     summary: bool,
     as_json: bool,
+    redrive: bool,
+    redrive_to: str | None,
+    redrive_group: str,
 ) -> None:
     """Show the dead-letter topic: reason, detail, where each record came from, a preview."""
     from collections import Counter
@@ -1050,6 +1211,9 @@ def dead_letters_cmd(
 
     s = load_settings(bootstrap_servers=bootstrap_servers, dlq_topic=dlq_topic,
                       kafka_properties=kafka_properties)
+    if redrive:
+        _redrive(s, reasons, redrive_to, redrive_group, as_json)
+        return
     _kafka(s)
     from stream.failures import stop_on_signals
 
@@ -1085,12 +1249,46 @@ def dead_letters_cmd(
         click.echo(f"{sum(counts.values())} dead letters", err=not summary)
 
 
+def _redrive(s: config.Settings, reasons: tuple[str, ...], to: str | None, group: str,
+             as_json: bool) -> None:
+    from stream.reasons import REASONS
+
+    if not reasons:
+        raise click.UsageError("--redrive needs the --reason(s) to send back (e.g. "
+                               "--reason no_model): most dead letters would only come back")
+    unknown = sorted(set(reasons) - set(REASONS.values()))
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: not a dead-letter reason (known: "
+                                 f"{', '.join(sorted(set(REASONS.values()) - {'ok'}))})",
+                                 param_hint="--reason")
+    _kafka(s)
+    from stream.failures import stop_on_signals
+    from stream.redrive import redrive
+
+    with stop_on_signals() as stopped:
+        try:
+            done = redrive(s.kafka_common(), s.dlq_topic, reasons, group=group, to=to,
+                           should_stop=stopped.is_set)
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(orjson.dumps({"sent": dict(done.sent), "skipped": dict(done.skipped)}).decode())
+        return
+    where = to or "the topics they came from"
+    click.echo(f"sent back to {where}: {sum(done.sent.values())} {dict(done.sent)}; left on "
+               f"{s.dlq_topic}: {sum(done.skipped.values())} {dict(done.skipped)}")
+
+
 @main.command()
 @settings_options(
     "bootstrap_servers", "alert_topic", "kafka_properties", aliases={"alert_topic": "--topic"}
 )
-@click.option("--follow", "-f", is_flag=True, help="Keep reading new alerts.")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest alert on the topic.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep reading new alerts (from the end of the topic, unless "
+              "--from-beginning).")
+@click.option("--from-beginning", is_flag=True,
+              help="With --follow: start at the oldest alert (without --follow, every alert "
+              "on the topic is read anyway).")
 @_tenant_option("Only this tenant's alerts.")
 @click.option(
     "--min-level",
@@ -1113,18 +1311,50 @@ def alerts(
     summary: bool,
     as_json: bool,
 ) -> None:
-    """Print alerts from the alert topic as a table, or as JSON lines."""
+    """Print alerts (or the incidents of --topic alerts.incidents) as a table, or as JSON
+    lines: every record on the topic, or with --follow the new ones as they come."""
     from collections import Counter
 
     from rich.console import Console
 
     from stream.failures import stop_on_signals
-    from stream.subscribe import LEVEL_STYLE, matches, read_alerts, row
+    from stream.subscribe import (
+        LEVEL_STYLE,
+        incident_row,
+        is_incident,
+        matches,
+        printable,
+        read_alerts,
+        row,
+    )
 
     console = Console()
     shown = 0
     counts: Counter[tuple[str, str]] = Counter()
+    # An incident topic holds every state of an incident: without --follow, its latest.
+    latest: dict[str, dict[str, Any]] = {}
+    header = ""
     stack = contextlib.ExitStack()
+
+    def show(rec: dict[str, Any], incident: bool) -> None:
+        nonlocal header
+        if as_json:
+            sys.stdout.buffer.write(orjson.dumps(rec) + b"\n")
+            sys.stdout.flush()
+            return
+        if not header:
+            header = _INCIDENT_HEADER if incident else _ALERT_HEADER
+            console.print(header, style="bold", markup=False)
+        cells = [printable(c) for c in (incident_row(rec) if incident else row(rec))]
+        if incident:
+            t, ten, lv, sc, ent, st, n, lead, iid = cells
+            text = f"{t:<25} {ten:<12} {lv:<9} {sc:>8} {ent:<30} {st:<7} {n:>6} {lead:<24} {iid}"
+        else:
+            t, ten, lv, sc, route, ver, why, iid = cells
+            text = f"{t:<25} {ten:<12} {lv:<9} {sc:>8} {route:<35} {ver:<6} {why:<26} {iid}"
+        # Data is never markup: a field holding "[/x]" prints as it is.
+        console.print(text, style=LEVEL_STYLE.get(cells[2], ""), highlight=False, markup=False)
+
     try:
         s = load_settings(
             bootstrap_servers=bootstrap_servers,
@@ -1137,44 +1367,49 @@ def alerts(
             s.bootstrap_servers,
             s.alert_topic,
             follow=follow,
-            from_beginning=from_beginning,
+            # Without --follow the topic is read whole: a tail read while alerts are being
+            # written would be an arbitrary part of them (and --summary wrong).
+            from_beginning=from_beginning or summary or not follow,
             extra=dict(s.kafka_properties),
             should_stop=stopped.is_set,
         )
-        if not as_json and not summary:
-            console.print(
-                "time                      tenant       level     score    "
-                "src -> dst                          model  why (spreads from normal)  "
-                "incident",
-                style="bold",
-            )
         for alert in stream:
             if not matches(alert, tenant, show_level):
+                continue
+            incident = is_incident(alert)
+            if incident and not follow:
+                latest[str(alert["incident_id"])] = alert
                 continue
             shown += 1
             if summary:
                 counts[(str(alert.get("tenant_id")), str(alert.get("threat_level")))] += 1
                 continue
-            if as_json:
-                sys.stdout.buffer.write(orjson.dumps(alert) + b"\n")
-                sys.stdout.flush()
-            else:
-                t, ten, lv, sc, route, ver, why, inc = row(alert)
-                console.print(
-                    f"{t:<25} {ten:<12} {lv:<9} {sc:>8} {route:<35} {ver:<6} {why:<26} {inc}",
-                    style=LEVEL_STYLE.get(lv, ""),
-                    highlight=False,
-                )
+            show(alert, incident)
     except RuntimeError as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         pass
     finally:
         stack.close()
+    for inc in sorted(latest.values(), key=lambda r: str(r.get("last_seen", ""))):
+        shown += 1
+        if summary:
+            counts[(str(inc.get("tenant_id")), str(inc.get("threat_level")))] += 1
+        else:
+            show(inc, True)
+    what = "incidents" if latest else "alerts"
     if summary:
         _print_summary(counts, as_json)
     elif not as_json:
-        console.print(f"{shown} alerts", style="dim")
+        console.print(f"{shown} {what}", style="dim", markup=False)
+
+
+_ALERT_HEADER = ("time                      tenant       level     score    "
+                 "src -> dst                          model  why (spreads from normal)  "
+                 "incident")
+_INCIDENT_HEADER = ("last seen                 tenant       level     min score "
+                    "entity                         status  alerts leading feature        "
+                    "incident")
 
 
 def _print_summary(counts: Any, as_json: bool) -> None:

@@ -126,6 +126,13 @@ class Settings:
         0, "STREAM_METRICS_PORT", "Port for /metrics, /healthz and /readyz (0 = off).",
         min=0, max=65535,
     )
+    stall_after: float = _opt(
+        30.0,
+        "STREAM_STALL_AFTER",
+        "Seconds without a committed batch, after one failed (not delivered, models not "
+        "loaded, state not restored), before /readyz says not ready with the cause.",
+        min=0, max=3600,
+    )
     shadow_topic: str = _opt(
         "", "STREAM_SHADOW_TOPIC", "Topic for challenger-vs-production reports (empty = off)."
     )
@@ -135,6 +142,12 @@ class Settings:
         "The sensor schema of the input events; its fields are mapped to the canonical "
         "ones (see Sensor schemas).",
         choices=SCHEMA_NAMES,
+    )
+    where: str = _opt(
+        "",
+        "STREAM_WHERE",
+        "Score only the input records this keeps, e.g. 'event_type == \"flow\"' for "
+        "Suricata EVE (the rest are counted and skipped, not dead-lettered; empty = all).",
     )
     tenant_from: str = _opt(
         "field:tenant_id",

@@ -48,6 +48,19 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
+class PortInUse(OSError):
+    """The embedded broker's port is taken: another broker (or anything) listens there."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class EmbeddedBroker:
     """A Tansu broker process on a loopback port, started and stopped with the object.
 
@@ -68,6 +81,10 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> EmbeddedBroker:
+        # Tansu panics on a port in use, while whatever holds it answers the readiness
+        # check below: a broker that never ran would look started.
+        if not _port_free(self.port):
+            raise PortInUse(f"127.0.0.1:{self.port} is already in use")
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [
             broker_binary(),
@@ -91,6 +108,10 @@ class EmbeddedBroker:
         except TimeoutError:
             self.stop()
             raise
+        if self._proc.poll() is not None:
+            code = self._proc.returncode
+            self._proc = None
+            raise RuntimeError(f"the embedded broker exited at start (status {code})")
         return self
 
     def stop(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -57,12 +58,81 @@ class Unreachable(Exception):
     """The broker or the registry did not answer; ``str()`` is the line a user reads."""
 
 
+class ModelsNotLoaded(RuntimeError):
+    """A production model that should score some records could not be loaded: an offline
+    run stops with this line (exit 1) rather than dead-letter what no model could score."""
+
+
 class BadSetting(Exception):
     """A setting that cannot work as given (a busy port); ``str()`` names the flag."""
 
 
 #: Exit status of a setting that cannot work (as click's usage errors).
 EXIT_BAD_SETTING: Final = 2
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+_API_CALL = re.compile(r"^(API request to \S+?)(?:\?\S*)? failed")
+
+
+def brief(e: BaseException | str, limit: int = 200) -> str:
+    """An error in one line a user can read: the cause of a connection failure rather
+    than urllib3's whole chain, cut at a word (with an ellipsis) when it is long."""
+    text = str(e) or (type(e).__name__ if isinstance(e, BaseException) else "")
+    lines = text.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    errno = _ERRNO.search(text)
+    if errno:
+        why = errno.group(1).strip().rstrip(".").lower()
+        call = _API_CALL.match(first)
+        first = f"{call.group(1)} failed: {why}" if call else why
+    elif "Read timed out" in text:
+        call = _API_CALL.match(first)
+        first = f"{call.group(1)} failed: read timed out" if call else "read timed out"
+    if len(first) > limit:
+        cut = first[:limit].rsplit(" ", 1)[0]
+        first = (cut if len(cut) > limit // 2 else first[:limit]) + "…"
+    return first
+
+
+def redact_uri(uri: str) -> str:
+    """A URI as a log line or message may show it: its password masked (``user:***@``),
+    and a relative SQLite path followed by the absolute file it names."""
+    try:
+        p = urlparse(uri)
+    except ValueError:
+        return "(unparseable URI)"
+    out = uri
+    if p.password:
+        out = out.replace(f":{p.password}@", ":***@", 1)
+    if p.scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            out = f"{out} ({os.path.abspath(path)})"
+    return out
+
+
+def missing_sqlite(uri: str) -> str | None:
+    """The absolute path of a SQLite registry file that does not exist (None otherwise):
+    MLflow would create an empty registry there without a word."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    path = os.path.abspath(path)
+    return None if os.path.exists(path) else path
+
+
+def require_existing_registry(uri: str, *, can_create: bool = False) -> None:
+    """BadSetting (one line, exit 2) when ``uri`` names a SQLite file that is not there;
+    ``can_create``: the command has ``--create``, which the line then mentions."""
+    path = missing_sqlite(uri)
+    if path is not None:
+        raise BadSetting(
+            f"no registry at {uri}: {path} does not exist (give --tracking-uri, or "
+            "MLFLOW_TRACKING_URI, the registry `stream train` wrote to"
+            + ("; --create starts an empty one)" if can_create else ")"))
 
 
 def mlflow_http_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -146,7 +216,7 @@ def require_kafka(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
 def require_registry(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
     problem = registry_problem(uri, connect_timeout)
     if problem:
-        raise Unreachable(f"cannot reach the MLflow registry at {uri}: {problem}")
+        raise Unreachable(f"cannot reach the MLflow registry at {redact_uri(uri)}: {problem}")
 
 
 # ---- the consumer's patience -------------------------------------------------------------

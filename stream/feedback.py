@@ -224,6 +224,33 @@ def run(
     return book
 
 
+def write_verdict(settings: Any, doc: dict[str, Any]) -> str:
+    """Write one verdict (a dict ``parse`` accepts) to the feedback topic, keyed by its id;
+    returns where it went (``topic[partition]@offset``). RuntimeError with the broker's
+    reason when it is not acknowledged."""
+    from confluent_kafka import Producer
+
+    from stream.failures import kafka_logger
+
+    raw = orjson.dumps(doc)
+    v = parse(raw)
+    if isinstance(v, str):
+        raise RuntimeError(f"not a verdict: {v}")
+    got: list[Any] = []
+    p = Producer({**settings.kafka_common(), "enable.idempotence": True,
+                  "message.timeout.ms": 15000, "logger": kafka_logger()})
+    p.produce(settings.feedback_topic, raw, key=v.id.encode(),
+              on_delivery=lambda err, msg: got.append((err, msg)))
+    p.flush(20)
+    if not got:
+        raise RuntimeError(f"the verdict was not acknowledged by {settings.bootstrap_servers}")
+    err, msg = got[0]
+    if err is not None:
+        raise RuntimeError(f"the verdict was not written to {settings.feedback_topic!r}: "
+                           f"{err.str()}")
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+
 def serve_metrics(port: int) -> Any:
     """Serve precision and verdict counts on ``port``; returns the update callback."""
     from prometheus_client import CollectorRegistry, Gauge, start_http_server

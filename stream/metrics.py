@@ -257,6 +257,13 @@ class Metrics:
         self.ready = Gauge(
             "stream_ready", "1 while the consumer reports ready on /readyz.", registry=r
         )
+        self.stalled = Counter(
+            "stream_stalled_seconds",
+            "Time the consumer was stalled: input waiting and no batch committed for "
+            "--stall-after seconds (a batch that cannot be delivered, models not loaded, "
+            "window state not restored); /readyz names the cause meanwhile.",
+            registry=r,
+        )
         self.state_entities = Gauge(
             "stream_state_entities", "Entity keys held in the window state.", registry=r
         )
@@ -400,6 +407,9 @@ class Metrics:
 
     def record_delivery_failures(self, n: int) -> None:
         self.delivery_failures.inc(n)
+
+    def record_stalled(self, seconds: float) -> None:
+        self.stalled.inc(seconds)
 
     def record_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)

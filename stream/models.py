@@ -18,6 +18,12 @@ Routing rules (what ``resolve`` returns for tenant ``T``):
   before or cannot run because the registry is down, ``T`` is served by the
   global model and the watcher loads ``NAME_T`` (retrying with backoff).
 - ``NAME_T`` has no production version: the global model ``NAME``.
+- Neither is loaded although one of them has a production version (its load is
+  still running, failed, or cannot start while the registry is down): a
+  ``NotLoaded`` naming it and why. The consumer then waits (nothing of the batch
+  is committed or dead-lettered, ``/readyz`` says why); only a tenant whose model
+  and the global one have no production version at all is ``None``: no model,
+  its events are dead-lettered ``no_model``.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ import numpy as np
 
 from stream import registry
 from stream.events import valid_tenant
+from stream.failures import brief, redact_uri
 from stream.features import RecordColumns
-from stream.registry import LoadedModel, ModelLoadError, RegistryView
+from stream.registry import LoadedModel, ModelLoadError, NotLoaded, RegistryView
 from stream.sources.view import columns_for
 
 log = logging.getLogger(__name__)
@@ -98,8 +105,11 @@ class ModelTable:
         on_failure: Callable[[str, str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         schema: str = "native",
+        uri: str = "",
     ) -> None:
         self.base_name = base_name
+        # Where the versions come from, as messages may show it (the password masked).
+        self.where = redact_uri(uri) if uri else "(the configured registry)"
         self._poller = poller
         self._loader = loader
         self.cache_size = max(1, cache_size)
@@ -149,8 +159,10 @@ class ModelTable:
     def tenant_model_name(self, tenant: str) -> str:
         return registry.registered_name(self.base_name, tenant)
 
-    def resolve(self, tenants: Sequence[str]) -> list[LoadedModel | None]:
-        """The model serving each tenant: its own production model, else the global one."""
+    def resolve(self, tenants: Sequence[str]) -> list[LoadedModel | NotLoaded | None]:
+        """The model serving each tenant: its own production model, else the global one;
+        ``NotLoaded`` when one of them should serve it but neither is loaded; None when
+        neither has a production version."""
         base = self.base_name
         names: list[str] = []
         load_now: dict[str, str] = {}
@@ -176,7 +188,7 @@ class ModelTable:
         fresh: dict[str, LoadedModel] = {}
         if load_now:
             fresh = self._load_now(load_now)
-        out: list[LoadedModel | None] = []
+        out: list[LoadedModel | NotLoaded | None] = []
         with self._lock:
             fallback = self._loaded.get(base)
             for name in names:
@@ -185,6 +197,9 @@ class ModelTable:
                     if name != base:
                         # Not loadable right now: the watcher takes it from here.
                         self._note_pending(name)
+                    if fallback is None:
+                        out.append(self._not_loaded(name, production))
+                        continue
                     model = fallback
                 elif name != base:
                     if name in self._loaded:
@@ -193,6 +208,28 @@ class ModelTable:
                 out.append(model)
             self._evict()
         return out
+
+    def _not_loaded(self, name: str, production: dict[str, str]) -> NotLoaded | None:
+        """Why neither ``name`` nor the global model serves (caller holds the lock); None
+        when neither has a production version (no model at all)."""
+        for wanted in (name, self.base_name):
+            version = production.get(wanted)
+            if version is None:
+                continue
+            if self._registry_down:
+                why = "the registry does not answer"
+            elif (wanted, version) in self._failed:
+                attempts, at = self._failed[(wanted, version)]
+                last = next((f.reason for f in reversed(self.failures)
+                             if f.model == wanted and f.version == version), "")
+                why = (f"load failed {attempts}x, retry in "
+                       f"{max(0.0, at - self._clock()):.0f}s: {last}")
+            elif any(k[0] == wanted for k in self._inflight):
+                why = "loading"
+            else:
+                why = "not loaded yet"
+            return NotLoaded(wanted, version, why[:300])
+        return None
 
     def challenger_for(self, model: LoadedModel) -> LoadedModel | None:
         """The version shadow-scored beside ``model`` (alias challenger / stage Staging)."""
@@ -270,6 +307,10 @@ class ModelTable:
     def has_global(self) -> bool:
         with self._lock:
             return self.base_name in self._loaded
+
+    def any_loaded(self) -> bool:
+        with self._lock:
+            return bool(self._loaded)
 
     def _note_pending(self, name: str) -> None:
         # Caller holds the lock.
@@ -378,7 +419,7 @@ class ModelTable:
                 model = self._loader(name, version)
                 self._check(model)
             except Exception as e:
-                self._record_failure(name, version, role, str(e) or type(e).__name__)
+                self._record_failure(name, version, role, brief(e, 300))
                 return None
             with self._lock:
                 self._failed.pop((name, version), None)
@@ -604,7 +645,7 @@ class ModelTable:
                     "registry poll failed (%d in a row: %s); current models keep serving, "
                     "retry in %.0fs",
                     self.poll_errors,
-                    str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
+                    brief(e),
                     delay,
                 )
                 continue

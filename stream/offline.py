@@ -22,11 +22,18 @@ import orjson
 
 from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
+from stream.failures import ModelsNotLoaded
 from stream.features.store import WindowStore
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_json
 from stream.reasons import REASONS
 from stream.sources import FieldMapping, iter_records
+from stream.where import Where
+
+#: Distinct (reason, detail) pairs a summary counts.
+MAX_DETAILS = 1000
+#: How long a model load may take before ``stream score`` gives up on it.
+LOAD_WAIT_S = 120.0
 
 
 @dataclass
@@ -39,7 +46,17 @@ class ScoreSummary:
     unreadable: list[tuple[str, int, str]] = field(default_factory=list)
     dead_letters: Counter[str] = field(default_factory=Counter)
     alerts_by_level: Counter[str] = field(default_factory=Counter)
+    filtered: int = 0  # records --where left out
     late: Counter[str] = field(default_factory=Counter)  # per tenant: see accounting.LATE_WHAT
+    # (reason, detail) -> records: what the summary names (bounded: details are per row).
+    details: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def note_details(self, outcome: BatchOutcome) -> None:
+        d = outcome.decoded
+        for i in outcome.rejected_rows.tolist():
+            key = (REASONS[int(d.reason[i])], d.detail.get(i, ""))
+            if key in self.details or len(self.details) < MAX_DETAILS:
+                self.details[key] += 1
 
 
 def _batches(
@@ -90,6 +107,7 @@ def score_batches(
     """
     summary = summary if summary is not None else ScoreSummary()
     level = LEVEL_CODES[min_level]
+    where = Where.parse(settings.where) if settings.where else None
     src = settings.tenant_source
     if src.kind in ("key", "header"):
         raise ValueError(f"--tenant-from {src.kind}: files have no message keys or headers")
@@ -104,25 +122,36 @@ def score_batches(
         paths, fmt=fmt, mapping=mapping, tenant=tenant, batch_size=batch_size, summary=summary,
         raw=settings.input_schema != "native",
     ):
-        outcome = process_batch(
-            values,
-            table.resolve,
-            topic=name,
-            partitions=np.zeros(len(values), dtype=np.int64),
-            offsets=lines,
-            min_level=level,
-            max_bytes=settings.max_message_bytes,
-            schema=settings.input_schema,
-            tenant_field=tenant_field,
-            tenants=None if const is None else [const] * len(values),
-            store=store,
-        )
+        for attempt in range(3):
+            outcome = process_batch(
+                values,
+                table.resolve,
+                topic=name,
+                partitions=np.zeros(len(values), dtype=np.int64),
+                offsets=lines,
+                min_level=level,
+                max_bytes=settings.max_message_bytes,
+                schema=settings.input_schema,
+                tenant_field=tenant_field,
+                tenants=None if const is None else [const] * len(values),
+                store=store,
+                where=where,
+            )
+            if not outcome.waiting:
+                break
+            # A model still loading (or failed): wait for the loads, then try once more.
+            if attempt == 2 or not table.wait_for_loads(LOAD_WAIT_S):
+                raise ModelsNotLoaded(
+                    f"cannot score {name}: models not loaded from the registry at "
+                    f"{table.where}: {', '.join(map(str, outcome.waiting[:3]))}")
         store.maintain()
         summary.records += outcome.n
+        summary.filtered += outcome.filtered
         summary.scored += outcome.scored
         summary.alerts += len(outcome.alerts)
         summary.dead_letters.update(outcome.reason_counts())
         summary.late.update(outcome.decoded.late_by)
+        summary.note_details(outcome)
         for (_tenant, lv), n in outcome.alert_counts().items():
             summary.alerts_by_level[lv] += n
         yield outcome

@@ -204,7 +204,8 @@ Headers = list[tuple[str, bytes]]
 def dead_letter_headers(
     reason: str, detail: str, topic: str, partition: int, offset: int
 ) -> Headers:
-    """Kafka headers of a dead-letter record; the value and key are the original ones."""
+    """Kafka headers of a dead-letter record, after the original message's own headers;
+    the value and key are the original ones."""
     return [
         ("reason", reason.encode()),
         ("detail", detail.encode()),

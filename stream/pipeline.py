@@ -13,7 +13,12 @@ One iteration handles one micro-batch:
 
 A batch that fails is not committed: its partitions are rewound (to the
 batch's first offsets, or exactly-once to the group's committed offsets) and it
-is redone after a short, growing wait.
+is redone after a short, growing wait. So is a batch some of whose tenants'
+models should serve but are not loaded (still loading, failed, registry down):
+it is not scored at all and waits; nothing of it is dead-lettered for that.
+``accounting.Progress`` says why while no batch commits (WARNING, /readyz 503
+after ``--stall-after`` seconds, at once while waiting for models, and the
+stalled time in ``stream_stalled_seconds_total``).
 
 Rebalances: callbacks run only inside consumer polls. Between batches nothing
 is in flight. During a paused wait (``stream.backpressure``) a batch is; a
@@ -36,18 +41,27 @@ import numpy as np
 from confluent_kafka import KafkaException, Message, TopicPartition
 
 from stream import kafka as kafka_clients
-from stream.accounting import Accounting, HealthSink, MetricsSink, NullHealth, NullMetrics, RunStats
+from stream.accounting import (
+    Accounting,
+    HealthSink,
+    MetricsSink,
+    NullHealth,
+    NullMetrics,
+    Progress,
+    RunStats,
+)
 from stream.backpressure import Backpressure
 from stream.batch import BatchOutcome, process_batch
 from stream.config import Settings
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
-from stream.delivery.batch import Record
+from stream.delivery.batch import Record, failure_cause
 from stream.formats import format_alerts
 from stream.heap import HeapFreezer
 from stream.keeper import StateKeeper, StateUnavailable
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_headers
 from stream.reasons import REASONS
+from stream.where import Where
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +101,7 @@ class Pipeline:
         self.health: HealthSink = health or NullHealth()
         self._probe = health is not None  # readiness is worked out only for a real probe
         self.min_level = LEVEL_CODES[settings.min_level]
+        self.where = Where.parse(settings.where) if settings.where else None
         self.tenant_from = settings.tenant_source
         self.stop_event = threading.Event()
         # Rebound, never mutated in place, so other threads can read it (``assignment``).
@@ -111,11 +126,13 @@ class Pipeline:
             lambda: self._assignment,
             batch_size=settings.batch_size,
             stats=self.accounting.stats,
+            on_wait=self._producer_waits,
         )
+        self.progress = Progress(settings.stall_after, self.accounting.metrics)
         self.keeper = StateKeeper(settings, self.consumer)
         self.delivery = make_delivery(
             settings, self.consumer, heartbeat=self.health.heartbeat,
-            stopping=self.stop_event.is_set,
+            stopping=self.stop_event.is_set, on_wait=self._producer_waits,
         )
 
     @property
@@ -147,7 +164,9 @@ class Pipeline:
                 self.heap.maybe_freeze()
                 msgs = self.backpressure.take_held() or self.consumer.consume(size, wait)
                 self.delivery.poll(0)
+                self.progress.tick()
                 if not msgs:
+                    self.progress.idle()
                     self._update_ready()
                     self.accounting.report_lag()  # a drained backlog must read zero
                     continue
@@ -180,15 +199,21 @@ class Pipeline:
                 tenants=self._tenants(msgs),
                 store=self.keeper.store,
                 incidents=self.keeper.incidents,
+                where=self.where,
             )
         except StateUnavailable as e:
             # The windows could not be restored: nothing of the batch happened yet.
-            log.error("window state not restored (%s); the batch is redone", e)
-            failed = Batch.of([], partitions, offsets)
-            failed.state = BatchState.FAILED
-            self.keeper.failed(failed.first)
-            self._rewind(failed)
-            self._backoff(self.retry.next())
+            self._not_now(f"window state not restored ({e}); the batch is redone",
+                          partitions, offsets)
+            return
+        if outcome.waiting:
+            # Some tenants' models should score it but are not loaded: nothing happened yet.
+            waiting = ", ".join(map(str, outcome.waiting[:3]))
+            more = len(outcome.waiting) - 3
+            self._not_now(
+                f"models not loaded from the registry at {self.table.where}: {waiting}"
+                f"{f' and {more} more' if more > 0 else ''}; the batch waits for them "
+                "(nothing is dead-lettered for it)", partitions, offsets, at_once=True)
             return
         batch = Batch.of(self._records(msgs, outcome), partitions, offsets)
         # Incidents and window state changes travel with the batch (its transaction).
@@ -203,17 +228,47 @@ class Pipeline:
         if batch.state is BatchState.DONE:
             self.retry.reset()
             self.keeper.committed()
+            self.progress.committed()
             self.accounting.batch_done(msgs, outcome, time.perf_counter() - t0)
             self.accounting.window_state(self.keeper.store)
+            self._update_ready()
             return
         # Back to the committed state: incidents as they were, windows restored on next use.
         self.keeper.failed(batch.first)
         self.accounting.batch_failed(batch.acks.failed)
-        log.error("batch of %d not delivered (%s); rewinding to reprocess it", len(msgs),
-                  batch.error)
+        cause = failure_cause(batch, self._broker_topics)
+        log.debug("batch of %d not delivered (%s); rewinding to redo it", len(msgs), cause)
+        self.progress.blocked(f"batches not delivered: {cause}")
         self.delivery.after_failure(batch)
         self._rewind(batch)
+        self._update_ready()
         self._backoff(self.retry.next())
+
+    def _not_now(self, cause: str, partitions: np.ndarray, offsets: np.ndarray,
+                 at_once: bool = False) -> None:
+        """A batch that could not even be scored: rewound and redone after a wait."""
+        self.progress.blocked(cause, at_once=at_once)
+        failed = Batch.of([], partitions, offsets)
+        failed.state = BatchState.FAILED
+        self.keeper.failed(failed.first)
+        self._rewind(failed)
+        self._update_ready()
+        self._backoff(self.retry.next())
+
+    def _producer_waits(self, why: str, seconds: float) -> None:
+        """A wait for the broker inside a batch (records not acknowledged, a producer that
+        cannot start): once it has lasted ``--stall-after``, say so, readiness too, before
+        librdkafka gives up."""
+        if seconds >= self.s.stall_after:
+            self.progress.blocked(f"waiting for the broker: {why}")
+            self._update_ready()
+
+    def _broker_topics(self) -> set[str] | None:
+        """The broker's topics (None when it does not answer): to name a failure's cause."""
+        try:
+            return set(self.consumer.list_topics(timeout=5).topics)
+        except KafkaException:
+            return None
 
     def _tenants(self, msgs: list[Message]) -> list[object] | None:
         """Tenants from the message key, a header or a constant (``--tenant-from``); None
@@ -243,7 +298,10 @@ class Pipeline:
             headers = dead_letter_headers(
                 REASONS[int(reason[i])], detail.get(i, ""), m.topic(), m.partition(), m.offset()
             )
-            out.append((s.dlq_topic, m.value(), m.key(), headers))
+            # The original headers first (a tenant header, say): a redrive puts them back.
+            original = m.headers()
+            out.append((s.dlq_topic, m.value(), m.key(),
+                        original + headers if original else headers))
         if s.shadow_topic:
             for r in outcome.shadow:
                 out.append((s.shadow_topic, r.encode(), r.tenant, None))
@@ -297,6 +355,8 @@ class Pipeline:
 
     def _forget(self, parts: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in parts}
+        # Whatever held the batch up is the next owner's to meet now.
+        self.progress.clear()
         self.backpressure.forget(gone)
         self._assignment = self._assignment - gone
         for topic, partition in gone:
@@ -308,9 +368,12 @@ class Pipeline:
     def _update_ready(self) -> None:
         if not self._probe:
             return
+        stalled = self.progress.stalled
         if not self._assignment:
             self.health.set_ready(False, "no partitions assigned")
-        elif not self.table.has_global() and not self.table.loaded():
+        elif stalled:
+            self.health.set_ready(False, stalled)
+        elif not self.table.any_loaded():
             self.health.set_ready(False, "no model loaded")
         else:
             self.health.set_ready(True)

@@ -20,6 +20,9 @@ MODEL_ERROR = 9
 EMPTY = 10
 # Above the feature codes on purpose: codes merge by max, and ``fill`` must not hide it.
 BAD_TIMESTAMP = 11
+#: Not a dead letter: a record ``--where`` leaves out (not an event to score). Counted and
+#: committed, never produced anywhere; hence not in REASONS.
+FILTERED = 12
 
 REASONS: dict[int, str] = {
     OVERSIZE: "oversize",

@@ -69,7 +69,7 @@ def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
                 log.warning(
                     "model registry unreachable (%s): serving the production versions it "
                     "named at %s, from the model store %s, until it answers",
-                    str(e).splitlines()[0][:200],
+                    failures.brief(e),
                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(saved)),
                     settings.model_storage_path,
                 )
@@ -91,6 +91,7 @@ def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
         cache_size=settings.model_cache_size,
         on_swap=on_swap,
         on_failure=on_failure,
+        uri=uri,
     )
 
 
@@ -104,7 +105,7 @@ def first_refresh(
     and raises ``Stopped`` as soon as ``stop`` is set.
     """
     stop = stop or threading.Event()
-    outage = failures.OutageLog(f"model registry at {redact_uri(table_uri(table))}")
+    outage = failures.OutageLog(f"model registry at {table.where}")
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 1.0
     while True:
@@ -113,7 +114,7 @@ def first_refresh(
         except Exception as e:
             if deadline is not None and time.monotonic() >= deadline:
                 raise RuntimeError(f"model registry unreachable: {e}") from e
-            outage.failed(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            outage.failed(failures.brief(e))
             if stop.wait(delay):
                 raise Stopped() from None
             delay = min(delay * 2, 15.0)
@@ -131,20 +132,6 @@ def first_refresh(
             view.requests,
         )
         return
-
-
-def table_uri(table: ModelTable) -> str:
-    return getattr(table, "uri", "") or "(configured URI)"
-
-
-def redact_uri(uri: str) -> str:
-    """A URI without its password, for a log line."""
-    from urllib.parse import urlparse
-
-    p = urlparse(uri)
-    if p.password:
-        return uri.replace(f":{p.password}@", ":***@")
-    return uri
 
 
 def build(
@@ -191,7 +178,6 @@ def build(
         if created:
             log.info("created topics %s", ", ".join(created))
     table = build_table(settings, metrics)
-    table.uri = settings.tracking_uri  # type: ignore[attr-defined]  # for the outage line
     # Subscribe first: the group join takes seconds on the broker's side (about half
     # the session timeout on the embedded broker, group.initial.rebalance.delay.ms on
     # Kafka) and runs in librdkafka's threads while MLflow is imported, the registry

@@ -117,11 +117,47 @@ def row(alert: dict[str, Any]) -> list[str]:
     ]
 
 
+def is_incident(rec: dict[str, Any]) -> bool:
+    """An incident record (``--incident-topic``) rather than an alert."""
+    return "status" in rec and "alert_id" not in rec and "incident_id" in rec
+
+
+def incident_row(inc: dict[str, Any]) -> list[str]:
+    """An incident as a table row: last seen, tenant, level, lowest score, entity, status,
+    alerts, the leading feature, its id."""
+    entity = inc.get("entity") or {}
+    score = inc.get("min_anomaly_score")
+    top = inc.get("top_features") or []
+    return [
+        str(inc.get("last_seen", "")),
+        str(inc.get("tenant_id", "")),
+        str(inc.get("threat_level", "")),
+        f"{score:+.4f}" if isinstance(score, float) else str(score),
+        f"{entity.get('field', '?')}={entity.get('value', '?')}",
+        str(inc.get("status", "")),
+        str(inc.get("alerts", "")),
+        f"{top[0]['feature']} x{top[0]['alerts']}" if top else "",
+        str(inc.get("incident_id", ""))[:12],
+    ]
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    c: f"\\u{c:04x}" for c in range(0x80, 0xA0)}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage
+    returns, bells) written as ``\\xNN`` rather than obeyed."""
+    return text.translate(_CONTROL)
+
+
 def dead_letter_row(m: Message) -> dict[str, Any]:
-    """A dead-letter record as a row: its reason, detail, source and a preview of its bytes."""
-    h = {k: v.decode("utf-8", "replace") for k, v in (m.headers() or []) if v is not None}
+    """A dead-letter record as a row: its reason, detail, source and a preview of its bytes
+    (control characters escaped: the bytes are whatever a sender put there)."""
+    h = {k: printable(v.decode("utf-8", "replace")) for k, v in (m.headers() or [])
+         if v is not None}
     value = m.value() or b""
-    preview = value[:80].decode("utf-8", "replace").replace("\n", "\\n")
+    preview = printable(value[:80].decode("utf-8", "replace"))
     return {
         "reason": h.get("reason", "?"),
         "detail": h.get("detail", ""),

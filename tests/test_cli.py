@@ -100,6 +100,10 @@ def test_train_rejects_bad_input_with_clear_errors(tmp_path: Path) -> None:
         env={"MLFLOW_TRACKING_URI": uri},
     )
     assert r.exit_code == 2 and "tenant" in r.output
+    # Nothing was trained, so the registry file was never made: promote says so.
+    r = runner.invoke(main, ["promote", "--version", "7"], env={"MLFLOW_TRACKING_URI": uri})
+    assert r.exit_code == 2 and "cli.db does not exist" in r.output, r.output
+    (tmp_path / "cli.db").touch()
     r = runner.invoke(main, ["promote", "--version", "7"], env={"MLFLOW_TRACKING_URI": uri})
     assert r.exit_code == 1 and "cannot promote" in r.output
 

@@ -111,6 +111,7 @@ def test_run_waits_for_an_unreachable_broker_quietly_and_stops_at_once(tmp_path:
     addr = f"127.0.0.1:{free_port()}"
     log = tmp_path / "run.log"
     port = free_port()
+    (tmp_path / "m.db").touch()  # an empty registry (a missing file is refused at once)
     p = _start({"KAFKA_BOOTSTRAP_SERVERS": addr, "STREAM_METRICS_PORT": str(port),
                 "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}, log)
     time.sleep(4)
@@ -214,8 +215,10 @@ def test_a_busy_metrics_port_names_the_flag() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        rc, out, took = _run(["run", "--metrics-port", str(port), "--bootstrap-servers",
-                              f"127.0.0.1:{free_port()}"])
+        # (--create: the registry check, which comes first, would refuse the missing
+        # default file; the busy port is found before the registry is touched.)
+        rc, out, took = _run(["run", "--create", "--metrics-port", str(port),
+                              "--bootstrap-servers", f"127.0.0.1:{free_port()}"])
     assert rc == failures.EXIT_BAD_SETTING, out
     assert out.strip().splitlines()[-1].startswith(f"Error: --metrics-port {port}: cannot listen")
     assert "Traceback" not in out and took < 15

@@ -57,11 +57,14 @@ def make_delivery(
     *,
     heartbeat: Callable[[], None],
     stopping: Callable[[], bool],
+    on_wait: Callable[[str, float], None] = lambda why, seconds: None,
 ) -> Delivery:
     """The delivery of ``settings.delivery``: at-least-once or exactly-once (transactional).
 
     ``heartbeat`` keeps the liveness probe fresh during long waits; ``stopping`` ends
-    retry loops once the process is asked to stop.
+    retry loops once the process is asked to stop; ``on_wait(why, seconds)`` hears, during
+    a wait for the broker outside any batch (a new transactional producer), why and for
+    how long it has lasted.
     """
     mode = Transactional if settings.delivery == "exactly-once" else AtLeastOnce
-    return mode(settings, consumer, heartbeat=heartbeat, stopping=stopping)
+    return mode(settings, consumer, heartbeat=heartbeat, stopping=stopping, on_wait=on_wait)

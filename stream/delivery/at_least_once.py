@@ -10,24 +10,28 @@ Settling a batch:
 
 A failed batch is rewound to its first offsets and scored again: a redone alert
 has the same ``alert_id``, score and model version, so subscribers de-duplicate.
-Before it is redone, a producer whose id the broker no longer accepts (seen on
-Tansu after records timed out in flight: librdkafka bumps the idempotent
-producer's epoch itself and every later batch gets PRODUCER_FENCED) is replaced.
+Before it is redone, the producer is replaced whenever records failed or the
+producer itself raised (a fatal error such as UNKNOWN_PRODUCER_ID after a broker
+restart, or an id the broker no longer accepts: seen on Tansu after records timed
+out in flight, librdkafka bumps the idempotent producer's epoch itself and every
+later batch gets PRODUCER_FENCED). A new producer costs milliseconds, whereas one
+that kept its old broker state could fail every batch until the process restarts.
+Only the consumer's own fatal errors (its commit) end the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from stream import kafka as kafka_clients
 from stream.config import Settings
 from stream.delivery import outbox
 from stream.delivery.batch import (
-    PRODUCER_IDENTITY_ERRORS,
     Batch,
     BatchState,
     DeliveryError,
@@ -51,6 +55,7 @@ class AtLeastOnce:
         *,
         heartbeat: Callable[[], None] = lambda: None,
         stopping: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[str, float], None] = lambda why, seconds: None,
     ) -> None:
         self.s = settings
         self.consumer = consumer
@@ -59,6 +64,7 @@ class AtLeastOnce:
         # Producers are (re)built from these; tests point them at a proxy to cut the alert side.
         self.producer_settings = settings
         self.producer = self.new_producer()
+        self._renew = ""  # why the producer must be replaced before the batch is redone
 
     def new_producer(self) -> Any:
         return kafka_clients.make_producer(self.producer_settings)
@@ -68,15 +74,19 @@ class AtLeastOnce:
             return
         try:
             # 1. Produce every record and wait for each acknowledgement.
-            outbox.send(self.producer, batch, waiter, deadline, self.heartbeat, self.stopping)
+            try:
+                outbox.send(self.producer, batch, waiter, deadline, self.heartbeat,
+                            self.stopping)
+            except (KafkaException, DeliveryError) as e:  # the producer's own error
+                self._renew = f"the producer failed: {e}"
+                raise DeliveryError(self._renew) from None
             if not batch.is_open:
                 return  # settled by a rebalance callback meanwhile
             batch.state = BatchState.SETTLING
             # 2. Any record failed: nothing is committed.
             if batch.acks.failed:
-                raise DeliveryError(
-                    f"{batch.acks.failed} records failed: {batch.acks.first_error}"
-                )
+                self._renew = f"{batch.acks.failed} records failed: {batch.acks.first_error}"
+                raise DeliveryError(self._renew)
             # 3. Commit the next offsets, synchronously.
             offsets = [TopicPartition(self.s.input_topic, p, o) for p, o in batch.next.items()]
             done = self.consumer.commit(offsets=offsets, asynchronous=False) or []
@@ -95,17 +105,18 @@ class AtLeastOnce:
         batch.state = BatchState.FAILED
 
     def after_failure(self, batch: Batch) -> None:
-        err = batch.acks.first_error
-        if err is not None and (err.fatal() or err.code() in PRODUCER_IDENTITY_ERRORS):
-            self._renew_producer(err)
+        if self._renew and not self.stopping():
+            self._renew_producer(self._renew)
+        self._renew = ""
 
     def rewind_targets(self, batch: Batch, owned: set[int]) -> dict[int, int]:
         """The batch's first offsets: the batch is redone whole."""
         return {p: o for p, o in batch.first.items() if p in owned}
 
-    def _renew_producer(self, err: KafkaError) -> None:
-        log.warning("the broker refuses this producer (%s): starting a new one", err)
-        self.producer.purge()  # what it holds belongs to batches that are redone anyway
+    def _renew_producer(self, why: str) -> None:
+        log.info("a new producer for the batch to be redone (%s)", why)
+        with contextlib.suppress(KafkaException):  # a producer in a fatal state may refuse
+            self.producer.purge()  # what it holds belongs to batches that are redone anyway
         # Dropped before the new one exists, so it sends nothing more.
         self.producer = None
         self.producer = self.new_producer()

@@ -9,6 +9,8 @@ committing) -> ``DONE`` (committed) or ``FAILED`` (nothing committed; to be rewo
 from __future__ import annotations
 
 import enum
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,18 +37,26 @@ class BatchState(enum.Enum):
 
 
 class Acks:
-    """Counts acknowledgements of one batch's records (librdkafka's delivery callback)."""
+    """Counts acknowledgements of one batch's records (librdkafka's delivery callback),
+    and the failures by topic and error."""
 
     def __init__(self) -> None:
         self.pending = 0
         self.failed = 0
         self.first_error: KafkaError | None = None
+        self.failures: Counter[tuple[str, int]] = Counter()  # (topic, error code) -> records
+        self.errors: dict[int, KafkaError] = {}
 
-    def __call__(self, err: KafkaError | None, _msg: Message) -> None:
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
         self.pending -= 1
         if err is not None:
-            self.failed += 1
-            self.first_error = self.first_error or err
+            self.failure(msg.topic() or "?", err)
+
+    def failure(self, topic: str, err: KafkaError) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or err
+        self.failures[(topic, err.code())] += 1
+        self.errors.setdefault(err.code(), err)
 
 
 @dataclass(eq=False)
@@ -127,6 +137,57 @@ PRODUCER_IDENTITY_ERRORS = frozenset(
         KafkaError.INVALID_PRODUCER_ID_MAPPING,
     }
 )
+
+
+_MISSING = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                      KafkaError._UNKNOWN_PARTITION})
+_DENIED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                     KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                     KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION})
+_TIMEOUTS = frozenset({KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT,
+                       KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT_QUEUE})
+
+
+def failure_cause(batch: Batch, topics: Callable[[], set[str] | None]) -> str:
+    """Why a batch was not delivered, in words: per topic, what the broker said.
+
+    ``topics`` lists the broker's topics (None when it does not answer): asked only when
+    records timed out, to tell a missing topic (a broker that does not auto-create it)
+    or an unreachable broker from a slow one.
+    """
+    acks = batch.acks
+    if not acks.failures:
+        return batch.error or "unknown"
+    known: set[str] | None = None
+    asked = False
+    parts = []
+    for (topic, code), n in acks.failures.most_common(3):
+        err = acks.errors[code]
+        if code in _MISSING:
+            why = (f"topic {topic!r} does not exist (create it, or start with "
+                   "--create-topics)")
+        elif code in _DENIED:
+            why = f"not authorised to write to topic {topic!r} ({err.str()})"
+        elif code == KafkaError.MSG_SIZE_TOO_LARGE:
+            why = f"records larger than topic {topic!r} or the broker accepts"
+        elif code in PRODUCER_IDENTITY_ERRORS or err.fatal():
+            why = (f"the broker refuses the producer ({err.str()}): it restarted, or the "
+                   "producer's state expired; a new producer is started")
+        elif code in _TIMEOUTS:
+            if not asked:
+                known, asked = topics(), True
+            if known is None:
+                why = "no acknowledgement: the broker does not answer"
+            elif topic not in known:
+                why = (f"no acknowledgement: topic {topic!r} does not exist (create it, or "
+                       "start with --create-topics)")
+            else:
+                why = f"no acknowledgement from the broker for topic {topic!r} in time"
+        else:
+            why = f"{err.str()} (topic {topic!r})"
+        parts.append(f"{n} records failed: {why}")
+    return "; ".join(parts)
 
 
 def kafka_error(e: BaseException) -> KafkaError | None:

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream.delivery.batch import Batch, DeliveryError, Waiter
+from confluent_kafka import KafkaException
+
+from stream.delivery.batch import Batch, DeliveryError, Waiter, kafka_error
 
 #: Acknowledgements outstanding this long without progress: the producer is not draining.
 PAUSE_AFTER_S = 1.0
@@ -94,6 +96,16 @@ def _produce_some(producer: Any, batch: Batch) -> bool:
             i += 1
     except BufferError:
         return True
+    except KafkaException as e:
+        # produce() itself refused (a topic the producer knows is missing, a fatal
+        # producer): counted as that record's failure, so the cause names its topic.
+        err = kafka_error(e)
+        if err is None:
+            raise
+        cb.failure(records[i][0], err)
+        if err.fatal():
+            raise  # the delivery replaces the producer
+        raise DeliveryError(f"produce refused: {err.str()}") from None
     finally:
         # Counted once for the records produced: delivery callbacks only run inside
         # poll(), never during this loop.

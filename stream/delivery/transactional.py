@@ -21,10 +21,10 @@ own timeout once the group coordinator it cached has gone (seen after a network
 cut; librdkafka issues 5456 and 5511). A call that does not return raises
 ``ProducerStuck``: the batch fails and the producer is replaced.
 
-A failed batch's transaction is aborted (a producer whose abort keeps failing is
-replaced, which aborts by fencing) and its partitions are rewound to the group's
-committed offsets, as the librdkafka transactions example does; a commit that did
-land despite an error is therefore not done twice.
+A failed batch's transaction is aborted (a producer whose abort keeps failing, or
+that hit a fatal error, is replaced, which aborts by fencing) and its partitions
+are rewound to the group's committed offsets, as the librdkafka transactions
+example does; a commit that did land despite an error is therefore not done twice.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ TXN_GRACE_S = 5.0
 #: How long aborting may fail before the producer is replaced (which aborts by fencing):
 #: one attempt, since a replacement waits for the broker just as well as a retry does.
 ABORT_RETRY_S = TXN_CALL_S
-#: How long the group's committed offsets are asked for after an abort before giving up.
+#: While the group's committed offsets cannot be read after an abort (they are asked for
+#: until they can), the failure is logged once per this many seconds.
 COMMITTED_RETRY_S = 60.0
 
 
@@ -116,11 +117,13 @@ class Transactional:
         *,
         heartbeat: Callable[[], None] = lambda: None,
         stopping: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[str, float], None] = lambda why, seconds: None,
     ) -> None:
         self.s = settings
         self.consumer = consumer
         self.heartbeat = heartbeat
         self.stopping = stopping
+        self.on_wait = on_wait
         self.transactional_id = kafka_clients.transactional_id(settings)
         self._txn_open = False
         self._link_broken = False
@@ -182,7 +185,9 @@ class Transactional:
             batch.state = BatchState.DONE
         except (DeliveryError, KafkaException) as e:
             if fatal(e):
-                raise
+                # A fenced producer, or one whose state the broker lost (UNKNOWN_PRODUCER_ID
+                # after a restart): it can no longer abort; a new one fences it instead.
+                self._unusable = f"fatal producer error: {e}"
             error = str(e)
         if error:
             # Outside the except block: its traceback would keep the old producer alive
@@ -225,16 +230,20 @@ class Transactional:
             self._replace_producer(between=keep_membership)
 
     def _committed(self, targets: dict[int, int]) -> list[TopicPartition]:
+        """The group's committed offsets; asked until the broker answers (or the process
+        stops): guessing could replay a committed batch or skip one."""
         parts = [TopicPartition(self.s.input_topic, p) for p in targets]
-        give_up = time.monotonic() + COMMITTED_RETRY_S
+        said = time.monotonic()
         while True:
             try:
                 return self.consumer.committed(parts, timeout=TXN_CALL_S)
             except KafkaException as e:
-                # Guessing could replay a committed batch: wait for the broker, or stop here.
-                if fatal(e) or time.monotonic() > give_up:
+                if fatal(e) or self.stopping():
                     raise
-                log.warning("reading committed offsets failed, retrying: %s", e)
+                if time.monotonic() >= said:
+                    log.warning("reading the committed offsets failed, retrying: %s", e)
+                    said = time.monotonic() + COMMITTED_RETRY_S
+                self.heartbeat()
 
     # ---- transactional calls ----------------------------------------------------------
 
@@ -287,9 +296,8 @@ class Transactional:
         except ProducerStuck:
             return  # the producer is marked unusable; replacing it aborts by fencing
         except KafkaException as e:
-            if fatal(e):
-                raise
-            if retriable(e):
+            if fatal(e) or retriable(e):
+                # Replacing the producer aborts by fencing.
                 self._unusable = f"abort_transaction keeps failing: {e}"
             else:
                 # Still open: the next batch aborts it before beginning, or the broker's
@@ -314,7 +322,8 @@ class Transactional:
         t0 = time.monotonic()
         old = self.producer
         if not self._stuck:
-            old.purge()  # only a failed batch's records: they are redone anyway
+            with contextlib.suppress(KafkaException):  # a fatal producer may refuse
+                old.purge()  # only a failed batch's records: they are redone anyway
         self._stuck = False
         self.producer = None
         del old  # the last reference (unless a stuck call's thread holds it): destroyed here
@@ -329,9 +338,14 @@ class Transactional:
                 self._unusable = ""
                 return
             except KafkaException as e:
-                if fatal(e) or not retriable(e) or self.stopping():
+                if self.stopping():
                     raise
-                log.warning("init_transactions failed, retrying: %s", e)
+                # Even an error librdkafka calls final (an authorisation refused) may be
+                # mended meanwhile: the consumer waits and says why (stream.accounting).
+                log.debug("init_transactions failed, retrying: %s", e)
+                self.on_wait(f"a new transactional producer cannot start: {e}",
+                             time.monotonic() - t0)
+                time.sleep(0 if retriable(e) else 1.0)
             self.heartbeat()
             # An init that timed out keeps running inside the handle; a fresh handle starts
             # clean once the broker is back (a retry on the same one was seen to hang).

@@ -23,8 +23,9 @@ an event older than the newest event of its tenant in its scope by more than the
 store's lateness (default 5 s) is *late*: it is scored against the current state
 and leaves it unchanged. A key's state whose newest event is older than its
 tenant's newest by more than the store's TTL has expired: an event meets no state
-(as if the key were new), whether or not the store has evicted it yet. A missing or unparseable timestamp rejects the row (``bad_timestamp``);
-a missing key field makes the feature missing, which ``fill`` can replace.
+(as if the key were new), whether or not the store has evicted it yet. A missing
+or unparseable timestamp rejects the row (``bad_timestamp``); a missing key field
+makes the feature missing, which ``fill`` can replace.
 
 Every scorer computes windows with this module, in event order: training and
 offline scoring over a whole file at once, the stream batch by batch over the

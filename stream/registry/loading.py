@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from stream.baseline import Baseline
+from stream.failures import brief
 from stream.features import FeatureSpec, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry import shipped
@@ -66,6 +67,19 @@ def needed_types(estimator: Any) -> set[str]:
 
 class ModelLoadError(RuntimeError):
     """A model version that cannot be served: untrusted, malformed or failing its checks."""
+
+
+@dataclass(frozen=True)
+class NotLoaded:
+    """A production version that should score a tenant but is not loaded (yet, or its load
+    failed): the tenant's events wait for it; they are never dead-lettered for that."""
+
+    name: str
+    version: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version} ({self.why})"
 
 
 @dataclass(frozen=True)
@@ -192,9 +206,9 @@ def load_version(
         except Exception as e:
             kept = store.path(name, version) if store is not None else None
             if kept is None:
-                raise ModelLoadError(f"{source}: download failed: {e}") from e
+                raise ModelLoadError(f"{source}: download failed: {brief(e, 300)}") from e
             log.warning("%s: download failed (%s); loading the copy in the model store",
-                        source, str(e).splitlines()[0][:200])
+                        source, brief(e))
             return load_directory(kept, name, version, trusted=trusted, t0=t0)
         if store is not None:
             store.keep(name, version, local)
@@ -241,8 +255,8 @@ def load_shipped(
         log.warning("%s: its shipped scorer takes other inputs than its spec; loading the model",
                     source)
     else:
-        log.info("%s: scoring with the compiled scorer its trainer shipped (proved here, "
-                 "no model load)", source)
+        log.debug("%s: scoring with the compiled scorer its trainer shipped (proved here, "
+                  "no model load)", source)
     return model
 
 
@@ -338,8 +352,8 @@ def load_proved(
     model = None if scorer is None else _served(mlmodel, spec, thresholds, scorer, deferred,
                                                  info, name, version, t0)
     if model is not None:
-        log.info("%s: scoring with the compiled scorer it proved when kept (no model load)",
-                 source)
+        log.debug("%s: scoring with the compiled scorer it proved when kept (no model load)",
+                  source)
     return model
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from stream.baseline import Baseline
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from stream.failures import brief
 from stream.features import FeatureSpec, RecordColumns, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.reasons import OK, REASONS
@@ -70,6 +71,9 @@ class TrainResult:
     detector: str = "isolation_forest"
     # Training records the feature spec could not use, by reason (they were left out).
     skipped: dict[str, int] = field(default_factory=dict)
+    # What the trainer should hear about the model (thresholds resting on a handful of
+    # training records, say): one sentence each.
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,7 @@ class TrainResult:
             "promoted": self.promoted,
             "detector": self.detector,
             "skipped": self.skipped,
+            "warnings": list(self.warnings),
         }
 
 
@@ -167,6 +172,44 @@ def _ladder(medium_rate: float) -> tuple[float, float, float]:
     """Critical, high+ and medium+ rates for a medium+ rate (a tenth and a third of it)."""
     r = min(max(medium_rate, 3e-6), 0.5)
     return (r / 10, r / 3, r)
+
+
+#: Fewer training records than this above the medium cut: the cuts are a few extremes.
+FEW_ABOVE = 10
+
+
+def _threshold_warnings(scores: np.ndarray, thresholds: Sequence[float],
+                        rates: Sequence[float] | None, records: Sequence[Mapping[str, Any]]
+                        | None, schema: str) -> tuple[str, ...]:
+    """Sentences on thresholds that will not hold up: cuts that rest on a handful of
+    training records, cuts that coincide, a budget from a short span of traffic."""
+    out = []
+    n = len(scores)
+    above = int(np.count_nonzero(np.asarray(scores) < thresholds[2]))
+    if rates is not None and rates[2] * n < FEW_ABOVE:
+        out.append(f"the medium cut asks for {rates[2]:.2e} of traffic, {rates[2] * n:.1f} of "
+                   f"the {n} training records: the three cuts rest on the {max(above, 1)} most "
+                   "extreme training scores (train on more traffic for steadier cuts)")
+    t0, t2 = float(thresholds[0]), float(thresholds[2])
+    if t2 - t0 <= 4 * abs(float(np.spacing(t0))):  # equal but for the nudge apart
+        out.append(f"the cuts coincide ({', '.join(f'{t:.6g}' for t in thresholds)}): "
+                   "critical, high and medium are in effect one level")
+    if records is not None:
+        from stream.features.store import event_times
+
+        times, codes = event_times(columns_for(RecordColumns(records), schema), "timestamp")
+        ok = times[codes == OK]
+        span = float(ok.max() - ok.min()) if len(ok) > 1 else 0.0
+        if span < 3600:
+            out.append(f"--alert-budget is per hour, and the training records span "
+                       f"{span:.0f} s: the traffic's hourly rate is a guess from them")
+    spread = float(np.subtract(*np.percentile(scores, [75, 25]))) if n > 3 else 0.0
+    if spread > 0 and abs(thresholds[0] - np.median(scores)) > 1000 * spread:
+        out.append(f"the critical cut ({thresholds[0]:.6g}) is over 1000 interquartile "
+                   f"ranges ({spread:.3g}) from the median training score: this detector's "
+                   "scores have extreme tails on this data (duplicate rows?); isolation_forest "
+                   "is steadier")
+    return tuple(out)
 
 
 def budget_rates(
@@ -340,7 +383,7 @@ def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str) -> None:
                 client(uri).log_model_artifacts(info.model_id, str(out))
     except Exception as e:  # the model is registered and serves either way
         log.warning("the compiled scorer was not shipped with the model (%s); consumers "
-                    "will load it with scikit-learn", str(e).splitlines()[0][:200])
+                    "will load it with scikit-learn", brief(e))
 
 
 def train(
@@ -398,6 +441,8 @@ def train(
                                     input_schema)
     if calibrate is not None:
         thresholds = calibrate_thresholds(train_scores, calibrate)
+    notes = _threshold_warnings(train_scores, thresholds or DEFAULT_THRESHOLDS, calibrate,
+                                records if alert_budget is not None else None, input_schema)
     name = registered_name(model_name, tenant)
     result = log_pipeline(
         pipe,
@@ -422,7 +467,7 @@ def train(
         trusted_types=trusted_types,
         extra_meta={"detector": detector, "input_schema": input_schema},
     )
-    result = replace(result, detector=detector, skipped=skipped)
+    result = replace(result, detector=detector, skipped=skipped, warnings=notes)
     if do_promote:
         promote(result.model_name, result.version, uri=uri)
         result = replace(result, promoted=True)
