@@ -26,14 +26,18 @@ Its limit: it ranks how unusual each input is, not how much the model used it;
 correlated inputs (bytes and packets) tend to appear together.
 
 **Drift** (``stream.drift``) compares the live scores and inputs with the bins
-recorded here (:func:`psi`).
+recorded here (:func:`psi`). A model trained on several tenants' traffic (the
+global model) also records each tenant's own share per bin (tenants with at
+least ``MIN_TENANT_ROWS`` training rows, the ``MAX_TENANTS`` largest): a tenant is
+compared with its own training traffic, not with the mix, which no single tenant
+looks like.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -43,6 +47,10 @@ TOP_K: Final = 3
 _QUANTILES: Final = np.linspace(0.1, 0.9, 9)
 #: Floor of a bin share in the PSI, so an empty bin does not make it infinite.
 _EPS: Final = 1e-4
+#: Tenants whose own bins a baseline records: enough rows for deciles to mean something,
+#: and a bound on the metadata's size.
+MIN_TENANT_ROWS: Final = 200
+MAX_TENANTS: Final = 1000
 
 
 def _spread(X: np.ndarray, median: np.ndarray) -> np.ndarray:
@@ -59,6 +67,11 @@ def _bins(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     edges = np.unique(np.quantile(values, _QUANTILES))
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
     return edges, counts / max(1, len(values))
+
+
+def _shares(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    return counts / max(1, len(values))
 
 
 def psi(expected: np.ndarray, counts: np.ndarray) -> float:
@@ -83,17 +96,44 @@ class Baseline:
     score_edges: np.ndarray
     score_shares: np.ndarray
     percentiles: np.ndarray  # (101, columns): the 0th..100th training percentiles
+    # tenant -> (score shares, shares per column) in the same bins, for tenants with enough
+    # training rows (empty for a model trained on one tenant, or before this was recorded).
+    by_tenant: Mapping[str, tuple[np.ndarray, tuple[np.ndarray, ...]]] = field(
+        default_factory=dict)
 
     @classmethod
-    def fit(cls, X: np.ndarray, scores: np.ndarray, columns: Sequence[str]) -> Baseline:
+    def fit(cls, X: np.ndarray, scores: np.ndarray, columns: Sequence[str],
+            tenants: Sequence[str] | None = None) -> Baseline:
         X = np.asarray(X, dtype=np.float64)
+        scores = np.asarray(scores, dtype=np.float64)
         median = np.median(X, axis=0)
         bins = [_bins(X[:, j]) for j in range(X.shape[1])]
-        se, ss = _bins(np.asarray(scores, dtype=np.float64))
+        se, ss = _bins(scores)
+        edges = tuple(b[0] for b in bins)
+        by_tenant: dict[str, tuple[np.ndarray, tuple[np.ndarray, ...]]] = {}
+        if tenants is not None and len(set(tenants)) > 1:
+            names = np.asarray(tenants, dtype=object)
+            kinds, counts = np.unique(names, return_counts=True)
+            order = np.argsort(-counts, kind="stable")[:MAX_TENANTS]
+            for k in order.tolist():
+                if counts[k] < MIN_TENANT_ROWS:
+                    continue
+                sel = names == kinds[k]
+                by_tenant[str(kinds[k])] = (
+                    _shares(se, scores[sel]),
+                    tuple(_shares(e, X[sel, j]) for j, e in enumerate(edges)),
+                )
         return cls(
-            tuple(columns), median, _spread(X, median), tuple(b[0] for b in bins),
+            tuple(columns), median, _spread(X, median), edges,
             tuple(b[1] for b in bins), se, ss, np.percentile(X, np.arange(101), axis=0),
+            by_tenant,
         )
+
+    def shares_for(self, tenant: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """(score shares, per-column shares) to compare ``tenant``'s traffic with: its own
+        training traffic's when recorded, else the whole training traffic's."""
+        own = self.by_tenant.get(tenant)
+        return own if own is not None else (self.score_shares, self.shares)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +145,8 @@ class Baseline:
             "score_edges": self.score_edges.tolist(),
             "score_shares": self.score_shares.tolist(),
             "percentiles": self.percentiles.tolist(),
+            "tenants": {t: {"score_shares": s.tolist(), "shares": [c.tolist() for c in cs]}
+                        for t, (s, cs) in self.by_tenant.items()},
         }
 
     @classmethod
@@ -119,8 +161,15 @@ class Baseline:
             np.asarray(d["score_edges"], dtype=np.float64),
             np.asarray(d["score_shares"], dtype=np.float64),
             np.asarray(d["percentiles"], dtype=np.float64).reshape(101, len(cols)),
+            {str(t): (np.asarray(v["score_shares"], dtype=np.float64),
+                      tuple(np.asarray(c, dtype=np.float64) for c in v["shares"]))
+             for t, v in (d.get("tenants") or {}).items()},
         )
         n = len(cols)
+        for s, cs in b.by_tenant.values():
+            if len(s) != len(b.score_shares) or len(cs) != n or any(
+                    len(c) != len(e) + 1 for c, e in zip(cs, b.edges, strict=True)):
+                raise ValueError("a tenant's baseline bins do not match the baseline's")
         if not (len(b.median) == len(b.spread) == len(b.edges) == len(b.shares) == n):
             raise ValueError("baseline arrays do not match its columns")
         return b

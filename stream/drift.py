@@ -39,8 +39,11 @@ class Drift:
     ``window`` events, sliding by half a window) and the older half is dropped.
     """
 
-    def __init__(self, baseline: Baseline, window: int = 10_000) -> None:
+    def __init__(self, baseline: Baseline, window: int = 10_000, tenant: str = "") -> None:
         self.b = baseline
+        # The tenant's own training bins when the baseline has them (a model serving
+        # several tenants), else the whole training traffic's.
+        self.score_shares, self.shares = baseline.shares_for(tenant)
         self.half = max(1, window // 2)
         self._new = self._empty()
         self._old: tuple[np.ndarray, list[np.ndarray]] | None = None
@@ -75,9 +78,9 @@ class Drift:
         else:
             total_s = s_counts + self._old[0]
             total_f = [a + b for a, b in zip(f_counts, self._old[1], strict=True)]
-        self.psi_score = psi(self.b.score_shares, total_s)
+        self.psi_score = psi(self.score_shares, total_s)
         self.psi_features = {
-            c: psi(self.b.shares[j], total_f[j]) for j, c in enumerate(self.b.columns)
+            c: psi(self.shares[j], total_f[j]) for j, c in enumerate(self.b.columns)
         }
         scored = sum(self._window_scored)
         self.alert_rate = sum(self._window_alerts) / scored if scored else 0.0
@@ -118,7 +121,7 @@ class DriftWatch:
         key = (tenant, model.name, model.version)
         d = self._drifts.get(key)
         if d is None:
-            d = self._drifts[key] = Drift(model.baseline, self.window)
+            d = self._drifts[key] = Drift(model.baseline, self.window, tenant)
             while len(self._drifts) > MAX_WATCHED:
                 self._drifts.popitem(last=False)
         self._drifts.move_to_end(key)

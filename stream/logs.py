@@ -42,8 +42,26 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+class _LibraryTracebacks(logging.Filter):
+    """A library's own error line without its traceback: MLflow logs a whole SQLAlchemy
+    chain (about a hundred lines) at ERROR before raising the exception that our code
+    then reports in one line. The traceback stays available with --log-level DEBUG."""
+
+    LIBRARIES = ("mlflow", "sqlalchemy", "alembic", "urllib3", "skops")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.split(".", 1)[0] in self.LIBRARIES:
+            record.exc_info = None
+            record.exc_text = None
+            lines = record.getMessage().splitlines()
+            record.msg, record.args = (lines[0] if lines else ""), ()
+        return True
+
+
 def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    if level > logging.DEBUG:
+        handler.addFilter(_LibraryTracebacks())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -146,6 +146,14 @@ def training_matrix(
     Returns the fitted spec, the matrix of the records it can use, and the count of
     the others by reason. The same ``FeatureSpec.compute`` scores the stream.
     """
+    fitted, X, skipped, _used = _training_rows(records, spec, schema)
+    return fitted, X, skipped
+
+
+def _training_rows(
+    records: Sequence[Mapping[str, Any]], spec: FeatureSpec, schema: str
+) -> tuple[FeatureSpec, np.ndarray, dict[str, int], np.ndarray]:
+    """``training_matrix``, and which records it used (a mask)."""
     source = columns_for(RecordColumns(records), schema)
     try:
         fitted = spec.fit(source)
@@ -165,7 +173,7 @@ def training_matrix(
             f"no usable training records: all {len(records)} rejected by the features "
             f"({first}; {skipped})"
         )
-    return fitted, computed.X[ok], skipped
+    return fitted, computed.X[ok], skipped, ok
 
 
 def _ladder(medium_rate: float) -> tuple[float, float, float]:
@@ -288,11 +296,14 @@ def log_pipeline(
     uri: str | None = None,
     trusted_types: Sequence[str] = (),
     extra_meta: Mapping[str, Any] | None = None,
+    tenants: Sequence[str] | None = None,
 ) -> TrainResult:
     """Log a fitted pipeline with its metrics, feature spec and thresholds; register a version.
 
     The spec (``spec.to_dict()``, what it learned included) goes into the model's MLmodel
     metadata, so it is versioned with the model and every scorer rebuilds the same one.
+    ``tenants`` (one per row of ``X``) gives the baseline each tenant's own bins, which
+    drift of a model serving several tenants compares each of them with.
     """
     import mlflow
     import pandas as pd
@@ -343,7 +354,8 @@ def log_pipeline(
                         "thresholds": thr.tolist(),
                         # Medians, spreads and bins of the training inputs and scores:
                         # what explanations and drift compare against.
-                        "baseline": Baseline.fit(X, scores, features).to_dict(),
+                        "baseline": Baseline.fit(X, scores, features,
+                                                 tenants=tenants).to_dict(),
                         **(extra_meta or {}),
                     }
                 },
@@ -422,7 +434,7 @@ def train(
         features if isinstance(features, FeatureSpec)
         else FeatureSpec.from_fields(list(features))
     )
-    fitted, X, skipped = training_matrix(records, spec, schema=input_schema)
+    fitted, X, skipped, used = _training_rows(records, spec, input_schema)
     if len(X) < min_records:
         raise TrainingError(
             f"only {len(X)} usable training records (fewer than {min_records})"
@@ -466,6 +478,8 @@ def train(
         uri=uri,
         trusted_types=trusted_types,
         extra_meta={"detector": detector, "input_schema": input_schema},
+        tenants=[str(r.get("tenant_id", "")) for r, u in zip(records, used.tolist(),
+                                                              strict=True) if u],
     )
     result = replace(result, detector=detector, skipped=skipped, warnings=notes)
     if do_promote:
