@@ -90,6 +90,16 @@ class BatchOutcome:
         r = self.decoded.reason
         return np.flatnonzero((r != events.OK) & (r != FILTERED))
 
+    def unalert(self, failed: dict[int, str], code: int) -> None:
+        """Rows whose alert could not be written: dead letters with ``code`` instead."""
+        keep = [k for k, i in enumerate(self.alert_rows.tolist()) if i not in failed]
+        self.alerts = [self.alerts[k] for k in keep]
+        self.alert_rows = self.alert_rows[keep]
+        for i, why in failed.items():
+            self.levels[i] = -1
+            self.decoded.reason[i] = code
+            self.decoded.detail[i] = why
+
     @property
     def filtered(self) -> int:
         """Rows ``--where`` left out."""

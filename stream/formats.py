@@ -18,6 +18,7 @@ or ``unmapped`` (OCSF). The mapping tables are in the README (Alert formats).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -64,8 +65,38 @@ def flow_fields(source: Any, rows: Sequence[int]) -> list[dict[str, Any]]:
         for k, i in enumerate(rows):
             if codes[i] == 0:
                 v = float(values[i])
-                out[k][name] = int(v) if name != "connection_duration" and v.is_integer() else v
+                if not math.isfinite(v):
+                    continue
+                out[k][name] = int(v) if name != "connection_duration" and v.is_integer() \
+                    and _INT64_MIN <= v < _INT64_MAX else v
     return out
+
+
+#: The typed fields of ECS and OCSF are 64-bit integers (ports 16-bit): a number an event
+#: carries outside them is left out of the typed field (it stays in the event itself).
+_INT64_MIN, _INT64_MAX = -(2.0**63), 2.0**63
+
+
+def _long(v: Any) -> int | None:
+    """``v`` as a 64-bit integer field, or None when it is not one (1e20, -1, NaN)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v if 0 <= v < 2**63 else None
+    if isinstance(v, float) and v.is_integer() and 0 <= v < _INT64_MAX:
+        return int(v)
+    return None
+
+
+def _port(v: Any) -> int | None:
+    p = _long(v)
+    return p if p is not None and p <= 65535 else None
+
+
+def _nanoseconds(seconds: Any) -> int | None:
+    try:
+        ns = float(seconds) * 1e9
+    except (TypeError, ValueError):
+        return None
+    return round(ns) if math.isfinite(ns) and 0 <= ns < _INT64_MAX else None
 
 
 def _ms(iso: str) -> int:
@@ -126,21 +157,21 @@ def _ecs_network(doc: dict[str, Any], flow: Mapping[str, Any]) -> None:
         part: dict[str, Any] = {}
         if ip in flow:
             part["ip"] = flow[ip]
-        if port in flow:
-            part["port"] = int(flow[port])
+        if (p := _port(flow.get(port))) is not None:
+            part["port"] = p
         if part:
             doc[side] = part
     net: dict[str, Any] = {}
     if "protocol" in flow:
         net["transport"] = str(flow["protocol"]).lower()
-    if "bytes_transferred" in flow:
-        net["bytes"] = int(flow["bytes_transferred"])
-    if "packet_count" in flow:
-        net["packets"] = int(flow["packet_count"])
+    if (n := _long(flow.get("bytes_transferred"))) is not None:
+        net["bytes"] = n
+    if (n := _long(flow.get("packet_count"))) is not None:
+        net["packets"] = n
     if net:
         doc["network"] = net
-    if "connection_duration" in flow:
-        doc["event"]["duration"] = round(float(flow["connection_duration"]) * 1e9)
+    if (ns := _nanoseconds(flow.get("connection_duration"))) is not None:
+        doc["event"]["duration"] = ns
 
 
 def ecs_incident(inc: dict[str, Any]) -> dict[str, Any]:
@@ -212,12 +243,12 @@ def _endpoints(flow: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     dst: dict[str, Any] = {}
     if "src_ip" in flow:
         src["ip"] = flow["src_ip"]
-    if "src_port" in flow:
-        src["port"] = int(flow["src_port"])
+    if (p := _port(flow.get("src_port"))) is not None:
+        src["port"] = p
     if "dst_ip" in flow:
         dst["ip"] = flow["dst_ip"]
-    if "dst_port" in flow:
-        dst["port"] = int(flow["dst_port"])
+    if (p := _port(flow.get("dst_port"))) is not None:
+        dst["port"] = p
     return src, dst
 
 
@@ -296,13 +327,23 @@ def ocsf_incident(inc: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_alerts(fmt: str, alerts: Sequence[bytes], rows: Sequence[int], source: Any
-                  ) -> list[bytes]:
-    """The batch's native alert bytes in ``fmt`` (native: unchanged)."""
+                  ) -> tuple[list[bytes | None], dict[int, str]]:
+    """The batch's native alert bytes in ``fmt`` (native: unchanged), and why any could
+    not be written (row -> error; its value is None): whatever an event carries, a failure
+    stays that event's, never the batch's."""
     if fmt == "native" or not alerts:
-        return list(alerts)
+        return list(alerts), {}
     build = ecs_alert if fmt == "ecs" else ocsf_alert
     flows = flow_fields(source, list(rows))
-    return [orjson.dumps(build(orjson.loads(a), f)) for a, f in zip(alerts, flows, strict=True)]
+    out: list[bytes | None] = []
+    failed: dict[int, str] = {}
+    for row, a, f in zip(rows, alerts, flows, strict=True):
+        try:
+            out.append(orjson.dumps(build(orjson.loads(a), f)))
+        except (TypeError, ValueError, OverflowError, KeyError) as e:
+            out.append(None)
+            failed[row] = f"{fmt}: {type(e).__name__}: {e}"[:300]
+    return out, failed
 
 
 def format_incident(fmt: str, record: bytes) -> bytes:

@@ -496,8 +496,9 @@ class ModelTable:
         if role == CHALLENGER:
             log.info("shadow scoring %s v%s beside production", name, version)
             return model
+        how = f" (scoring with {model.served_from})" if model.served_from else ""
         if old is None:
-            log.info("model %s v%s loaded in %.2fs", name, version, model.load_seconds)
+            log.info("model %s v%s loaded in %.2fs%s", name, version, model.load_seconds, how)
         else:
             log.info(
                 "model %s swapped v%s -> v%s (load %.2fs)",

@@ -32,8 +32,10 @@ Alert schema (one JSON object per message, keyed by ``tenant_id``)::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any, Final
 
 import numpy as np
 import orjson
@@ -213,6 +215,53 @@ def dead_letter_headers(
         ("source.partition", str(partition).encode()),
         ("source.offset", str(offset).encode()),
     ]
+
+
+#: Room kept for a dead letter's key and headers beside its value.
+HEADROOM: Final = 65536
+#: Header of a dead letter whose value was cut to fit (``dead_letter``).
+TRUNCATED: Final = "stream.truncated"
+
+
+def dlq_value_limit(settings: Any) -> int:
+    """The largest dead-letter value the producer of ``settings`` sends with room for its
+    key and headers (``message.max.bytes``, as set or as ``stream.kafka`` sets it)."""
+    from stream.kafka import producer_config
+
+    size = int(producer_config(settings).get("message.max.bytes", 1_000_000))
+    return max(1024, size - HEADROOM)
+
+
+def dead_letter(reason: str, detail: str, m: Any, limit: int
+                ) -> tuple[bytes | None, bytes | None, Headers]:
+    """A consumed message's dead-letter record: (value, key, headers), within ``limit``
+    bytes for the value and ``HEADROOM`` for the key and headers together.
+
+    The original value, key and headers are kept as they came, unless they are larger:
+    then the value is cut to ``limit`` bytes (headers ``stream.original.size`` and
+    ``stream.original.sha256`` say what it was, ``stream.truncated`` that it was cut), and
+    a key or original headers past the headroom are left out (``stream.original.key_size``,
+    ``stream.original.headers_dropped``). A record the producer refused for its size would
+    fail its batch again and again, holding the partition back.
+    """
+    value, key = m.value(), m.key()
+    original = list(m.headers() or [])
+    cut: Headers = []
+    if value is not None and len(value) > limit:
+        cut += [("stream.original.size", str(len(value)).encode()),
+                ("stream.original.sha256", hashlib.sha256(value).hexdigest().encode()),
+                (TRUNCATED, b"true")]
+        value = value[:limit]
+    if key is not None and len(key) > HEADROOM // 2:
+        cut.append(("stream.original.key_size", str(len(key)).encode()))
+        key = None
+    if sum(len(k) + len(v or b"") for k, v in original) > HEADROOM // 4:
+        cut.append(("stream.original.headers_dropped", str(len(original)).encode()))
+        original = []
+    detail = detail if len(detail) <= 1000 else detail[:1000]
+    # The dead-letter headers last: a redrive takes what comes before them as the original.
+    return value, key, [*original, *cut, *dead_letter_headers(reason, detail, m.topic(),
+                                                              m.partition(), m.offset())]
 
 
 def dead_letter_json(

@@ -59,8 +59,8 @@ from stream.formats import format_alerts
 from stream.heap import HeapFreezer
 from stream.keeper import StateKeeper, StateUnavailable
 from stream.models import ModelTable
-from stream.outcomes import LEVEL_CODES, dead_letter_headers
-from stream.reasons import REASONS
+from stream.outcomes import LEVEL_CODES, dead_letter, dlq_value_limit
+from stream.reasons import FORMAT_ERROR, REASONS
 from stream.where import Where
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class Pipeline:
         self.health: HealthSink = health or NullHealth()
         self._probe = health is not None  # readiness is worked out only for a real probe
         self.min_level = LEVEL_CODES[settings.min_level]
+        # A dead letter's value, key and headers stay within what the producer may send.
+        self._dlq_limit = dlq_value_limit(settings)
         self.where = Where.parse(settings.where) if settings.where else None
         self.tenant_from = settings.tenant_source
         self.stop_event = threading.Event()
@@ -287,21 +289,19 @@ class Pipeline:
         s = self.s
         tenants = outcome.decoded.tenants
         rows = outcome.alert_rows.tolist()
-        alerts = format_alerts(s.alert_format, outcome.alerts, rows, outcome.source)
+        alerts, failed = format_alerts(s.alert_format, outcome.alerts, rows, outcome.source)
+        if failed:  # those events are dead letters, their alerts never written
+            outcome.unalert(failed, FORMAT_ERROR)
         out: list[Record] = [
             (s.alert_topic, value, tenants[i], None)
-            for i, value in zip(rows, alerts, strict=True)
+            for i, value in zip(rows, alerts, strict=True) if value is not None
         ]
         detail, reason = outcome.decoded.detail, outcome.decoded.reason
         for i in outcome.rejected_rows.tolist():
             m = msgs[i]
-            headers = dead_letter_headers(
-                REASONS[int(reason[i])], detail.get(i, ""), m.topic(), m.partition(), m.offset()
-            )
-            # The original headers first (a tenant header, say): a redrive puts them back.
-            original = m.headers()
-            out.append((s.dlq_topic, m.value(), m.key(),
-                        original + headers if original else headers))
+            value, key, headers = dead_letter(
+                REASONS[int(reason[i])], detail.get(i, ""), m, self._dlq_limit)
+            out.append((s.dlq_topic, value, key, headers))
         if s.shadow_topic:
             for r in outcome.shadow:
                 out.append((s.shadow_topic, r.encode(), r.tenant, None))

@@ -23,6 +23,9 @@ BAD_TIMESTAMP = 11
 #: Not a dead letter: a record ``--where`` leaves out (not an event to score). Counted and
 #: committed, never produced anywhere; hence not in REASONS.
 FILTERED = 12
+#: Scored, but its alert could not be written in the --alert-format (a value no typed
+#: field of ECS or OCSF can hold slipped past them, say): the event is dead-lettered.
+FORMAT_ERROR = 13
 
 REASONS: dict[int, str] = {
     OVERSIZE: "oversize",
@@ -36,4 +39,5 @@ REASONS: dict[int, str] = {
     MODEL_ERROR: "model_error",
     EMPTY: "empty_message",
     BAD_TIMESTAMP: "bad_timestamp",
+    FORMAT_ERROR: "format_error",
 }

@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from stream.failures import kafka_logger
+from stream.outcomes import TRUNCATED
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ def redrive(conf: dict[str, Any], dlq_topic: str, reasons: Sequence[str], *,
                 source, reason, headers = original(m)
                 if reason not in wanted:
                     summary.skipped[reason] += 1
+                    continue
+                if any(k.startswith("stream.original.") or k == TRUNCATED for k, _v in headers):
+                    # Cut to fit the dead-letter topic: not the event any more.
+                    summary.skipped[f"{reason} (cut to fit)"] += 1
                     continue
                 target = to or source
                 if not target:

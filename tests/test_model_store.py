@@ -55,7 +55,7 @@ def test_a_kept_version_restarts_from_the_scorer_it_proved(
     want = first.estimator.decision_function(X)
 
     # A restart: the kept copy and its proved scorer, the same scores, no model load.
-    with caplog.at_level(logging.INFO, logger="stream.registry.loading"):
+    with caplog.at_level(logging.DEBUG, logger="stream.registry.loading"):
         again = registry.load_version(name, version, uri=tracking_uri, store=store)
     assert "proved when kept" in caplog.text
     assert isinstance(again.estimator, _Deferred) and again.estimator._estimator is None
@@ -85,7 +85,7 @@ def test_a_kept_version_restarts_from_the_scorer_it_proved(
     raw[len(raw) // 2] ^= 0xFF
     arrays.write_bytes(bytes(raw))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="stream.registry.loading"):
+    with caplog.at_level(logging.DEBUG, logger="stream.registry.loading"):
         full = registry.load_version(name, version, uri=tracking_uri, store=store)
     assert "its trainer shipped" in caplog.text and "proved when kept" not in caplog.text
     assert np.array_equal(full.score(X), want)
@@ -97,6 +97,6 @@ def test_a_kept_version_restarts_from_the_scorer_it_proved(
     meta.write_bytes(orjson.dumps({**doc, "location": doc["location"] + "-elsewhere"}))
     assert store.proved(name, version, doc["location"]) is None
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="stream.registry.loading"):
+    with caplog.at_level(logging.DEBUG, logger="stream.registry.loading"):
         registry.load_version(name, version, uri=tracking_uri, store=store)
     assert "its trainer shipped" in caplog.text and "proved when kept" not in caplog.text

@@ -255,6 +255,7 @@ def exercise_all(m: Metrics) -> None:
         "record_reload": lambda: m.record_reload("detector_acme", ok=True, seconds=0.8),
         "record_shadow": lambda: m.record_shadow("acme", 0.96, 0.01),
         "record_delivery_failures": lambda: m.record_delivery_failures(1),
+        "record_stalled": lambda: m.record_stalled(2.5),
         "record_ready": lambda: m.record_ready(True),
         "record_tenants": lambda: m.record_tenants({"acme": 98, "_invalid": 2},
                                                    {("acme", "missing_feature"): 1}),

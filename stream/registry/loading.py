@@ -103,6 +103,8 @@ class LoadedModel:
     # The training data's medians, spreads and bins (explanations, drift); None for
     # models trained before it was recorded.
     baseline: Baseline | None = None
+    # How it scores, for the line that says it loaded ("" for the model itself).
+    served_from: str = ""
 
     def __post_init__(self) -> None:
         if self.spec is None:
@@ -250,7 +252,7 @@ def load_shipped(
     scorer, estimator_name = found
     meta = (getattr(mlmodel, "metadata", None) or {}).get("stream") or {}
     model = _served(mlmodel, spec, thresholds, scorer, deferred, _info(meta, estimator_name),
-                    name, version, t0)
+                    name, version, t0, "the compiled scorer its trainer shipped")
     if model is None:
         log.warning("%s: its shipped scorer takes other inputs than its spec; loading the model",
                     source)
@@ -262,7 +264,7 @@ def load_shipped(
 
 def _served(mlmodel: Any, spec: FeatureSpec, thresholds: np.ndarray, scorer: Any,
             deferred: _Deferred, info: Mapping[str, Any], name: str, version: str,
-            t0: float) -> LoadedModel | None:
+            t0: float, served_from: str) -> LoadedModel | None:
     """A version served by a proved compiled scorer, its estimator deferred; None when
     the scorer takes another number of inputs than the version's spec makes."""
     if int(scorer.parts["constants"][2]) != len(spec.columns):
@@ -278,6 +280,7 @@ def _served(mlmodel: Any, spec: FeatureSpec, thresholds: np.ndarray, scorer: Any
         estimator=deferred,
         load_seconds=time.perf_counter() - t0,
         scorer=scorer,
+        served_from=served_from,
     )
 
 
@@ -350,7 +353,8 @@ def load_proved(
     deferred = _Deferred(path, name, version, trusted)
     scorer = compiled_scorer(parts, deferred)
     model = None if scorer is None else _served(mlmodel, spec, thresholds, scorer, deferred,
-                                                 info, name, version, t0)
+                                                 info, name, version, t0,
+                                                 "the compiled scorer it proved when kept")
     if model is not None:
         log.debug("%s: scoring with the compiled scorer it proved when kept (no model load)",
                   source)
