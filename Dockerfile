@@ -51,6 +51,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     STREAM_METRICS_PORT=9108 \
+    STREAM_METRICS_HOST=0.0.0.0 \
     STREAM_LOG_FORMAT=json
 
 # Fixed uid/gid so volume ownership and pod security policies can refer to them.

@@ -875,6 +875,7 @@ def replay(
 def _offline_table(**given: Any) -> Any:
     """Settings and a refreshed model table for ``score`` and ``evaluate``."""
     from stream import service
+    from stream.failures import redact_uri
 
     settings = load_settings(**given)
     _registry(settings.tracking_uri, settings, create=None)
@@ -888,7 +889,7 @@ def _offline_table(**given: Any) -> Any:
     if not view.production:
         raise click.ClickException(
             f"no production model named {settings.model_name}[_TENANT] in "
-            f"{settings.tracking_uri}"
+            f"{redact_uri(settings.tracking_uri)}"
         )
     return settings, table
 
@@ -1077,7 +1078,7 @@ def evaluate(
 @main.group(invoke_without_command=True)
 @settings_options(
     "bootstrap_servers", "alert_topic", "incident_topic", "feedback_topic", "dlq_topic",
-    "kafka_properties", "metrics_port",
+    "kafka_properties", "metrics_port", "metrics_host",
 )
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
               help="Write the reviewed alerts' events as JSONL with label and verdict "
@@ -1085,6 +1086,9 @@ def evaluate(
 @click.option("--follow", "-f", is_flag=True,
               help="Keep reading feedback (with --metrics-port: serve the precision).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--require-tenant", is_flag=True,
+              help="Refuse verdicts that do not name the alert's tenant_id (those that name "
+              "another tenant are refused anyway).")
 @click.pass_context
 def feedback(
     ctx: click.Context,
@@ -1095,9 +1099,11 @@ def feedback(
     dlq_topic: str | None,
     kafka_properties: tuple[str, ...],
     metrics_port: int | None,
+    metrics_host: str | None,
     export_path: str | None,
     follow: bool,
     as_json: bool,
+    require_tenant: bool,
 ) -> None:
     """Join analyst verdicts to alerts: precision per tenant, and a labelled export.
 
@@ -1107,7 +1113,7 @@ def feedback(
     s = load_settings(
         bootstrap_servers=bootstrap_servers, alert_topic=alert_topic,
         incident_topic=incident_topic, feedback_topic=feedback_topic, dlq_topic=dlq_topic,
-        kafka_properties=kafka_properties, metrics_port=metrics_port,
+        kafka_properties=kafka_properties, metrics_port=metrics_port, metrics_host=metrics_host,
     )
     if ctx.invoked_subcommand is not None:
         ctx.obj = s  # the subcommand writes with these settings
@@ -1115,19 +1121,20 @@ def feedback(
     _kafka(s)
     update = None
     if s.metrics_port:
-        update = fb.serve_metrics(s.metrics_port)
+        update = fb.serve_metrics(s.metrics_port, s.metrics_host)
     from stream.failures import stop_on_signals
 
     try:
         with stop_on_signals() as stopped:
             book = fb.run(s, feedback_topic=s.feedback_topic, incident_topic=s.incident_topic,
-                          follow=follow, on_update=update, should_stop=stopped.is_set)
+                          follow=follow, on_update=update, should_stop=stopped.is_set,
+                          require_tenant=require_tenant)
     except RuntimeError as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         return
     report = {"per_tenant": book.per_tenant(), "unknown_ids": book.unknown,
-              "malformed": book.malformed}
+              "malformed": book.malformed, "other_tenant": book.mismatched}
     if export_path:
         with open(export_path, "wb") as out:
             n = 0
@@ -1145,9 +1152,9 @@ def feedback(
         click.echo(f"{tenant:<16}{row['alerts']:>8}{row['reviewed']:>10}"
                    f"{row['true_positive']:>10}{row['false_positive']:>11}{row['benign']:>8}"
                    f"{p:>11}")
-    click.echo(f"unknown ids skipped: {book.unknown}; malformed (dead-lettered): "
-               f"{book.malformed}" + (f"; exported {report['exported']} labelled events"
-                                      if export_path else ""))
+    exported = f"; exported {report['exported']} labelled events" if export_path else ""
+    click.echo(f"unknown ids skipped: {book.unknown}; another tenant's (skipped): "
+               f"{book.mismatched}; malformed (dead-lettered): {book.malformed}{exported}")
 
 
 @feedback.command("add")
@@ -1158,9 +1165,10 @@ def feedback(
               "false_positive", "benign"]))
 @click.option("--note", default="", help="Why, for whoever reads the verdict later.")
 @click.option("--analyst", default="", help="Who gives it.")
+@_tenant_option("The alert's tenant: the verdict applies only if the alert is this tenant's.")
 @click.pass_obj
 def feedback_add(s: config.Settings, alert_id: str | None, incident_id: str | None,
-                 verdict: str, note: str, analyst: str) -> None:
+                 verdict: str, note: str, analyst: str, tenant: str | None) -> None:
     """Give one verdict: written to the feedback topic, as `stream feedback` reads it."""
     from stream.feedback import write_verdict
 
@@ -1169,7 +1177,8 @@ def feedback_add(s: config.Settings, alert_id: str | None, incident_id: str | No
     _kafka(s)
     doc = {"alert_id": alert_id} if alert_id else {"incident_id": incident_id}
     doc.update({"verdict": verdict, **({"note": note} if note else {}),
-                **({"analyst": analyst} if analyst else {})})
+                **({"analyst": analyst} if analyst else {}),
+                **({"tenant_id": tenant} if tenant else {})})
     try:
         where = write_verdict(s, doc)
     except RuntimeError as e:

@@ -126,6 +126,12 @@ class Settings:
         0, "STREAM_METRICS_PORT", "Port for /metrics, /healthz and /readyz (0 = off).",
         min=0, max=65535,
     )
+    metrics_host: str = _opt(
+        "127.0.0.1", "STREAM_METRICS_HOST",
+        "Address the metrics and health server listens on: 127.0.0.1 keeps /metrics on "
+        "the host; 0.0.0.0 (the container image's default) lets a scraper on another "
+        "host in.",
+    )
     stall_after: float = _opt(
         30.0,
         "STREAM_STALL_AFTER",
@@ -284,7 +290,10 @@ def parse_properties(items: str | list[str] | tuple[str, ...]) -> tuple[tuple[st
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"Kafka property {item!r} is not key=value")
+            # Never echo it: a mistyped "sasl.password:secret" is a secret all the same.
+            shown = item.split(":", 1)[0].split(" ", 1)[0][:40]
+            raise ValueError(f"Kafka property {shown!r}... is not key=value (the value is "
+                             "not shown)")
         out.append((key.strip(), value.strip()))
     return tuple(out)
 

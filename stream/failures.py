@@ -71,6 +71,7 @@ class BadSetting(Exception):
 EXIT_BAD_SETTING: Final = 2
 
 
+_CREDENTIALS = re.compile(r"://([^:/@\s]+):[^@\s/]+@")
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 _API_CALL = re.compile(r"^(API request to \S+?)(?:\?\S*)? failed")
 
@@ -79,6 +80,7 @@ def brief(e: BaseException | str, limit: int = 200) -> str:
     """An error in one line a user can read: the cause of a connection failure rather
     than urllib3's whole chain, cut at a word (with an ellipsis) when it is long."""
     text = str(e) or (type(e).__name__ if isinstance(e, BaseException) else "")
+    text = _CREDENTIALS.sub(r"://\1:***@", text)  # a URI's password, wherever it appears
     lines = text.strip().splitlines()
     first = lines[0].strip() if lines else ""
     errno = _ERRNO.search(text)

@@ -9,7 +9,11 @@ Analysts (or their SIEM) publish verdicts to the feedback topic (default
 ``verdict`` is ``true_positive``, ``false_positive`` or ``benign`` (a real
 detection of something harmless: for the detector's precision it counts like a
 false positive). A verdict on an incident applies to every alert it lists. The
-latest verdict per id wins.
+latest verdict per id wins. A verdict that names a ``tenant_id`` applies only if
+the alert (or incident) is that tenant's: one tenant's analysts, who write their
+tenant id, cannot move another tenant's precision by guessing its alert ids
+(``topic/partition/offset``); with ``--require-tenant`` a verdict without one is
+refused too. Refused verdicts are counted (``mismatched``).
 
 ``stream feedback`` reads the alert topic, the incident topic (if given) and the
 feedback topic, and reports per tenant: verdicts, alerts reviewed and precision
@@ -48,6 +52,7 @@ class Verdict:
     verdict: str
     analyst: str = ""
     note: str = ""
+    tenant: str | None = None  # the tenant the writer says the alert is; None: not said
 
 
 def parse(raw: bytes | None) -> Verdict | str:
@@ -70,11 +75,11 @@ def parse(raw: bytes | None) -> Verdict | str:
     verdict = doc.get("verdict")
     if verdict not in VERDICTS:
         return f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}"
-    for opt in ("analyst", "note"):
+    for opt in ("analyst", "note", "tenant_id"):
         if opt in doc and not isinstance(doc[opt], str):
             return f"{opt} must be a string"
     return Verdict("alert" if has_alert else "incident", ident, verdict,
-                   doc.get("analyst", ""), doc.get("note", ""))
+                   doc.get("analyst", ""), doc.get("note", ""), doc.get("tenant_id"))
 
 
 @dataclass
@@ -83,9 +88,12 @@ class FeedbackBook:
 
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     incidents: dict[str, list[str]] = field(default_factory=dict)
+    incident_tenants: dict[str, str] = field(default_factory=dict)
     verdicts: dict[str, str] = field(default_factory=dict)  # alert id -> latest verdict
     unknown: int = 0
     malformed: int = 0
+    mismatched: int = 0  # verdicts whose tenant is not the alert's (or that name none)
+    require_tenant: bool = False
 
     def add_alert(self, alert: Mapping[str, Any]) -> None:
         """An alert record, in any --alert-format (native, ECS or OCSF)."""
@@ -101,6 +109,7 @@ class FeedbackBook:
             "incident") or record
         if isinstance(inc, Mapping) and "incident_id" in inc:
             self.incidents[str(inc["incident_id"])] = list(inc.get("alert_ids", []))
+            self.incident_tenants[str(inc["incident_id"])] = str(inc.get("tenant_id", ""))
 
     def add_verdict(self, v: Verdict) -> bool:
         """Apply a verdict; False (counted, logged) when its id is unknown."""
@@ -109,7 +118,17 @@ class FeedbackBook:
             ids = None
         if not ids:
             self.unknown += 1
-            log.warning("feedback for unknown %s %s (%s): skipped", v.target, v.id, v.verdict)
+            # %r: the id is whatever a writer put there (a newline would forge a log line).
+            log.warning("feedback for unknown %s %r (%s): skipped", v.target, v.id[:200],
+                        v.verdict)
+            return False
+        owner = (self.alerts[v.id]["tenant_id"] if v.target == "alert"
+                 else self.incident_tenants.get(v.id, ""))
+        if (v.tenant is None and self.require_tenant) or (v.tenant is not None
+                                                          and v.tenant != owner):
+            self.mismatched += 1
+            log.warning("feedback on %s %r for tenant %r, which is not its tenant's: skipped",
+                        v.target, v.id[:200], (v.tenant or "")[:80])
             return False
         for aid in ids:
             if aid in self.alerts:
@@ -176,6 +195,7 @@ def run(
     follow: bool = False,
     should_stop: Any = lambda: False,
     on_update: Any = None,
+    require_tenant: bool = False,
 ) -> FeedbackBook:
     """Read alerts (and incidents) to the end, then feedback; dead-letter what is malformed.
 
@@ -188,7 +208,7 @@ def run(
     from stream.outcomes import dead_letter_headers
     from stream.subscribe import read_messages
 
-    book = FeedbackBook()
+    book = FeedbackBook(require_tenant=require_tenant)
     extra = dict(settings.kafka_properties)
     boot = settings.bootstrap_servers
     for m in read_messages(boot, settings.alert_topic, from_beginning=True, extra=extra):
@@ -209,8 +229,8 @@ def run(
             v = parse(m.value())
             if isinstance(v, str):
                 book.malformed += 1
-                log.warning("malformed feedback at %s[%d]@%d: %s: dead-lettered", m.topic(),
-                            m.partition(), m.offset(), v)
+                log.warning("malformed feedback at %s[%d]@%d: %r: dead-lettered", m.topic(),
+                            m.partition(), m.offset(), v[:300])
                 dlq.produce(settings.dlq_topic, m.value(), key=m.key(),
                             headers=dead_letter_headers(MALFORMED, v[:300], m.topic(),
                                                         m.partition(), m.offset()))
@@ -251,8 +271,8 @@ def write_verdict(settings: Any, doc: dict[str, Any]) -> str:
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
 
-def serve_metrics(port: int) -> Any:
-    """Serve precision and verdict counts on ``port``; returns the update callback."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> Any:
+    """Serve precision and verdict counts on ``host:port``; returns the update callback."""
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
     r = CollectorRegistry()
@@ -264,7 +284,7 @@ def serve_metrics(port: int) -> Any:
                     registry=r)
     malformed = Gauge("stream_feedback_malformed", "Malformed feedback (dead-lettered).",
                       registry=r)
-    start_http_server(port, registry=r)
+    start_http_server(port, addr=host, registry=r)
 
     def update(book: FeedbackBook) -> None:
         for tenant, row in book.per_tenant().items():

@@ -39,7 +39,10 @@ from stream.outcomes import ACTIONABLE_LEVEL, LEVEL_NAMES, alert_id
 
 #: Alert ids listed per incident; the rest are counted.
 MAX_ALERT_IDS: Final = 20
-#: Open incidents kept; the least recently updated beyond this close early.
+#: Open incidents kept: per tenant (its least recently updated beyond this close early,
+#: so one tenant's flood closes only its own), and in all (then the largest tenants'
+#: oldest close first).
+MAX_OPEN_PER_TENANT: Final = 10_000
 MAX_OPEN: Final = 100_000
 
 
@@ -112,6 +115,7 @@ class Incidents:
     ) -> None:
         self.by, self.window, self.idle, self.clock = by, window, idle, clock
         self.open: dict[tuple[str, str], Incident] = {}
+        self._per_tenant: Counter[str] = Counter()  # open incidents per tenant
         self._staged: dict[tuple[str, str], Incident | None] = {}
         self.opened = 0
         self.closed = 0
@@ -187,10 +191,24 @@ class Incidents:
         stale = [k for k, inc in self.open.items()
                  if k not in self._staged
                  and (now - inc.last > self.idle or now - inc.opened > self.window)]
-        over = len(self.open) - len(stale) - MAX_OPEN
-        if over > 0:
-            by_age = sorted((inc.last, k) for k, inc in self.open.items() if k not in stale)
-            stale += [k for _t, k in by_age[:over]]
+        gone = set(stale)
+        left = self._per_tenant.copy()
+        left.subtract(k[0] for k in stale)
+        # A tenant over its own cap closes its oldest; then, over the cap in all, the
+        # tenants with the most open incidents give theirs up first.
+        over = {t: n - MAX_OPEN_PER_TENANT for t, n in left.items() if n > MAX_OPEN_PER_TENANT}
+        total = sum(left.values()) - sum(over.values())
+        if total > MAX_OPEN:
+            for t, n in left.most_common():
+                if total <= MAX_OPEN:
+                    break
+                extra = min(n - over.get(t, 0), total - MAX_OPEN)
+                over[t] = over.get(t, 0) + extra
+                total -= extra
+        for tenant, n in over.items():
+            mine = sorted((inc.last, k) for k, inc in self.open.items()
+                          if k[0] == tenant and k not in gone and k not in self._staged)
+            stale += [k for _t, k in mine[:n]]
         for k in stale:
             inc = self.open[k].copy()
             inc.status = "closed"
@@ -204,12 +222,17 @@ class Incidents:
             if inc is None:
                 if old is not None:
                     self.closed += 1
+                    self._per_tenant[key[0]] -= 1
+                    if self._per_tenant[key[0]] <= 0:
+                        del self._per_tenant[key[0]]
                 self.open.pop(key, None)
             else:
                 if old is None or old.incident_id != inc.incident_id:
                     self.opened += 1
                     if old is not None:
                         self.closed += 1
+                if old is None:
+                    self._per_tenant[key[0]] += 1
                 self.open[key] = inc
         self._staged = {}
 

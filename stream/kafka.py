@@ -19,7 +19,11 @@ from stream.failures import kafka_logger
 
 log = logging.getLogger(__name__)
 
-_SECRET_HINTS = ("password", "secret", "key", "token", "credential")
+_SECRET_HINTS = ("password", "secret", "key", "token", "credential", "jaas", "oauthbearer")
+#: sasl.* properties safe to log; every other one is masked (sasl.oauthbearer.config holds
+#: client secrets, sasl.jaas.config passwords).
+_SASL_SHOWN = ("sasl.mechanism", "sasl.mechanisms", "sasl.username",
+               "sasl.kerberos.service.name")
 
 #: Producer-only properties a user may pass with ``-X``; the consumer would warn about them.
 _PRODUCER_ONLY = ("transactional.id", "transaction.timeout.ms")
@@ -29,9 +33,13 @@ RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
 def redacted(conf: dict[str, Any]) -> dict[str, Any]:
     """A copy of a client config safe to log."""
-    return {
-        k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v) for k, v in conf.items()
-    }
+    return {k: ("***" if secret(k) else v) for k, v in conf.items()}
+
+
+def secret(key: str) -> bool:
+    """Whether a client property holds a secret (its value is never logged)."""
+    k = key.lower()
+    return any(h in k for h in _SECRET_HINTS) or (k.startswith("sasl.") and k not in _SASL_SHOWN)
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

@@ -22,7 +22,9 @@ import threading
 import time
 from collections import Counter as _Tally
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Label value shared by every tenant (or model, or reason) past the cardinality cap.
 OTHER = "_other"
+#: Labels the consumer gives itself, never a tenant's own (accounting.INVALID_TENANT_LABEL).
+_RESERVED = frozenset({OTHER, "_invalid"})
 
 #: Dead-letter reasons are codes chosen by the pipeline; this cap only guards against a
 #: bug that passes free text (an exception message) as the reason.
@@ -312,8 +316,10 @@ class Metrics:
         return self._tenant_cap(tenant)
 
     def _per_tenant_label(self, tenant: str) -> str:
-        # Missing or invalid tenants ("_invalid") take no slot of the cap.
-        return tenant if tenant.startswith("_") else self._count_cap(tenant)
+        # The label of missing or invalid tenants ("_invalid", which no tenant id can be
+        # mistaken for: accounting gives it) takes no slot of the cap; every real tenant
+        # id, whatever it starts with ("_x" is valid), goes through the cap.
+        return tenant if tenant in _RESERVED else self._count_cap(tenant)
 
     def model_label(self, model: str) -> str:
         """The ``model`` label value, capped like tenants."""
@@ -435,14 +441,102 @@ class Metrics:
             self._late = late
 
 
+#: Requests served at once, and waiting: a scrape and a few probes need no more, and
+#: a thousand unfinished requests must not cost a thousand threads.
+SERVER_THREADS = 4
+SERVER_QUEUE = 16
+#: Connections that have sent nothing yet, kept waiting (the oldest go first beyond it).
+SERVER_IDLE = 256
+#: Seconds a client may take to send its request (or to read the answer).
+SERVER_TIMEOUT_S = 1.0
+
+
 class _Server(ThreadingHTTPServer):
+    """Requests on a small fixed pool of threads, handed over only once the client has
+    sent something: a connection that sends nothing waits in a selector (at most
+    ``SERVER_IDLE`` of them, each for ``SERVER_TIMEOUT_S``) and never holds a thread, so
+    idle connections cannot starve a probe. Beyond the pool's queue, refused at once."""
+
     daemon_threads = True  # a hung scraper must not keep the process alive at exit
+    request_queue_size = 128  # the listen backlog: connects beyond it would stall
     health: HealthServer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="stream-health")
+        self._waiting = 0
+        self._count = threading.Lock()
+        self._idle: dict[Any, tuple[float, Any]] = {}  # socket -> (deadline, address)
+        self._idle_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._watch_idle, name="stream-health-idle",
+                         daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._idle_lock:
+            if len(self._idle) >= SERVER_IDLE:  # the oldest idle one makes room
+                oldest = min(self._idle, key=lambda s: self._idle[s][0])
+                del self._idle[oldest]
+                self.shutdown_request(oldest)
+            self._idle[request] = (time.monotonic() + SERVER_TIMEOUT_S, client_address)
+        self._wake.set()
+
+    def _watch_idle(self) -> None:
+        import selectors
+
+        while not self._closed:
+            with self._idle_lock:
+                socks = dict(self._idle)
+            if not socks:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            with selectors.DefaultSelector() as sel:
+                for s in socks:
+                    sel.register(s, selectors.EVENT_READ)
+                ready = {key.fileobj for key, _ in sel.select(0.05)}
+            now = time.monotonic()
+            for s, (deadline, addr) in socks.items():
+                if s in ready or now >= deadline:
+                    with self._idle_lock:
+                        if self._idle.pop(s, None) is None:
+                            continue
+                    if s in ready:
+                        self._dispatch(s, addr)
+                    else:
+                        self.shutdown_request(s)
+
+    def _dispatch(self, request: Any, client_address: Any) -> None:
+        with self._count:
+            if self._waiting >= SERVER_QUEUE:
+                self.shutdown_request(request)
+                return
+            self._waiting += 1
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._count:
+                self._waiting -= 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._closed = True
+        self._wake.set()
+        with self._idle_lock:
+            for s in self._idle:
+                self.shutdown_request(s)
+            self._idle.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "stream-health"
+    timeout = SERVER_TIMEOUT_S  # the socket's: a client that sends nothing is dropped
 
     def do_GET(self) -> None:
         self._serve(head=False)
@@ -487,7 +581,7 @@ class HealthServer:
         port: int,
         metrics: Metrics,
         *,
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         stale_after: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

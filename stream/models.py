@@ -241,19 +241,32 @@ class ModelTable:
         """Keep a few recent valid events (overall and per tenant) as the canary batch.
 
         ``docs`` are events as the batch decoded them, ``tenants`` their validated tenant
-        ids: nothing is parsed again here.
+        ids: nothing is parsed again here. Beyond ``MAX_CANARY_TENANTS``, the tenants
+        that go first are those without a model of their own: events under a thousand
+        made-up tenant ids cannot push out the events a served tenant's next version is
+        checked on.
         """
         with self._lock:
             self._canary.extend(docs)
+            production = self._view.production
             for t, doc in zip(tenants, docs, strict=True):
                 q = self._canary_by_tenant.get(t)
                 if q is None:
                     q = self._canary_by_tenant[t] = deque(maxlen=CANARY_PER_TENANT)
-                    while len(self._canary_by_tenant) > MAX_CANARY_TENANTS:
-                        self._canary_by_tenant.popitem(last=False)
+                    if len(self._canary_by_tenant) > MAX_CANARY_TENANTS:
+                        self._drop_a_canary(production)
                 else:
                     self._canary_by_tenant.move_to_end(t)
                 q.append(doc)
+
+    def _drop_a_canary(self, production: dict[str, str]) -> None:
+        """The least recently seen tenant without a model of its own goes (else the least
+        recently seen one); caller holds the lock."""
+        for t in self._canary_by_tenant:
+            if self.tenant_model_name(t) not in production:
+                del self._canary_by_tenant[t]
+                return
+        self._canary_by_tenant.popitem(last=False)
 
     def loaded(self) -> dict[str, str]:
         with self._lock:

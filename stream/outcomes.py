@@ -120,7 +120,7 @@ def encode_alert(
 ) -> bytes:
     """One alert's bytes (the benchmark's per-event baseline uses it; batches use
     ``encode_alerts``). ``tenant`` is pre-validated ([A-Za-z0-9_.-]) and needs no escaping."""
-    t = topic.encode()
+    t = orjson.dumps(topic)[1:-1]  # escaped: a file name can hold a quote
     return _TEMPLATE % (
         t,
         partition,
@@ -164,7 +164,9 @@ def encode_alerts(
         return []
     ex = explanations or {}
     inc = incidents or {}
-    t = topic.encode()
+    # The topic, escaped as a JSON string's contents: a file name (stream score) can hold
+    # any character, a quote included.
+    t = orjson.dumps(topic)[1:-1]
     when = detected_at.encode()
     level_bytes = _LEVEL_BYTES
     template = _TEMPLATE

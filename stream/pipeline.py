@@ -413,7 +413,13 @@ def _text(raw: bytes | None) -> str | None:
 
 
 def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+    """The tenant header's text; None (``invalid_tenant``) when it is missing or given more
+    than once: which of two tenants a sender meant is not ours to pick."""
+    found: bytes | None = None
+    seen = False
     for key, value in headers or ():
         if key == name:
-            return _text(value)
-    return None
+            if seen:
+                return None
+            found, seen = value, True
+    return _text(found) if seen else None

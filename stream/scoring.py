@@ -215,25 +215,12 @@ def compiled_scorer(parts: dict[str, np.ndarray], fallback: Callable[[], Any]) -
     if compiled_forest is None:
         return None
     try:
-        denominator, offset, n = (float(x) for x in parts["constants"])
-        n_features = int(n)
-        nodes = np.ascontiguousarray(parts["nodes"]).view(NODE_DTYPE).reshape(-1)
-        roots = np.ascontiguousarray(parts["roots"], dtype=np.int32)
-        center = np.ascontiguousarray(parts["center"], dtype=np.float64)
-        spread = np.ascontiguousarray(parts["spread"], dtype=np.float64)
-        # The walk does not check its indices: every one must be in range first.
-        if len(nodes) and (nodes["child"].max() >= len(nodes) or nodes["child"].min() < 0
-                           or nodes["feature"].max() >= n_features or nodes["feature"].min() < 0):
-            return None
-        if int(np.max(roots, initial=0)) >= len(nodes) or int(np.min(roots, initial=0)) < 0:
-            return None
-        if len(center) not in (0, n_features) or len(spread) not in (0, n_features):
-            return None
-        walk = compiled_forest.Forest(
-            roots, np.ascontiguousarray(parts["depths"], dtype=np.int32), nodes,
-            np.ascontiguousarray(parts["term"], dtype=np.float64), center, spread)
-    except (KeyError, TypeError, ValueError):
+        checked = _checked_parts(parts)
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        log.warning("compiled forest arrays refused: %s", e)
         return None
+    denominator, offset, n_features, roots, depths, nodes, term, center, spread = checked
+    walk = compiled_forest.Forest(roots, depths, nodes, term, center, spread)
 
     def score(X: np.ndarray) -> np.ndarray:
         if X.ndim != 2 or X.shape[1] != n_features:
@@ -246,6 +233,78 @@ def compiled_scorer(parts: dict[str, np.ndarray], fallback: Callable[[], Any]) -
     score.compiled = True  # type: ignore[attr-defined]
     score.parts = parts  # type: ignore[attr-defined]
     return score
+
+
+#: Bounds a forest's arrays must keep before the compiled walk (which checks no index)
+#: sees them: far above any forest sklearn fits (100 trees of 256 samples: ~51k nodes,
+#: depth 8), far below what would exhaust memory or spin for minutes.
+MAX_NODES = 20_000_000
+MAX_TREES = 100_000
+MAX_DEPTH = 64
+MAX_FEATURES = 100_000
+#: Steps one row takes down every tree (the sum of the depths): bounds a call's time.
+MAX_STEPS = 200_000
+
+
+def _checked_parts(parts: dict[str, np.ndarray]) -> tuple[Any, ...]:
+    """The arrays of a compiled scorer as the walk takes them, once every index is in
+    range and every size and number sane; ValueError saying what is not.
+
+    The arrays come from a model file: a registry or a disk an attacker may have written
+    to. The walk reads ``nodes[child]``, ``nodes[root]``, ``term[node]``, ``Z[feature]``
+    and ``depths[tree]`` unchecked, and steps ``depths[tree]`` times per row.
+    """
+    constants = np.asarray(parts["constants"], dtype=np.float64).reshape(-1)
+    if constants.shape != (3,) or not np.all(np.isfinite(constants)):
+        raise ValueError("constants are not 3 finite numbers")
+    denominator, offset, n = (float(x) for x in constants)
+    if not (n.is_integer() and 1 <= n <= MAX_FEATURES):
+        raise ValueError(f"feature count {n} out of range")
+    n_features = int(n)
+    raw = np.asarray(parts["nodes"])
+    if raw.dtype != np.uint8 and raw.dtype != NODE_DTYPE:
+        raise ValueError(f"nodes have dtype {raw.dtype}")
+    if raw.nbytes % NODE_DTYPE.itemsize or raw.nbytes // NODE_DTYPE.itemsize > MAX_NODES:
+        raise ValueError(f"nodes take {raw.nbytes} bytes: not whole nodes, or too many")
+    nodes = np.ascontiguousarray(raw).view(NODE_DTYPE).reshape(-1)
+    roots = _ints(parts["roots"], "roots")
+    depths = _ints(parts["depths"], "depths")
+    term = np.ascontiguousarray(parts["term"], dtype=np.float64).reshape(-1)
+    center = np.ascontiguousarray(parts["center"], dtype=np.float64).reshape(-1)
+    spread = np.ascontiguousarray(parts["spread"], dtype=np.float64).reshape(-1)
+    m = len(nodes)
+    if not 1 <= len(roots) <= MAX_TREES or len(depths) != len(roots):
+        raise ValueError(f"{len(roots)} roots and {len(depths)} depths")
+    if len(term) != m:
+        raise ValueError(f"{len(term)} path terms for {m} nodes")
+    if m == 0 or roots.min() < 0 or roots.max() >= m:
+        raise ValueError("a root is not a node")
+    if depths.min() < 0 or depths.max() > MAX_DEPTH:
+        raise ValueError(f"tree depths outside 0..{MAX_DEPTH}")
+    if int(depths.astype(np.int64).sum()) > MAX_STEPS:
+        raise ValueError(f"a row would take over {MAX_STEPS} steps down the trees")
+    child = nodes["child"]
+    if child.min() < 0 or child.max() >= m:
+        raise ValueError("a child is not a node")
+    feature = nodes["feature"]
+    if feature.min() < 0 or feature.max() >= n_features:
+        raise ValueError("a split reads a feature the model does not have")
+    if not np.all(np.isfinite(term)):
+        raise ValueError("path terms are not finite")
+    if len(center) not in (0, n_features) or len(spread) not in (0, n_features):
+        raise ValueError("the scaler does not have one value per feature")
+    if not (np.all(np.isfinite(center)) and np.all(np.isfinite(spread))):
+        raise ValueError("the scaler is not finite")
+    return denominator, offset, n_features, roots, depths, nodes, term, center, spread
+
+
+def _ints(a: Any, what: str) -> np.ndarray:
+    arr = np.asarray(a).reshape(-1)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{what} are not integers")
+    if len(arr) and (int(arr.min()) < -(2**31) or int(arr.max()) >= 2**31):
+        raise ValueError(f"{what} do not fit 32 bits")
+    return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 def _scores(depths: np.ndarray, denominator: Any, offset: float) -> np.ndarray:

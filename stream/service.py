@@ -231,7 +231,7 @@ def serve(settings: Settings, *, create_missing_topics: bool = False) -> RunStat
         from stream.metrics import HealthServer, Metrics
 
         metrics = Metrics()
-        health = HealthServer(settings.metrics_port, metrics)
+        health = HealthServer(settings.metrics_port, metrics, host=settings.metrics_host)
         try:
             health.start()
         except OSError as e:

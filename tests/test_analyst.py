@@ -385,3 +385,29 @@ def test_target_precision_cuts_where_the_reviewed_alerts_reach_it() -> None:
     with pytest.raises(Exception, match="true-positive"):
         precision_rates(pipe, spec, [{**e, "label": "normal"} for e in normal[:20]], 0.9,
                         train_scores)
+
+
+def test_one_tenants_flood_of_incidents_closes_only_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each tenant's open incidents are capped on their own: a flood of new entities from
+    one tenant closes that tenant's oldest, never another tenant's open incident."""
+    from stream import incidents as incidents_mod
+
+    monkeypatch.setattr(incidents_mod, "MAX_OPEN_PER_TENANT", 5)
+    monkeypatch.setattr(incidents_mod, "MAX_OPEN", 8)
+    now = [1000.0]
+    inc = Incidents(window=3000, idle=600, clock=lambda: now[0])
+    _recs, victim = inc.add(_Outcome([0], [2], tenant="victim"), RecordColumns([{"src_ip": "v"}]))
+    inc.commit()
+    for k in range(40):  # 40 new attacker entities, one batch each
+        now[0] += 1
+        inc.add(_Outcome([0], [2], base=1000 + k, tenant="flood"),
+                RecordColumns([{"src_ip": f"e{k}"}]))
+        inc.commit()
+    open_by = {}
+    for (tenant, _entity) in inc.open:
+        open_by[tenant] = open_by.get(tenant, 0) + 1
+    # The cap holds at the start of each batch: its 5, plus the one this batch opened.
+    assert open_by == {"victim": 1, "flood": 6}
+    assert inc.open[("victim", "v")].incident_id == victim[0]

@@ -582,3 +582,19 @@ def test_mlflow_http_defaults_only_fill_what_the_user_left_unset() -> None:
     assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
     assert env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "0"
     assert env["MLFLOW_HTTP_POOL_MAXSIZE"] == "32"
+
+
+def test_made_up_tenants_cannot_push_a_served_tenants_canary_out() -> None:
+    from stream import models as models_mod
+
+    view = RegistryView({f"{BASE}_acme": "1"})
+    table = ModelTable(BASE, poller=lambda: view, loader=lambda n, v: None)  # type: ignore[arg-type,return-value]
+    try:
+        table._view = view
+        remember(table, event("acme"))
+        for k in range(models_mod.MAX_CANARY_TENANTS + 100):
+            remember(table, event(f"made-up-{k}"))
+        assert "acme" in table._canary_by_tenant
+        assert len(table._canary_by_tenant) == models_mod.MAX_CANARY_TENANTS
+    finally:
+        table.stop()

@@ -108,16 +108,108 @@ def hash_texts(list values):
     return out
 
 
-cdef inline uint64_t _fnv(uint64_t h, object s) except? 0:
+# ---- keyed hashing of state keys: SipHash-1-3 ---------------------------------------------
+#
+# A state key's slot is found by the hash of its text. An unkeyed hash (FNV) lets a sender
+# compute texts that collide with another tenant's keys and write its window state; a
+# keyed one with a secret key drawn per process (SipHash, as CPython hashes str) does not.
+# Hashes are never stored (the changelog names keys by their text), so a new key per
+# process costs nothing at restore.
+
+cdef uint64_t _K0 = 0, _K1 = 0
+
+
+def set_key(bytes key):
+    """The 16-byte secret key of state-key hashes (``stream.features.keys`` draws it)."""
+    global _K0, _K1
+    if len(key) != 16:
+        raise ValueError("the key is 16 bytes")
+    memcpy(&_K0, <const char*>key, 8)
+    memcpy(&_K1, <const char*>key + 8, 8)
+
+
+ctypedef struct Sip:
+    uint64_t v0, v1, v2, v3
+    uint64_t tail
+    uint64_t total
+
+
+cdef inline uint64_t _rotl(uint64_t x, int b) noexcept nogil:
+    return (x << b) | (x >> (64 - b))
+
+
+cdef inline void _round(Sip* s) noexcept nogil:
+    s.v0 += s.v1
+    s.v1 = _rotl(s.v1, 13)
+    s.v1 ^= s.v0
+    s.v0 = _rotl(s.v0, 32)
+    s.v2 += s.v3
+    s.v3 = _rotl(s.v3, 16)
+    s.v3 ^= s.v2
+    s.v0 += s.v3
+    s.v3 = _rotl(s.v3, 21)
+    s.v3 ^= s.v0
+    s.v2 += s.v1
+    s.v1 = _rotl(s.v1, 17)
+    s.v1 ^= s.v2
+    s.v2 = _rotl(s.v2, 32)
+
+
+cdef inline void _sip_init(Sip* s) noexcept nogil:
+    s.v0 = _K0 ^ 0x736f6d6570736575ULL
+    s.v1 = _K1 ^ 0x646f72616e646f6dULL
+    s.v2 = _K0 ^ 0x6c7967656e657261ULL
+    s.v3 = _K1 ^ 0x7465646279746573ULL
+    s.tail = 0
+    s.total = 0
+
+
+cdef inline void _sip_byte(Sip* s, uint8_t c) noexcept nogil:
+    s.tail |= (<uint64_t>c) << (8 * (s.total & 7))
+    s.total += 1
+    if (s.total & 7) == 0:
+        s.v3 ^= s.tail
+        _round(s)
+        s.v0 ^= s.tail
+        s.tail = 0
+
+
+cdef inline uint64_t _sip_final(Sip* s) noexcept nogil:
+    cdef uint64_t b = (s.total << 56) | s.tail
+    s.v3 ^= b
+    _round(s)
+    s.v0 ^= b
+    s.v2 ^= 0xff
+    _round(s)
+    _round(s)
+    _round(s)
+    return s.v0 ^ s.v1 ^ s.v2 ^ s.v3
+
+
+cdef inline int _sip_part(Sip* s, object part, bint escape) except -1:
+    """Feed a key part's text (what an f-string writes); ``escape``: a ``>`` or ``\\`` in
+    it is fed as ``\\>`` / ``\\\\`` (``stream.features.keys.escape``), so parts never
+    run into each other."""
     cdef Py_ssize_t n, i
     cdef const char* p
-    if not isinstance(s, str):
-        s = format(s, "")  # what an f-string writes
-    p = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef uint8_t c
+    if not isinstance(part, str):
+        part = format(part, "")
+    p = PyUnicode_AsUTF8AndSize(part, &n)
     for i in range(n):
-        h ^= <uint8_t>p[i]
-        h *= 0x100000001B3ULL
-    return h
+        c = <uint8_t>p[i]
+        if escape and (c == 62 or c == 92):
+            _sip_byte(s, 92)
+        _sip_byte(s, c)
+    return 0
+
+
+def key_hash(str text):
+    """The keyed 64-bit hash of a state key's text (already escaped)."""
+    cdef Sip s
+    _sip_init(&s)
+    _sip_part(&s, text, False)
+    return _sip_final(&s)
 
 
 ctypedef struct KEntry:
@@ -227,28 +319,35 @@ cdef class KeyIndex:
         """Slot (or -1) and key hash per row; the rows whose key is not in the index.
 
         ``prefix``: one text for every row or a list of one per row; ``a`` (and ``b``,
-        or None): the key's parts per row. Rows flagged ``bad`` get -1 and no hash.
+        or None): the key's parts per row. The hash is ``key_hash`` of the key's text
+        (``stream.features.keys.key_text``: the prefix, then the parts escaped and
+        joined by ``>``), fed part by part. Rows flagged ``bad`` get -1 and no hash.
         """
         cdef Py_ssize_t i, n = len(a)
         cdef list misses = []
         cdef list prefixes = prefix if isinstance(prefix, list) else None
         cdef list bl = b
-        cdef uint64_t h0 = 0, h
+        cdef Sip s0, s
+        cdef uint64_t h
         cdef int64_t slot
         if prefixes is None:
-            h0 = _fnv(0xCBF29CE484222325ULL, prefix)
+            _sip_init(&s0)
+            _sip_part(&s0, prefix, False)
         for i in range(n):
             if bad[i]:
                 out[i] = -1
                 hashes[i] = 0
                 continue
-            h = h0 if prefixes is None else _fnv(0xCBF29CE484222325ULL, prefixes[i])
-            h = _fnv(h, a[i])
+            if prefixes is None:
+                s = s0
+            else:
+                _sip_init(&s)
+                _sip_part(&s, prefixes[i], False)
+            _sip_part(&s, a[i], True)
             if bl is not None:
-                h ^= <uint8_t>62  # ">"
-                h *= 0x100000001B3ULL
-                h = _fnv(h, bl[i])
-            h = _mix(h)
+                _sip_byte(&s, 62)  # ">"
+                _sip_part(&s, bl[i], True)
+            h = _sip_final(&s)
             hashes[i] = h
             slot = self._get(h)
             out[i] = slot

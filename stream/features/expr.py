@@ -1205,9 +1205,26 @@ class _Compiler:
         return apply
 
 
+#: Deeper than any feature anyone writes, far from Python's recursion limit.
+MAX_NESTING: Final = 64
+
+
 def compile_expr(text: str) -> Compiled:
     """Parse and check one expression (SpecError with the position on any problem)."""
-    node = parse(text)
-    c = _Compiler(text)
-    root = c.numeric(node, root=True)
+    depth = deepest = 0
+    for ch in text:  # parentheses and brackets: a bound before any recursive walk
+        if ch in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise SpecError(f"the expression nests {deepest} levels deep (at most {MAX_NESTING})",
+                        position=1)
+    try:
+        node = parse(text)
+        c = _Compiler(text)
+        root = c.numeric(node, root=True)
+    except RecursionError:  # a long chain without parentheses (a + a + ... + a)
+        raise SpecError("the expression is too long to read", position=1) from None
     return Compiled(text, node, root, c.fields, c.fitted, c.windows)

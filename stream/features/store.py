@@ -46,7 +46,8 @@ import numpy as np
 
 from stream.features import state_codec
 from stream.features.columns import ColumnSource
-from stream.features.windows import SEP, _hash_text_py, _wincore, hash_text
+from stream.features.keys import key_hash, key_text
+from stream.features.windows import SEP, _wincore
 from stream.reasons import BAD_TIMESTAMP, OK
 
 #: Defaults: a minute's out-of-order tolerance is Zeek's habit; an hour covers every recipe window.
@@ -164,8 +165,9 @@ class SlotTable:
     Every window keyed the same way shares the table, so a batch looks each key
     up once, not once per window; each window's kernel keeps its state in arrays
     indexed by slot. Keys are found by the 64-bit hash of their text
-    (``_wincore.KeyIndex``, computed from the key's parts: the text is built only
-    for a new key, which the changelog names). Per slot: its key text, hash,
+    (``_wincore.KeyIndex``: SipHash with a per-process secret, computed from the key's
+    parts, ``stream.features.keys``; the text is built only for a new key, which the
+    changelog names). Per slot: its key text, hash,
     scope and clock, its newest event time (the TTL reads it), when it was last updated
     (``touch``: LRU eviction reads it) and, when the store tracks changes,
     whether it changed since the last take.
@@ -178,6 +180,9 @@ class SlotTable:
         self.free: list[int] = []
         self.kernels: list[tuple[str, Any]] = []  # (signature, kernel) of each window on it
         self.track = track
+        # Bytes of the key texts held, counted as they come and go (a sample of the last
+        # few would let long keys hide behind short ones from the memory cap).
+        self.key_bytes = 0
         self._no_slots()
 
     def _no_slots(self) -> None:
@@ -214,6 +219,7 @@ class SlotTable:
         keys = self.keys
         for slot, k in zip(slots.tolist(), ikeys, strict=True):
             keys[slot] = k
+        self.key_bytes += sum(map(sys.getsizeof, ikeys))
         self.index.insert(hashes, slots)
         self.hash_of[slots] = hashes
         self.scope_of[slots] = scopes
@@ -247,7 +253,8 @@ class SlotTable:
               scopes: np.ndarray, clocks: np.ndarray) -> np.ndarray:
         """The slot of each row's key (allocated when new); -1 where ``bad``.
 
-        A row's key text is its prefix then its parts joined by ``>``.
+        A row's key text is its prefix then its parts, escaped, joined by ``>``
+        (``keys.key_text``).
         """
         n = len(parts[0])
         out = np.empty(n, dtype=np.int32)
@@ -263,9 +270,9 @@ class SlotTable:
             rows = list(first.values())
             pre = [prefix] * len(rows) if isinstance(prefix, str) else [prefix[i] for i in rows]
             if b is None:
-                texts = [f"{p}{a[i]}" for p, i in zip(pre, rows, strict=True)]
+                texts = [key_text(p, a[i]) for p, i in zip(pre, rows, strict=True)]
             else:
-                texts = [f"{p}{a[i]}>{b[i]}" for p, i in zip(pre, rows, strict=True)]
+                texts = [key_text(p, a[i], b[i], True) for p, i in zip(pre, rows, strict=True)]
             new = self._alloc_many(texts, np.array(list(first), dtype=np.uint64),
                                    scopes[rows], clocks[rows])
             slot_of = dict(zip(first, new.tolist(), strict=True))
@@ -276,7 +283,7 @@ class SlotTable:
         """The slot of a state key of scope ``sc``; allocated on clock ``clock`` when new
         (-1: not allocated, -1 returned)."""
         ikey = f"{sc}{_SCOPE_SEP}{key}"
-        h = hash_text(ikey)
+        h = key_hash(ikey)
         slot = int(self.index.get(h))
         if slot < 0 and clock >= 0:
             slot = int(self._alloc_many([ikey], np.array([h], dtype=np.uint64),
@@ -289,6 +296,9 @@ class SlotTable:
         self.index.remove(np.ascontiguousarray(self.hash_of[slots]))
         keys, free = self.keys, self.free
         for slot in slots.tolist():
+            k = keys[slot]
+            if k is not None:
+                self.key_bytes -= sys.getsizeof(k)
             keys[slot] = None
             free.append(slot)
         self.inuse[slots] = 0
@@ -336,11 +346,9 @@ class SlotTable:
         return np.flatnonzero(self.inuse[:n].astype(bool) & (self.scope_of[:n] == sc))
 
     def nbytes(self) -> int:
-        """Bytes of the index, the key texts and the per-slot arrays (the texts sampled)."""
-        keys = [k for k in self.keys[-64:] if k is not None]
-        per_key = sum(map(sys.getsizeof, keys)) / len(keys) if keys else 0.0
+        """Bytes of the index, the key texts (each counted) and the per-slot arrays."""
         arrays = sum(a.nbytes for a in self._arrays())
-        return int(self.index.nbytes() + 8 * len(self.keys) + per_key * self.used + arrays)
+        return int(self.index.nbytes() + 8 * len(self.keys) + self.key_bytes + arrays)
 
 
 class PyKeyIndex:
@@ -376,7 +384,7 @@ class PyKeyIndex:
                 hashes[i] = 0
                 continue
             p = prefix if isinstance(prefix, str) else prefix[i]
-            h = _hash_text_py(f"{p}{a[i]}" if b is None else f"{p}{a[i]}>{b[i]}")
+            h = key_hash(key_text(p, a[i], None if b is None else b[i], b is not None))
             hashes[i] = h
             out[i] = self.map.get(h, -1)
             if out[i] < 0:

@@ -139,6 +139,7 @@ def check_trusted(mlmodel: Any, source: str, extra: Sequence[str] = ()) -> None:
             f"{source}: serialized with {fmt!r}; only skops models are loaded "
             "(pickle could run arbitrary code)"
         )
+    model_file(mlmodel, source)
     asked = set(flavor.get("skops_trusted_types") or [])
     outside = asked - set(TRUSTED_TYPES) - set(extra)
     if outside:
@@ -146,6 +147,18 @@ def check_trusted(mlmodel: Any, source: str, extra: Sequence[str] = ()) -> None:
             f"{source}: asks to trust types outside the allow-list: {sorted(outside)} "
             "(add one with --trust-type only if you know it is safe)"
         )
+
+
+def model_file(mlmodel: Any, source: str) -> str:
+    """The model file the sklearn flavor names, as a plain name inside the model directory;
+    ModelLoadError for a path that leads anywhere else (``../``, an absolute path)."""
+    name = str(mlmodel.flavors["sklearn"].get("pickled_model") or "model.skops")
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name or \
+            any(p.startswith("~") for p in parts):
+        raise ModelLoadError(f"{source}: its model file {name[:100]!r} is not inside the "
+                             "model's directory")
+    return name
 
 
 def model_spec(mlmodel: Any, source: str) -> tuple[FeatureSpec, np.ndarray]:
@@ -203,6 +216,7 @@ def load_version(
                 if model is not None:
                     return model
             local = _download(location, uri, tmp)
+            registered = shipped.registered_hashes(client(uri), name, version)
         except ModelLoadError:
             raise  # the kept copy itself is refused: not a download failure
         except Exception as e:
@@ -219,7 +233,7 @@ def load_version(
         # store's copy, else downloaded again then (not kept on disk meanwhile: 256 cached
         # tenant models would hold their files in the temporary directory).
         model = load_shipped(local, name, version, trusted=trusted, t0=t0,
-                             later=kept or (location, uri))
+                             later=kept or (location, uri), registered=registered)
         if model is None:
             model = load_directory(local, name, version, trusted=trusted, t0=t0)
         if store is not None:
@@ -232,6 +246,7 @@ def load_version(
 def load_shipped(
     local: Path, name: str, version: str, *, trusted: Sequence[str] = (),
     t0: float | None = None, later: Path | tuple[str, str] | None = None,
+    registered: str | None = None,
 ) -> LoadedModel | None:
     """A downloaded version served by the scorer its trainer shipped and proved
     (``stream.registry.shipped``), once it proves identical here too; None otherwise.
@@ -239,14 +254,15 @@ def load_shipped(
     The same checks of its MLmodel as a full load; no sklearn or skops import. The
     estimator is loaded when first asked for, from ``later``: a directory that stays
     (the model store's copy), or (location, tracking URI) to download it again;
-    by default from ``local``.
+    by default from ``local``. ``registered``: the scorer's hashes as the registry holds
+    them for the version (``shipped.TAG``; "" when it holds none); None when there is no
+    registry to ask (a directory the caller vouches for).
     """
     t0 = time.perf_counter() if t0 is None else t0
     source = f"models:/{name}/{version}"
     mlmodel, spec, thresholds = _checked(read_mlmodel(local), source, trusted)
-    model_file = str(mlmodel.flavors["sklearn"].get("pickled_model") or "model.skops")
     deferred = _Deferred(local if later is None else later, name, version, trusted)
-    found = shipped.read(local, model_file, deferred, source)
+    found = shipped.read(local, model_file(mlmodel, source), deferred, source, registered)
     if found is None:
         return None
     scorer, estimator_name = found

@@ -11,9 +11,14 @@ and logs two more files into the version's MLflow model directory:
 - ``stream-scorer.json``: format, the SHA-256 of the arrays file and of the
   model file it was proved against (``model.skops``), and the estimator's name.
 
-A consumer that downloads the version checks both hashes, rebuilds the scorer
-from the arrays and scores ``proof_X``: only when the result is bit-identical to
-``proof_scores`` does it serve the version from them, without importing
+The two hashes are also set on the model version in the registry (tag
+``stream.scorer``: ``ARRAYS_SHA256:MODEL_SHA256``), which is not the artifact store:
+whoever can change the files of a version (a bucket, a shared disk) cannot change
+what the registry says they were. A consumer that downloads the version checks the
+files against both the registry's hashes and the JSON's, rebuilds the scorer from
+the arrays (every index, size and depth checked first: ``scoring._checked_parts``)
+and scores ``proof_X``: only when the result is bit-identical to ``proof_scores``
+does it serve the version from them, without importing
 scikit-learn or skops (about 1.5 s of a first start, and the deserialisation of
 every model). So the load-time identity check still runs on the consumer's
 machine and build, against ``decision_function``'s output as the trainer computed
@@ -45,6 +50,8 @@ FORMAT: Final = 1
 #: Training rows the proof keeps (with the scorer's own probes): enough to reach
 #: every tree's deep leaves many times over, small next to the trees (~0.1 MB).
 PROOF_ROWS: Final = 1024
+#: More proof rows than a trainer writes (PROOF_ROWS, its probes): not a trainer's file.
+MAX_PROOF_ROWS: Final = 4 * PROOF_ROWS
 
 
 def _sha256(data: bytes) -> str:
@@ -78,9 +85,28 @@ def write(pipeline: Any, X: np.ndarray, model_file: bytes, dest: Path) -> bool:
     return True
 
 
-def read(local: Path, model_file: str, fallback: Any, source: str) -> tuple[Scorer, str] | None:
+#: The model version tag holding the shipped files' hashes (set by the trainer).
+TAG: Final = "stream.scorer"
+
+
+def registered_hashes(client: Any, name: str, version: str) -> str:
+    """The version's ``TAG`` in the registry ("" when it has none)."""
+    tags = getattr(client.get_model_version(name, version), "tags", None) or {}
+    return str(tags.get(TAG, ""))
+
+
+def register_hashes(client: Any, name: str, version: str, meta: dict[str, Any]) -> None:
+    client.set_model_version_tag(name, version, TAG,
+                                 f"{meta['arrays_sha256']}:{meta['model_sha256']}")
+
+
+def read(local: Path, model_file: str, fallback: Any, source: str,
+         registered: str | None = None) -> tuple[Scorer, str] | None:
     """The shipped scorer of the model directory ``local`` once it proves identical here,
-    with the estimator's name; None (and why, in the log) when it does not."""
+    with the estimator's name; None (and why, in the log) when it does not.
+
+    ``registered``: the hashes the registry holds for the version ("" for none: then the
+    files are not trusted); None when no registry vouches (a local directory)."""
     if scoring.compiled_forest is None:
         return None  # no compiled walk here: the model loads (stream.scoring says so once)
     try:
@@ -90,7 +116,14 @@ def read(local: Path, model_file: str, fallback: Any, source: str) -> tuple[Scor
     except (OSError, ValueError) as e:
         log.warning("%s: its shipped scorer is unreadable (%s); loading the model", source, e)
         return None
+    if registered == "":
+        log.info("%s: the registry holds no hashes of its shipped scorer (trained before "
+                 "they were registered): loading the model", source)
+        return None
     data, why = _checked(local, meta, model_file)
+    if why is None and registered is not None and isinstance(meta, dict) and registered != \
+            f"{meta.get('arrays_sha256')}:{meta.get('model_sha256')}":
+        why = "its files are not the ones the registry holds the hashes of"
     scorer, why = _proved(data, fallback) if why is None else (None, why)
     if scorer is not None:
         return scorer, str(meta.get("estimator", "IsolationForest"))
@@ -105,9 +138,14 @@ def _proved(data: bytes, fallback: Any) -> tuple[Scorer | None, str]:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             parts = {k: z[k] for k in z.files}
         proof_X, proof_scores = parts.pop("proof_X"), parts.pop("proof_scores")
+        if proof_X.ndim != 2 or len(proof_X) > MAX_PROOF_ROWS or proof_scores.shape != (
+                len(proof_X),) or proof_X.dtype.kind != "f" or proof_scores.dtype.kind != "f":
+            return None, "its proof rows are not what a trainer writes"
         scorer = compiled_scorer(parts, fallback)
         if scorer is None:
             return None, "its arrays do not rebuild the compiled scorer"
+        if proof_X.shape[1] != int(parts["constants"][2]):
+            return None, "its proof rows have another number of inputs"
         if not np.array_equal(scorer(proof_X), proof_scores):
             return None, "it is not identical to decision_function on its proof rows"
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:

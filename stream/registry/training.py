@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stream.baseline import Baseline
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
@@ -360,7 +361,7 @@ def log_pipeline(
                     }
                 },
             )
-        _ship_scorer(pipeline, X, info, uri)
+        _ship_scorer(pipeline, X, info, uri, registered)
         run_id = run.info.run_id
     version = str(info.registered_model_version)
     return TrainResult(
@@ -373,7 +374,7 @@ def log_pipeline(
     )
 
 
-def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str) -> None:
+def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str, registered: str) -> None:
     """Log the proved compiled scorer into the version's model directory
     (``stream.registry.shipped``), so a consumer serves it without loading sklearn.
 
@@ -393,6 +394,11 @@ def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str) -> None:
             out.mkdir()
             if shipped.write(pipeline, X, Path(saved).read_bytes(), out):
                 client(uri).log_model_artifacts(info.model_id, str(out))
+                if registered:
+                    # The hashes in the registry too: files alone could be rewritten.
+                    meta = orjson.loads((out / shipped.META).read_bytes())
+                    shipped.register_hashes(client(uri), registered,
+                                            str(info.registered_model_version), meta)
     except Exception as e:  # the model is registered and serves either way
         log.warning("the compiled scorer was not shipped with the model (%s); consumers "
                     "will load it with scikit-learn", brief(e))
