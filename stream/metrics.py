@@ -462,7 +462,7 @@ class _Server(ThreadingHTTPServer):
     health: HealthServer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # Set before the bind: a port in use makes the base class call server_close().
         self._pool = ThreadPoolExecutor(SERVER_THREADS, thread_name_prefix="stream-health")
         self._waiting = 0
         self._count = threading.Lock()
@@ -470,6 +470,7 @@ class _Server(ThreadingHTTPServer):
         self._idle_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        super().__init__(*args, **kwargs)
         threading.Thread(target=self._watch_idle, name="stream-health-idle",
                          daemon=True).start()
 

@@ -256,6 +256,13 @@ def test_field_absent_from_every_training_record() -> None:
     e = spec_error([("p", "freq(flags)")], fit_on=[{"flags": None}, {}])
     assert "field 'flags' is absent" in str(e)
     FeatureSpec.parse([("p", "freq(proto)")]).fit(RecordColumns(train))
+    # optional(): a field some sensors never send, said so; read elsewhere plainly, checked.
+    spec = FeatureSpec.parse([("s", 'rarity(optional(conn_state, "none"))'),
+                              ("n", "optional(orig_bytes, 0) + 1")]).fit(RecordColumns(train))
+    assert spec.compute(RecordColumns(train)).X.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    e = spec_error([("s", 'rarity(optional(conn_state, "none"))'), ("t", "is(conn_state, 'SF')")],
+                   fit_on=train)
+    assert "field 'conn_state' is absent" in str(e)
 
 
 def test_fit_errors() -> None:
@@ -582,6 +589,42 @@ def test_freq_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "kept the 2 most frequent" in spec.describe()
 
 
+def test_rarity_is_log_scaled_and_knows_the_training_size() -> None:
+    """-log((count + 1) / (N + 1)): 0-ish for the common value, log(N + 1) for an unseen
+    one, whatever N is (no constant picked by hand)."""
+    train = [{"port": p, "ip": ip} for p, ip in
+             [(443, "a")] * 6 + [(80, "a")] * 3 + [(22, "b")]]
+    spec = FeatureSpec.parse([("rp", "rarity(port)"), ("pair", "rarity(ip, port)"),
+                              ("fpair", "freq(ip, port)")]).fit(RecordColumns(train))
+    out = spec.compute(RecordColumns([{"port": 443, "ip": "a"}, {"port": 22, "ip": "a"},
+                                      {"port": 8080, "ip": "a"}, {"port": 22, "ip": "b"}]))
+    np.testing.assert_allclose(out.X[:, 0], [np.log(11 / 7), np.log(11 / 2), np.log(11),
+                                             np.log(11 / 2)])
+    # The pair counts the tuple: (a, 22) was never seen though both values were.
+    np.testing.assert_allclose(out.X[:, 1], [np.log(11 / 7), np.log(11), np.log(11),
+                                             np.log(11 / 2)])
+    assert out.X[:, 2].tolist() == [0.6, 0.0, 0.0, 0.1]
+    again = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert np.array_equal(again.compute(RecordColumns(train)).X,
+                          spec.compute(RecordColumns(train)).X)
+
+
+def test_prevalence_is_the_share_of_hosts_that_talked_to_a_destination() -> None:
+    train = ([{"src": h, "dst": "dns"} for h in "abcd"] + [{"src": "a", "dst": "c2"}] * 20
+             + [{"src": "b", "dst": "web"}, {"src": "c", "dst": "web"}])
+    spec = FeatureSpec.parse([("p", "prevalence(dst, by=src)")]).fit(RecordColumns(train))
+    out = spec.compute(RecordColumns([{"src": "z", "dst": d} for d in
+                                      ("dns", "web", "c2", "new")]))
+    # Twenty flows from one host are still one host of four.
+    assert out.X[:, 0].tolist() == [1.0, 0.5, 0.25, 0.0]
+    assert "learned from 4 hosts" in spec.describe()
+    again = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again.compute(RecordColumns(train)).X.tolist() == \
+        spec.compute(RecordColumns(train)).X.tolist()
+    with pytest.raises(SpecError, match="needs by=FIELD"):
+        FeatureSpec.parse([("p", "prevalence(dst)")])
+
+
 def test_freq_in_arithmetic() -> None:
     train = [{"p": 1}, {"p": 1}, {"p": 2}, {"p": 3}]
     spec = FeatureSpec.parse([("r", "-log(freq(p) + 0.01)")]).fit(RecordColumns(train))
@@ -850,6 +893,7 @@ def test_registry_is_the_extension_point() -> None:
     assert set(fexpr.FUNCTIONS) == {
         "log", "log1p", "sqrt", "abs", "min", "max", "clip", "fill", "add", "is", "onehot", "freq",
         "count", "sum", "mean", "std", "distinct", "interval_mean", "interval_std",
+        "rarity", "prevalence", "since", "beacon", "spread", "optional",
     }  # fmt: skip
 
     class Double(fexpr.Function):

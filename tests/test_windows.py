@@ -48,6 +48,23 @@ def reference(fn: str, events: list[dict[str, Any]], *, by: str, span: float, de
         v = e[value] if value else 0.0
         h = hist.setdefault(key, [])
         h.append((t, v))
+        if fn == "since":
+            before = [a for a, _ in h[:-1] if a > t - span]
+            out.append(min(t - before[-1], span) if before else span)
+            continue
+        if fn == "spread":
+            inside = [(a, x) for a, x in h if a > t - span][-32:]
+            out.append(float(len({x for _, x in inside})))
+            continue
+        if fn == "beacon":
+            inside = [(a, x) for a, x in h if a > t - span][-32:]
+            if len(inside) < 4:
+                out.append(0.0)
+                continue
+            times = [a for a, _ in inside]
+            gaps = [times[k + 1] - times[k] for k in range(len(times) - 1)]
+            out.append((_rita(gaps) + _rita([x for _, x in inside])) / 2)
+            continue
         if fn in ("interval_mean", "interval_std"):
             times = [a for a, _ in h]
             if decay:
@@ -96,6 +113,17 @@ def reference(fn: str, events: list[dict[str, Any]], *, by: str, span: float, de
     return out
 
 
+def _rita(x: list[float]) -> float:
+    """RITA's regularity of a series: mean of 1 - |Bowley skew| and (median - MAD) / median,
+    from numpy's quartiles (linear interpolation); skew 0 where a quartile meets the
+    median or the quartiles meet."""
+    q1, q2, q3 = np.percentile(x, [25, 50, 75])
+    skew = (q1 + q3 - 2 * q2) / (q3 - q1) if q3 > q1 and q2 not in (q1, q3) else 0.0
+    mad = float(np.median(np.abs(np.asarray(x) - q2)))
+    mad_score = max((q2 - mad) / q2, 0.0) if q2 > 0 else 0.0
+    return (max(1 - abs(skew), 0.0) + mad_score) / 2
+
+
 def events_of(times: list[float], keys: list[str], values: list[float]) -> list[dict[str, Any]]:
     return [
         {"timestamp": t, "src": k, "dst": f"d{int(v) % 4}", "x": v}
@@ -117,6 +145,9 @@ CASES = [
     ("interval_mean", None, "decay=5s", True, 5.0),
     ("interval_std", None, "window=10s", False, 10.0),
     ("interval_std", None, "decay=5s", True, 5.0),
+    ("since", None, "window=6s", False, 6.0),
+    ("beacon", "x", "window=12s", False, 12.0),
+    ("spread", "dst", "window=8s", False, 8.0),
 ]
 
 
@@ -135,6 +166,33 @@ def test_each_function_matches_the_reference(fn, arg, span, decay, secs) -> None
     got = spec.compute(RecordColumns(events)).X[:, 0]
     want = reference(fn, events, by="src", span=secs, decay=decay, value=arg)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_beacons_score_near_one_and_jittered_traffic_lower() -> None:
+    """A check-in every 60 s of 300 bytes scores 1 once four are seen; the same host's
+    browsing (random gaps and sizes) scores lower; since() reads the gap."""
+    rng = np.random.default_rng(5)
+    regular = [{"timestamp": 60.0 * i, "src": "bot", "dst": "c2", "x": 300.0}
+               for i in range(12)]
+    browsing = [{"timestamp": float(t), "src": "pc", "dst": "web", "x": float(x)}
+                for t, x in zip(np.cumsum(rng.exponential(60.0, 12)),
+                                rng.lognormal(8, 1.5, 12), strict=True)]
+    events = sorted(regular + browsing, key=lambda e: e["timestamp"])
+    spec = FeatureSpec.parse([("b", "beacon(x, by=src>dst, window=1h)"),
+                              ("s", "since(by=src>dst, window=1d)")])
+    X = spec.compute(RecordColumns(events)).X
+    bot = np.array([e["src"] == "bot" for e in events])
+    assert X[bot, 0].tolist() == [0.0] * 3 + [1.0] * 9
+    assert X[~bot, 0][3:].max() < 0.9
+    assert X[bot, 1].tolist() == [86400.0] + [60.0] * 11
+    # spread(): distinct values among the last 32 events, not growing past them.
+    scan = [{"timestamp": 0.01 * i, "src": "scanner", "dst": f"port{i}", "x": 60.0}
+            for i in range(100)] + [{"timestamp": 2.0, "src": "scanner", "dst": "port0",
+                                     "x": 60.0}]
+    spec = FeatureSpec.parse([("s", "spread(dst, by=src, window=1m)")])
+    assert spec.compute(RecordColumns(scan)).X[:, 0].tolist() == \
+        [float(min(i + 1, 32)) for i in range(100)] + [32.0]
+    assert spec.compute(RecordColumns(regular)).X[:, 0].tolist() == [1.0] * 12
 
 
 def test_hand_checked_values() -> None:

@@ -37,9 +37,16 @@ cdef enum:
     K_DISTINCT = 4
     K_IMEAN = 5
     K_ISTD = 6
+    K_SINCE = 7
+    K_BEACON = 8
+    K_SPREAD = 9
+    # Events a beacon window keeps per key (the most recent): its quartiles and medians
+    # are exact over them, at a bounded cost per event.
+    BEACON_N = 32
 
 KINDS = {"count": K_COUNT, "sum": K_SUM, "mean": K_MEAN, "std": K_STD,
-         "distinct": K_DISTINCT, "interval_mean": K_IMEAN, "interval_std": K_ISTD}
+         "distinct": K_DISTINCT, "interval_mean": K_IMEAN, "interval_std": K_ISTD,
+         "since": K_SINCE, "beacon": K_BEACON, "spread": K_SPREAD}
 
 
 ctypedef union Val:
@@ -754,6 +761,94 @@ cdef class Kernel:
             return self.span
         return _finish(K_MEAN if self.kind == K_IMEAN else K_STD, n, s, q)
 
+    cdef double _since(self, int64_t i, double t, bint push) noexcept nogil:
+        """Seconds since the key's previous event, at most the window (the window for a
+        key never seen, or not within it)."""
+        cdef double val
+        if self.last[i] == -INFINITY:
+            val = self.span
+        else:
+            val = t - self.last[i] if t > self.last[i] else 0.0
+            if val > self.span:
+                val = self.span
+        if push and t > self.last[i]:
+            self.last[i] = t
+        return val
+
+    cdef double _beacon(self, int64_t i, double t, double v, bint push) except? -1.0:
+        """The key's regularity over its last ``BEACON_N`` events in the window: the mean
+        of RITA's timestamp and data size scores (``_regularity`` of the gaps and of the
+        sizes); 0 before four events."""
+        cdef Ring* r = &self.rings[i]
+        cdef double times[BEACON_N]
+        cdef double sizes[BEACON_N]
+        cdef double lo
+        cdef Ev* e
+        cdef Val x
+        cdef int32_t k, m = 0, start
+        if t < self.last[i]:
+            t = self.last[i]
+        lo = t - self.param
+        if push:
+            while r.n and (_at(r, 0).t <= lo or r.n >= BEACON_N):
+                r.head = (r.head + 1) & (r.cap - 1)
+                r.n -= 1
+            x.d = v
+            self._push(r, t, x)
+            self.last[i] = t
+            for k in range(r.n):
+                e = _at(r, k)
+                times[k] = e.t
+                sizes[k] = e.v.d
+            return _beacon_score(times, sizes, r.n)
+        start = 0
+        for k in range(r.n):  # the events a push would keep, then this one
+            if _at(r, k).t <= lo:
+                start = k + 1
+        if r.n - start > BEACON_N - 1:
+            start = r.n - (BEACON_N - 1)
+        for k in range(start, r.n):
+            e = _at(r, k)
+            times[m] = e.t
+            sizes[m] = e.v.d
+            m += 1
+        times[m] = t
+        sizes[m] = v
+        return _beacon_score(times, sizes, m + 1)
+
+    cdef double _spread(self, int64_t i, double t, uint64_t h, bint push) except? -1.0:
+        """Distinct value hashes among the key's last ``BEACON_N`` events in the window,
+        this one included (1 to ``BEACON_N``)."""
+        cdef Ring* r = &self.rings[i]
+        cdef uint64_t seen[BEACON_N]
+        cdef double lo
+        cdef Val x
+        cdef int32_t k, m = 0, start
+        if t < self.last[i]:
+            t = self.last[i]
+        lo = t - self.param
+        if push:
+            while r.n and (_at(r, 0).t <= lo or r.n >= BEACON_N):
+                r.head = (r.head + 1) & (r.cap - 1)
+                r.n -= 1
+            x.u = h
+            self._push(r, t, x)
+            self.last[i] = t
+            for k in range(r.n):
+                seen[k] = _at(r, k).v.u
+            return _count_distinct(seen, r.n)
+        start = 0
+        for k in range(r.n):  # the events a push would keep, then this one
+            if _at(r, k).t <= lo:
+                start = k + 1
+        if r.n - start > BEACON_N - 1:
+            start = r.n - (BEACON_N - 1)
+        for k in range(start, r.n):
+            seen[m] = _at(r, k).v.u
+            m += 1
+        seen[m] = h
+        return _count_distinct(seen, m + 1)
+
     # ---- the batch --------------------------------------------------------------------
 
     def run(self, const int32_t[::1] slots, const double[::1] times, const double[::1] vals,
@@ -786,13 +881,20 @@ cdef class Kernel:
             t = times[j]
             p = push[j]
             v = vals[j] if has_vals else 0.0
-            if self.alive[i] and (self.olast[i] if kind >= K_IMEAN else self.last[i]) < expire[j]:
+            if self.alive[i] and (self.olast[i] if kind == K_IMEAN or kind == K_ISTD
+                                  else self.last[i]) < expire[j]:
                 if not p:
                     out[j] = _alone(kind, v, self.span)
                     continue
                 self._release(i)
             if kind == K_DISTINCT:
                 out[j] = self._distinct(i, t, hashes[j], p)
+            elif kind == K_SINCE:
+                out[j] = self._since(i, t, p)
+            elif kind == K_BEACON:
+                out[j] = self._beacon(i, t, v, p)
+            elif kind == K_SPREAD:
+                out[j] = self._spread(i, t, hashes[j], p)
             elif kind >= K_IMEAN:
                 out[j] = self._interval(i, t, p)
             else:
@@ -951,8 +1053,14 @@ cdef class Kernel:
         else:
             inner = [self.last[i], self.s[i], self.q[i], bool(self.sat[i]), times,
                      [_at(r, k).v.d for k in range(r.n)]]
-        if self.kind >= K_IMEAN:
+        if self.kind == K_IMEAN or self.kind == K_ISTD:
             return ["_Intervals", [self.olast[i], bool(self.damped), inner, self.seen[i]]]
+        if self.kind == K_SINCE:
+            return ["_Since", [self.last[i]]]
+        if self.kind == K_BEACON:
+            return ["_Beacon", [self.last[i], times, [_at(r, k).v.d for k in range(r.n)]]]
+        if self.kind == K_SPREAD:
+            return ["_Spread", [self.last[i], times, [_at(r, k).v.u for k in range(r.n)]]]
         return ["_Damped" if self.damped else "_Exact", inner]
 
     def load(self, int64_t i, list dumped):
@@ -967,7 +1075,19 @@ cdef class Kernel:
             self.olast[i] = _time(body[0])
             self.seen[i] = int(body[3])
             body = body[2]
-        if tag in ("_Distinct", "_DistinctH"):
+        if tag == "_Since":
+            self.last[i] = _time(body[0])
+        elif tag == "_Beacon":
+            self.last[i] = _time(body[0])
+            for t, v in zip(body[1], body[2]):
+                x.d = float(v)
+                self._push(r, float(t), x)
+        elif tag == "_Spread":
+            self.last[i] = _time(body[0])
+            for t, v in zip(body[1], body[2]):
+                x.u = v
+                self._push(r, float(t), x)
+        elif tag in ("_Distinct", "_DistinctH"):
             self.last[i], self.sat[i] = _time(body[0]), bool(body[1])
             for t, v in zip(body[2], body[3]):
                 x.u = v if tag == "_DistinctH" else hash_text(v)
@@ -1052,11 +1172,82 @@ cdef const char* MAGIC = b"SW1L"  # window states, format 1, little-endian
 
 cdef inline double _alone(int kind, double v, double span) noexcept nogil:
     # The value of an event that meets no state (the Python classes' fresh state, peeked).
-    if kind == K_DISTINCT:
+    if kind == K_DISTINCT or kind == K_SPREAD:
         return 1.0
+    if kind == K_BEACON:
+        return 0.0
     if kind >= K_IMEAN:
         return span
     return _finish(kind, 1.0, v, v * v)
+
+
+cdef inline double _quantile(const double* x, int32_t n, double q) noexcept nogil:
+    # Linear between the order statistics (numpy's default), of sorted x[0:n].
+    cdef double pos = q * (n - 1)
+    cdef int32_t lo = <int32_t>pos
+    cdef int32_t hi = lo + 1 if lo + 1 < n else lo
+    return x[lo] + (x[hi] - x[lo]) * (pos - lo)
+
+
+cdef inline void _sort(double* x, int32_t n) noexcept nogil:
+    cdef int32_t a, b
+    cdef double key
+    for a in range(1, n):  # insertion sort: n is at most BEACON_N
+        key = x[a]
+        b = a - 1
+        while b >= 0 and x[b] > key:
+            x[b + 1] = x[b]
+            b -= 1
+        x[b + 1] = key
+
+
+cdef double _regularity(const double* values, int32_t n) noexcept nogil:
+    """RITA's statistical score of a series: the mean of 1 - |Bowley skew| and
+    (median - MAD) / median, each in [0, 1] (1: perfectly regular)."""
+    cdef double x[BEACON_N]
+    cdef double dev[BEACON_N]
+    cdef double q1, q2, q3, den, skew = 0.0, skew_score, mad, mad_score = 0.0
+    cdef int32_t k
+    for k in range(n):
+        x[k] = values[k]
+    _sort(x, n)
+    q1 = _quantile(x, n, 0.25)
+    q2 = _quantile(x, n, 0.5)
+    q3 = _quantile(x, n, 0.75)
+    den = q3 - q1
+    if den > 0.0 and q2 != q1 and q2 != q3:
+        skew = (q1 + q3 - 2.0 * q2) / den
+    skew_score = 1.0 - (skew if skew >= 0.0 else -skew)
+    if skew_score < 0.0:
+        skew_score = 0.0
+    for k in range(n):
+        dev[k] = x[k] - q2 if x[k] >= q2 else q2 - x[k]
+    _sort(dev, n)
+    mad = _quantile(dev, n, 0.5)
+    if q2 > 0.0:
+        mad_score = (q2 - mad) / q2
+        if mad_score < 0.0:
+            mad_score = 0.0
+    return (skew_score + mad_score) / 2.0
+
+
+cdef double _count_distinct(uint64_t* x, int32_t n) noexcept nogil:
+    cdef int32_t k, c = 1 if n else 0
+    qsort(x, n, sizeof(uint64_t), _cmp_u64)
+    for k in range(1, n):
+        if x[k] != x[k - 1]:
+            c += 1
+    return c
+
+
+cdef double _beacon_score(const double* times, const double* sizes, int32_t n) noexcept nogil:
+    cdef double gaps[BEACON_N]
+    cdef int32_t k
+    if n < 4:
+        return 0.0
+    for k in range(n - 1):
+        gaps[k] = times[k + 1] - times[k]
+    return (_regularity(gaps, n - 1) + _regularity(sizes, n)) / 2.0
 
 
 cdef inline double _finish(int kind, double n, double s, double q) noexcept nogil:

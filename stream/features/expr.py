@@ -426,6 +426,10 @@ class EvalContext:
         self.source = source
         self.n = source.n
         self.learned: Sequence[Any] = ()
+        # The rows are the records the spec was fitted on: counted tables (freq, rarity)
+        # leave each row's own count out, so that training sees a value it alone had as
+        # new, as the stream will see values the training never had (leave-one-out).
+        self.leave_own_out = False
         # The batch's event times, scopes and state store, for window functions.
         self.windows: Any = None
         self._num: dict[str, Col] = {}
@@ -796,6 +800,19 @@ class _Fill(Function):
 
 
 @register
+class _Optional(_Fill):
+    """``optional(field, value)``: as ``fill``, for a field that some sensors never send
+    (Zeek's ``conn_state`` and ``service``, absent from goflow2 or NetFlow records).
+
+    ``fill`` around a field that no training record has is an error (almost always a
+    misspelt name); ``optional`` says that its absence is expected: the feature is then
+    the value for every record, a constant that the detector learns carries nothing.
+    """
+
+    name = "optional"
+
+
+@register
 class _Add(Function):
     """``add(a, b, ...)``: the sum of the parts that are set; missing only if all are."""
 
@@ -946,24 +963,41 @@ class _OneHot(Function):
 FREQ_TABLE_MAX: Final = 100_000
 
 
+def _shown(value: str) -> str:
+    """A learned value as the describe text shows it (a tuple's parts joined by ``|``)."""
+    return str(value).replace("\x1f", "|")
+
+
+def _joined(cats: Sequence[Cat]) -> Cat:
+    """Several categorical columns as one, their values joined per row (a tuple key)."""
+    if len(cats) == 1:
+        return cats[0]
+    codes = merge_codes(*(c.codes for c in cats))
+    values = np.array(["\x1f".join(map(str, t)) for t in zip(*(c.values for c in cats),
+                                                              strict=True)], dtype=object)
+    return Cat(values, codes)
+
+
 @register
 class _Freq(Function):
-    """``freq(field)``: the share of training values equal to this row's value.
+    """``freq(field, ...)``: the share of training values equal to this row's value.
 
-    Learned at fit time over the training records where the field has a value;
-    a value never seen in training scores 0.0, which is the signal for
-    high-cardinality fields (ports, hosts). The table keeps the
-    ``FREQ_TABLE_MAX`` (100,000) most frequent values, so that a spec stays a
-    few MB however many distinct hosts the training data had; a value beyond
-    the cap is rarer than every kept one and scores 0.0 like an unseen one.
+    Learned at fit time over the training records where the fields have a value;
+    several fields count their values together (``freq(dst_ip, dst_port)``: the
+    share of training flows to that address and port). A value never seen in
+    training scores 0.0, which is the signal for high-cardinality fields (ports,
+    hosts). The table keeps the ``FREQ_TABLE_MAX`` (100,000) most frequent values, so
+    that a spec stays a few MB however many distinct hosts the training data had; a
+    value beyond the cap is rarer than every kept one and scores 0.0 like an unseen
+    one.
     """
 
     name = "freq"
-    signature = Signature((CAT,))
+    signature = Signature((CAT,), rest=CAT)
     fits = True
 
     def fit(self, apply: Apply, args: list[Any], ctx: EvalContext) -> dict[str, Any]:
-        counts, total = _count(apply, args[0])
+        counts, total = _count(apply, _joined(args))
         ranked = _ranked(counts)[:FREQ_TABLE_MAX]
         return {
             "fn": self.name,
@@ -977,18 +1011,23 @@ class _Freq(Function):
         if state is None:
             return None
         total = state["total"]
-        return {v: c / total for v, c in zip(state["values"], state["counts"], strict=True)}
+        pairs = list(zip(state["values"], state["counts"], strict=True))
+        # Left out (training rows): the share among the others, (count - 1) / (total - 1).
+        rest = max(total - 1, 1)
+        return ({v: c / total for v, c in pairs}, 0.0,
+                {v: (c - 1) / rest for v, c in pairs}, 0.0)
 
     def eval(self, apply: Apply, args: list[Any], ctx: EvalContext, state: Any) -> Col:
-        cat: Cat = args[0]
+        table, unseen = (state[2], state[3]) if ctx.leave_own_out else (state[0], state[1])
+        cat: Cat = _joined(args)
         n = ctx.n
-        values = np.fromiter(map(state.get, cat.values, repeat(0.0, n)), np.float64, count=n)
+        values = np.fromiter(map(table.get, cat.values, repeat(unseen, n)), np.float64, count=n)
         return Col(values, cat.codes)
 
     def describe(self, apply: Apply, state: dict[str, Any]) -> str:
         total = state["total"] or 1
         top = ", ".join(
-            f"{v} {c:,} ({c / total:.1%})"
+            f"{_shown(v)} {c:,} ({c / total:.1%})"
             for v, c in zip(state["values"][:5], state["counts"][:5], strict=True)
         )
         kept = len(state["values"])
@@ -998,6 +1037,92 @@ class _Freq(Function):
             f" ({state['distinct']:,} distinct{capped});"
             f" most frequent: {top}"
         )
+
+
+@register
+class _Rarity(_Freq):
+    """``rarity(field, ...)``: how rare this row's value was in training, in nats:
+    ``-log((count + 1) / (total + 1))``.
+
+    0 for a value every training record had, ``log(total + 1)`` for one never seen
+    (the training size is known to the spec: no constant to pick). Log-scaled so
+    that a value seen once and one never seen differ by ``log 2``, not by a factor
+    a forest cannot tell from noise; a detector reads it as evidence that adds up
+    (a rare port, a rare address, a rare pair). Same table as ``freq``.
+    """
+
+    name = "rarity"
+
+    def prepare(self, apply: Apply, state: dict[str, Any] | None) -> Any:
+        if state is None:
+            return None
+        total = state["total"]
+        pairs = list(zip(state["values"], state["counts"], strict=True))
+        top = math.log(total + 1)
+        # Left out (training rows): -log((count - 1 + 1) / (total - 1 + 1)); a value only
+        # this row had reads log(total), next to an unseen one's log(total + 1).
+        own = math.log(total)
+        return ({v: top - math.log(c + 1) for v, c in pairs}, top,
+                {v: own - math.log(c) for v, c in pairs}, own)
+
+
+@register
+class _Prevalence(Function):
+    """``prevalence(field, by=host)``: the share of the training's hosts (distinct values
+    of ``by``) that had this row's value of ``field`` (RITA's prevalence).
+
+    A destination every host of the tenant talks to scores near 1; one a single host
+    ever talked to scores 1/hosts; one never seen, 0. Hosts beyond the distinct-value
+    cap of the table count with it, the values beyond it score 0 like unseen ones.
+    """
+
+    name = "prevalence"
+    signature = Signature((CAT,), rest=CAT, kwargs={"by": KEY})
+    fits = True
+
+    def check(self, call: Call, args: list[Any], kwargs: dict[str, Any]) -> None:
+        if "by" not in kwargs:
+            raise SpecError("'prevalence' needs by=FIELD (the hosts it counts)",
+                            position=call.pos)
+
+    def fit(self, apply: Apply, args: list[Any], ctx: EvalContext) -> dict[str, Any]:
+        value = _joined(args)
+        host = _joined([ctx.strings(p) for p in apply.kwargs["by"]])
+        ok = np.ones(ctx.n, dtype=bool)
+        for c in (value.codes, host.codes):
+            if c is not None:
+                ok &= c == OK
+        if not ok.any():
+            raise SpecError("'prevalence' found no training record with both fields",
+                            position=apply.node.pos)
+        pairs = set(zip(value.values[ok].tolist(), host.values[ok].tolist(), strict=True))
+        hosts = len({h for _v, h in pairs})
+        per = Counter(v for v, _h in pairs)
+        ranked = _ranked(per)[:FREQ_TABLE_MAX]
+        # "total": the hosts (the validated shape every counting state shares).
+        return {"fn": self.name, "total": hosts, "distinct": len(per),
+                "values": [v for v, _ in ranked], "counts": [c for _, c in ranked]}
+
+    def prepare(self, apply: Apply, state: dict[str, Any] | None) -> Any:
+        if state is None:
+            return None
+        hosts = state["total"] or 1
+        return {v: c / hosts for v, c in zip(state["values"], state["counts"], strict=True)}
+
+    def eval(self, apply: Apply, args: list[Any], ctx: EvalContext, state: Any) -> Col:
+        cat: Cat = _joined(args)
+        n = ctx.n
+        values = np.fromiter(map(state.get, cat.values, repeat(0.0, n)), np.float64, count=n)
+        return Col(values, cat.codes)
+
+    def missing(self, apply: Apply, ctx: EvalContext) -> Blame:
+        return [b for a in apply.children() for b in a.missing(ctx)]
+
+    def describe(self, apply: Apply, state: dict[str, Any]) -> str:
+        top = ", ".join(f"{_shown(v)} {c}/{state['total']}" for v, c in
+                        zip(state["values"][:5], state["counts"][:5], strict=True))
+        return (f"learned from {state['total']:,} hosts and {state['distinct']:,} distinct "
+                f"values; most prevalent: {top}")
 
 
 # ---- compiler --------------------------------------------------------------------------
@@ -1018,6 +1143,8 @@ class Compiled:
     fields: dict[tuple[str, str], int]
     fitted: list[Apply]
     windows: list[Apply] = field(default_factory=list)
+    #: Fields read only as ``optional(field, value)``: absent from all training is fine.
+    optional: frozenset[str] = frozenset()
 
     @property
     def multi(self) -> bool:
@@ -1044,7 +1171,7 @@ def _value(node: Node) -> str | None:
 
 _STRAY: Final = {
     Str: 'a string is only valid as a category value: is(field, "v"), onehot(field, [...])'
-    ' or fill(field, "v") around a categorical field',
+    ' or fill(field, "v") / optional(field, "v") around a categorical field',
     List: "a list is only valid as the category values of onehot(field, [...])",
     Duration: "a duration is only valid as the window argument of a window function",
     Pair: "a pair key (a>b) is only valid as the by= argument of a window function",
@@ -1078,7 +1205,7 @@ class _Compiler:
             return Category(node, node.path, None)
         if (
             isinstance(node, Call)
-            and node.name == "fill"
+            and node.name in ("fill", "optional")
             and len(node.args) == 2
             and not node.kwargs
             and isinstance(node.args[0], Field)
@@ -1227,4 +1354,26 @@ def compile_expr(text: str) -> Compiled:
         root = c.numeric(node, root=True)
     except RecursionError:  # a long chain without parentheses (a + a + ... + a)
         raise SpecError("the expression is too long to read", position=1) from None
-    return Compiled(text, node, root, c.fields, c.fitted, c.windows)
+    return Compiled(text, node, root, c.fields, c.fitted, c.windows, _optional_only(node))
+
+
+def _optional_only(root: Node) -> frozenset[str]:
+    """The fields that ``root`` reads only as the first argument of ``optional``."""
+    under: set[str] = set()
+    elsewhere: set[str] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, opt = stack.pop()
+        if isinstance(node, Field):
+            (under if opt else elsewhere).add(node.path)
+        elif isinstance(node, Call):
+            for i, a in enumerate(node.args):
+                stack.append((a, node.name == "optional" and i == 0))
+            stack.extend((k.value, False) for k in node.kwargs)
+        elif isinstance(node, (BinOp, Pair)):
+            stack.extend(((node.left, False), (node.right, False)))
+        elif isinstance(node, Neg):
+            stack.append((node.operand, False))
+        elif isinstance(node, List):
+            stack.extend((i, False) for i in node.items)
+    return frozenset(under - elsewhere)

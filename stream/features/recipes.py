@@ -40,7 +40,35 @@ RECIPES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
             " / max(interval_mean(by=src_ip>dst_ip, window=5s), 0.001) + 0.05)",
         ),
     ),
+    "network": (
+        # Per flow: sizes and duration, every one filled (ICMP, ARP and scans leave them
+        # unset).
+        ("log_bytes", "log1p(fill(bytes_transferred, 0))"),
+        ("log_packets", "log1p(fill(packet_count, 0))"),
+        ("log_duration_ms", "log1p(fill(connection_duration, 0) * 1000)"),
+        ("bytes_per_packet", "log1p(fill(bytes_transferred, 0) / max(fill(packet_count, 0), 1))"),
+        # Rarity in the baseline, in nats: what the tenant's hosts never do.
+        ("rare_port", 'rarity(protocol, fill(dst_port, "none"))'),
+        ("rare_dst", "rarity(dst_ip)"),
+        ("rare_service", 'rarity(dst_ip, protocol, fill(dst_port, "none"))'),
+        ("rare_src", "rarity(src_ip)"),
+        ("rare_src_port", 'rarity(src_ip, protocol, fill(dst_port, "none"))'),
+        ("rare_state", 'rarity(optional(conn_state, "none"))'),
+        ("rare_app", 'rarity(optional(service, "none"))'),
+        # Behaviour in the stream, spans in event time (not tied to the traffic's rate).
+        ("pair_novelty", "log1p(since(by=src_ip>dst_ip, window=1d) / 60)"),
+        # Fan-out and fan-in over a host's last 32 flows (not its last minutes: the same
+        # at any traffic rate, and not growing with how long a host has been busy).
+        ("src_port_spread", 'spread(fill(dst_port, "none"), by=src_ip, window=10m)'),
+        ("src_dst_spread", "spread(dst_ip, by=src_ip, window=10m)"),
+        ("dst_src_spread", "spread(src_ip, by=dst_ip, window=10m)"),
+        ("pair_beacon", "beacon(fill(bytes_transferred, 0), by=src_ip>dst_ip, window=1h)"),
+    ),
 }
+
+
+#: The recipe `stream train` and the demo use when none is named.
+DEFAULT_RECIPE: Final = "flows"
 
 
 def recipe(name: str) -> FeatureSpec:

@@ -266,7 +266,8 @@ class FeatureSpec:
         count); a frequency table keeps the 100,000 most frequent values
         (``expr.FREQ_TABLE_MAX``). Fitting a fitted spec learns afresh. A
         field that is absent from every training record is a SpecError: almost
-        always a misspelt name or a sensor that does not send it.
+        always a misspelt name or a sensor that does not send it (unless every read
+        of it is ``optional(field, value)``: a field some sensors do not have).
         """
         ctx = EvalContext(source)
         if ctx.n == 0:
@@ -275,6 +276,8 @@ class FeatureSpec:
         with np.errstate(all="ignore"):
             for f in self._features:
                 for (path, kind), pos in f.compiled.fields.items():
+                    if path in f.compiled.optional:
+                        continue
                     if (ctx.raw_codes(path, kind) == MISSING_FEATURE).all():
                         raise SpecError(
                             f"field {path!r} is absent from every training record",
@@ -333,6 +336,7 @@ class FeatureSpec:
         scopes: np.ndarray | None = None,
         tenants: Sequence[Any] | None = None,
         dry: bool = False,
+        training: bool = False,
     ) -> Computed:
         """The model inputs for every row of ``source``, vectorized per feature.
 
@@ -341,12 +345,16 @@ class FeatureSpec:
         a whole file computes its windows in one call), per ``scopes`` (one int per
         row, default 0) and per tenant (``tenants``, one per row, default none);
         rows must come in event order. ``dry`` reads the state without changing it.
+        ``training``: ``source`` is the records this spec was fitted on; counted tables
+        (``freq``, ``rarity``) leave each record's own count out of its value, so the
+        detector learns how often traffic brings a value nobody else had.
         """
         for f in self._features:
             missing = f.unfitted()
             if missing is not None:
                 raise _not_fitted(f, missing)
         ctx = EvalContext(source)
+        ctx.leave_own_out = training
         if self.windowed:
             ctx.windows = self._run(source, store, scopes, tenants, dry)
         n = ctx.n

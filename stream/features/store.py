@@ -11,7 +11,8 @@ arrays indexed by slot; :class:`~stream.features.windows.PyKernel` without a
 compiler) that evaluates the whole batch in one call. The store is bounded twice:
 
 * an entity TTL: a key whose newest event is older than its tenant's newest
-  event in the scope by more than ``ttl`` seconds has expired: the kernels treat
+  event in the scope by more than ``ttl`` seconds (or the longest window on its
+  ``by``, when that is longer) has expired: the kernels treat
   it as absent from then on (whether or not it was evicted yet, so when eviction
   runs never changes a value), and the next pass drops it;
 * a memory cap: beyond ``max_bytes`` (see :meth:`WindowStore.bytes`: the
@@ -173,8 +174,11 @@ class SlotTable:
     whether it changed since the last take.
     """
 
-    def __init__(self, by: tuple[str, ...], track: bool) -> None:
+    def __init__(self, by: tuple[str, ...], track: bool, ttl: float = DEFAULT_TTL_S) -> None:
         self.name = ">".join(by)  # what the changelog calls it
+        # Event time a key may go without an event: the store's TTL, or the longest window
+        # on the table (a day-long ``since`` must not forget a key after an hour).
+        self.ttl = ttl
         self.index: Any = _KeyIndex()  # key hash -> slot
         self.keys: list[str | None] = []  # slot -> "<scope>\x1e<tenant>\x1f<key>" (None: free)
         self.free: list[int] = []
@@ -437,7 +441,7 @@ class WindowStore:
     def table(self, by: tuple[str, ...]) -> SlotTable:
         t = self.tables.get(by)
         if t is None:
-            t = self.tables[by] = SlotTable(by, self.track)
+            t = self.tables[by] = SlotTable(by, self.track, self.ttl)
         return t
 
     def kernel(
@@ -449,6 +453,7 @@ class WindowStore:
             table = self.table(by)
             got = self.kernels[sig] = (make(), table)
             table.kernels.append((sig, got[0]))
+            table.ttl = max(table.ttl, float(got[0].span))
             for sc, key, state, t in self.pending.pop(sig, ()):
                 self._load(got[0], table, sc, key, state, t, sig)
         return got
@@ -551,7 +556,7 @@ class WindowStore:
             if not len(used):
                 continue
             # Each key against its own clock (its tenant in its scope).
-            old = used[table.newest[used] < marks[table.clock_of[used]] - self.ttl]
+            old = used[table.newest[used] < marks[table.clock_of[used]] - table.ttl]
             if len(old):
                 self.stats.evicted_ttl += self._evict(table, old)
 
@@ -740,8 +745,8 @@ class WindowRun:
         self.late = len(self.late_rows)
         # Rows that update the state: on time, and not a dry run.
         self.push = np.zeros(n, dtype=np.uint8) if dry else (1 - late).astype(np.uint8)
-        # A key older than this (per row) has expired: see Kernel.run.
-        self.expire = clock - store.ttl
+        # Each row's clock: a key older than it by its table's TTL has expired (Kernel.run).
+        self.clock = clock
         # Each row's update sequence is seq + its row: LRU order is event order.
         self.seq = store.seq + 1
         if not dry:

@@ -17,6 +17,14 @@ the gaps between the key's consecutive events (beacons repeat at regular
 intervals). Until a key has two gaps in its window, both are the window length
 (or the half-life): "no regular repetition seen yet".
 
+Three more keep a bounded state per key whatever the traffic's rate, so their spans
+can run from minutes to a day: ``since`` (seconds since the key's previous event:
+novelty, "first time this host talks to that destination today"), ``beacon`` (RITA's
+regularity of the gaps and sizes of the key's last 32 events) and ``spread``
+(distinct values among the key's last 32 events: fan-out that does not grow with how
+long a host has been busy). A table keeps its keys for its longest window, when that
+is longer than the store's TTL.
+
 Event time comes from the spec's timestamp field (ISO 8601 or epoch seconds).
 An event older than the newest event of its key counts at that newest time;
 an event older than the newest event of its tenant in its scope by more than the
@@ -313,7 +321,7 @@ class _Window(Function):
             hashes = hash_texts(arg.values.tolist())
         out = np.empty(n, dtype=np.float64)
         kernel.run(slots, run.times, vals, hashes, run.push, out, table.newest, table.touch,
-                   table.dirty, run.seq, run.expire)
+                   table.dirty, run.seq, run.clock - table.ttl)
         if codes is not None:
             codes = codes.astype(np.uint8, copy=False)
         return Col(out, codes)
@@ -490,6 +498,185 @@ class _IntervalFn(_Window):
         return lambda: _Intervals(inner())
 
 
+class _Since:
+    """The newest event time of one key (``since``)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+
+    def dump(self) -> list[Any]:
+        return [self.last]
+
+    def load(self, d: list[Any]) -> None:
+        self.last = _time(d[0])
+
+    @property
+    def size(self) -> int:
+        return 1
+
+
+def _since_value(st: Any, t: float, v: Any, param: float, span: float, push: bool) -> float:
+    if st.last == -math.inf:
+        val = span
+    else:
+        val = t - st.last if t > st.last else 0.0
+        if val > span:
+            val = span
+    if push and t > st.last:
+        st.last = t
+    return val
+
+
+@register
+class _SinceFn(_Window):
+    """``since(by=K, window=1d)``: seconds since the key's previous event, at most the
+    window; the window itself for a key not seen within it. Novelty: the first flow from
+    a host to a destination in a day reads 86400, the tenth within a minute a few
+    seconds. O(1) state per key, kept (like every window) as long as the window."""
+
+    name = "since"
+    damped_ok = False
+    signature = Signature((), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
+
+    def state_of(self, damped: bool) -> Any:
+        return _Since
+
+    value = staticmethod(_since_value)  # type: ignore[assignment]
+
+
+#: Events a beacon window keeps per key (the compiled kernel's BEACON_N).
+BEACON_N: Final = 32
+
+
+class _Beacon:
+    """One key's last ``BEACON_N`` events in the window: times and sizes."""
+
+    __slots__ = ("ev", "last")
+
+    def __init__(self) -> None:
+        self.ev: list[tuple[float, float]] = []
+        self.last = -math.inf
+
+    def dump(self) -> list[Any]:
+        return [self.last, [t for t, _ in self.ev], [s for _, s in self.ev]]
+
+    def load(self, d: list[Any]) -> None:
+        self.last = _time(d[0])
+        self.ev = [(float(t), float(s)) for t, s in zip(d[1], d[2], strict=True)]
+
+    @property
+    def size(self) -> int:
+        return len(self.ev)
+
+
+def _quantile(x: list[float], q: float) -> float:
+    pos = q * (len(x) - 1)
+    lo = int(pos)
+    hi = lo + 1 if lo + 1 < len(x) else lo
+    return x[lo] + (x[hi] - x[lo]) * (pos - lo)
+
+
+def _regularity(values: list[float]) -> float:
+    """RITA's statistical score: the mean of 1 - |Bowley skew| and (median - MAD) /
+    median, each in [0, 1] (the compiled kernel's arithmetic, operation for operation)."""
+    x = sorted(values)
+    q1, q2, q3 = _quantile(x, 0.25), _quantile(x, 0.5), _quantile(x, 0.75)
+    den = q3 - q1
+    skew = (q1 + q3 - 2.0 * q2) / den if den > 0.0 and q2 != q1 and q2 != q3 else 0.0
+    skew_score = max(1.0 - (skew if skew >= 0.0 else -skew), 0.0)
+    dev = sorted(v - q2 if v >= q2 else q2 - v for v in x)
+    mad = _quantile(dev, 0.5)
+    mad_score = max((q2 - mad) / q2, 0.0) if q2 > 0.0 else 0.0
+    return (skew_score + mad_score) / 2.0
+
+
+def _beacon_score(ev: list[tuple[float, float]]) -> float:
+    if len(ev) < 4:
+        return 0.0
+    gaps = [ev[k + 1][0] - ev[k][0] for k in range(len(ev) - 1)]
+    return (_regularity(gaps) + _regularity([s for _, s in ev])) / 2.0
+
+
+def _beacon_value(st: Any, t: float, v: Any, param: float, span: float, push: bool) -> float:
+    if t < st.last:
+        t = st.last
+    lo = t - param
+    kept = [e for e in st.ev if e[0] > lo]
+    if push:
+        # As the ring drops its front: expired events, then beyond BEACON_N - 1.
+        head = 0
+        while head < len(st.ev) and (st.ev[head][0] <= lo or len(st.ev) - head >= BEACON_N):
+            head += 1
+        st.ev = [*st.ev[head:], (t, v)]
+        st.last = t
+        return _beacon_score(st.ev)
+    return _beacon_score([*kept[-(BEACON_N - 1):], (t, v)])
+
+
+@register
+class _BeaconFn(_Window):
+    """``beacon(bytes, by=src_ip>dst_ip, window=1h)``: how regular the key's last 32
+    events in the window are, in [0, 1]: the mean of RITA's timestamp score (the gaps'
+    1 - |Bowley skew| and (median - MAD) / median) and the same data size score of
+    ``bytes``; 0 before four events. Command-and-control check-ins score near 1; so do
+    NTP and directory services, which is why it reads with the destination's rarity."""
+
+    name = "beacon"
+    uses = "num"
+    damped_ok = False
+    signature = Signature((NUM,), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
+
+    def state_of(self, damped: bool) -> Any:
+        return _Beacon
+
+    value = staticmethod(_beacon_value)  # type: ignore[assignment]
+
+
+class _Spread(_Beacon):
+    """One key's last ``BEACON_N`` events in the window: times and value hashes."""
+
+    __slots__ = ()
+
+    def load(self, d: list[Any]) -> None:
+        self.last = _time(d[0])
+        self.ev = [(float(t), int(h)) for t, h in zip(d[1], d[2], strict=True)]
+
+
+def _spread_value(st: Any, t: float, v: Any, param: float, span: float, push: bool) -> float:
+    if t < st.last:
+        t = st.last
+    lo = t - param
+    if push:
+        head = 0
+        while head < len(st.ev) and (st.ev[head][0] <= lo or len(st.ev) - head >= BEACON_N):
+            head += 1
+        st.ev = [*st.ev[head:], (t, v)]
+        st.last = t
+        return float(len({h for _, h in st.ev}))
+    kept = [h for a, h in st.ev if a > lo][-(BEACON_N - 1):]
+    return float(len({*kept, v}))
+
+
+@register
+class _SpreadFn(_Window):
+    """``spread(FIELD, by=K, window=1h)``: distinct values of FIELD among the key's last 32
+    events in the window, this one included (1 to 32). Fan-out that does not depend on
+    the traffic's rate or on how long a host has been busy: a scan's last 32 flows went
+    to 32 ports, a browser's to two or three; O(32) state per key."""
+
+    name = "spread"
+    uses = "cat"
+    damped_ok = False
+    signature = Signature((CAT,), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
+
+    def state_of(self, damped: bool) -> Any:
+        return _Spread
+
+    value = staticmethod(_spread_value)  # type: ignore[assignment]
+
+
 def _define(base: type[_Window], name: str, value: Any, doc: str) -> None:
     """Register one more window function that differs from ``base`` only in its value."""
     register(type(f"_{name}", (base,), {"name": name, "value": staticmethod(value),
@@ -546,7 +733,8 @@ def dump_state(st: Any) -> list[Any]:
     return ["_DistinctH" if type(st) is _Distinct else type(st).__name__, st.dump()]
 
 
-_CLASSES: Final = {"_Exact": _Exact, "_Damped": _Damped, "_DistinctH": _Distinct}
+_CLASSES: Final = {"_Exact": _Exact, "_Damped": _Damped, "_DistinctH": _Distinct,
+                   "_Since": _Since, "_Beacon": _Beacon, "_Spread": _Spread}
 
 
 def load_state(d: Sequence[Any]) -> Any:
@@ -616,8 +804,10 @@ class PyKernel:
         if top >= len(states):
             states.extend([None] * (top + 1 - len(states)))
         ts, ps, ex = times.tolist(), push.tolist(), expire.tolist()
-        vs = hashes.tolist() if self.kind == "distinct" else vals.tolist() if len(vals) else \
-            [0.0] * n
+        if self.kind in ("distinct", "spread"):
+            vs = hashes.tolist()
+        else:
+            vs = vals.tolist() if len(vals) else [0.0] * n
         make, value, param, span = self._make, self._value, self.param, self.span
         track = len(dirty) > 0
         for j in range(n):
@@ -685,7 +875,15 @@ class PyKernel:
         if type(st) is _Intervals:
             olast, seen, st = st.last, st.seen, st.gaps
         sat = False
-        if type(st) is _Damped:
+        if type(st) is _Since:
+            last, w, s, q, events = st.last, 0.0, 0.0, 0.0, b""
+        elif type(st) is _Beacon:
+            last, w, s, q = st.last, 0.0, 0.0, 0.0
+            events = b"".join(struct.pack("<dd", t, v) for t, v in st.ev)
+        elif type(st) is _Spread:
+            last, w, s, q = st.last, 0.0, 0.0, 0.0
+            events = b"".join(struct.pack("<dQ", t, h) for t, h in st.ev)
+        elif type(st) is _Damped:
             last, w, s, q, events = st.last, st.w, st.s, st.q, b""
         elif type(st) is _Exact:
             last, w, s, q, sat = st.last, 0.0, st.s, st.q, st.saturated
@@ -706,7 +904,18 @@ class PyKernel:
             raise ValueError("window state record does not fit this window")
         body = off + STATE.size
         st: Any
-        if self.damped:
+        if self.kind == "since":
+            st = _Since()
+            st.last = last
+        elif self.kind == "beacon":
+            st = _Beacon()
+            st.last = last
+            st.ev = [struct.unpack_from("<dd", buf, body + 16 * k) for k in range(n)]
+        elif self.kind == "spread":
+            st = _Spread()
+            st.last = last
+            st.ev = [struct.unpack_from("<dQ", buf, body + 16 * k) for k in range(n)]
+        elif self.damped:
             st = _Damped()
             st.last, st.w, st.s, st.q = last, w, s, q
         elif self.kind == "distinct":
@@ -771,7 +980,8 @@ _said = False
 
 #: ``_wincore.KINDS``: a state's kind in the changelog's binary form.
 KINDS: Final = {"count": 0, "sum": 1, "mean": 2, "std": 3, "distinct": 4,
-                "interval_mean": 5, "interval_std": 6}
+                "interval_mean": 5, "interval_std": 6, "since": 7, "beacon": 8,
+                "spread": 9}
 
 
 def make_kernel(kind: str, damped: bool, param: float, span: float) -> Any:

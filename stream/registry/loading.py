@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 #:   neighbour index;
 #: - ``sklearn.metrics._dist_metrics.EuclideanDistance64`` (and the Manhattan/Minkowski
 #:   variants): the distance the neighbour index uses.
+#: - ``stream.detectors.HistogramOutlier`` and ``stream.detectors.Ensemble``: this
+#:   tool's own detectors (numpy arrays, floats and the estimators above; their methods
+#:   are this package's code, not the file's).
 #: ``--trust-type`` (train and run) extends the list for a deployment that needs more.
 TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.tree._tree.Tree",
@@ -54,6 +57,8 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
     "sklearn.metrics._dist_metrics.ManhattanDistance64",
     "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+    "stream.detectors.HistogramOutlier",
+    "stream.detectors.Ensemble",
 )
 
 

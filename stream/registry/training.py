@@ -51,7 +51,10 @@ DEFAULT_FEATURES: tuple[str, ...] = ("bytes_transferred", "packet_count", "conne
 
 #: Detectors ``stream train --detector`` builds, each as StandardScaler + the detector in
 #: one Pipeline; every one is scored with ``decision_function`` (lower = more anomalous).
-DETECTORS: tuple[str, ...] = ("isolation_forest", "lof", "ocsvm", "elliptic")
+DETECTORS: tuple[str, ...] = ("isolation_forest", "hbos", "ensemble", "lof", "ocsvm",
+                              "elliptic")
+#: The detector ``stream train`` fits when none is named.
+DEFAULT_DETECTOR: str = "isolation_forest"
 #: Fewer usable training records than this is refused unless the caller lowers it.
 MIN_TRAINING_RECORDS = 2
 
@@ -116,6 +119,22 @@ def build_pipeline(
                 random_state=random_state,
             ),
         )
+    elif detector == "hbos":
+        from stream.detectors import HistogramOutlier
+
+        step = ("hbos", HistogramOutlier(contamination=contamination))
+    elif detector == "ensemble":
+        from sklearn.ensemble import IsolationForest
+
+        from stream.detectors import Ensemble, HistogramOutlier
+
+        # The forest sees how inputs go together, the histograms one strong input alone.
+        step = ("ensemble", Ensemble([
+            ("isolation_forest", IsolationForest(
+                n_estimators=n_estimators, contamination=contamination,
+                max_samples=max_samples, random_state=random_state)),
+            ("hbos", HistogramOutlier(contamination=contamination)),
+        ], contamination=contamination))
     elif detector == "lof":
         from sklearn.neighbors import LocalOutlierFactor
 
@@ -162,7 +181,7 @@ def _training_rows(
         raise TrainingError(str(e)) from e
     # Windows are per tenant in the stream, so they are here too (records in file order).
     tenants = [str(r.get("tenant_id", "")) for r in records] if fitted.windowed else None
-    computed = fitted.compute(source, tenants=tenants)
+    computed = fitted.compute(source, tenants=tenants, training=True)
     ok = computed.reason == OK
     skipped: dict[str, int] = {}
     if not ok.all():

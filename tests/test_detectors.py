@@ -1,0 +1,134 @@
+"""The tool's own detectors (stream.detectors): HBOS-style tail evidence and the ensemble.
+
+Unit tests, no broker or registry: what each score means on data whose answer is known,
+that a model round-trips through skops with the trusted types the loader names, and
+that scikit-learn treats them as outlier detectors (clone, Pipeline, decision_function).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone, is_outlier_detector
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from stream.detectors import Ensemble, HistogramOutlier
+from stream.registry.loading import TRUSTED_TYPES
+from stream.registry.training import build_pipeline
+
+
+def _normal(n: int = 3000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sizes = rng.lognormal(8, 1, n)
+    ports = rng.choice([443.0, 80.0, 53.0], n, p=[0.7, 0.2, 0.1])  # a discrete input
+    return np.column_stack([np.log1p(sizes), ports, rng.normal(size=n)])
+
+
+def test_one_strong_input_is_enough_and_names_itself() -> None:
+    X = _normal()
+    det = HistogramOutlier().fit(X)
+    ordinary = np.array([[8.0, 443.0, 0.0]])
+    rare_port = np.array([[8.0, 22.0, 0.0]])  # a value the discrete input never had
+    huge = np.array([[30.0, 443.0, 0.0]])  # far beyond the training range
+    s = det.decision_function(np.vstack([ordinary, rare_port, huge]))
+    assert s[0] > s[1] and s[0] > s[2]
+    ev = det.evidence(np.vstack([ordinary, rare_port, huge]))
+    assert ev[0].sum() == 0.0  # an ordinary row carries no evidence at all
+    assert ev[1].argmax() == 1 and ev[2].argmax() == 0
+    # Further beyond the range is more evidence (log of the distance), never less.
+    far = det.evidence(np.array([[12.0, 443.0, 0.0], [20.0, 443.0, 0.0], [1e6, 443.0, 0.0]]))
+    assert far[0, 0] < far[1, 0] < far[2, 0] < 100
+    # A NaN input is as far out as an input gets.
+    assert det.evidence(np.array([[np.nan, 443.0, 0.0]]))[0, 0] >= far[2, 0]
+
+
+def test_evidence_adds_up_across_inputs() -> None:
+    X = _normal()
+    det = HistogramOutlier().fit(X)
+    one = det.score_samples(np.array([[8.0, 443.0, 4.5]]))[0]
+    two = det.score_samples(np.array([[8.0, 22.0, 4.5]]))[0]
+    assert two < one < 0
+
+
+def test_a_value_just_past_the_largest_training_value_is_no_rarer_than_it() -> None:
+    """Growth past the training maximum is measured in spreads: no cliff at the edge."""
+    X = _normal()
+    det = HistogramOutlier(floor_quantile=0.0).fit(X)
+    top = X[:, 0].max()
+    at, past = det._raw(np.array([[top, 443.0, 0.0], [top + 1e-9, 443.0, 0.0]]))[:, 0]
+    assert past - at < 1.0
+
+
+def test_training_rows_flagged_near_the_contamination() -> None:
+    X = _normal()
+    det = HistogramOutlier(contamination=0.05).fit(X)
+    share = float(np.mean(det.decision_function(X) < 0))
+    assert share <= 0.05
+    assert set(np.unique(det.predict(X))) <= {-1, 1}
+
+
+def test_fit_refuses_what_it_cannot_use() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        HistogramOutlier().fit(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="floor_quantile"):
+        HistogramOutlier(floor_quantile=1.5).fit(np.zeros((5, 2)))
+    det = HistogramOutlier().fit(np.arange(20.0).reshape(10, 2))
+    with pytest.raises(ValueError, match="fitted with 2"):
+        det.decision_function(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="not fitted"):
+        HistogramOutlier().decision_function(np.zeros((3, 2)))
+
+
+def test_the_ensemble_calibrates_each_member_and_takes_the_surest() -> None:
+    X = _normal()
+    pipe = build_pipeline(n_estimators=30, detector="ensemble").fit(X)
+    ens = pipe[-1]
+    assert isinstance(ens, Ensemble) and [n for n, _ in ens.fitted_] == ["isolation_forest",
+                                                                         "hbos"]
+    rows = np.array([[8.0, 443.0, 0.0], [8.0, 22.0, 0.0], [30.0, 443.0, 6.0]])
+    Z = pipe[0].transform(rows)
+    sur = ens.surprise(Z)
+    # In nats of surprise against each member's own training scores: an ordinary row
+    # is not surprising to either; the odd ones are, to at least one.
+    assert sur[0].max() < 3 and sur[1].max() > 5 and sur[2].max() > 5
+    np.testing.assert_array_equal(ens.score_samples(Z), -sur.max(axis=1))
+    assert ens.evidence(Z) is not None and ens.evidence(Z).shape == (3, 3)
+    total = clone(ens).set_params(combine="sum").fit(Z)
+    assert np.all(np.isfinite(total.decision_function(Z)))
+
+
+def test_sklearn_sees_outlier_detectors() -> None:
+    for det in (HistogramOutlier(), Ensemble([("hbos", HistogramOutlier())])):
+        assert is_outlier_detector(det)
+        c = clone(det)
+        assert c.get_params().keys() == det.get_params().keys()
+    pipe = Pipeline([("scaler", StandardScaler()), ("hbos", HistogramOutlier())]).fit(_normal())
+    assert pipe.decision_function(_normal(10, 1)).shape == (10,)
+
+
+@pytest.mark.parametrize("detector", ["hbos", "ensemble"])
+def test_skops_round_trip_needs_only_the_trusted_types(detector: str) -> None:
+    import skops.io as sio
+
+    X = _normal(800)
+    pipe = build_pipeline(n_estimators=20, detector=detector).fit(X)
+    blob = sio.dumps(pipe)
+    asked = set(sio.get_untrusted_types(data=blob))
+    assert asked <= set(TRUSTED_TYPES), asked - set(TRUSTED_TYPES)
+    loaded = sio.loads(blob, trusted=sorted(asked))
+    assert np.array_equal(loaded.decision_function(X), pipe.decision_function(X))
+    # Without trusting them, skops refuses to build the file's objects.
+    with pytest.raises(Exception, match=r"[Uu]ntrusted"):
+        sio.loads(blob, trusted=[])
+
+
+def test_a_discrete_value_next_to_a_training_value_is_that_value() -> None:
+    """rarity's unseen value, log(N + 1), beside a training singleton's log N: as rare as
+    the singleton, not as a value never seen (the training saw values only it had)."""
+    n = 1000
+    col = np.array([0.0] * 900 + [np.log(n / 2)] * 60 + [np.log(n)] * 40)
+    det = HistogramOutlier(floor_quantile=0.0).fit(col[:, None])
+    raw = det._raw(np.array([[np.log(n)], [np.log(n + 1)], [np.log(n) + 2]]))[:, 0]
+    assert raw[1] == raw[0]
+    assert raw[2] > raw[0]  # well past the largest: a value never seen
