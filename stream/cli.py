@@ -283,8 +283,8 @@ def _base_spec(
     features: str | None, exprs: tuple[str, ...], path: str | None, recipe: str | None
 ) -> Any:
     from stream.features import FeatureSpec, SpecError
+    from stream.features.recipes import DEFAULT_RECIPE
     from stream.features.recipes import recipe as named_recipe
-    from stream.registry import DEFAULT_FEATURES
 
     given = sum(bool(x) for x in (features, exprs, path, recipe))
     if given > 1:
@@ -299,7 +299,8 @@ def _base_spec(
         if path:
             return FeatureSpec.from_file(path)
         names = [f.strip() for f in (features or "").split(",") if f.strip()]
-        return FeatureSpec.from_fields(names or list(DEFAULT_FEATURES))
+        # Nothing named: the recipe for real sensor data (README: the network recipe).
+        return FeatureSpec.from_fields(names) if names else named_recipe(DEFAULT_RECIPE)
     except SpecError as e:
         hint = "--feature-file" if path else ("--feature" if exprs else "--features")
         raise click.BadParameter(str(e), param_hint=hint) from e
@@ -308,7 +309,7 @@ def _base_spec(
 def _default_min_records(detector: str) -> int:
     # IsolationForest draws up to 256 samples per tree: fewer records make a forest
     # of near-identical trees whose scores say little.
-    return 256 if detector == "isolation_forest" else 2
+    return 256 if detector in ("isolation_forest", "ensemble") else 2
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -343,8 +344,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option(
     "--features",
     default=None,
-    help="Comma-separated plain feature fields "
-    "[default: bytes_transferred,packet_count,connection_duration].",
+    help="Comma-separated plain feature fields, e.g. "
+    "bytes_transferred,packet_count,connection_duration [default: --recipe network].",
 )
 @click.option(
     "--feature",
@@ -362,10 +363,12 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @click.option(
     "--recipe",
-    type=click.Choice(["flows"]),
+    type=click.Choice(["network", "flows"]),
     default=None,
-    help="A feature spec that ships with the tool: flows = log features, unset fills and "
-    "per-source, per-destination and per-pair windows (README: Windows).",
+    help="A feature spec that ships with the tool: network (the default when no feature "
+    "option is given) = sizes, rarity in the training traffic, novelty, fan-out and "
+    "beacons, for any sensor; flows = the demo's earlier recipe, tuned to its generator "
+    "(README: Recipes).",
 )
 @click.option(
     "--timestamp-field",
@@ -376,10 +379,12 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @click.option(
     "--detector",
-    type=click.Choice(["isolation_forest", "lof", "ocsvm", "elliptic"]),
+    type=click.Choice(["isolation_forest", "hbos", "ensemble", "lof", "ocsvm", "elliptic"]),
     default="isolation_forest",
     show_default=True,
-    help="The detector after the StandardScaler; all are scored with decision_function.",
+    help="The detector after the StandardScaler; all are scored with decision_function. "
+    "hbos: the sum of each input's tail evidence; ensemble: the forest and hbos, each "
+    "calibrated, the surer one (README: Detectors).",
 )
 @click.option(
     "--min-records",

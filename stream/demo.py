@@ -2,8 +2,8 @@
 
 Embedded broker on a free port, a local SQLite registry in a working
 directory, synthetic flows for three tenants with injected attacks (one tenant
-served by the global model), models trained with the ``flows`` recipe (log
-features and per-source, per-destination and per-pair windows) and promoted,
+served by the global model), models trained with the default recipe (``network``:
+sizes, rarity in the training traffic, novelty, fan-out and beacons) and promoted,
 the consumer run, the traffic pushed (keyed by tenant, so that each tenant's
 windows see all of its events), and a summary printed: alerts per tenant and
 level, and per attack kind the share of its events alerted, at the alert
@@ -29,7 +29,7 @@ from stream import registry, service
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
 from stream.failures import kafka_logger
-from stream.features.recipes import recipe
+from stream.features.recipes import DEFAULT_RECIPE, recipe
 from stream.generate import ATTACK_LABELS, generate_flows
 from stream.outcomes import LEVEL_NAMES
 
@@ -77,7 +77,7 @@ def run_demo(
         console.print(f"[bold]embedded broker[/] on {broker.bootstrap}; registry {uri}")
 
         rates = (0.002, 0.01, 0.03)
-        spec = recipe("flows")
+        spec = recipe(DEFAULT_RECIPE)
         with console.status("training models (global + per tenant)..."):
             # Normal traffic only, interleaved across tenants as the live stream is, so
             # the windows learn each tenant's real rates.

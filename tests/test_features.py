@@ -607,6 +607,13 @@ def test_rarity_is_log_scaled_and_knows_the_training_size() -> None:
     again = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert np.array_equal(again.compute(RecordColumns(train)).X,
                           spec.compute(RecordColumns(train)).X)
+    # On its training records, each leaves its own count out: the (b, 22) record, the
+    # only one of its port, reads as an unseen port does (and freq as 0.0); the grid is
+    # the stream's, so drift compares like with like.
+    own = spec.compute(RecordColumns(train), training=True).X
+    np.testing.assert_allclose(own[:, 0], [np.log(11 / 6)] * 6 + [np.log(11 / 3)] * 3
+                               + [np.log(11)])
+    assert own[-1, 2] == 0.0 and own[0, 2] == 0.5
 
 
 def test_prevalence_is_the_share_of_hosts_that_talked_to_a_destination() -> None:

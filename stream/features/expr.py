@@ -995,6 +995,7 @@ class _Freq(Function):
     name = "freq"
     signature = Signature((CAT,), rest=CAT)
     fits = True
+    counts = True  # training rows leave their own count out (EvalContext.leave_own_out)
 
     def fit(self, apply: Apply, args: list[Any], ctx: EvalContext) -> dict[str, Any]:
         counts, total = _count(apply, _joined(args))
@@ -1012,10 +1013,11 @@ class _Freq(Function):
             return None
         total = state["total"]
         pairs = list(zip(state["values"], state["counts"], strict=True))
-        # Left out (training rows): the share among the others, (count - 1) / (total - 1).
-        rest = max(total - 1, 1)
+        # Left out (training rows): the others' count of the value, (count - 1) / total,
+        # on the same grid as a new record's (a value only this row had reads 0.0, as an
+        # unseen one does).
         return ({v: c / total for v, c in pairs}, 0.0,
-                {v: (c - 1) / rest for v, c in pairs}, 0.0)
+                {v: (c - 1) / total for v, c in pairs}, 0.0)
 
     def eval(self, apply: Apply, args: list[Any], ctx: EvalContext, state: Any) -> Col:
         table, unseen = (state[2], state[3]) if ctx.leave_own_out else (state[0], state[1])
@@ -1049,6 +1051,11 @@ class _Rarity(_Freq):
     that a value seen once and one never seen differ by ``log 2``, not by a factor
     a forest cannot tell from noise; a detector reads it as evidence that adds up
     (a rare port, a rare address, a rare pair). Same table as ``freq``.
+
+    At training (``compute(training=True)``) each record's own count is left out: a
+    value only it had reads ``log(total + 1)``, as a never-seen value will in the
+    stream, so the detector learns how often traffic brings something new and new
+    values do not all alert.
     """
 
     name = "rarity"
@@ -1059,11 +1066,11 @@ class _Rarity(_Freq):
         total = state["total"]
         pairs = list(zip(state["values"], state["counts"], strict=True))
         top = math.log(total + 1)
-        # Left out (training rows): -log((count - 1 + 1) / (total - 1 + 1)); a value only
-        # this row had reads log(total), next to an unseen one's log(total + 1).
-        own = math.log(total)
+        # Left out (training rows): the others' count, -log((count - 1 + 1) / (total + 1)),
+        # on the same grid as a new record's: a value only this row had reads
+        # log(total + 1), as an unseen one does, and drift compares like with like.
         return ({v: top - math.log(c + 1) for v, c in pairs}, top,
-                {v: own - math.log(c) for v, c in pairs}, own)
+                {v: top - math.log(c) for v, c in pairs}, top)
 
 
 @register

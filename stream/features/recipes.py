@@ -68,7 +68,7 @@ RECIPES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
 
 
 #: The recipe `stream train` and the demo use when none is named.
-DEFAULT_RECIPE: Final = "flows"
+DEFAULT_RECIPE: Final = "network"
 
 
 def recipe(name: str) -> FeatureSpec:

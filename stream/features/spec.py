@@ -298,6 +298,13 @@ class FeatureSpec:
         return FeatureSpec.from_dict(d)
 
     @property
+    def leaves_own_out(self) -> bool:
+        """True when ``compute(training=True)`` differs from ``compute()``: some counted
+        table (``freq``, ``rarity``) leaves a training record's own count out."""
+        return any(getattr(a.fn, "counts", False) for f in self._features
+                   for a in f.compiled.fitted)
+
+    @property
     def windowed(self) -> bool:
         """True when some feature is a window function (it needs event times and state)."""
         return any(f.compiled.windows for f in self._features)

@@ -166,14 +166,16 @@ def training_matrix(
     Returns the fitted spec, the matrix of the records it can use, and the count of
     the others by reason. The same ``FeatureSpec.compute`` scores the stream.
     """
-    fitted, X, skipped, _used = _training_rows(records, spec, schema)
+    fitted, X, skipped, _used, _served = _training_rows(records, spec, schema)
     return fitted, X, skipped
 
 
 def _training_rows(
     records: Sequence[Mapping[str, Any]], spec: FeatureSpec, schema: str
-) -> tuple[FeatureSpec, np.ndarray, dict[str, int], np.ndarray]:
-    """``training_matrix``, and which records it used (a mask)."""
+) -> tuple[FeatureSpec, np.ndarray, dict[str, int], np.ndarray, np.ndarray]:
+    """``training_matrix``, which records it used (a mask), and those records' inputs as
+    the stream would compute them (their own counts in: what the baseline of drift and
+    explanations compares the stream with; the same matrix when nothing is counted)."""
     source = columns_for(RecordColumns(records), schema)
     try:
         fitted = spec.fit(source)
@@ -193,7 +195,10 @@ def _training_rows(
             f"no usable training records: all {len(records)} rejected by the features "
             f"({first}; {skipped})"
         )
-    return fitted, computed.X[ok], skipped, ok
+    served = computed.X[ok]
+    if fitted.leaves_own_out:
+        served = fitted.compute(source, tenants=tenants).X[ok]
+    return fitted, computed.X[ok], skipped, ok, served
 
 
 def _ladder(medium_rate: float) -> tuple[float, float, float]:
@@ -317,13 +322,16 @@ def log_pipeline(
     trusted_types: Sequence[str] = (),
     extra_meta: Mapping[str, Any] | None = None,
     tenants: Sequence[str] | None = None,
+    served: np.ndarray | None = None,
 ) -> TrainResult:
     """Log a fitted pipeline with its metrics, feature spec and thresholds; register a version.
 
     The spec (``spec.to_dict()``, what it learned included) goes into the model's MLmodel
     metadata, so it is versioned with the model and every scorer rebuilds the same one.
     ``tenants`` (one per row of ``X``) gives the baseline each tenant's own bins, which
-    drift of a model serving several tenants compares each of them with.
+    drift of a model serving several tenants compares each of them with. ``served``:
+    the same rows as the stream computes them (``X`` is what the detector was fitted on,
+    training records leaving their own counts out); the baseline is taken from it.
     """
     import mlflow
     import pandas as pd
@@ -364,7 +372,11 @@ def log_pipeline(
                 name="model",
                 registered_model_name=registered,
                 signature=signature,
-                input_example=example,
+                # No input example: MLflow would load the model back through pyfunc to
+                # check it (the MLmodel parsed by the pure-Python YAML loader, seconds for
+                # a spec with rarity tables); the signature says the same. The
+                # requirements are this package's (inferring them runs a subprocess).
+                pip_requirements=_requirements(),
                 serialization_format="skops",
                 skops_trusted_types=sorted(needed),
                 metadata={
@@ -374,8 +386,10 @@ def log_pipeline(
                         "thresholds": thr.tolist(),
                         # Medians, spreads and bins of the training inputs and scores:
                         # what explanations and drift compare against.
-                        "baseline": Baseline.fit(X, scores, features,
-                                                 tenants=tenants).to_dict(),
+                        "baseline": Baseline.fit(
+                            X if served is None else served,
+                            scores if served is None else decision_scores(pipeline, served),
+                            features, tenants=tenants).to_dict(),
                         **(extra_meta or {}),
                     }
                 },
@@ -391,6 +405,20 @@ def log_pipeline(
         thresholds=(float(thr[0]), float(thr[1]), float(thr[2])),
         metrics=metrics,
     )
+
+
+def _requirements() -> list[str]:
+    """What a served model needs, pinned to this install (MLflow's own inference imports
+    the model in a subprocess: ~5 s per training)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("mlflow", "scikit-learn", "skops", "numpy", "scipy"):
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:  # pragma: no cover - each is a dependency
+            out.append(dist)
+    return out
 
 
 def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str, registered: str) -> None:
@@ -459,7 +487,7 @@ def train(
         features if isinstance(features, FeatureSpec)
         else FeatureSpec.from_fields(list(features))
     )
-    fitted, X, skipped, used = _training_rows(records, spec, input_schema)
+    fitted, X, skipped, used, served = _training_rows(records, spec, input_schema)
     if len(X) < min_records:
         raise TrainingError(
             f"only {len(X)} usable training records (fewer than {min_records})"
@@ -505,6 +533,7 @@ def train(
         extra_meta={"detector": detector, "input_schema": input_schema},
         tenants=[str(r.get("tenant_id", "")) for r, u in zip(records, used.tolist(),
                                                               strict=True) if u],
+        served=served,
     )
     result = replace(result, detector=detector, skipped=skipped, warnings=notes)
     if do_promote:
