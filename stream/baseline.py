@@ -17,7 +17,11 @@ the standard deviation, else 1. Ranking by
 tail first keeps an input that is nearly constant in training (a tiny spread)
 from topping every explanation with a huge but ordinary deviation.
 
-Why this and not the detector's own attribution (e.g. depth contributions
+A detector that measures evidence per input (``hbos``, ``ensemble``: see
+``stream.detectors``) says itself which inputs carried the score: those come first,
+each with its ``evidence`` in nats, and the rarity order above only breaks ties.
+
+For the others, why this and not the detector's own attribution (e.g. depth contributions
 along IsolationForest's paths): it is the same for
 every detector the tool trains (forest, LOF, one-class SVM, elliptic envelope),
 costs a handful of array operations per alert row, and says what an analyst can
@@ -191,8 +195,11 @@ class Baseline:
             out[:, j] = np.minimum(below, above)
         return out
 
-    def explain(self, X: np.ndarray, k: int = TOP_K) -> list[list[dict[str, Any]]]:
-        """Per row of ``X``, the ``k`` inputs rarest in training, rarest first."""
+    def explain(self, X: np.ndarray, k: int = TOP_K,
+                evidence: np.ndarray | None = None) -> list[list[dict[str, Any]]]:
+        """Per row of ``X``, the ``k`` inputs rarest in training, rarest first; with
+        ``evidence`` (the detector's own per-input evidence: hbos, ensemble), the ``k``
+        that carried the most of it, and that evidence in each item."""
         if len(X) == 0:
             return []
         z = self.deviations(X)
@@ -203,12 +210,16 @@ class Baseline:
         lo, hi = self.percentiles[0], self.percentiles[100]
         beyond = np.maximum(np.maximum(X - hi, lo - X), 0.0) / np.maximum(hi - lo, 1e-12)
         key = tail - np.minimum(beyond, 1e3) * 1e-6 - np.minimum(np.abs(z), 1e6) * 1e-12
+        if evidence is not None:
+            # The detector's evidence first (in nats; 0 for inputs that carried none),
+            # the same order as above among equals.
+            key = -np.round(evidence, 3) * 1e3 + np.clip(key, -1.0, 1.0)
         top = np.argsort(key, axis=1, kind="stable")[:, :k]
         cols, med, spr = self.columns, self.median.tolist(), self.spread.tolist()
         out = []
         for i, row in enumerate(top.tolist()):
             xi, zi, ti = X[i], z[i], tail[i]
-            out.append([
+            items = [
                 {
                     "feature": cols[j],
                     "value": _num(xi[j]),
@@ -218,7 +229,11 @@ class Baseline:
                     "tail": round(float(ti[j]), 3),
                 }
                 for j in row
-            ])
+            ]
+            if evidence is not None:
+                for item, j in zip(items, row, strict=True):
+                    item["evidence"] = round(float(evidence[i, j]), 3)
+            out.append(items)
         return out
 
 

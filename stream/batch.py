@@ -209,7 +209,7 @@ def process_batch(
         if model.baseline is not None:
             # Explained only where it is read: actionable alerts (about 1% of events).
             act = np.flatnonzero(lv >= explain_from)
-            explained = model.baseline.explain(X[act])
+            explained = model.baseline.explain(X[act], evidence=model.evidence(X[act]))
             explanations.update(zip(good[act].tolist(), explained, strict=True))
         if challenger is not None:
             ch = challenger(model)

@@ -525,7 +525,16 @@ def train(
                 do_promote=promote,
             )
     except ValueError as e:
-        raise click.UsageError(str(e)) from e
+        text = str(e)
+        if not (features or feature_exprs or feature_file or recipe) and \
+                "is absent from every training record" in text:
+            from stream.features.recipes import DEFAULT_RECIPE
+
+            # The user named no features: say which recipe read the field, and the ways out.
+            text += (f" (the default recipe, {DEFAULT_RECIPE}, reads the canonical flow "
+                     "fields: name the sensor with --input-schema, map fields with --map, "
+                     "or choose the features with --features or --recipe)")
+        raise click.UsageError(text) from e
     if result.skipped:
         click.echo(
             f"{input_path}: left out {sum(result.skipped.values())} records the features "

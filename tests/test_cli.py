@@ -192,6 +192,13 @@ def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> No
         for i in range(20)))
     r = runner.invoke(main, ["train", "--input", str(few)], env=env)
     assert r.exit_code == 2, r.output
+    # The default recipe reads fields these records lack: said, with the ways out.
+    said = " ".join(r.stderr.split())
+    assert "field 'protocol' is absent from every training record (the default recipe, " \
+        "network, reads the canonical flow fields" in said and "--features" in said
+    r = runner.invoke(main, ["train", "--input", str(few), "--features",
+                             "bytes_transferred,packet_count,connection_duration"], env=env)
+    assert r.exit_code == 2, r.output
     assert "only 20 usable training records (fewer than 256)" in " ".join(r.stderr.split())
 
 

@@ -132,3 +132,31 @@ def test_a_discrete_value_next_to_a_training_value_is_that_value() -> None:
     raw = det._raw(np.array([[np.log(n)], [np.log(n + 1)], [np.log(n) + 2]]))[:, 0]
     assert raw[1] == raw[0]
     assert raw[2] > raw[0]  # well past the largest: a value never seen
+
+
+def test_explanations_name_the_inputs_that_carried_the_evidence() -> None:
+    from stream.baseline import Baseline
+
+    X = _normal()
+    det = HistogramOutlier().fit(X)
+    base = Baseline.fit(X, det.decision_function(X), ["log_bytes", "port", "noise"])
+    rows = np.array([[8.0, 22.0, 0.0], [30.0, 443.0, 0.2]])
+    ev = det.evidence(rows)
+    out = base.explain(rows, evidence=ev)
+    assert [r[0]["feature"] for r in out] == ["port", "log_bytes"]
+    assert out[0][0]["evidence"] == round(float(ev[0, 1]), 3) > 0
+    assert all("evidence" not in item for r in base.explain(rows) for item in r)
+
+
+def test_a_served_model_gives_its_detectors_evidence_through_the_pipeline() -> None:
+    from stream.registry.loading import LoadedModel
+
+    X = _normal(500)
+    rows = np.array([[8.0, 22.0, 0.0]])
+    for detector, has in (("hbos", True), ("ensemble", True), ("isolation_forest", False)):
+        pipe = build_pipeline(n_estimators=10, detector=detector).fit(X)
+        model = LoadedModel("m", "1", ("a", "b", "c"), np.array([-0.3, -0.2, -0.1]), pipe)
+        ev = model.evidence(rows)
+        assert (ev is not None) == has
+        if has:
+            assert ev.shape == (1, 3) and ev[0].argmax() == 1

@@ -295,7 +295,8 @@ def test_train_maps_fields_as_score_does(tracking_uri: str, tmp_path: Path) -> N
             "--map", "connection_duration=secs"]
     r = CliRunner().invoke(main, ["train", "--input", str(path), *maps, "--tenant", "acme",
                                   "--model-name", base, "--tracking-uri", tracking_uri,
-                                  "--n-estimators", "20", "--promote"])
+                                  "--features", "bytes_transferred,packet_count,"
+                                  "connection_duration", "--n-estimators", "20", "--promote"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["score", str(path), *maps, "--tenant", "acme",
                                   "--model-name", base, "--tracking-uri", tracking_uri,

@@ -1,12 +1,13 @@
 """Windows end to end: the stream, ``stream score``, crashes and rebalances agree.
 
 On the real embedded broker and a real MLflow registry (SQLite). A model trained
-with the ``flows`` recipe (per-source, per-destination and per-pair windows)
-scores the same events identically (<= 1e-9) in ``stream score`` and in the
-stream; in exactly-once mode across SIGKILLs and restarts of ``stream run``
-(its window state comes back from the changelog topic; a soak test, run with
-``--soak``); and across a rebalance
-that moves a partition, with its state, to a second consumer.
+with the ``flows`` recipe (per-source, per-destination and per-pair windows), and one
+with the ``network`` recipe (rarity, since, spread, beacon) and the ``ensemble``
+detector (the forest and hbos), score the same events identically (<= 1e-9) in
+``stream score`` and in the stream; in exactly-once mode across SIGKILLs and
+restarts of ``stream run`` (its window state comes back from the changelog topic; a
+soak test, run with ``--soak``); and across a rebalance that moves a partition, with
+its state, to a second consumer.
 """
 
 from __future__ import annotations
@@ -31,18 +32,22 @@ from tests.kafkautil import read_all
 pytestmark = pytest.mark.integration
 
 TENANTS = ("acme", "globex")
-_models: dict[str, str] = {}
+_models: dict[tuple[str, str, str], str] = {}
+#: (recipe, detector): the demo's earlier model, and the default recipe with the
+#: tool's own detectors.
+MODELS = [("flows", "isolation_forest"), ("network", "ensemble")]
 
 
-def windowed_model(tracking_uri: str) -> str:
-    """A global model on the flows recipe, trained once per session."""
-    if tracking_uri not in _models:
+def windowed_model(tracking_uri: str, kind: tuple[str, str] = MODELS[0]) -> str:
+    """A global model on a windowed recipe, trained once per session."""
+    key = (tracking_uri, *kind)
+    if key not in _models:
         base = "win_" + os.urandom(3).hex()
         normal = list(generate_flows(6000, TENANTS, seed=5, attack_rate=0.0))
-        registry.train(normal, model_name=base, uri=tracking_uri, features=recipe("flows"),
-                       do_promote=True)
-        _models[tracking_uri] = base
-    return _models[tracking_uri]
+        registry.train(normal, model_name=base, uri=tracking_uri, features=recipe(kind[0]),
+                       detector=kind[1], do_promote=True)
+        _models[key] = base
+    return _models[key]
 
 
 def _events(n: int, seed: int) -> list[dict[str, Any]]:
@@ -85,10 +90,12 @@ def compare(stream: list[dict[str, Any]], offline: dict[str, float]) -> float:
     return max(abs(a["anomaly_score"] - offline[a["event"]["flow_id"]]) for a in stream)
 
 
+@pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble"])
 def test_stream_and_stream_score_give_the_same_window_scores(
-    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path,
+    kind: tuple[str, str],
 ) -> None:
-    base = windowed_model(tracking_uri)
+    base = windowed_model(tracking_uri, kind)
     events = _events(6000, seed=11)
     topics = fu.Topics(unique)
     topics.create(broker, input_partitions=2)
@@ -101,17 +108,20 @@ def test_stream_and_stream_score_give_the_same_window_scores(
     assert pipeline.stats.dead_letters == 0
     alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, topics.alerts)]
     diff = compare(alerts, offline_scores(tmp_path, events, base, tracking_uri))
-    print(f"\nwindows: stream vs stream score, {len(alerts)} events, max |diff| {diff:.3g}")
+    print(f"\nwindows ({'/'.join(kind)}): stream vs stream score, {len(alerts)} events, "
+          f"max |diff| {diff:.3g}")
     assert diff <= 1e-9
     # The state went to the changelog topic, one record per changed entity.
     assert read_all(broker.bootstrap, s.changelog_topic)
 
 
 @pytest.mark.soak  # ~35 s; once a restarted member waited out its group join in CI
+@pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble"])
 def test_exactly_once_windows_survive_sigkill_and_restart(
-    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path,
+    kind: tuple[str, str],
 ) -> None:
-    base = windowed_model(tracking_uri)
+    base = windowed_model(tracking_uri, kind)
     events = _events(12000, seed=12)
     topics = fu.Topics(unique)
     topics.create(broker, input_partitions=2)
@@ -155,7 +165,7 @@ def test_exactly_once_windows_survive_sigkill_and_restart(
     # hands those to read_committed readers too), carries the score `stream score` gives.
     alerts = [orjson.loads(m.value()) for m in fu.read_topic(broker.bootstrap, topics.alerts)]
     diff = compare(alerts, offline_scores(tmp_path, events, base, tracking_uri))
-    print(f"\nwindows across {kills} SIGKILLs (exactly-once): {n} events, "
+    print(f"\nwindows ({'/'.join(kind)}) across {kills} SIGKILLs (exactly-once): {n} events, "
           f"{len(alerts)} alert copies, max |diff| {diff:.3g}")
     assert diff <= 1e-9
 

@@ -126,6 +126,19 @@ class LoadedModel:
         est = self.estimator
         return est() if isinstance(est, _Deferred) else est
 
+    def evidence(self, X: np.ndarray) -> np.ndarray | None:
+        """Per row and input, the detector's own tail evidence (``hbos``, ``ensemble``:
+        what carried the score); None for a detector without one."""
+        est = self.estimator
+        if isinstance(est, _Deferred):
+            return None  # a forest served by its shipped scorer: no per-input evidence
+        last = est[-1] if hasattr(est, "steps") else est
+        fn = getattr(last, "evidence", None)
+        if fn is None:
+            return None
+        out = fn(est[:-1].transform(X) if hasattr(est, "steps") else X)
+        return None if out is None else np.asarray(out, dtype=np.float64)
+
     def score(self, X: np.ndarray) -> np.ndarray:
         if self.scorer is not None:
             return self.scorer(X)
