@@ -209,7 +209,8 @@ def process_batch(
         if model.baseline is not None:
             # Explained only where it is read: actionable alerts (about 1% of events).
             act = np.flatnonzero(lv >= explain_from)
-            explained = model.baseline.explain(X[act], evidence=model.evidence(X[act]))
+            explained = model.baseline.explain(
+                X[act], evidence=model.evidence(X[act]) if len(act) else None)
             explanations.update(zip(good[act].tolist(), explained, strict=True))
         if challenger is not None:
             ch = challenger(model)

@@ -379,8 +379,8 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @click.option(
     "--detector",
-    type=click.Choice(["isolation_forest", "hbos", "ensemble", "lof", "ocsvm", "elliptic"]),
-    default="isolation_forest",
+    type=click.Choice(["ensemble", "isolation_forest", "hbos", "lof", "ocsvm", "elliptic"]),
+    default="ensemble",
     show_default=True,
     help="The detector after the StandardScaler; all are scored with decision_function. "
     "hbos: the sum of each input's tail evidence; ensemble: the forest and hbos, each "

@@ -3,7 +3,8 @@
 Embedded broker on a free port, a local SQLite registry in a working
 directory, synthetic flows for three tenants with injected attacks (one tenant
 served by the global model), models trained with the default recipe (``network``:
-sizes, rarity in the training traffic, novelty, fan-out and beacons) and promoted,
+sizes, rarity in the training traffic, novelty, fan-out and beacons) and detector
+(``ensemble``: the forest and HBOS) and promoted,
 the consumer run, the traffic pushed (keyed by tenant, so that each tenant's
 windows see all of its events), and a summary printed: alerts per tenant and
 level, and per attack kind the share of its events alerted, at the alert
@@ -32,6 +33,7 @@ from stream.failures import kafka_logger
 from stream.features.recipes import DEFAULT_RECIPE, recipe
 from stream.generate import ATTACK_LABELS, generate_flows
 from stream.outcomes import LEVEL_NAMES
+from stream.registry.training import DEFAULT_DETECTOR
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,8 @@ def run_demo(
             mixed = list(generate_flows(9000, tenants, seed=seed + 10, attack_rate=0.0))
             own = list(generate_flows(20000, tenants, seed=seed + 1, attack_rate=0.0))
             trained = [
-                registry.train(mixed, uri=uri, features=spec, calibrate=rates, do_promote=True)
+                registry.train(mixed, uri=uri, features=spec, detector=DEFAULT_DETECTOR,
+                               calibrate=rates, do_promote=True)
             ]
             for t in OWN_MODEL_TENANTS:
                 trained.append(
@@ -93,6 +96,7 @@ def run_demo(
                         tenant=t,
                         uri=uri,
                         features=spec,
+                        detector=DEFAULT_DETECTOR,
                         calibrate=rates,
                         do_promote=True,
                     )

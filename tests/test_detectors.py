@@ -158,5 +158,30 @@ def test_a_served_model_gives_its_detectors_evidence_through_the_pipeline() -> N
         model = LoadedModel("m", "1", ("a", "b", "c"), np.array([-0.3, -0.2, -0.1]), pipe)
         ev = model.evidence(rows)
         assert (ev is not None) == has
+        none = model.evidence(rows[:0])  # a batch with no alert to explain
+        assert none is None if not has else none.shape == (0, 3)
         if has:
             assert ev.shape == (1, 3) and ev[0].argmax() == 1
+
+
+def test_a_loaded_ensemble_walks_its_forest_compiled_and_scores_the_same() -> None:
+    import skops.io as sio
+
+    from stream import scoring
+    from stream.registry.loading import _ensemble_walks
+
+    X = _normal(2000)
+    pipe = build_pipeline(n_estimators=30, detector="ensemble").fit(X)
+    before = pipe.decision_function(X)
+    said = _ensemble_walks(pipe)
+    assert said.startswith("the ensemble, its forest walked by the")
+    fast = getattr(pipe[-1], "_fast", {})
+    assert set(fast) == {"isolation_forest"}
+    assert getattr(fast["isolation_forest"], "compiled", False) == (
+        scoring.compiled_forest is not None)
+    assert np.array_equal(pipe.decision_function(X), before)
+    # The walk is this process's: never written with the model.
+    blob = sio.dumps(pipe)
+    again = sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
+    assert getattr(again[-1], "_fast", None) is None
+    assert np.array_equal(again.decision_function(X), before)

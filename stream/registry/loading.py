@@ -136,6 +136,8 @@ class LoadedModel:
         fn = getattr(last, "evidence", None)
         if fn is None:
             return None
+        if len(X) == 0:
+            return np.empty((0, X.shape[1] if X.ndim == 2 else 0))
         out = fn(est[:-1].transform(X) if hasattr(est, "steps") else X)
         return None if out is None else np.asarray(out, dtype=np.float64)
 
@@ -471,4 +473,36 @@ def load_directory(
         estimator=estimator,
         load_seconds=time.perf_counter() - t0,
         scorer=fast_isolation_forest(estimator),
+        served_from=_ensemble_walks(estimator),
     )
+
+
+def _ensemble_walks(estimator: Any) -> str:
+    """An ensemble's forest members scored by the compiled walk, each proved
+    bit-identical to its own ``decision_function`` (``fast_isolation_forest``, behind an
+    identity scaler: the members read the pipeline's scaled inputs); what the load line
+    says of it ("" for any other model)."""
+    last = estimator[-1] if hasattr(estimator, "steps") else None
+    members = getattr(last, "fitted_", None)
+    if members is None or not hasattr(last, "use_scorers"):
+        return ""
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    walks = {}
+    for name, est in members:
+        if type(est) is not IsolationForest:
+            continue
+        identity = StandardScaler()
+        d = int(est.n_features_in_)
+        identity.mean_, identity.scale_ = np.zeros(d), np.ones(d)
+        identity.var_, identity.n_features_in_, identity.n_samples_seen_ = np.ones(d), d, 1
+        fast = fast_isolation_forest(Pipeline([("scaler", identity), (name, est)]))
+        if fast is not None:
+            walks[name] = fast
+    last.use_scorers(walks)
+    if not walks:
+        return ""
+    how = "compiled" if all(getattr(w, "compiled", False) for w in walks.values()) else "numpy"
+    return f"the ensemble, its forest walked by the {how} scorer proved identical here"
