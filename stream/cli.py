@@ -384,7 +384,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     show_default=True,
     help="The detector after the StandardScaler; all are scored with decision_function. "
     "hbos: the sum of each input's tail evidence; ensemble: the forest and hbos, each "
-    "calibrated, the surer one (README: Detectors).",
+    "calibrated, the surer one (README: Models and the registry).",
 )
 @click.option(
     "--min-records",

@@ -61,7 +61,7 @@ def test_cli_log_features_serve_in_the_stream_and_match_sklearn_and_stream_score
     broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
 ) -> None:
     base = "feat_" + os.urandom(3).hex()
-    trained = _train(tmp_path, tracking_uri, base,
+    trained = _train(tmp_path, tracking_uri, base, "--detector", "isolation_forest",
                      *[a for f in LOG_FEATURES for a in ("--feature", f)])
     assert trained["features"] == ["lb", "lp", "ld"]
     r = CliRunner().invoke(main, ["describe", "--tenant", "acme", "--model-name", base,

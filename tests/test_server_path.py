@@ -206,7 +206,8 @@ def test_train_promote_models_and_run_through_the_server(
         subprocess.Popen([sys.executable, "-m", "stream.cli", *train, "--promote"],
                          env=as_trainer, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True),
-        subprocess.Popen([sys.executable, "-m", "stream.cli", *train, "--tenant", "acme"],
+        subprocess.Popen([sys.executable, "-m", "stream.cli", *train, "--tenant", "acme",
+                          "--detector", "isolation_forest"],
                          env=as_trainer, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True),
     ]
@@ -282,8 +283,12 @@ def test_train_promote_models_and_run_through_the_server(
         assert value(samples, "stream_model_reload_failures_total", model=model) == 0
     assert read_all(broker.bootstrap, topics["dlq"]) == []
     assert "401" not in proc.stderr_text() and "403" not in proc.stderr_text()
-    # Both versions served from the scorer their trainer shipped, proved here.
-    assert proc.stderr_text().count("its trainer shipped") >= 2, proc.log_tail()
+    # acme's forest served from the scorer its trainer shipped through the server, the
+    # global ensemble (the default detector) with its forest walked by the compiled scorer;
+    # each proved here.
+    err = proc.stderr_text()
+    assert err.count("its trainer shipped") == 1, proc.log_tail()
+    assert err.count("forest walked by the compiled scorer proved identical") == 1, err
 
 
 
