@@ -50,6 +50,7 @@ from stream.failures import kafka_logger
 from stream.features import state_codec
 from stream.features.store import WindowStore
 from stream.features.windows import load_state  # validates a record of the earlier form
+from stream.kafka import headers_of
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,11 @@ def restore(
                             done = True
                             continue
                         raise KafkaException(err)
-                    if _offset(m.headers()) > committed:
+                    if _offset(headers_of(m)) > committed:
                         continue  # a batch that never committed
-                    latest[m.key()] = m.value()
+                    key = m.key()
+                    if key is not None:  # every record this tool writes has its key
+                        latest[key] = m.value()
     finally:
         c.close()
     base = float("-inf")
@@ -166,8 +169,8 @@ def restore(
     return len(items)
 
 
-def _offset(headers: list[tuple[str, bytes]] | None) -> int:
-    for k, v in headers or ():
-        if k == OFFSET_HEADER:
+def _offset(headers: list[tuple[str, bytes | None]]) -> int:
+    for k, v in headers:
+        if k == OFFSET_HEADER and v is not None:
             return int(v)
     return -1  # written by no batch we know: treat as committed

@@ -515,7 +515,7 @@ def train(
                 n_estimators=n_estimators,
                 contamination=cont,
                 random_state=random_state,
-                thresholds=_floats(thresholds, "--thresholds"),  # type: ignore[arg-type]
+                thresholds=_floats(thresholds, "--thresholds"),
                 calibrate=_floats(calibrate, "--calibrate"),
                 alert_budget=alert_budget,
                 labels=load_records(labels_path).records if labels_path else None,
@@ -1161,7 +1161,7 @@ def feedback(
         return
     click.echo(f"{'tenant':<16}{'alerts':>8}{'reviewed':>10}{'true pos':>10}{'false pos':>11}"
                f"{'benign':>8}{'precision':>11}")
-    for tenant, row in report["per_tenant"].items():
+    for tenant, row in book.per_tenant().items():
         p = "-" if row["precision"] is None else f"{row['precision']:.2f}"
         click.echo(f"{tenant:<16}{row['alerts']:>8}{row['reviewed']:>10}"
                    f"{row['true_positive']:>10}{row['false_positive']:>11}{row['benign']:>8}"

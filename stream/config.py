@@ -359,7 +359,7 @@ def _coerce(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e
         return str(raw).strip()
-    typ = type(f.default)
+    typ: type[Any] = type(f.default)
     try:
         value = parse_bool(raw) if typ is bool else typ(raw)
         choices = f.metadata.get("choices")

@@ -32,6 +32,7 @@ from stream.embedded import EmbeddedBroker
 from stream.failures import kafka_logger
 from stream.features.recipes import DEFAULT_RECIPE, recipe
 from stream.generate import ATTACK_LABELS, generate_flows
+from stream.kafka import value_of
 from stream.outcomes import LEVEL_NAMES
 from stream.registry.training import DEFAULT_DETECTOR
 
@@ -156,7 +157,7 @@ def _produce(bootstrap: str, topic: str, flows: list[dict[str, Any]]) -> int:
     step = max(1, len(values) // (len(BAD_RECORDS) + 1))
     for k, bad in enumerate(BAD_RECORDS):
         values.insert((k + 1) * step, bad)
-    keys = [str(f["tenant_id"]).encode() for f in flows]
+    keys: list[bytes | None] = [str(f["tenant_id"]).encode() for f in flows]
     for k in range(len(BAD_RECORDS)):
         keys.insert((k + 1) * step, None)
     for v, key in zip(values, keys, strict=True):
@@ -238,7 +239,7 @@ def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
             if m.error():
                 continue
             seen += 1
-            out.append(orjson.loads(m.value()))
+            out.append(orjson.loads(value_of(m)))
     c.close()
     return out
 

@@ -43,7 +43,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 __all__ = ["Ensemble", "HistogramOutlier"]
 
 
-class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
+class HistogramOutlier(OutlierMixin, BaseEstimator):
     """Histogram-based outlier score with tail evidence per input (see the module doc).
 
     ``bins``: bins per input ("auto": the square root of the training rows, between
@@ -52,14 +52,26 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
     share of training rows whose evidence on an input counts as ordinary (subtracted).
     ``contamination``: where ``decision_function`` crosses 0 on training data, as
     IsolationForest's (thresholds are calibrated on the training scores anyway).
+    ``tails``: per input, which way its values are unusual: 0 either way (default), +1
+    only above the training's (a rarity: a destination seen more often than most is
+    not evidence), -1 only below. A one-sided input's evidence is the share of training
+    values at least as far out on that side, whatever the spacing of its values; on the
+    other side it is 0.
+
+    >>> X = np.column_stack([np.repeat([1.0, 2.0, 3.0, 6.0], [50, 30, 15, 5])] * 2)
+    >>> det = HistogramOutlier(tails=[1, 0]).fit(X)
+    >>> [round(float(e), 2) for e in det.evidence(np.array([[0.0, 0.0]]))[0]]  # below
+    [0.0, 3.58]
     """
 
     def __init__(self, bins: int | str = "auto", floor_quantile: float = 0.95,
-                 contamination: float | str = 0.1, alpha: float = 1.0) -> None:
+                 contamination: float | str = 0.1, alpha: float = 1.0,
+                 tails: list[int] | None = None) -> None:
         self.bins = bins
         self.floor_quantile = floor_quantile
         self.contamination = contamination
         self.alpha = alpha
+        self.tails = tails
 
     def fit(self, X: Any, y: Any = None) -> HistogramOutlier:
         X = _matrix(X)
@@ -74,6 +86,11 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
               else int(self.bins))
         if nb < 2:
             raise ValueError("bins must be at least 2")
+        tails = np.zeros(d, dtype=np.int64) if self.tails is None else np.sign(
+            np.asarray(self.tails, dtype=np.int64))
+        if tails.shape != (d,):
+            raise ValueError(f"tails has {tails.size} entries for {d} inputs")
+        self.tails_ = tails
         # Per input (ragged lists of arrays, which skops stores as plain numpy arrays):
         # its support points; for a discrete input the boundaries between them and -log p
         # of each value; for a continuous one the training counts at or below and at or
@@ -88,7 +105,7 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         for j in range(d):
             x = np.sort(X[:, j])
             distinct, counts = np.unique(x, return_counts=True)
-            if len(distinct) <= nb:
+            if len(distinct) <= nb and not tails[j]:
                 self.discrete_[j] = True
                 k = len(distinct)
                 self.support_.append(distinct)
@@ -130,7 +147,10 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """Per row and input: the evidence before the floor."""
         out = np.empty(X.shape, dtype=np.float64)
         n, a = float(self.n_training_rows_), float(self.alpha)
+        # Models fitted before inputs had a direction: every input both ways.
+        tails = getattr(self, "tails_", None)
         for j in range(X.shape[1]):
+            side = 0 if tails is None else int(tails[j])
             x = X[:, j]
             pts = self.support_[j]
             if self.discrete_[j]:
@@ -150,8 +170,10 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
                 k = np.searchsorted(pts, x, side="left")  # first point >= x
                 c_le = np.where(i >= 0, le[np.clip(i, 0, len(pts) - 1)], 0.0)
                 c_ge = np.where(k < len(pts), ge[np.clip(k, 0, len(pts) - 1)], 0.0)
-                # The share of training values at least this far out on the row's side.
-                e = -np.log((np.minimum(c_le, c_ge) + a) / (n + a))
+                # The share of training values at least this far out on the row's side
+                # (on the input's one side, for a one-sided input).
+                c = c_ge if side > 0 else c_le if side < 0 else np.minimum(c_le, c_ge)
+                e = -np.log((c + a) / (n + a))
                 lo_e = hi_e = -math.log(a / (n + a))
             # Beyond the range: the edge's evidence (an unseen value's, for a discrete input),
             # growing with the log of the distance in spreads (a value just past the
@@ -159,8 +181,10 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
             # rarer by log 1001).
             below = (pts[0] - x) / self.scale_[j]
             above = (x - pts[-1]) / self.scale_[j]
-            e = np.where(below > 0, lo_e + np.log1p(np.clip(below, 0.0, 1e12)), e)
-            e = np.where(above > 0, hi_e + np.log1p(np.clip(above, 0.0, 1e12)), e)
+            if side <= 0:
+                e = np.where(below > 0, lo_e + np.log1p(np.clip(below, 0.0, 1e12)), e)
+            if side >= 0:
+                e = np.where(above > 0, hi_e + np.log1p(np.clip(above, 0.0, 1e12)), e)
             # NaN compares False everywhere: a NaN input is as far out as it gets.
             out[:, j] = np.where(np.isnan(X[:, j]), max(lo_e, hi_e) + math.log1p(1e12), e)
         return out
@@ -190,7 +214,7 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):  # type: ignore[misc]
         return X
 
 
-class Ensemble(OutlierMixin, BaseEstimator):  # type: ignore[misc]
+class Ensemble(OutlierMixin, BaseEstimator):
     """Several detectors fitted on the same inputs, each score calibrated against its own
     training scores, combined by the maximum (default) or the sum.
 

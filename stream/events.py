@@ -221,7 +221,7 @@ class DecodedBatch:
             for i, v in enumerate(values):
                 if v and len(v) > max_bytes:
                     self._fail(i, OVERSIZE, f"{len(v)} bytes > limit {max_bytes}")
-                    todo[i] = None  # type: ignore[index]
+                    todo[i] = None
         decode = self._schema.decode
         rows: list[Any] = []
         while len(rows) < self.n:

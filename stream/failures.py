@@ -193,7 +193,8 @@ def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({**conf, "logger": kafka_logger()}).list_topics(timeout=timeout)
+        admin_conf: dict[str, Any] = {**conf, "logger": kafka_logger()}
+        AdminClient(admin_conf).list_topics(timeout=timeout)
     except KafkaException as e:
         return f"no metadata within {timeout:g} s ({e.args[0].str() if e.args else e})"
     return None

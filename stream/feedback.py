@@ -153,7 +153,7 @@ class FeedbackBook:
         """The reviewed alerts' events with ``label``, ``verdict`` and where they came from."""
         for aid, verdict in self.verdicts.items():
             a = self.alerts[aid]
-            event = a.get("event") if isinstance(a.get("event"), dict) else {}
+            event: dict[str, Any] = a["event"] if isinstance(a.get("event"), dict) else {}
             yield {
                 **event,
                 "tenant_id": a["tenant_id"],
@@ -205,6 +205,7 @@ def run(
     from confluent_kafka import Producer
 
     from stream.failures import kafka_logger
+    from stream.kafka import as_headers, position, value_of
     from stream.outcomes import dead_letter_headers
     from stream.subscribe import read_messages
 
@@ -213,27 +214,28 @@ def run(
     boot = settings.bootstrap_servers
     for m in read_messages(boot, settings.alert_topic, from_beginning=True, extra=extra):
         try:
-            book.add_alert(orjson.loads(m.value()))
+            book.add_alert(orjson.loads(value_of(m)))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
     if incident_topic:
         for m in read_messages(boot, incident_topic, from_beginning=True, extra=extra):
             try:
-                book.add_incident(orjson.loads(m.value()))
+                book.add_incident(orjson.loads(value_of(m)))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
     dlq = Producer({**settings.kafka_common(), "linger.ms": 20, "logger": kafka_logger()})
     try:
         for m in read_messages(boot, feedback_topic, from_beginning=True, follow=follow,
                                extra=extra, should_stop=should_stop):
-            v = parse(m.value())
+            v = parse(value_of(m))
             if isinstance(v, str):
                 book.malformed += 1
-                log.warning("malformed feedback at %s[%d]@%d: %r: dead-lettered", m.topic(),
-                            m.partition(), m.offset(), v[:300])
+                topic, (partition, offset) = m.topic() or feedback_topic, position(m)
+                log.warning("malformed feedback at %s[%d]@%d: %r: dead-lettered", topic,
+                            partition, offset, v[:300])
                 dlq.produce(settings.dlq_topic, m.value(), key=m.key(),
-                            headers=dead_letter_headers(MALFORMED, v[:300], m.topic(),
-                                                        m.partition(), m.offset()))
+                            headers=as_headers(dead_letter_headers(
+                                MALFORMED, v[:300], topic, partition, offset)))
                 dlq.poll(0)
             else:
                 book.add_verdict(v)

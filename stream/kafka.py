@@ -165,6 +165,38 @@ def make_producer(
     return Producer(conf)
 
 
+#: Record headers as confluent-kafka's ``produce`` takes them.
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def headers_of(m: Message) -> list[tuple[str, bytes | None]]:
+    """A consumed record's headers, in order (confluent-kafka gives a list of pairs, or
+    None when there are none)."""
+    h = m.headers()
+    if not h:
+        return []
+    items = h.items() if isinstance(h, dict) else h
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+
+
+def value_of(m: Message) -> bytes:
+    """A consumed record's value; b"" for a tombstone (None), which no JSON parses."""
+    v = m.value()
+    return b"" if v is None else v if isinstance(v, bytes) else v.encode()
+
+
+def position(m: Message) -> tuple[int, int]:
+    """(partition, offset) of a consumed record (set on every record a consumer returns;
+    -1 only on a client's own error events)."""
+    p, o = m.partition(), m.offset()
+    return (-1 if p is None else p, -1 if o is None else o)
+
+
+def as_headers(pairs: Iterable[tuple[str, bytes | None]]) -> Headers:
+    """Header pairs in the form ``produce`` takes."""
+    return [(k, v) for k, v in pairs]
+
+
 def _fmt(parts: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in parts) or "(none)"
 
@@ -202,7 +234,8 @@ def create_topics(
     """
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({**conf, "logger": kafka_logger()})
+    admin_conf: dict[str, Any] = {**conf, "logger": kafka_logger()}
+    admin = AdminClient(admin_conf)
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
         NewTopic(

@@ -110,8 +110,9 @@ def route_mlflow_prints() -> None:
     command a second and more.
     """
     mod = sys.modules.get("mlflow.utils.logging_utils")
-    if mod is not None and not isinstance(mod.MLFLOW_LOGGING_STREAM, _MlflowPrints):
-        mod.MLFLOW_LOGGING_STREAM = _MlflowPrints()
+    if mod is not None and not isinstance(getattr(mod, "MLFLOW_LOGGING_STREAM", None),
+                                          _MlflowPrints):
+        setattr(mod, "MLFLOW_LOGGING_STREAM", _MlflowPrints())  # noqa: B010 - not typed
 
 
 #: Kinds a BurstLog line names (the JSON form carries them all).

@@ -534,6 +534,10 @@ class _Server(ThreadingHTTPServer):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "stream-health"
@@ -610,9 +614,7 @@ class HealthServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("HealthServer already started")
-        server_cls = _Server
-        if ":" in self._host:
-            server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        server_cls = _Server6 if ":" in self._host else _Server
         server = server_cls((self._host, self._requested_port), _Handler)
         server.health = self
         self._server = server

@@ -276,8 +276,9 @@ def dead_letter_json(
     key: bytes | None = None,
 ) -> bytes:
     """A dead-letter record for a file: the headers' fields, then the original bytes as text."""
-    doc = {name: raw.decode() for name, raw in
-           dead_letter_headers(reason, detail, topic, partition, offset)}
+    doc: dict[str, str | None] = {
+        name: raw.decode() for name, raw in
+        dead_letter_headers(reason, detail, topic, partition, offset)}
     doc["key"] = None if key is None else key.decode("utf-8", "replace")
     doc["value"] = (value or b"").decode("utf-8", "replace")
     return orjson.dumps(doc)

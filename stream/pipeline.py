@@ -282,7 +282,7 @@ class Pipeline:
             return [src.name] * len(msgs)
         if src.kind == "key":
             return [_text(m.key()) for m in msgs]
-        return [_header(m.headers(), src.name) for m in msgs]
+        return [_header(kafka_clients.headers_of(m), src.name) for m in msgs]
 
     def _records(self, msgs: list[Message], outcome: BatchOutcome) -> list[Record]:
         """Alerts (keyed by tenant), dead letters (original bytes and key), shadow reports."""
@@ -412,12 +412,12 @@ def _text(raw: bytes | None) -> str | None:
         return None
 
 
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+def _header(headers: list[tuple[str, bytes | None]], name: str) -> str | None:
     """The tenant header's text; None (``invalid_tenant``) when it is missing or given more
     than once: which of two tenants a sender meant is not ours to pick."""
     found: bytes | None = None
     seen = False
-    for key, value in headers or ():
+    for key, value in headers:
         if key == name:
             if seen:
                 return None

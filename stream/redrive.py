@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from stream.failures import kafka_logger
+from stream.kafka import as_headers, headers_of, position
 from stream.outcomes import TRUNCATED
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ class RedriveSummary:
     failed: int = 0
 
 
-def original(m: Message) -> tuple[str | None, str, list[tuple[str, bytes]]]:
+def original(m: Message) -> tuple[str | None, str, list[tuple[str, bytes | None]]]:
     """(source topic, reason, the original headers) of a dead-letter record."""
-    headers = list(m.headers() or [])
+    headers = headers_of(m)
     tail = headers[-len(DEAD_LETTER_HEADERS):]
     if [k for k, _v in tail] == list(DEAD_LETTER_HEADERS):
         ours = dict(tail)
@@ -96,11 +97,12 @@ def redrive(conf: dict[str, Any], dlq_topic: str, reasons: Sequence[str], *,
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(m.partition())
+                        at_end.add(position(m)[0])
                         continue
                     raise RuntimeError(f"reading {dlq_topic}: {err.str()}")
-                at_end.discard(m.partition())
-                positions[m.partition()] = m.offset() + 1
+                partition, offset = position(m)
+                at_end.discard(partition)
+                positions[partition] = offset + 1
                 source, reason, headers = original(m)
                 if reason not in wanted:
                     summary.skipped[reason] += 1
@@ -113,10 +115,11 @@ def redrive(conf: dict[str, Any], dlq_topic: str, reasons: Sequence[str], *,
                 if not target:
                     summary.skipped["(no source topic)"] += 1
                     continue
-                headers.append((REDRIVEN, f"{m.topic()}/{m.partition()}/{m.offset()}".encode()))
+                headers.append((REDRIVEN, f"{m.topic()}/{partition}/{offset}".encode()))
                 while True:
                     try:
-                        p.produce(target, m.value(), m.key(), headers=headers, on_delivery=acked)
+                        p.produce(target, m.value(), m.key(), headers=as_headers(headers),
+                                  on_delivery=acked)
                         break
                     except BufferError:
                         p.poll(0.1)

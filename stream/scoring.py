@@ -155,7 +155,7 @@ def fast_isolation_forest(
         Z = np.ascontiguousarray(transform(X), dtype=np.float32)
         if stacked is not None and len(Z) <= STACKED_WALK_MAX_ROWS and not np.isnan(Z).any():
             return stacked(Z)
-        depths = np.zeros(len(Z), order="f")
+        depths = np.zeros(len(Z), order="F")
         for k, (tree, feats) in enumerate(trees):
             leaves = tree.apply(np.ascontiguousarray(Z[:, feats]) if subsample else Z)
             depths += path_lengths[k][leaves] + avg_lengths[k][leaves] - 1.0
@@ -230,8 +230,8 @@ def compiled_scorer(parts: dict[str, np.ndarray], fallback: Callable[[], Any]) -
             return decision_scores(fallback(), X)
         return _scores(depths, denominator, offset)
 
-    score.compiled = True  # type: ignore[attr-defined]
-    score.parts = parts  # type: ignore[attr-defined]
+    score.compiled = True
+    score.parts = parts
     return score
 
 

@@ -17,6 +17,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from stream.failures import kafka_logger
+from stream.kafka import headers_of, position, value_of
 from stream.outcomes import LEVEL_CODES
 
 LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
@@ -56,7 +57,8 @@ def read_messages(
             for m in msgs:
                 if m.error():
                     continue
-                next_offset[m.partition()] = m.offset() + 1
+                partition, offset = position(m)
+                next_offset[partition] = offset + 1
                 yield m
             if msgs or follow:
                 idle_rounds = 0
@@ -81,7 +83,7 @@ def read_alerts(bootstrap: str, topic: str, **kw: Any) -> Iterator[dict[str, Any
     try:
         for m in read_messages(bootstrap, topic, **kw):
             try:
-                alert = orjson.loads(m.value())
+                alert = orjson.loads(value_of(m))
             except orjson.JSONDecodeError:
                 alert = {"alert_id": f"{topic}/{m.partition()}/{m.offset()}", "invalid": True}
             yield alert
@@ -154,7 +156,7 @@ def printable(text: str) -> str:
 def dead_letter_row(m: Message) -> dict[str, Any]:
     """A dead-letter record as a row: its reason, detail, source and a preview of its bytes
     (control characters escaped: the bytes are whatever a sender put there)."""
-    h = {k: printable(v.decode("utf-8", "replace")) for k, v in (m.headers() or [])
+    h = {k: printable(v.decode("utf-8", "replace")) for k, v in headers_of(m)
          if v is not None}
     value = m.value() or b""
     preview = printable(value[:80].decode("utf-8", "replace"))

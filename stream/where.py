@@ -73,7 +73,7 @@ def _literal(tok: Token) -> Any:
         else number
 
 
-class _Build(Transformer):  # type: ignore[type-arg]
+class _Build(Transformer):
     def eq(self, items: list[Token]) -> Test:
         return Test(str(items[0]), (_literal(items[1]),), False)
 

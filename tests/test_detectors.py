@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 
 from stream.detectors import Ensemble, HistogramOutlier
 from stream.registry.loading import TRUSTED_TYPES
-from stream.registry.training import build_pipeline
+from stream.registry.training import build_pipeline, training_matrix
 
 
 def _normal(n: int = 3000, seed: int = 0) -> np.ndarray:
@@ -112,7 +112,7 @@ def test_skops_round_trip_needs_only_the_trusted_types(detector: str) -> None:
     import skops.io as sio
 
     X = _normal(800)
-    pipe = build_pipeline(n_estimators=20, detector=detector).fit(X)
+    pipe = build_pipeline(n_estimators=20, detector=detector, tails=[1, 0, -1]).fit(X)
     blob = sio.dumps(pipe)
     asked = set(sio.get_untrusted_types(data=blob))
     assert asked <= set(TRUSTED_TYPES), asked - set(TRUSTED_TYPES)
@@ -185,3 +185,62 @@ def test_a_loaded_ensemble_walks_its_forest_compiled_and_scores_the_same() -> No
     again = sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
     assert getattr(again[-1], "_fast", None) is None
     assert np.array_equal(again.decision_function(X), before)
+
+
+def test_a_one_sided_input_counts_evidence_on_its_side_only() -> None:
+    # A rarity-like input: most rows common (low values), a few rare (high values).
+    rng = np.random.default_rng(5)
+    rare = rng.choice([0.5, 1.0, 2.0, 4.0, 6.0], size=2000, p=[0.4, 0.3, 0.2, 0.08, 0.02])
+    X = np.column_stack([rare, rng.normal(size=2000)])
+    both = HistogramOutlier().fit(X)
+    upper = HistogramOutlier(tails=[1, 0]).fit(X)
+    lower = HistogramOutlier(tails=[-1, 0]).fit(X)
+    common, unseen = np.array([[0.5, 0.0]]), np.array([[9.0, 0.0]])
+    below = np.array([[-3.0, 0.0]])
+    # More common than anything in training is evidence only when both ways count.
+    assert both.evidence(below)[0, 0] > 0
+    assert upper.evidence(below)[0, 0] == 0.0 and upper.evidence(common)[0, 0] == 0.0
+    # Rarer than anything in training is evidence on the upper side, none on the lower.
+    assert upper.evidence(unseen)[0, 0] > 2.0
+    assert lower.evidence(unseen)[0, 0] == 0.0 and lower.evidence(below)[0, 0] > 2.0
+    # The other input is untouched, and all-zero tails are the two-sided detector.
+    assert upper.evidence(X[:50])[:, 1].tolist() == both.evidence(X[:50])[:, 1].tolist()
+    zero = HistogramOutlier(tails=[0, 0]).fit(X)
+    assert np.array_equal(zero.decision_function(X), both.decision_function(X))
+    with pytest.raises(ValueError, match="tails has 3 entries for 2 inputs"):
+        HistogramOutlier(tails=[1, 0, 0]).fit(X)
+
+
+def test_the_spec_tells_which_way_each_input_is_unusual() -> None:
+    from stream.features.expr import compile_expr, tail_of
+    from stream.features.recipes import recipe
+
+    cases = {
+        "rarity(dst_port)": 1,
+        "log1p(since(by=src_ip>dst_ip, window=1d) / 60)": 1,
+        "spread(dst_ip, by=src_ip, window=10m)": 1,
+        "-rarity(dst_ip)": -1,
+        "1 - freq(dst_port)": 1,
+        "freq(dst_port) * 2": -1,
+        "prevalence(dst_ip, by=src_ip)": -1,
+        "log1p(fill(bytes_transferred, 0))": 0,
+        "rarity(dst_ip) - rarity(dst_port)": 0,
+        "rarity(dst_ip) * bytes_transferred": 0,
+        "count(by=src_ip, window=1m)": 0,
+        "mean(bytes_transferred, by=src_ip, window=1m)": 0,
+    }
+    assert {e: tail_of(compile_expr(e).root) for e in cases} == cases
+    spec = recipe("network")
+    rows = [{"src_ip": f"10.0.0.{i % 7}", "dst_ip": f"10.1.0.{i % 5}", "dst_port": 443,
+             "protocol": "tcp", "bytes_transferred": 100 + i, "packet_count": 3,
+             "connection_duration": 0.5, "timestamp": 1000.0 + i} for i in range(50)]
+    fitted, _X, _skipped = training_matrix(rows, spec)
+    tails = dict(zip(fitted.columns, fitted.tails, strict=True))
+    assert tails["log_bytes"] == 0 and tails["rare_service"] == 1
+    assert tails["pair_novelty"] == 1 and tails["pair_beacon"] == 1
+    # The trainer hands them to the histogram detector, whichever it trains.
+    for detector in ("hbos", "ensemble"):
+        pipe = build_pipeline(n_estimators=10, detector=detector, tails=fitted.tails)
+        hbos = pipe.fit(_X)[-1]
+        hbos = dict(hbos.fitted_)["hbos"] if detector == "ensemble" else hbos
+        assert hbos.tails_.tolist() == list(fitted.tails)

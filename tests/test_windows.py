@@ -48,9 +48,10 @@ def reference(fn: str, events: list[dict[str, Any]], *, by: str, span: float, de
         v = e[value] if value else 0.0
         h = hist.setdefault(key, [])
         h.append((t, v))
-        if fn == "since":
+        if fn in ("since", "first_seen"):
             before = [a for a, _ in h[:-1] if a > t - span]
-            out.append(min(t - before[-1], span) if before else span)
+            gap = min(t - before[-1], span) if before else span
+            out.append(gap if fn == "since" else float(gap >= span))
             continue
         if fn == "spread":
             inside = [(a, x) for a, x in h if a > t - span][-32:]
@@ -146,6 +147,7 @@ CASES = [
     ("interval_std", None, "window=10s", False, 10.0),
     ("interval_std", None, "decay=5s", True, 5.0),
     ("since", None, "window=6s", False, 6.0),
+    ("first_seen", None, "window=7s", False, 7.0),
     ("beacon", "x", "window=12s", False, 12.0),
     ("spread", "dst", "window=8s", False, 8.0),
 ]

@@ -25,7 +25,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport INFINITY, NAN, exp, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -1232,10 +1232,23 @@ cdef double _regularity(const double* values, int32_t n) noexcept nogil:
 
 
 cdef double _count_distinct(uint64_t* x, int32_t n) noexcept nogil:
-    cdef int32_t k, c = 1 if n else 0
-    qsort(x, n, sizeof(uint64_t), _cmp_u64)
-    for k in range(1, n):
-        if x[k] != x[k - 1]:
+    """Distinct values among x[0:n] (n <= BEACON_N): a 64-slot open-addressed set, one
+    probe per value on average (the hashes are SipHash's, so their low bits spread);
+    a qsort with its comparison callback cost more than the rest of the window."""
+    cdef uint64_t table[2 * BEACON_N]
+    cdef uint8_t used[2 * BEACON_N]
+    cdef int32_t k, c = 0
+    cdef uint64_t h
+    cdef uint32_t j
+    memset(used, 0, sizeof(used))
+    for k in range(n):
+        h = x[k]
+        j = <uint32_t>(h & (2 * BEACON_N - 1))
+        while used[j] and table[j] != h:
+            j = (j + 1) & (2 * BEACON_N - 1)
+        if not used[j]:
+            used[j] = 1
+            table[j] = h
             c += 1
     return c
 

@@ -230,7 +230,8 @@ def _span(meta: Any) -> dict[str, int]:
 
 
 def _tok(tok: Token) -> dict[str, int]:
-    return {"pos": tok.start_pos + 1, "end": tok.end_pos}
+    # lark leaves positions unset only on tokens it did not read from the text.
+    return {"pos": (tok.start_pos or 0) + 1, "end": tok.end_pos or 0}
 
 
 @v_args(meta=True)
@@ -240,7 +241,7 @@ class _ToAST(Transformer):
     def number(self, meta: Any, ch: list[Token]) -> Num:
         value = float(ch[0])
         if not math.isfinite(value):
-            raise SpecError(f"number {str(ch[0])!r} is out of range", position=ch[0].start_pos + 1)
+            raise SpecError(f"number {str(ch[0])!r} is out of range", position=_tok(ch[0])["pos"])
         return Num(value, **_tok(ch[0]))
 
     def duration(self, meta: Any, ch: list[Token]) -> Duration:
@@ -258,9 +259,6 @@ class _ToAST(Transformer):
 
     def quoted_field(self, meta: Any, ch: list[Token]) -> Field:
         return Field(str(ch[0])[1:-1], **_tok(ch[0]))
-
-    def list(self, meta: Any, ch: list[Any]) -> List:
-        return List(tuple(c for c in ch if c is not None), **_span(meta))
 
     def neg(self, meta: Any, ch: list[Node]) -> Neg:
         return Neg(ch[0], **_span(meta))
@@ -306,6 +304,10 @@ class _ToAST(Transformer):
                 args.append(item)
         return Call(str(name), tuple(args), tuple(kwargs), **_span(meta))
 
+    # Named after the grammar's rule, so it shadows the builtin in this class: last.
+    def list(self, meta: Any, ch: Sequence[Any]) -> List:
+        return List(tuple(c for c in ch if c is not None), **_span(meta))
+
 
 def _expected(names: set[str]) -> str:
     shown = sorted({_TOKEN_NAMES.get(n, n) for n in names})
@@ -334,18 +336,19 @@ def parse(text: str) -> Node:
     try:
         tree = _PARSER.parse(text)
     except UnexpectedCharacters as e:
-        ch = text[e.pos_in_stream]
+        at = e.pos_in_stream or 0  # set whenever lark read the text
+        ch = text[at]
         what = {
             '"': "unterminated string",
             "'": "unterminated string",
             "`": "unterminated `quoted name`",
         }.get(ch, f"unexpected character {ch!r}")
-        raise SpecError(what, position=e.pos_in_stream + 1) from None
+        raise SpecError(what, position=at + 1) from None
     except UnexpectedToken as e:
         if e.token.type == "$END":
             msg, pos = "unexpected end of expression", len(text.rstrip()) + 1
         else:
-            msg, pos = f"unexpected {e.token.value!r}", e.token.start_pos + 1
+            msg, pos = f"unexpected {e.token.value!r}", _tok(e.token)["pos"]
         accepts = _accepts(text[: pos - 1], e.expected)
         raise SpecError(f"{msg}; expected {_expected(accepts)}", position=pos) from None
     except UnexpectedEOF as e:  # pragma: no cover - LALR reports $END as a token
@@ -535,7 +538,7 @@ _ARITH: Final[dict[str, Callable[[Any, Any], Any]]] = {
 class Arith(Expr):
     def __init__(self, node: BinOp, left: Expr, right: Expr) -> None:
         self.node, self.left, self.right = node, left, right
-        self.op = _ARITH[node.op]
+        self.symbol, self.op = node.op, _ARITH[node.op]
 
     def eval(self, ctx: EvalContext) -> Col:
         a, b = self.left.eval(ctx), self.right.eval(ctx)
@@ -660,6 +663,12 @@ class Function:
     fits: ClassVar[bool] = False
     multi: ClassVar[bool] = False
     windowed: ClassVar[bool] = False  # keeps per-entity state across events (windows.py)
+    #: Which way its values are unusual: +1 the higher the rarer (a destination never
+    #: seen, a host's fan-out), -1 the lower (a share of training), 0 either way or
+    #: unknown; ``monotone``: a one-argument function that keeps its argument's order
+    #: (log, sqrt), so the direction passes through it (:func:`tail_of`).
+    tail: ClassVar[int] = 0
+    monotone: ClassVar[bool] = False
 
     def check(self, call: Call, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Checks beyond the argument kinds (raise SpecError)."""
@@ -700,8 +709,48 @@ def register(cls: type[Function]) -> type[Function]:
     return cls
 
 
+def tail_of(expr: Expr) -> int:
+    """Which way an expression's values are unusual (see ``Function.tail``): a
+    function's own, carried through order-keeping functions (``log1p``, ``fill``),
+    through a constant added, subtracted or a positive one multiplied or divided by,
+    turned by a minus; 0 when it cannot be told. The histogram detector counts evidence
+    on that side only: a destination seen more often than most is never evidence.
+
+    >>> tail_of(compile_expr("log1p(since(by=src_ip>dst_ip, window=1d) / 60)").root)
+    1
+    >>> tail_of(compile_expr("-rarity(dst_port)").root), tail_of(compile_expr("log1p(bytes)").root)
+    (-1, 0)
+    """
+    if isinstance(expr, Negate):
+        return -tail_of(expr.operand)
+    if isinstance(expr, Arith):
+        op, left, right = expr.symbol, expr.left, expr.right
+        lc, rc = _const(left), _const(right)
+        if rc is not None and (op in "+-" or rc > 0):
+            return tail_of(left)
+        if lc is not None and (op == "+" or (op == "*" and lc > 0)):
+            return tail_of(right)
+        if lc is not None and op == "-":
+            return -tail_of(right)
+        return 0
+    if isinstance(expr, Apply):
+        fn = expr.fn
+        if fn.tail:
+            return fn.tail
+        cols = [a for a in expr.args if isinstance(a, Expr)]
+        if fn.monotone and len(cols) == 1:
+            return tail_of(cols[0])
+        if isinstance(fn, _Fill) and cols:
+            return tail_of(cols[0])
+    return 0
+
+
+def _const(expr: Expr) -> float | None:
+    return float(expr.value) if isinstance(expr, Const) else None
+
+
 class _Elementwise(Function):
-    ufunc: ClassVar[Callable[[Any], Any]]
+    ufunc: ClassVar[np.ufunc]
     signature = Signature((NUM,))
 
     def eval(self, apply: Apply, args: list[Any], ctx: EvalContext, state: Any) -> Col:
@@ -712,18 +761,21 @@ class _Elementwise(Function):
 @register
 class _Log(_Elementwise):
     name = "log"
+    monotone = True
     ufunc = np.log
 
 
 @register
 class _Log1p(_Elementwise):
     name = "log1p"
+    monotone = True
     ufunc = np.log1p
 
 
 @register
 class _Sqrt(_Elementwise):
     name = "sqrt"
+    monotone = True
     ufunc = np.sqrt
 
 
@@ -735,7 +787,7 @@ class _Abs(_Elementwise):
 
 class _Extreme(Function):
     signature = Signature((NUM, NUM), rest=NUM)
-    ufunc: ClassVar[Callable[[Any, Any], Any]]
+    ufunc: ClassVar[np.ufunc]
 
     def eval(self, apply: Apply, args: list[Any], ctx: EvalContext, state: Any) -> Col:
         values = reduce(type(self).ufunc, [a.values for a in args])
@@ -834,6 +886,7 @@ class _Add(Function):
         if len(coded) < len(cols):  # some part is OK on every row: never all missing
             return checked(total, None if bad is None else bad.astype(np.uint8), ctx.n)
         allmiss = reduce(np.logical_and, [c == MISSING_FEATURE for c in coded])
+        assert bad is not None  # every part has codes here
         codes = np.where(allmiss, MISSING_FEATURE, bad).astype(np.uint8)
         return checked(np.where(allmiss, np.nan, total), codes, ctx.n)
 
@@ -993,6 +1046,7 @@ class _Freq(Function):
     """
 
     name = "freq"
+    tail = -1
     signature = Signature((CAT,), rest=CAT)
     fits = True
     counts = True  # training rows leave their own count out (EvalContext.leave_own_out)
@@ -1059,6 +1113,7 @@ class _Rarity(_Freq):
     """
 
     name = "rarity"
+    tail = 1
 
     def prepare(self, apply: Apply, state: dict[str, Any] | None) -> Any:
         if state is None:
@@ -1084,6 +1139,7 @@ class _Prevalence(Function):
     """
 
     name = "prevalence"
+    tail = -1
     signature = Signature((CAT,), rest=CAT, kwargs={"by": KEY})
     fits = True
 

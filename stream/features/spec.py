@@ -26,6 +26,7 @@ from stream.features.expr import (
     Ref,
     SpecError,
     compile_expr,
+    tail_of,
 )
 from stream.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK, REASONS
 
@@ -121,7 +122,8 @@ class FeatureSpec:
         self._fitted_records = fitted_records
         self.timestamp_field = timestamp_field
         cols = [f.columns() for f in self._features]
-        self._columns = None if any(c is None for c in cols) else sum(cols, ())  # type: ignore[arg-type]
+        self._columns = (None if any(c is None for c in cols)
+                         else tuple(name for c in cols for name in c or ()))
         self._widths = [0 if c is None else len(c) for c in cols]
 
     # ---- constructors ------------------------------------------------------------------
@@ -442,6 +444,18 @@ class FeatureSpec:
                     raise _not_fitted(f, missing)
         assert self._columns is not None
         return self._columns
+
+    @property
+    def tails(self) -> tuple[int, ...]:
+        """Per output column, which way its values are unusual: +1 the higher the
+        rarer (rarity, novelty, fan-out), -1 the lower (a share of training), 0 either
+        way (``expr.tail_of``); a one-hot's columns 0."""
+        self.columns  # noqa: B018 - raises when a one-hot's columns are not known yet
+        out: list[int] = []
+        for f in self._features:
+            cols = f.columns() or ()
+            out.extend([0 if f.compiled.multi else tail_of(f.compiled.root)] * len(cols))
+        return tuple(out)
 
     @property
     def fields(self) -> dict[str, str]:

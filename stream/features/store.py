@@ -37,6 +37,7 @@ each row's slot per ``by``.
 
 from __future__ import annotations
 
+import builtins
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -109,8 +110,8 @@ class Clocks:
             ids = {sc: self.id(sc, "") for sc in set(scopes)}
             return np.fromiter(map(ids.__getitem__, scopes), dtype=np.int64, count=len(scopes))
         pairs = list(zip(scopes, map(str, tenants), strict=True))
-        ids = {pair: self.id(*pair) for pair in set(pairs)}
-        return np.fromiter(map(ids.__getitem__, pairs), dtype=np.int64, count=len(pairs))
+        by_pair = {pair: self.id(*pair) for pair in set(pairs)}
+        return np.fromiter(map(by_pair.__getitem__, pairs), dtype=np.int64, count=len(pairs))
 
     def of_scope(self, sc: int) -> dict[str, float]:
         """Tenant -> newest event time, for scope ``sc``."""
@@ -580,7 +581,7 @@ class WindowStore:
 
     def take_changes(
         self, sc: int
-    ) -> tuple[dict[tuple[str, str], bytes], set[tuple[str, str]]]:
+    ) -> tuple[dict[tuple[str, str], builtins.bytes], set[tuple[str, str]]]:
         """Scope ``sc``'s changes since the last call: (table, key) -> value, and keys gone.
 
         A value holds every window state of one key of one slot table (``by``), in
@@ -590,7 +591,7 @@ class WindowStore:
         s = self.scopes.get(sc)
         if s is None or not self.track:
             return {}, set()
-        changed: dict[tuple[str, str], bytes] = {}
+        changed: dict[tuple[str, str], builtins.bytes] = {}
         for table in self.tables.values():
             n = len(table.keys)
             slots = np.flatnonzero(table.dirty[:n].astype(bool) & (table.scope_of[:n] == sc))
@@ -606,9 +607,9 @@ class WindowStore:
         s.gone = set()
         return changed, gone
 
-    def snapshot(self, sc: int) -> dict[tuple[str, str], bytes]:
+    def snapshot(self, sc: int) -> dict[tuple[str, str], builtins.bytes]:
         """Every state of scope ``sc``, as :meth:`take_changes` writes them."""
-        out: dict[tuple[str, str], bytes] = {}
+        out: dict[tuple[str, str], builtins.bytes] = {}
         for table in self.tables.values():
             slots = table.in_scope(sc)
             out.update(((table.name, table.key(slot)), value)
@@ -630,7 +631,8 @@ class WindowStore:
         """
         self._clear(sc)
         if not isinstance(marks, Mapping):
-            marks, base = {}, float(marks)
+            base = float(marks)
+            marks = {}
         self.scopes[sc] = Scope()
         self.clocks.set(sc, marks, base)
         loads: list[tuple[float, str, str, Any]] = []

@@ -278,6 +278,8 @@ class _Window(Function):
     windowed = True
     damped_ok: ClassVar[bool] = True
     uses: ClassVar[str] = "none"  # "none", "num" or "cat": what the first argument is
+    #: The kernel whose state it reads, when not its own (first_seen reads since's).
+    state_kind: ClassVar[str | None] = None
 
     def check(self, call: Call, args: list[Any], kwargs: dict[str, Any]) -> None:
         if "by" not in kwargs:
@@ -316,8 +318,10 @@ class _Window(Function):
         kernel, table = run.store.kernel(signature(apply), by, lambda: self.kernel(apply))
         vals, hashes = _EMPTY_F, _EMPTY_U
         if self.uses == "num":
+            assert arg is not None  # the signature's first argument
             vals = np.ascontiguousarray(np.broadcast_to(arg.values, (n,)), dtype=np.float64)
         elif self.uses == "cat":
+            assert arg is not None
             hashes = hash_texts(arg.values.tolist())
         out = np.empty(n, dtype=np.float64)
         kernel.run(slots, run.times, vals, hashes, run.push, out, table.newest, table.touch,
@@ -331,7 +335,8 @@ class _Window(Function):
         decay = apply.kwargs.get("decay")
         span = apply.kwargs["window"] if decay is None else decay
         param = span if decay is None else _LN2 / decay
-        return make_kernel(self.name, decay is not None, float(param), float(span))
+        return make_kernel(self.state_kind or self.name, decay is not None, float(param),
+                           float(span))
 
     def state_of(self, damped: bool) -> Any:
         raise NotImplementedError
@@ -379,7 +384,7 @@ class _Count(_Window):
     def state_of(self, damped: bool) -> Any:
         return _Damped if damped else _Exact
 
-    value = staticmethod(_stat_value("count"))  # type: ignore[assignment]
+    value = staticmethod(_stat_value("count"))
 
 
 class _Moment(_Window):
@@ -410,6 +415,7 @@ class _DistinctFn(_Window):
     """``distinct(FIELD, by=K, window=60s)``: distinct values of FIELD for the key (exact)."""
 
     name = "distinct"
+    tail = 1
     uses = "cat"
     damped_ok = False
     signature = Signature((CAT,), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
@@ -417,7 +423,7 @@ class _DistinctFn(_Window):
     def state_of(self, damped: bool) -> Any:
         return _Distinct
 
-    value = staticmethod(_distinct_value)  # type: ignore[assignment]
+    value = staticmethod(_distinct_value)
 
 
 class _Intervals:
@@ -537,13 +543,32 @@ class _SinceFn(_Window):
     seconds. O(1) state per key, kept (like every window) as long as the window."""
 
     name = "since"
+    tail = 1
     damped_ok = False
     signature = Signature((), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
 
     def state_of(self, damped: bool) -> Any:
         return _Since
 
-    value = staticmethod(_since_value)  # type: ignore[assignment]
+    value = staticmethod(_since_value)
+
+
+@register
+class _FirstSeenFn(_SinceFn):
+    """``first_seen(by=K, window=30d)``: 1 for the key's first event within the window (a
+    host talking to a destination it has not talked to in 30 days), else 0. It reads
+    ``since``'s state (O(1) per key; a ``since`` over the same key and window shares it),
+    which keeps learning as the stream runs, as durable as any window; the window is how
+    long a key is remembered."""
+
+    name = "first_seen"
+    state_kind = "since"
+
+    def eval(self, apply: Apply, args: list[Any], ctx: EvalContext, state: Any) -> Col:
+        col = super().eval(apply, args, ctx, state)
+        span = float(apply.kwargs["window"])
+        v = col.values
+        return Col(np.where(np.isnan(v), v, (v >= span).astype(np.float64)), col.codes)
 
 
 #: Events a beacon window keeps per key (the compiled kernel's BEACON_N).
@@ -624,6 +649,7 @@ class _BeaconFn(_Window):
     NTP and directory services, which is why it reads with the destination's rarity."""
 
     name = "beacon"
+    tail = 1
     uses = "num"
     damped_ok = False
     signature = Signature((NUM,), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
@@ -631,7 +657,7 @@ class _BeaconFn(_Window):
     def state_of(self, damped: bool) -> Any:
         return _Beacon
 
-    value = staticmethod(_beacon_value)  # type: ignore[assignment]
+    value = staticmethod(_beacon_value)
 
 
 class _Spread(_Beacon):
@@ -667,6 +693,7 @@ class _SpreadFn(_Window):
     to 32 ports, a browser's to two or three; O(32) state per key."""
 
     name = "spread"
+    tail = 1
     uses = "cat"
     damped_ok = False
     signature = Signature((CAT,), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
@@ -674,7 +701,7 @@ class _SpreadFn(_Window):
     def state_of(self, damped: bool) -> Any:
         return _Spread
 
-    value = staticmethod(_spread_value)  # type: ignore[assignment]
+    value = staticmethod(_spread_value)
 
 
 def _define(base: type[_Window], name: str, value: Any, doc: str) -> None:
@@ -710,13 +737,15 @@ def signature(apply: Apply) -> str:
     if cached is not None:
         return cached
     call = apply.node
+    assert isinstance(call, Call)
     arg = ""
     if apply.args:
         a = apply.args[0]
         arg = a.node.source(_root_text(apply)) if hasattr(a, "node") else str(a)
     kw = apply.kwargs
     span = f"window={kw['window']!r}" if "window" in kw else f"decay={kw['decay']!r}"
-    sig = f"{call.name}({arg};by={'>'.join(kw['by'])};{span})"
+    name = getattr(apply.fn, "state_kind", None) or call.name
+    sig = f"{name}({arg};by={'>'.join(kw['by'])};{span})"
     apply._sig = sig  # type: ignore[attr-defined]
     return sig
 
@@ -733,8 +762,10 @@ def dump_state(st: Any) -> list[Any]:
     return ["_DistinctH" if type(st) is _Distinct else type(st).__name__, st.dump()]
 
 
-_CLASSES: Final = {"_Exact": _Exact, "_Damped": _Damped, "_DistinctH": _Distinct,
-                   "_Since": _Since, "_Beacon": _Beacon, "_Spread": _Spread}
+_CLASSES: Final[dict[str, Any]] = {
+    "_Exact": _Exact, "_Damped": _Damped, "_DistinctH": _Distinct, "_Since": _Since,
+    "_Beacon": _Beacon, "_Spread": _Spread,
+}
 
 
 def load_state(d: Sequence[Any]) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from stream.config import DEFAULT_TRACKING_URI
 
@@ -62,8 +62,9 @@ def using_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old_tracking)
-        mlflow.set_registry_uri(old_registry)  # type: ignore[arg-type]
+        # None puts back "unset" (MLflow's own default); its annotations say str only.
+        mlflow.set_tracking_uri(cast(str, old_tracking))
+        mlflow.set_registry_uri(cast(str, old_registry))
         for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)

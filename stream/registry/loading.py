@@ -232,7 +232,8 @@ def load_version(
             location = client(uri).get_model_version_download_uri(name, version)
             proved = store.proved(name, version, location) if store is not None else None
             if proved is not None:
-                model = load_proved(*proved, name, version, trusted=trusted, t0=t0)
+                kept, parts, info = proved
+                model = load_proved(kept, parts, info, name, version, trusted=trusted, t0=t0)
                 if model is not None:
                     return model
             local = _download(location, uri, tmp)
@@ -501,6 +502,7 @@ def _ensemble_walks(estimator: Any) -> str:
         fast = fast_isolation_forest(Pipeline([("scaler", identity), (name, est)]))
         if fast is not None:
             walks[name] = fast
+    assert last is not None  # it has members
     last.use_scorers(walks)
     if not walks:
         return ""

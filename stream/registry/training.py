@@ -102,9 +102,12 @@ def build_pipeline(
     max_samples: str | int = "auto",
     *,
     detector: str = "isolation_forest",
+    tails: Sequence[int] | None = None,
 ) -> Any:
     """StandardScaler + a detector as one fitted-together Pipeline (the design note's
-    StandardScaler + IsolationForest by default)."""
+    StandardScaler + IsolationForest by default). ``tails``: per input, which way its
+    values are unusual (``FeatureSpec.tails``), for the histogram detector; the scaler
+    keeps the order, so the direction holds after it."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -123,7 +126,7 @@ def build_pipeline(
     elif detector == "hbos":
         from stream.detectors import HistogramOutlier
 
-        step = ("hbos", HistogramOutlier(contamination=contamination))
+        step = ("hbos", HistogramOutlier(contamination=contamination, tails=_tails(tails)))
     elif detector == "ensemble":
         from sklearn.ensemble import IsolationForest
 
@@ -134,7 +137,7 @@ def build_pipeline(
             ("isolation_forest", IsolationForest(
                 n_estimators=n_estimators, contamination=contamination,
                 max_samples=max_samples, random_state=random_state)),
-            ("hbos", HistogramOutlier(contamination=contamination)),
+            ("hbos", HistogramOutlier(contamination=contamination, tails=_tails(tails))),
         ], contamination=contamination))
     elif detector == "lof":
         from sklearn.neighbors import LocalOutlierFactor
@@ -408,6 +411,11 @@ def log_pipeline(
     )
 
 
+def _tails(tails: Sequence[int] | None) -> list[int] | None:
+    """A plain list for the estimator's parameters (None: every input both ways)."""
+    return None if tails is None or not any(tails) else [int(t) for t in tails]
+
+
 def _requirements() -> list[str]:
     """What a served model needs, pinned to this install (MLflow's own inference imports
     the model in a subprocess: ~5 s per training)."""
@@ -493,7 +501,8 @@ def train(
         raise TrainingError(
             f"only {len(X)} usable training records (fewer than {min_records})"
         )
-    pipe = build_pipeline(n_estimators, contamination, random_state, detector=detector)
+    pipe = build_pipeline(n_estimators, contamination, random_state, detector=detector,
+                          tails=fitted.tails)
     pipe.fit(X)
     if calibrate is None and thresholds is None and detector != "isolation_forest":
         calibrate = DEFAULT_CALIBRATION

@@ -349,7 +349,7 @@ class SchemaColumns:
         """Raw values of a raw field per record, wrappers applied (RecordColumns sources only)."""
         if self._raw is not None:
             return self._raw.raw(path)
-        return self.source.raw(path)  # type: ignore[attr-defined,no-any-return]
+        return self.source.raw(path)  # type: ignore[attr-defined]
 
     def _aliased(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """The alias of canonical field ``path`` evaluated as a number (no fallback)."""
