@@ -2,15 +2,16 @@
 
 ``replay`` (to Kafka), ``score``/``evaluate`` (offline) and ``train`` all read
 their input here, so every command accepts the same formats (JSONL, CSV,
-Parquet, Zeek TSV, Zeek JSON; gzip by magic), applies the same mappings and
+Parquet, Zeek TSV, Zeek JSON, Argus and nfdump CSV; gzip by magic), applies the same mappings and
 reports a bad line the same way: as a row with its line number and a reason.
 
 - ``read_records``: raw records of one file, before any mapping.
 - ``iter_records``: records ready to use (Zeek mapping, user mapping, tenant).
 - ``load_records``: a whole file at once, good records and unreadable lines apart.
 
-The modules: ``readers`` (one format each), ``detect`` (format names and
-guessing), ``mapping`` (the ``--map`` language), ``timestamps`` (event times).
+The modules: ``readers`` (one format each), ``flowcsv`` (Argus and nfdump, read
+into the flow event's fields), ``detect`` (format names and guessing), ``mapping`` (the
+``--map`` language), ``timestamps`` (event times).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stream.sources.detect import (
     detect_format,
     normalize_format,
 )
+from stream.sources.flowcsv import FLOW_CSV_READERS
 from stream.sources.mapping import (
     ZEEK_MAPPING,
     FieldMapping,
@@ -77,7 +79,8 @@ def read_records(path: str | Path, fmt: str | None = None) -> Iterator[Row]:
     """Raw records of one file in ``fmt`` (detected when None), before any mapping."""
     path = Path(path)
     kind = normalize_format(fmt) if fmt else detect_format(path)
-    return _guarded(READERS[kind](path))
+    reader = READERS.get(kind) or FLOW_CSV_READERS[kind]
+    return _guarded(reader(path))
 
 
 def iter_records(

@@ -1,18 +1,20 @@
 """Formats: their names, guessing a file's format, and counting its records cheaply.
 
 The content decides first (Parquet magic, Zeek ``#fields`` headers, JSON
-objects with Zeek field names), the file name second, because captures are
-often renamed or compressed under names that say nothing.
+objects with Zeek field names, Argus's and nfdump's CSV headers), the file name
+second, because captures are often renamed or compressed under names that say nothing.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from pathlib import Path
 
 import orjson
 
+from stream.sources.flowcsv import flow_csv_format
 from stream.sources.readers import GZIP_MAGIC, PARQUET_MAGIC, open_binary
 
 __all__ = [
@@ -20,7 +22,7 @@ __all__ = [
     "normalize_format",
 ]
 
-FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "zeek", "zeek-json")
+FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "zeek", "zeek-json", "argus", "nfdump")
 _FORMAT_ALIASES = {
     "json": "jsonl",
     "ndjson": "jsonl",
@@ -30,6 +32,8 @@ _FORMAT_ALIASES = {
     "zeek_json": "zeek-json",
     "zeekjson": "zeek-json",
     "pq": "parquet",
+    "binetflow": "argus",
+    "ra": "argus",
 }
 ZEEK_FORMATS = frozenset({"zeek", "zeek-json"})
 """Formats whose records get ``ZEEK_MAPPING`` before any user mapping."""
@@ -85,12 +89,19 @@ def detect_format(path: str | Path) -> str:
         return "jsonl"
     if ext in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
+    if head:
+        flows = flow_csv_format(next(csv.reader([head[0].decode("utf-8", "replace")]), []))
+        if flows is not None:  # Argus's or nfdump's own columns, whatever the name
+            return flows
+    if ext == ".binetflow":
+        return "argus"
     if ext in (".log", ".tsv"):
         return "zeek"
     if ext == ".csv" or (head and _CSV_HEADER.fullmatch(head[0])):
         return "csv"
     raise UnknownFormat(
-        f"cannot tell the format of {path}: not JSON lines, Parquet, a Zeek log, or CSV "
+        f"cannot tell the format of {path}: not JSON lines, Parquet, a Zeek log, Argus or "
+        "nfdump flows, or CSV "
         "(a header row of field names separated by commas); name it with --format"
     )
 
@@ -131,4 +142,5 @@ def count_records(path: str | Path, fmt: str | None = None) -> int | None:
         if fh.tell():
             fh.seek(-1, io.SEEK_END)
             lines += fh.read(1) != b"\n"
-    return max(lines - 1, 0) if kind == "csv" else lines  # a CSV header is not a record
+    # A CSV header is not a record.
+    return max(lines - 1, 0) if kind in ("csv", "argus", "nfdump") else lines
