@@ -8,14 +8,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream.config import markdown_table  # noqa: E402
+from stream.cli import settings_usage
+from stream.config import markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
 
 
 def render(text: str) -> str:
-    block = f"{START}\n{markdown_table()}\n{END}"
+    block = f"{START}\n{markdown_table(settings_usage())}\n{END}"
     return re.sub(re.escape(START) + r".*?" + re.escape(END), block, text, flags=re.S)
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.outcomes import LEVEL_NAMES as LEVELS
-from stream.sources.view import SCHEMA_NAMES
+#: Threat levels, lowest first (a level's code is its index: ``outcomes.LEVEL_CODES``).
+LEVELS: tuple[str, ...] = ("low", "medium", "high", "critical")
+#: Sensor schemas a model or a consumer reads events through (``sources.view``).
+SCHEMA_NAMES: tuple[str, ...] = ("native", "zeek", "suricata", "goflow2")
+#: A tenant id: 1-64 characters of ``[A-Za-z0-9_.-]`` (``events.valid_tenant``).
+TENANT_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 
 DELIVERY_MODES: tuple[str, ...] = ("at-least-once", "exactly-once")
 DEFAULT_MODEL_NAME = "isolation_forest_anomaly_detector"
@@ -334,13 +339,11 @@ class TenantFrom:
 
 def parse_tenant_from(text: str) -> TenantFrom:
     """``field:NAME``, ``key``, ``header:NAME`` or ``const:TENANT``; ValueError otherwise."""
-    from stream.events import valid_tenant
-
     kind, sep, name = text.strip().partition(":")
     if kind == "key" and not sep:
         return TenantFrom("key")
     if kind in ("field", "header", "const") and sep and name:
-        if kind == "const" and not valid_tenant(name):
+        if kind == "const" and not re.fullmatch(TENANT_PATTERN, name):
             raise ValueError(f"const:{name}: tenant ids are 1-64 characters of [A-Za-z0-9_.-]")
         return TenantFrom(kind, name)
     raise ValueError(f"{text!r}: expected field:NAME, key, header:NAME or const:TENANT")
@@ -401,16 +404,13 @@ def env_vars() -> set[str]:
     return {f.metadata["env"] for f in FIELDS}
 
 
-def markdown_table(used_by: dict[str, list[str]] | None = None) -> str:
+def markdown_table(used_by: Mapping[str, list[str]]) -> str:
     """The configuration table in the README, generated from ``FIELDS``.
 
-    ``used_by`` maps a setting to the commands that take it as an option (default:
-    read from the command line definitions in ``stream.cli``).
+    ``used_by`` maps a setting to the commands that take it as an option
+    (``cli.settings_usage()``: ``scripts/readme_config.py`` passes it, so this module
+    imports nothing of the tool's and every other may import it).
     """
-    if used_by is None:
-        from stream.cli import settings_usage
-
-        used_by = settings_usage()
     rows = [
         "| flag | environment | default | commands | meaning |",
         "| --- | --- | --- | --- | --- |",
@@ -433,6 +433,3 @@ def markdown_table(used_by: dict[str, list[str]] | None = None) -> str:
         )
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(markdown_table())

@@ -37,6 +37,7 @@ import msgspec
 import numpy as np
 import orjson
 
+from stream.config import TENANT_PATTERN
 from stream.features.columns import (
     MISSING,
     ColumnSource,
@@ -62,7 +63,7 @@ from stream.reasons import (  # noqa: F401
     REASONS,
 )
 
-TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TENANT_RE = re.compile(TENANT_PATTERN)
 
 # Feature names the fast decoder reads. Learned from the columns asked for (the
 # first batch that needs a new name takes the slow path once); bounded so that

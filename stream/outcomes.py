@@ -40,7 +40,9 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-LEVEL_NAMES: tuple[str, ...] = ("low", "medium", "high", "critical")
+from stream.config import LEVELS
+
+LEVEL_NAMES: tuple[str, ...] = LEVELS
 LOW, MEDIUM, HIGH, CRITICAL = 0, 1, 2, 3
 LEVEL_CODES: dict[str, int] = {name: i for i, name in enumerate(LEVEL_NAMES)}
 #: Alerts from this level up carry an explanation (and join incidents).

@@ -62,7 +62,10 @@ def test_readme_configuration_table_is_generated_from_config() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert config.markdown_table() in readme, "run: python scripts/readme_config.py"
+    from stream.cli import settings_usage
+
+    table = config.markdown_table(settings_usage())
+    assert table in readme, "run: python scripts/readme_config.py"
     for name in config.env_vars():
         assert f"`{name}`" in readme
 

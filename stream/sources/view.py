@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stream.config import SCHEMA_NAMES
+
 if TYPE_CHECKING:
     from stream.features.columns import ColumnSource
 
-SCHEMA_NAMES: tuple[str, ...] = ("native", "zeek", "suricata", "goflow2")
+__all__ = ["SCHEMA_NAMES", "columns_for"]
 
 
 def columns_for(source: ColumnSource, schema: str) -> ColumnSource:
