@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream import events
+from stream import reasons
 from stream.events import DecodedBatch, RowSubset, compute_rows
 from stream.features.columns import ColumnSource
 from stream.outcomes import (
@@ -88,7 +88,7 @@ class BatchOutcome:
     def rejected_rows(self) -> np.ndarray:
         """Rows that become dead letters (rows ``--where`` filtered out do not)."""
         r = self.decoded.reason
-        return np.flatnonzero((r != events.OK) & (r != FILTERED))
+        return np.flatnonzero((r != reasons.OK) & (r != FILTERED))
 
     def unalert(self, failed: dict[int, str], code: int) -> None:
         """Rows whose alert could not be written: dead letters with ``code`` instead."""
@@ -111,10 +111,10 @@ class BatchOutcome:
 
     def reason_counts(self) -> Counter[str]:
         r = self.decoded.reason
-        codes = r[(r != events.OK) & (r != FILTERED)]
+        codes = r[(r != reasons.OK) & (r != FILTERED)]
         return Counter(
             {
-                events.REASONS[int(c)]: int(n)
+                reasons.REASONS[int(c)]: int(n)
                 for c, n in zip(*np.unique(codes, return_counts=True), strict=True)
             }
         )
@@ -173,7 +173,7 @@ def process_batch(
     source = columns_for(batch, schema)
     if where is not None:
         # Records the filter leaves out are not events: skipped, never dead-lettered.
-        left_out = ~where.mask(source) & (batch.reason == events.OK)
+        left_out = ~where.mask(source) & (batch.reason == reasons.OK)
         batch.reason[left_out] = FILTERED
     n = batch.n
     scores = np.full(n, np.nan)
@@ -198,7 +198,7 @@ def process_batch(
             s = model.score(X)
         except Exception as e:
             batch.reject(
-                good, events.MODEL_ERROR, f"models:/{model.name}/{model.version}: {e}"[:300]
+                good, reasons.MODEL_ERROR, f"models:/{model.name}/{model.version}: {e}"[:300]
             )
             continue
         scores[good] = s
@@ -254,7 +254,7 @@ def _route(
     without a model (and no global one) are rejected ``no_model``. Fills ``models``, one
     entry per model version."""
     n = batch.n
-    usable = batch.reason == events.OK
+    usable = batch.reason == reasons.OK
     # Distinct tenants in first-seen order and a code per row, all in C-level loops.
     uniques = list(dict.fromkeys(batch.tenants))
     index = {t: k for k, t in enumerate(uniques)}
@@ -281,7 +281,7 @@ def _route(
     no_model = usable & (row_model < 0)
     if no_model.any():
         batch.reject(
-            np.flatnonzero(no_model), events.NO_MODEL, "no model for tenant and no global model"
+            np.flatnonzero(no_model), reasons.NO_MODEL, "no model for tenant and no global model"
         )
     return uniques, tenant_codes, row_model, list(waiting.values())
 
@@ -317,7 +317,7 @@ def _shadow(
             tenants=[tenants[i] for i in rows.tolist()] if windowed else None,
             dry=True,
         )
-        keep = computed.reason == events.OK
+        keep = computed.reason == reasons.OK
         rows, X, prod_scores = rows[keep], computed.X[keep], prod_scores[keep]
     if len(rows) == 0:
         return []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 
 #: Tenant-model pairs watched; the least recently seen beyond this are dropped.
 MAX_WATCHED = 10_000
-
-
-class DriftSink(Protocol):
-    def record_drift(self, tenant: str, values: dict[str, float], alert_rate: float) -> None: ...
 
 
 class Drift:

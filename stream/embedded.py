@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from types import TracebackType
 
+from stream.errors import StreamError
 from stream.kafka import create_topics
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
-class PortInUse(OSError):
+class PortInUse(StreamError, OSError):
     """The embedded broker's port is taken: another broker (or anything) listens there."""
 
 

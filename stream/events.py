@@ -46,21 +46,14 @@ from stream.features.columns import (
     string_column,
 )
 from stream.features.spec import FeatureSpec
-
-# Re-exported: the decoder's reason codes.
-from stream.reasons import (  # noqa: F401
+from stream.reasons import (
     EMPTY,
     INVALID_TENANT,
     MALFORMED_JSON,
     MISSING_FEATURE,
-    MODEL_ERROR,
-    NO_MODEL,
-    NON_FINITE_FEATURE,
-    NON_NUMERIC_FEATURE,
     NOT_OBJECT,
     OK,
     OVERSIZE,
-    REASONS,
 )
 
 TENANT_RE = re.compile(TENANT_PATTERN)

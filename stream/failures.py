@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Final
 from urllib.parse import urlparse
 
+from stream.errors import StreamError
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S: Final = 3.0
@@ -54,16 +56,16 @@ MLFLOW_HTTP_DEFAULTS: Final[dict[str, str]] = {
 }
 
 
-class Unreachable(Exception):
+class Unreachable(StreamError):
     """The broker or the registry did not answer; ``str()`` is the line a user reads."""
 
 
-class ModelsNotLoaded(RuntimeError):
+class ModelsNotLoaded(StreamError, RuntimeError):
     """A production model that should score some records could not be loaded: an offline
     run stops with this line (exit 1) rather than dead-letter what no model could score."""
 
 
-class BadSetting(Exception):
+class BadSetting(StreamError):
     """A setting that cannot work as given (a busy port); ``str()`` names the flag."""
 
 

@@ -28,6 +28,7 @@ from stream import changelog
 from stream import kafka as kafka_clients
 from stream.config import Settings
 from stream.delivery.batch import Batch, Record
+from stream.errors import StreamError
 from stream.features.store import WindowStore
 from stream.formats import format_incident
 from stream.incidents import Incidents
@@ -35,7 +36,7 @@ from stream.incidents import Incidents
 log = logging.getLogger(__name__)
 
 
-class StateUnavailable(RuntimeError):
+class StateUnavailable(StreamError, RuntimeError):
     """A partition's window state could not be restored from its changelog."""
 
 

@@ -164,6 +164,8 @@ class Metrics:
     consumers in one process) never collide on the global default registry.
     """
 
+    enabled = True  # accounting.MetricsSink: reports are worth preparing
+
     def __init__(
         self, registry: CollectorRegistry | None = None, max_tenant_labels: int = 100
     ) -> None:

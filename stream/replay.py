@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
+from stream.errors import StreamError
 from stream.failures import kafka_logger
 from stream.progress import progress_bar
 from stream.sources import FieldMapping, Row, count_records, iter_records, normalize_format
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-class ReplayError(Exception):
+class ReplayError(StreamError):
     """A bad input line under ``strict=True`` (or an unreadable input file)."""
 
     def __init__(self, path: str | Path, line_no: int, reason: str) -> None:

@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from stream.outcomes import DEFAULT_THRESHOLDS  # noqa: F401  (a model's default cut-offs)
-
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from typing import Any
 
 from stream import failures, registry
 from stream.config import Settings
+from stream.errors import StreamError
 from stream.kafka import create_topics
 from stream.models import ModelTable
 from stream.pipeline import Pipeline, RunStats
@@ -23,18 +24,13 @@ from stream.registry.store import ModelStore
 log = logging.getLogger(__name__)
 
 
-# MLflow's HTTP client defaults (one retry, a 10 s timeout): see stream.failures.
-MLFLOW_HTTP_DEFAULTS = failures.MLFLOW_HTTP_DEFAULTS
-mlflow_http_defaults = failures.mlflow_http_defaults
-
-
-class Stopped(Exception):
+class Stopped(StreamError):
     """Asked to stop while still waiting for the broker or the registry."""
 
 
 def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
     """The model table for ``settings``, its loads and failures reported to ``metrics``."""
-    applied = mlflow_http_defaults()
+    applied = failures.mlflow_http_defaults()
     if applied:
         log.debug("MLflow HTTP client defaults: %s", applied)
     uri = settings.tracking_uri

@@ -27,6 +27,8 @@ from typing import Any, Final
 import numpy as np
 from lark import Lark, Token, Transformer, UnexpectedInput
 
+from stream.errors import StreamError
+
 GRAMMAR: Final = r"""
 ?start: disj
 ?disj: conj | disj "or" conj         -> or_
@@ -46,7 +48,7 @@ STRING: /"(?:[^"\\]|\\.)*"/ | /'(?:[^'\\]|\\.)*'/
 _PARSER: Final = Lark(GRAMMAR, parser="lalr")
 
 
-class WhereError(ValueError):
+class WhereError(StreamError, ValueError):
     """A ``--where`` that does not parse; ``str()`` says where."""
 
 

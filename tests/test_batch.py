@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream import events
+from stream import reasons
 from stream.batch import BatchOutcome, group_rows, process_batch
 from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry import LoadedModel, build_pipeline
@@ -114,7 +114,7 @@ def test_no_model_and_model_error_reject_only_their_rows() -> None:
     out = run(values, {"acme": model("m_acme", good), "broken": model("m_broken", bad),
                        "nobody": None}, min_level=1)
     reason = out.decoded.reason.tolist()
-    assert reason == [0, events.MODEL_ERROR, events.NO_MODEL, 0, events.MALFORMED_JSON]
+    assert reason == [0, reasons.MODEL_ERROR, reasons.NO_MODEL, 0, reasons.MALFORMED_JSON]
     assert "models:/m_broken/1" in out.decoded.detail[1] and "boom" in out.decoded.detail[1]
     assert out.levels.tolist()[1:3] == [-1, -1] and out.levels[4] == -1
     assert np.isnan(out.scores[[1, 2, 4]]).all()
@@ -129,7 +129,7 @@ def test_bad_features_are_dead_lettered_by_the_serving_models_features() -> None
     values = [ev("acme", 500, packet_count="x"), ev("globex", 500, packet_count="x")]
     out = run(values, {"acme": m_small, "globex": model("m_full", Linear())}, min_level=0)
     # acme's model does not read packet_count; globex's does.
-    assert out.decoded.reason.tolist() == [0, events.NON_NUMERIC_FEATURE]
+    assert out.decoded.reason.tolist() == [0, reasons.NON_NUMERIC_FEATURE]
     assert "'packet_count'" in out.decoded.detail[1]
 
 
@@ -149,7 +149,7 @@ def test_every_row_ends_exactly_once() -> None:
     out = run(values, {"acme": model("a", Linear()), "globex": model("g", Linear())},
               fallback=model("m", Linear(a=0.1)), min_level=1)
     scored = out.levels >= 0
-    rejected = out.decoded.reason != events.OK
+    rejected = out.decoded.reason != reasons.OK
     assert (scored ^ rejected).all()
     assert set(out.alert_rows.tolist()) == set(np.flatnonzero(out.levels >= 1).tolist())
     assert out.scored + len(out.rejected_rows) == len(values)

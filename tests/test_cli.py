@@ -164,7 +164,8 @@ def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> No
     # Plain text is no known format: said as such, naming the file and what was expected.
     assert (
         f"Error: cannot tell the format of {notes}: not JSON lines, Parquet, a Zeek log, Argus "
-        "or nfdump flows, or CSV (a header row of field names separated by commas); name it with --format"
+        "or nfdump flows, or CSV (a header row of field names separated by commas); name it "
+        "with --format"
     ) in " ".join(r.stderr.split())
 
     r = runner.invoke(main, ["train", "--input", str(notes), "--tenant", "acme"], env=env)

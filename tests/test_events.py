@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 import pytest
 
-from stream import events
-from stream.events import REASONS, DecodedBatch, valid_tenant
+from stream import reasons
+from stream.events import DecodedBatch, valid_tenant
+from stream.reasons import REASONS
 
 FEATURES = ("bytes_transferred", "packet_count", "connection_duration")
 TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -81,19 +82,19 @@ def decode(
 ) -> list[tuple[str, str | None, list[float] | None]]:
     """The decoder's verdict per row, in the same shape as ``reference``."""
     batch = DecodedBatch(values, max_bytes)
-    rows = np.flatnonzero(batch.reason == events.OK)
+    rows = np.flatnonzero(batch.reason == reasons.OK)
     X, good = batch.matrix(rows, features)
     out: list[tuple[str, str | None, list[float] | None]] = []
     by_row = {int(r): X[k].tolist() for k, r in enumerate(good.tolist())}
     for i in range(len(values)):
         code = int(batch.reason[i])
-        if code == events.OK:
+        if code == reasons.OK:
             out.append(("ok", batch.tenants[i], by_row[i]))
         else:
             assert batch.detail.get(i), f"row {i} rejected without a detail"
-            tenant = batch.tenants[i] if code in (events.MISSING_FEATURE,
-                                                   events.NON_NUMERIC_FEATURE,
-                                                   events.NON_FINITE_FEATURE) else None
+            tenant = batch.tenants[i] if code in (reasons.MISSING_FEATURE,
+                                                   reasons.NON_NUMERIC_FEATURE,
+                                                   reasons.NON_FINITE_FEATURE) else None
             out.append((REASONS[code], tenant, None))
     return out
 
@@ -228,7 +229,7 @@ def test_matrix_rejects_rows_naming_the_feature_and_keeps_the_rest() -> None:
     X, good = batch.matrix(np.arange(4), FEATURES)
     assert good.tolist() == [0, 3]
     assert X.shape == (2, 3)
-    assert batch.reason.tolist() == [0, events.MISSING_FEATURE, events.NON_NUMERIC_FEATURE, 0]
+    assert batch.reason.tolist() == [0, reasons.MISSING_FEATURE, reasons.NON_NUMERIC_FEATURE, 0]
     assert "'packet_count'" in batch.detail[1]
     assert "'connection_duration'" in batch.detail[2]
 
@@ -239,15 +240,15 @@ def test_matrix_on_a_subset_and_an_unseen_feature() -> None:
     X, good = batch.matrix(np.array([0, 1, 3]), ("score_hint", "packet_count"))
     assert good.tolist() == [0, 3]
     assert X.tolist() == [[1.5, 41.0], [3.0, 41.0]]
-    assert batch.reason[1] == events.MISSING_FEATURE
-    assert batch.reason[2] == events.OK  # row 2 was not asked about
+    assert batch.reason[1] == reasons.MISSING_FEATURE
+    assert batch.reason[2] == reasons.OK  # row 2 was not asked about
 
 
 def test_first_reason_wins() -> None:
     batch = DecodedBatch([GOOD, GOOD])
-    batch.reject([0], events.NO_MODEL, "first")
-    batch.reject([0, 1], events.MODEL_ERROR, "second")
-    assert batch.reason.tolist() == [events.NO_MODEL, events.MODEL_ERROR]
+    batch.reject([0], reasons.NO_MODEL, "first")
+    batch.reject([0, 1], reasons.MODEL_ERROR, "second")
+    assert batch.reason.tolist() == [reasons.NO_MODEL, reasons.MODEL_ERROR]
     assert batch.detail == {0: "first", 1: "second"}
 
 

@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 
 from stream import service
 from stream.embedded import EmbeddedBroker
-from stream.events import REASONS, TENANT_RE
+from stream.events import TENANT_RE
 from stream.pipeline import Pipeline
+from stream.reasons import REASONS
 from tests import faultutil as fu
 
 # Real broker, registry or child processes: not part of the fast unit run.

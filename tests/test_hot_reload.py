@@ -44,7 +44,7 @@ import pytest
 import requests
 from confluent_kafka import Producer
 
-from stream import registry, service
+from stream import failures, registry, service
 from stream.batch import BatchOutcome
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
@@ -82,7 +82,7 @@ def server() -> Iterator[MlflowServer]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *service.MLFLOW_HTTP_DEFAULTS)
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *failures.MLFLOW_HTTP_DEFAULTS)
     saved = {k: os.environ.get(k) for k in names}
     # registry.train sets MLflow's process-wide tracking and registry URIs (module
     # globals that outrank the environment) and building a consumer sets the HTTP

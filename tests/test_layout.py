@@ -114,3 +114,26 @@ def test_the_check_sees_a_circle() -> None:
                      "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import stream.v\n")
     assert set(_imports(tree, top_level_only=True)) == {"stream.x", "stream.y", "stream.y.z"}
     assert "stream.w" in set(_imports(tree, top_level_only=False))
+
+
+def test_every_exception_of_the_tool_is_a_stream_error() -> None:
+    import importlib
+    import inspect
+
+    from stream.errors import StreamError
+
+    found = []
+    for name, path in _modules().items():
+        if path.suffix != ".py" or name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == name:
+                found.append(cls)
+    assert len(found) >= 15
+    assert [c.__qualname__ for c in found if not issubclass(c, StreamError)] == []
+    # Each keeps the built-in kind it always had.
+    from stream.embedded import PortInUse
+    from stream.features.expr import SpecError
+
+    assert isinstance(PortInUse(98, "in use"), OSError) and issubclass(SpecError, ValueError)

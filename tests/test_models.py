@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from stream import service
+from stream import failures
 from stream.models import ModelTable
 from stream.registry import LoadedModel, ModelLoadError, RegistryView
 
@@ -576,7 +576,7 @@ def test_remember_keeps_a_bounded_canary() -> None:
 
 def test_mlflow_http_defaults_only_fill_what_the_user_left_unset() -> None:
     env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
-    applied = service.mlflow_http_defaults(env)
+    applied = failures.mlflow_http_defaults(env)
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in applied
     assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"
     assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"

@@ -17,11 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 from confluent_kafka import KafkaError, KafkaException, Message
 
+from stream.errors import StreamError
+
 # topic, value, key, headers[, partition]: a changelog record names its partition.
 Record = tuple[str, bytes | None, Any, Any] | tuple[str, bytes | None, Any, Any, int]
 
 
-class DeliveryError(RuntimeError):
+class DeliveryError(StreamError, RuntimeError):
     """Some records of a batch were not acknowledged, or its commit did not go through."""
 
 

@@ -18,10 +18,12 @@ An operation on usable, finite inputs that yields NaN or infinity (``log(0)``,
 
 Functions live in a registry (:data:`FUNCTIONS`): each declares its argument
 kinds (checked once, at compile time) and evaluates vectorized. Functions that
-learn from training data (``onehot``, ``freq``) get their learned state through
-the evaluation context; a stateful function (the window functions planned
-``count(by=src_ip, window=60s)``, in :mod:`stream.features.windows`) is one
-more registry entry whose per-entity state comes through the context too.
+learn from training data (``onehot``, ``freq``, ``rarity``, ``prevalence``) get
+their learned state through the evaluation context; a window function
+(``count(by=src_ip, window=60s)``, ``since``, ``spread`` ..., in
+:mod:`stream.features.windows`) is one more registry entry whose per-entity state
+comes through the context too. :func:`tail_of` tells which way a feature's values are
+unusual, for the histogram detector.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ import numpy as np
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
+from stream.errors import StreamError
 from stream.features.columns import ColumnSource, canonical
 from stream.reasons import MISSING_FEATURE, NON_FINITE_FEATURE, OK
 
 # ---- errors ----------------------------------------------------------------------------
 
 
-class SpecError(ValueError):
+class SpecError(StreamError, ValueError):
     """A feature spec that cannot be parsed, checked, fitted or loaded.
 
     ``feature`` names the feature (None for problems of the whole spec),

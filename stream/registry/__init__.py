@@ -1,6 +1,8 @@
 """MLflow, split by job: ``training`` (fit, log, register), ``admin`` (promote, demote,
-poll, list, resolve production), ``loading`` (trusted load and checks), and ``client``
-(URIs, names). Everything callers use is importable from ``stream.registry``.
+poll, list, resolve production), ``loading`` (trusted load and checks), ``store`` (the
+model store on local disk), ``shipped`` (the proved compiled scorer a trainer ships
+with a version), and ``client`` (URIs, names). Everything callers use is importable
+from ``stream.registry``.
 """
 
 from __future__ import annotations

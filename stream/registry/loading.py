@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from stream.baseline import Baseline
+from stream.errors import StreamError
 from stream.failures import brief
 from stream.features import FeatureSpec, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
@@ -70,7 +71,7 @@ def needed_types(estimator: Any) -> set[str]:
     return set(sio.get_untrusted_types(data=sio.dumps(estimator)))
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(StreamError, RuntimeError):
     """A model version that cannot be served: untrusted, malformed or failing its checks."""
 
 

@@ -23,6 +23,7 @@ import orjson
 
 from stream.baseline import Baseline
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
+from stream.errors import StreamError
 from stream.failures import brief
 from stream.features import FeatureSpec, RecordColumns, SpecError
 from stream.outcomes import DEFAULT_THRESHOLDS
@@ -60,7 +61,7 @@ DEFAULT_DETECTOR: str = "ensemble"
 MIN_TRAINING_RECORDS = 2
 
 
-class TrainingError(ValueError):
+class TrainingError(StreamError, ValueError):
     """Training data or options that cannot make a model (a clear one-line reason)."""
 
 

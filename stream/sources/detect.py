@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from stream.errors import StreamError
 from stream.sources.flowcsv import flow_csv_format
 from stream.sources.readers import GZIP_MAGIC, PARQUET_MAGIC, open_binary
 
@@ -106,7 +107,7 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-class UnknownFormat(ValueError):
+class UnknownFormat(StreamError, ValueError):
     """A file whose content matches no format (plain text, binary junk)."""
 
 

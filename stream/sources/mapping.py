@@ -10,12 +10,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from stream.errors import StreamError
 from stream.sources.readers import number_or_str
 
 __all__ = ["ZEEK_MAPPING", "FieldMapping", "FieldRule", "Mapping", "MappingError", "parse_mapping"]
 
 
-class MappingError(ValueError):
+class MappingError(StreamError, ValueError):
     """A mapping spec that does not parse, or a record it cannot apply to (non-number in a sum)."""
 
 
