@@ -39,18 +39,16 @@ from typing import Any, Final
 import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     TopicPartition,
 )
 
 from stream.delivery.batch import Record
-from stream.failures import kafka_logger
 from stream.features import state_codec
 from stream.features.store import WindowStore
 from stream.features.windows import load_state  # validates a record of the earlier form
-from stream.kafka import headers_of
+from stream.kafka import headers_of, new_consumer
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,7 @@ def restore(
             "enable.partition.eof": True,
         }
     )
-    c = Consumer({**conf, "logger": kafka_logger()})
+    c = new_consumer(conf)
     try:
         # Only "is it empty": some brokers (the embedded one) answer this with the last
         # batch's base offset + 1, so the end is the fetch's own end of partition.

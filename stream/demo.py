@@ -22,17 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from stream import registry, service
 from stream.config import Settings
 from stream.embedded import EmbeddedBroker
-from stream.failures import kafka_logger
 from stream.features.recipes import DEFAULT_RECIPE, recipe
 from stream.generate import ATTACK_LABELS, generate_flows
-from stream.kafka import value_of
+from stream.kafka import new_consumer, new_producer, value_of
 from stream.outcomes import LEVEL_NAMES
 from stream.registry.training import DEFAULT_DETECTOR
 
@@ -151,7 +150,7 @@ def run_demo(
 
 
 def _produce(bootstrap: str, topic: str, flows: list[dict[str, Any]]) -> int:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "logger": kafka_logger()})
+    p = new_producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
     values = [orjson.dumps(f) for f in flows]
     # Malformed records spread through the stream, to show they cost nothing but themselves.
     step = max(1, len(values) // (len(BAD_RECORDS) + 1))
@@ -221,14 +220,8 @@ def _alerted(bootstrap: str, topic: str) -> list[tuple[str, str, float]]:
 
 def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every record on the (one-partition) topic, decoded."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "stream-demo-reader",
-            "enable.auto.commit": False,
-            "logger": kafka_logger(),
-        }
-    )
+    c = new_consumer({"bootstrap.servers": bootstrap, "group.id": "stream-demo-reader",
+                      "enable.auto.commit": False})
     _low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     c.assign([TopicPartition(topic, 0, 0)])
     out: list[dict[str, Any]] = []

@@ -202,10 +202,8 @@ def run(
     With ``follow``, keep reading all three until ``should_stop()``; ``on_update(book)``
     runs after each round that changed something (the metrics).
     """
-    from confluent_kafka import Producer
 
-    from stream.failures import kafka_logger
-    from stream.kafka import as_headers, position, value_of
+    from stream.kafka import as_headers, new_producer, position, value_of
     from stream.outcomes import dead_letter_headers
     from stream.subscribe import read_messages
 
@@ -223,7 +221,7 @@ def run(
                 book.add_incident(orjson.loads(value_of(m)))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
-    dlq = Producer({**settings.kafka_common(), "linger.ms": 20, "logger": kafka_logger()})
+    dlq = new_producer({**settings.kafka_common(), "linger.ms": 20})
     try:
         for m in read_messages(boot, feedback_topic, from_beginning=True, follow=follow,
                                extra=extra, should_stop=should_stop):
@@ -250,17 +248,17 @@ def write_verdict(settings: Any, doc: dict[str, Any]) -> str:
     """Write one verdict (a dict ``parse`` accepts) to the feedback topic, keyed by its id;
     returns where it went (``topic[partition]@offset``). RuntimeError with the broker's
     reason when it is not acknowledged."""
-    from confluent_kafka import Producer
 
-    from stream.failures import kafka_logger
 
     raw = orjson.dumps(doc)
     v = parse(raw)
     if isinstance(v, str):
         raise RuntimeError(f"not a verdict: {v}")
     got: list[Any] = []
-    p = Producer({**settings.kafka_common(), "enable.idempotence": True,
-                  "message.timeout.ms": 15000, "logger": kafka_logger()})
+    from stream.kafka import new_producer
+
+    p = new_producer({**settings.kafka_common(), "enable.idempotence": True,
+                      "message.timeout.ms": 15000})
     p.produce(settings.feedback_topic, raw, key=v.id.encode(),
               on_delivery=lambda err, msg: got.append((err, msg)))
     p.flush(20)

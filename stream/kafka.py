@@ -115,6 +115,18 @@ def transactional_id(settings: Settings) -> str:
     return tid
 
 
+def new_consumer(conf: dict[str, Any]) -> Consumer:
+    """A consumer of ``conf`` with librdkafka's lines through this tool's logger (every
+    consumer the tool makes is made here: the consume loop's, the changelog restore's,
+    ``stream alerts``', redrive's, the demo's)."""
+    return Consumer({**conf, "logger": kafka_logger()})
+
+
+def new_producer(conf: dict[str, Any]) -> Producer:
+    """A producer of ``conf``, its librdkafka lines through this tool's logger."""
+    return Producer({**conf, "logger": kafka_logger()})
+
+
 def make_consumer(
     settings: Settings,
     on_assign: RebalanceCallback | None = None,

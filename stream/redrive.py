@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
-from stream.failures import kafka_logger
-from stream.kafka import as_headers, headers_of, position
+from stream.kafka import as_headers, headers_of, new_consumer, new_producer, position
 from stream.outcomes import TRUNCATED
 
 log = logging.getLogger(__name__)
@@ -67,11 +66,10 @@ def redrive(conf: dict[str, Any], dlq_topic: str, reasons: Sequence[str], *,
     their source topic, or ``to``); returns what was sent and skipped."""
     summary = RedriveSummary()
     wanted = set(reasons)
-    c = Consumer({**conf, "group.id": group, "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                  "enable.partition.eof": True, "logger": kafka_logger()})
-    p = Producer({**conf, "enable.idempotence": True, "acks": "all",
-                  "logger": kafka_logger()})
+    c = new_consumer({**conf, "group.id": group, "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                      "enable.partition.eof": True})
+    p = new_producer({**conf, "enable.idempotence": True, "acks": "all"})
     failures: list[KafkaError] = []
 
     def acked(err: KafkaError | None, _m: Message) -> None:

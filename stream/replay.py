@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from stream.errors import StreamError
-from stream.failures import kafka_logger
+from stream.kafka import new_producer
 from stream.progress import progress_bar
 from stream.sources import FieldMapping, Row, count_records, iter_records, normalize_format
 from stream.sources.timestamps import epoch_seconds
@@ -236,7 +236,7 @@ def replay(
     A full producer queue is waited out (``poll``), never dropped. Messages
     still undelivered after the final flush count as delivery failures.
     """
-    from confluent_kafka import KafkaError, Message, Producer
+    from confluent_kafka import KafkaError, Message
 
     paths = [Path(p) for p in paths]
     for p in paths:
@@ -256,7 +256,7 @@ def replay(
         "delivery.report.only.error": True,
         **(producer_config or {}),
     }
-    producer = Producer({**config, "logger": kafka_logger()})
+    producer = new_producer(config)
     failures = 0
     queue_full_waits = 0
 

@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message, TopicPartition
 
-from stream.failures import kafka_logger
-from stream.kafka import headers_of, position, value_of
+from stream.kafka import headers_of, new_consumer, position, value_of
 from stream.outcomes import LEVEL_CODES
 
 LEVEL_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
@@ -42,7 +41,7 @@ def read_messages(
         "isolation.level": "read_committed",
         **(extra or {}),
     }
-    c = Consumer({**conf, "logger": kafka_logger()})
+    c = new_consumer(conf)
     try:
         md = c.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
