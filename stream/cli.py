@@ -1031,6 +1031,10 @@ def _nothing_scored(summary: Any, files: tuple[Path, ...]) -> None:
     "normal/benign/0/false/empty].",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write one self-contained HTML page: ROC and "
+              "precision-recall curves, recall per label value at the alert threshold and "
+              "at 1% false positives, anomaly histograms per label value.")
 @settings_options(
     "model_name", "tracking_uri", "max_message_bytes", "input_schema", "tenant_from",
     "trust_types", "where",
@@ -1043,6 +1047,7 @@ def evaluate(
     label_field: str,
     positive: tuple[str, ...],
     as_json: bool,
+    report_path: Path | None,
     model_name: str | None,
     tracking_uri: str | None,
     max_message_bytes: int | None,
@@ -1078,6 +1083,19 @@ def evaluate(
                    f"{', '.join(values)}{', ...' if len(values) == 8 else ''}); give the "
                    "attack values with --positive", err=True)
     result = ev.evaluate(tenants, scores, levels, labels)
+    if report_path is not None:
+        from stream.report import html_report
+
+        page = html_report(result, tenants, scores, levels, labels,
+                           ["" if v is None else str(v) for v in raw],
+                           title=f"stream evaluate: {', '.join(p.name for p in files)}",
+                           label_field=label_field)
+        try:
+            report_path.write_text(page, encoding="utf-8")
+        except OSError as e:
+            raise click.BadParameter(f"cannot write {report_path}: {e.strerror or e}",
+                                     param_hint="--report") from None
+        click.echo(f"report: {report_path}", err=True)
     if as_json:
         click.echo(orjson.dumps(result).decode())
     else:

@@ -134,3 +134,62 @@ def test_labels_from_field_with_positive_list() -> None:
     got = labels_from_field(values, positive=["port_scan", "ddos_burst", "1"]).tolist()
     assert got == [False, True, False, True, True]
     assert labels_from_field([], positive=["x"]).dtype == bool
+
+
+def test_recall_table_per_label_by_hand() -> None:
+    from stream.report import recall_table
+
+    # 100 normal events with anomaly 0..99 (score = -anomaly): the 1% cut is the 99th
+    # percentile, 98.01; a scan at 120 (alerted) and 50 (not), a beacon at 99 (above).
+    normal = np.arange(100, dtype=float)
+    scores = -np.concatenate([normal, [120.0, 50.0, 99.0]])
+    levels = np.array([0] * 100 + [2, 0, 1])
+    labels = np.array([False] * 100 + [True, True, True])
+    names = ["normal"] * 100 + ["scan", "scan", "beacon"]
+    rows = {r["label"]: r for r in recall_table(scores, levels, labels, names)}
+    assert recall_table(scores, levels, labels, names)[0]["label"] == "normal"
+    assert rows["scan"]["events"] == 2 and rows["scan"]["flagged_at_alert"] == 0.5
+    assert rows["scan"]["above_1pct_fp"] == 0.5 and rows["beacon"]["above_1pct_fp"] == 1.0
+    assert rows["normal"]["above_1pct_fp"] == 0.01 and rows["normal"]["median_anomaly"] == 49.5
+    assert rows["normal"]["attack"] is False and rows["scan"]["attack"] is True
+
+
+def test_the_html_report_is_one_self_contained_page() -> None:
+    import base64
+    import re
+    from html.parser import HTMLParser
+
+    from stream.report import html_report
+
+    rng = np.random.default_rng(3)
+    n = 400
+    labels = np.zeros(n, dtype=bool)
+    labels[:40] = True
+    scores = np.where(labels, rng.normal(-0.3, 0.1, n), rng.normal(0.1, 0.1, n))
+    levels = np.where(scores < -0.1, 1, 0)
+    names = ["port_scan<script>" if x else "normal" for x in labels]
+    tenants = np.full(n, "acme")
+    result = evaluate(tenants, scores, levels, labels)
+    page = html_report(result, tenants, scores, levels, labels, names, title="t",
+                       label_field="label")
+
+    srcs: list[str] = []
+
+    class Refs(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            assert tag not in ("script", "link", "iframe")
+            srcs.extend(v or "" for k, v in attrs if k in ("src", "href"))
+
+    Refs().feed(page)
+    # Three pictures (ROC, precision-recall, histograms), each a PNG inside the page.
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert all(base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
+    # Label values are text, never markup; the AUC is the evaluation's.
+    assert "port_scan&lt;script&gt;" in page and "<script>" not in page
+    assert f"{result['overall']['roc_auc']:.3f}" in page
+    from stream.report import recall_table
+
+    (scan,) = [r for r in recall_table(scores, levels, labels, names) if r["attack"]]
+    row = re.search(r"<tr class=attack><td>port_scan&lt;script&gt;</td><td>40</td>"
+                    r"<td>([\d.]+)%</td>", page)
+    assert row is not None and float(row[1]) == round(100 * scan["flagged_at_alert"], 1)

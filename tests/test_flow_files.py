@@ -142,11 +142,17 @@ def test_train_score_and_evaluate_read_argus(tmp_path: Path, tracking_uri: str) 
     alerts = [json.loads(x) for x in scored.read_text().splitlines()]
     assert len(alerts) == 300 and {a["event"]["protocol"] for a in alerts} == {"tcp", "udp",
                                                                                "icmp"}
+    page = tmp_path / "report.html"
     r = CliRunner().invoke(main, ["evaluate", str(path), "--label-field", "Label",
                                   "--positive", "flow=Scan-SYN", "--tenant", "t",
                                   "--model-name", base, "--tracking-uri", tracking_uri,
-                                  "--json"])
+                                  "--json", "--report", str(page)])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["overall"]["positives"] == 60 and report["overall"]["n"] == 300
     assert report["overall"]["roc_auc"] is not None
+    # The HTML report of the same evaluation: every label value of the file, in a row.
+    html = page.read_text()
+    for label in ("flow=Normal-TLS", "flow=Normal-DNS", "flow=Scan-SYN", "flow=Normal-SSH"):
+        assert f"<td>{label}</td><td>60</td>" in html
+    assert html.count("data:image/png;base64,") == 3
