@@ -429,6 +429,7 @@ def test_the_flows_recipe_parses_and_reads_the_canonical_fields() -> None:
         recipe("nope")
 
 
+@pytest.mark.slow
 def test_a_million_distinct_sources_stay_under_the_memory_cap() -> None:
     cap = 32 * 2**20
     spec = FeatureSpec.parse([("c", "count(by=src, window=60s)")])
