@@ -30,6 +30,8 @@ from stream.outcomes import (
 )
 from stream.reasons import FILTERED
 from stream.registry import LoadedModel, NotLoaded
+from stream.sources import goflow2pb
+from stream.sources.schemas import WIRE_FORMS
 from stream.sources.view import columns_for
 from stream.where import Where
 
@@ -169,7 +171,12 @@ def process_batch(
     ``incidents`` (``stream.incidents.Incidents``) actionable alerts join incidents,
     staged until the caller commits or rolls them back.
     """
+    unreadable: dict[int, str] = {}
+    if schema in WIRE_FORMS:  # goflow2's protobuf: the records of its JSON
+        values, unreadable = goflow2pb.as_json(values)
     batch = DecodedBatch(values, max_bytes, tenant_field=tenant_field, tenants=tenants)
+    for i, detail in unreadable.items():
+        batch.reject([i], reasons.MALFORMED_PROTOBUF, detail, first_wins=False)
     source = columns_for(batch, schema)
     if where is not None:
         # Records the filter leaves out are not events: skipped, never dead-lettered.

@@ -19,7 +19,7 @@ from typing import Any
 #: Threat levels, lowest first (a level's code is its index: ``outcomes.LEVEL_CODES``).
 LEVELS: tuple[str, ...] = ("low", "medium", "high", "critical")
 #: Sensor schemas a model or a consumer reads events through (``sources.view``).
-SCHEMA_NAMES: tuple[str, ...] = ("native", "zeek", "suricata", "goflow2")
+SCHEMA_NAMES: tuple[str, ...] = ("native", "zeek", "suricata", "goflow2", "goflow2-pb")
 #: A tenant id: 1-64 characters of ``[A-Za-z0-9_.-]`` (``events.valid_tenant``).
 TENANT_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 
@@ -151,7 +151,8 @@ class Settings:
         "native",
         "STREAM_INPUT_SCHEMA",
         "The sensor schema of the input events; its fields are mapped to the canonical "
-        "ones (see Sensor schemas).",
+        "ones (see Sensor schemas). goflow2-pb: goflow2's protobuf (-format=bin), read "
+        "as its JSON.",
         choices=SCHEMA_NAMES,
     )
     where: str = _opt(

@@ -173,10 +173,13 @@ class DecodedBatch:
         self._strings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._docs: list[Any] | None = None
 
-    def reject(self, rows: np.ndarray | Sequence[int], code: int, detail: str) -> None:
-        """Mark rows rejected with a reason (the first reason given to a row wins)."""
+    def reject(self, rows: np.ndarray | Sequence[int], code: int, detail: str, *,
+               first_wins: bool = True) -> None:
+        """Mark rows rejected with a reason (the first reason given to a row wins, unless
+        ``first_wins`` is False: a wire-form failure known before the decode, whose
+        stand-in value the decoder could only call empty)."""
         for i in np.asarray(rows, dtype=np.int64).tolist():
-            if self.reason[i] == OK:
+            if self.reason[i] == OK or not first_wins:
                 self.reason[i] = code
                 self.detail[i] = detail
 

@@ -28,6 +28,7 @@ from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_json
 from stream.reasons import REASONS
 from stream.sources import FieldMapping, iter_records
+from stream.sources.schemas import WIRE_FORMS
 from stream.where import Where
 
 #: Distinct (reason, detail) pairs a summary counts.
@@ -131,7 +132,9 @@ def score_batches(
                 offsets=lines,
                 min_level=level,
                 max_bytes=settings.max_message_bytes,
-                schema=settings.input_schema,
+                # A file's records are already read from their wire form (a goflow2 .pb
+                # file's, say): the schema that reads them is the one of that form's JSON.
+                schema=WIRE_FORMS.get(settings.input_schema, settings.input_schema),
                 tenant_field=tenant_field,
                 tenants=None if const is None else [const] * len(values),
                 store=store,

@@ -26,6 +26,8 @@ FILTERED = 12
 #: Scored, but its alert could not be written in the --alert-format (a value no typed
 #: field of ECS or OCSF can hold slipped past them, say): the event is dead-lettered.
 FORMAT_ERROR = 13
+#: A record that should be goflow2's protobuf (--input-schema goflow2-pb) and is not.
+MALFORMED_PROTOBUF = 14
 
 REASONS: dict[int, str] = {
     OVERSIZE: "oversize",
@@ -40,4 +42,5 @@ REASONS: dict[int, str] = {
     EMPTY: "empty_message",
     BAD_TIMESTAMP: "bad_timestamp",
     FORMAT_ERROR: "format_error",
+    MALFORMED_PROTOBUF: "malformed_protobuf",
 }

@@ -78,7 +78,9 @@ def test_schemas_by_name_and_unknown_name() -> None:
             get_schema(bad)
         msg = str(info.value)
         assert "\n" not in msg and repr(bad) in msg
-        assert msg.endswith("expected one of native, zeek, suricata, goflow2")
+        assert msg.endswith("expected one of native, zeek, suricata, goflow2, goflow2-pb")
+    # goflow2's protobuf is read as its JSON, by the same schema.
+    assert get_schema("goflow2-pb") is SCHEMAS["goflow2"]
 
 
 def test_schema_is_frozen_hashable_and_compiled_once() -> None:

@@ -29,6 +29,7 @@ from stream.sources.detect import (
     normalize_format,
 )
 from stream.sources.flowcsv import FLOW_CSV_READERS
+from stream.sources.goflow2pb import read_goflow2_pb
 from stream.sources.mapping import (
     ZEEK_MAPPING,
     FieldMapping,
@@ -79,7 +80,7 @@ def read_records(path: str | Path, fmt: str | None = None) -> Iterator[Row]:
     """Raw records of one file in ``fmt`` (detected when None), before any mapping."""
     path = Path(path)
     kind = normalize_format(fmt) if fmt else detect_format(path)
-    reader = READERS.get(kind) or FLOW_CSV_READERS[kind]
+    reader = READERS.get(kind) or FLOW_CSV_READERS.get(kind) or read_goflow2_pb
     return _guarded(reader(path))
 
 

@@ -23,7 +23,9 @@ __all__ = [
     "normalize_format",
 ]
 
-FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "zeek", "zeek-json", "argus", "nfdump")
+FORMATS: tuple[str, ...] = (
+    "jsonl", "csv", "parquet", "zeek", "zeek-json", "argus", "nfdump", "goflow2-pb",
+)
 _FORMAT_ALIASES = {
     "json": "jsonl",
     "ndjson": "jsonl",
@@ -34,6 +36,7 @@ _FORMAT_ALIASES = {
     "zeekjson": "zeek-json",
     "pq": "parquet",
     "binetflow": "argus",
+    "goflow2_pb": "goflow2-pb",
     "ra": "argus",
 }
 ZEEK_FORMATS = frozenset({"zeek", "zeek-json"})
@@ -76,6 +79,8 @@ def detect_format(path: str | Path) -> str:
         magic = fh.read(4)
     if ext in (".parquet", ".pq") or magic == PARQUET_MAGIC:
         return "parquet"
+    if ext == ".pb":  # binary: told by its name (goflow2 -format=bin -transport=file)
+        return "goflow2-pb"
     head = _head_lines(path)
     if head and head[0].startswith((b"#separator", b"#fields")):
         return "zeek"
@@ -131,6 +136,8 @@ def count_records(path: str | Path, fmt: str | None = None) -> int | None:
             return int(pq.ParquetFile(str(path)).metadata.num_rows)
         except Exception:
             return None
+    if kind == "goflow2-pb":
+        return None  # length-prefixed messages: counting them reads the whole file
     with path.open("rb") as fh:
         if fh.read(2) == GZIP_MAGIC:
             return None

@@ -186,11 +186,16 @@ SCHEMAS: Final[Mapping[str, Schema]] = MappingProxyType(
 """Every schema by name: ``native``, ``zeek``, ``suricata``, ``goflow2``."""
 
 
+#: Schemas that read another's records once their wire form is decoded: goflow2's
+#: protobuf (``stream.sources.goflow2pb``) becomes the records of its JSON.
+WIRE_FORMS: Final[Mapping[str, str]] = MappingProxyType({"goflow2-pb": "goflow2"})
+
+
 def get_schema(name: str) -> Schema:
     """The schema called ``name``; ValueError naming the valid ones for any other."""
-    schema = SCHEMAS.get(name)
+    schema = SCHEMAS.get(WIRE_FORMS.get(name, name))
     if schema is None:
-        valid = ", ".join(SCHEMAS)
+        valid = ", ".join([*SCHEMAS, *WIRE_FORMS])
         raise ValueError(f"unknown input schema {name!r}: expected one of {valid}")
     return schema
 
