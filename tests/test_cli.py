@@ -200,7 +200,12 @@ def test_train_on_a_plain_text_file_is_a_clear_usage_error(tmp_path: Path) -> No
     r = runner.invoke(main, ["train", "--input", str(few), "--features",
                              "bytes_transferred,packet_count,connection_duration"], env=env)
     assert r.exit_code == 2, r.output
-    assert "only 20 usable training records (fewer than 256)" in " ".join(r.stderr.split())
+    assert "only 20 usable training records (fewer than 64; --min-records N overrides)" \
+        in " ".join(r.stderr.split())
+    r = runner.invoke(main, ["train", "--input", str(few), "--detector", "isolation_forest",
+                             "--features", "bytes_transferred,packet_count"], env=env)
+    assert r.exit_code == 2, r.output
+    assert "only 20 usable training records (fewer than 256;" in " ".join(r.stderr.split())
 
 
 @pytest.mark.integration

@@ -500,7 +500,8 @@ def train(
     fitted, X, skipped, used, served = _training_rows(records, spec, input_schema)
     if len(X) < min_records:
         raise TrainingError(
-            f"only {len(X)} usable training records (fewer than {min_records})"
+            f"only {len(X)} usable training records (fewer than {min_records}; "
+            "--min-records N overrides)"
         )
     pipe = build_pipeline(n_estimators, contamination, random_state, detector=detector,
                           tails=fitted.tails)
