@@ -20,7 +20,14 @@ import orjson
 from stream.errors import StreamError
 from stream.kafka import new_producer
 from stream.progress import progress_bar
-from stream.sources import FieldMapping, Row, count_records, iter_records, normalize_format
+from stream.sources import (
+    FieldMapping,
+    Row,
+    count_records,
+    detect_format,
+    iter_records,
+    normalize_format,
+)
 from stream.sources.timestamps import epoch_seconds
 
 __all__ = [
@@ -142,6 +149,16 @@ class _Pacer:
 # --------------------------------------------------------------------------- sending
 
 
+def _encoder(paths: list[Path], kind: str | None) -> Callable[[dict[str, Any]], bytes]:
+    """How records go on the wire: goflow2's protobuf when every file is goflow2's
+    ``-format=bin`` (sent as goflow2's Kafka transport would), JSON otherwise."""
+    if all((kind or detect_format(p)) == "goflow2-pb" for p in paths):
+        from stream.sources.goflow2pb import encode
+
+        return encode
+    return orjson.dumps
+
+
 Rejected = tuple[str, int, str]
 """A line that was not sent: (file, line, reason), the shape of ``stream.sources.Unreadable``."""
 
@@ -155,6 +172,7 @@ def pump(
     timestamp_field: str = "timestamp",
     idle: Callable[[float], Any] = time.sleep,
     on_progress: Callable[[int, str], Any] | None = None,
+    encode: Callable[[dict[str, Any]], bytes] = orjson.dumps,
 ) -> tuple[int, list[Rejected]]:
     """Pace and ``send(key, value)`` every good record of ``sources`` (label, rows) in order.
 
@@ -177,11 +195,12 @@ def pump(
                 rejected.append((label, line_no, reason))
                 continue
             try:
-                value = orjson.dumps(record)
-            except orjson.JSONEncodeError as e:
+                value = encode(record)
+            except (orjson.JSONEncodeError, ValueError) as e:
+                what = "JSON" if encode is orjson.dumps else "the file's format"
                 if strict:
-                    raise ReplayError(label, line_no, f"cannot encode as JSON: {e}") from e
-                rejected.append((label, line_no, f"cannot encode as JSON: {e}"))
+                    raise ReplayError(label, line_no, f"cannot encode as {what}: {e}") from e
+                rejected.append((label, line_no, f"cannot encode as {what}: {e}"))
                 continue
             tenant = record.get("tenant_id")
             key = None if tenant is None else str(tenant).encode()
@@ -300,6 +319,7 @@ def replay(
                 timestamp_field=timestamp_field,
                 idle=producer.poll,
                 on_progress=on_progress,
+                encode=_encoder(paths, kind),
             )
         finally:
             # Also on a strict failure or Ctrl-C: what was accepted still gets delivered.

@@ -138,3 +138,22 @@ def test_train_on_json_and_score_protobuf_the_same(tmp_path: Path, tracking_uri:
                                                             out.read_bytes().splitlines())]
     assert len(scores["goflow2"]) == len(many)
     assert scores["goflow2-pb"] == scores["goflow2"]
+
+
+def test_replay_sends_a_pb_file_as_goflow2_sends_it() -> None:
+    """``stream replay`` of a .pb file produces each message as goflow2's Kafka transport
+    would (the bytes of the file, message by message); other files go as JSON."""
+    from stream.replay import Pacing, _encoder, pump
+    from stream.sources import iter_records
+    from stream.sources.goflow2pb import encode
+
+    pb = DATA / "goflow2.pb"
+    assert _encoder([pb], None) is encode and _encoder([DATA / "goflow2.jsonl"], None) is \
+        orjson.dumps
+    sent: list[bytes] = []
+    n, rejected = pump([(str(pb), iter_records(pb, raw=True))],
+                       lambda _key, value: sent.append(value), pacing=Pacing.unlimited(),
+                       encode=encode)
+    assert (n, rejected) == (17, [])
+    assert b"".join(sent) == pb.read_bytes()
+    assert [record(v) for v in sent] == load_records(pb).records
