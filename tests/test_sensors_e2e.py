@@ -107,3 +107,54 @@ def test_sensor_records_as_they_come_are_all_scored(
     stream = sorted((orjson.dumps(a["event"]), a["anomaly_score"]) for a in alerts)
     assert [e for e, _ in offline] == [e for e, _ in stream]
     assert max(abs(a - b) for (_, a), (_, b) in zip(offline, stream, strict=True)) <= 1e-9
+
+
+def test_goflow2_protobuf_on_the_broker_scores_as_its_json(
+    broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path
+) -> None:
+    """goflow2 -format=bin: each Kafka record one length-prefixed FlowMessage (the bytes of
+    tests/data/goflow2.pb, message by message); consumed with --input-schema goflow2-pb by
+    a model trained on the same flows' JSON, every record scores as `stream score` scores
+    the JSON."""
+    from stream.sources.goflow2pb import delimited
+
+    file, features = CASES["goflow2"]
+    base = "sensor_gpb_" + os.urandom(2).hex()
+    common = ["--model-name", base, "--tracking-uri", tracking_uri]
+    r = CliRunner().invoke(main, [
+        "train", "--input", str(DATA / file), "--input-schema", "goflow2", *common,
+        "--min-records", "5", "--promote", *[a for f in features for a in ("--feature", f)],
+    ])
+    assert r.exit_code == 0, r.output
+    data = (DATA / "goflow2.pb").read_bytes()
+    values, at = [], 0
+    for _k, body, _reason in delimited(data):
+        assert body is not None
+        end = data.index(body, at) + len(body)
+        values.append(data[at:end])  # the prefix goflow2 writes, then the message
+        at = end
+    assert b"".join(values) == data and len(values) == 17
+    s = Settings(
+        bootstrap_servers=broker.bootstrap, input_topic=f"in-{unique}",
+        alert_topic=f"alerts-{unique}", dlq_topic=f"dlq-{unique}", group_id=f"g-{unique}",
+        tracking_uri=tracking_uri, model_name=base, session_timeout_ms=6000,
+        batch_max_wait_ms=100, min_level="low", input_schema="goflow2-pb",
+        tenant_from="const:acme",
+    )
+    broker.create_topics([s.input_topic, s.alert_topic, s.dlq_topic])
+    n = produce(broker.bootstrap, s.input_topic, [*values, b"\x0f\xff\xff"])
+    pipeline = service.build(s)
+    run_until(pipeline, n)
+    alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, s.alert_topic)]
+    dead = read_all(broker.bootstrap, s.dlq_topic)
+    assert [dict(m.headers())["reason"] for m in dead] == [b"malformed_protobuf"]
+    assert dead[0].value() == b"\x0f\xff\xff"  # the original bytes, as every dead letter
+
+    out = tmp_path / "alerts.jsonl"
+    r = CliRunner().invoke(main, ["score", str(DATA / file), "-o", str(out), "--min-level",
+                                  "low", "--tenant-from", "const:acme", "--input-schema",
+                                  "goflow2", *common])
+    assert r.exit_code == 0, r.output
+    offline = sorted(a["anomaly_score"] for a in map(orjson.loads, out.read_bytes().splitlines()))
+    stream = sorted(a["anomaly_score"] for a in alerts)
+    assert len(stream) == 17 and stream == offline
