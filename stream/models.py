@@ -38,14 +38,12 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from stream import registry
+from stream.canary import Canary
 from stream.events import valid_tenant
 from stream.failures import brief, redact_uri
-from stream.features import RecordColumns
-from stream.registry import LoadedModel, ModelLoadError, NotLoaded, RegistryView
-from stream.sources.view import columns_for
+from stream.registry import LoadedModel, NotLoaded, RegistryView
+from stream.watcher import RegistryWatcher
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +53,6 @@ Poller = Callable[[], RegistryView]
 PRODUCTION, CHALLENGER = "production", "challenger"
 #: Tenant model names remembered as "served by the global model for now" (watcher preloads).
 MAX_PENDING = 10_000
-#: Tenants whose recent events are kept as their own canary batch.
-MAX_CANARY_TENANTS = 1024
-CANARY_PER_TENANT = 8
 
 
 @dataclass
@@ -88,7 +83,9 @@ class LoadFailure:
 
 
 class ModelTable:
-    """Which loaded model scores which tenant, and the registry watcher that keeps it current."""
+    """Which loaded model scores which tenant (routing, the LRU of loaded versions, the
+    loader pool with its retry backoff); its ``Canary`` checks new versions and its
+    ``RegistryWatcher`` keeps it current."""
 
     def __init__(
         self,
@@ -118,7 +115,6 @@ class ModelTable:
         # seconds of ``clock`` (injectable, so tests move time instead of sleeping).
         self.retry_backoff = retry_backoff
         self._clock = clock
-        # The sensor schema of the events (--input-schema): the canary is read through it.
         self.schema = schema
         # One lock guards every mutable structure below; it is only ever held for
         # dictionary work, never across a registry call or a model load.
@@ -132,9 +128,8 @@ class ModelTable:
         # (name, version) -> (attempts, monotonic time of the next attempt)
         self._failed: dict[tuple[str, str], tuple[int, float]] = {}
         self._inflight: dict[tuple[str, str, str], Future[LoadedModel | None]] = {}
-        # Recent valid events as the batches decoded them (dicts), overall and per tenant.
-        self._canary: deque[Any] = deque(maxlen=canary_size)
-        self._canary_by_tenant: OrderedDict[str, deque[Any]] = OrderedDict()
+        # Recent valid events as the batches decoded them, overall and per tenant.
+        self.canary = Canary(canary_size, schema)
         self._registry_down = False
         self._on_swap = on_swap
         self._on_failure = on_failure
@@ -145,12 +140,9 @@ class ModelTable:
         # Bumped whenever a model enters or leaves the table (heap.HeapFreezer watches it).
         self.changes = 0
         self.polls = 0
-        self.poll_errors = 0  # consecutive failed polls (0 while the registry answers)
-        self.poll_errors_total = 0
         self.last_poll_requests = 0
         self.last_poll_seconds = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.watcher = RegistryWatcher(self.refresh)
         self._workers = max(1, load_workers)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="model-load")
 
@@ -238,35 +230,11 @@ class ModelTable:
         return ch if ch is not None and ch.version != model.version else None
 
     def remember(self, tenants: Sequence[str], docs: Sequence[Any]) -> None:
-        """Keep a few recent valid events (overall and per tenant) as the canary batch.
-
-        ``docs`` are events as the batch decoded them, ``tenants`` their validated tenant
-        ids: nothing is parsed again here. Beyond ``MAX_CANARY_TENANTS``, the tenants
-        that go first are those without a model of their own: events under a thousand
-        made-up tenant ids cannot push out the events a served tenant's next version is
-        checked on.
-        """
+        """Keep a few recent valid events as the canary batch (``Canary.remember``)."""
         with self._lock:
-            self._canary.extend(docs)
-            production = self._view.production
-            for t, doc in zip(tenants, docs, strict=True):
-                q = self._canary_by_tenant.get(t)
-                if q is None:
-                    q = self._canary_by_tenant[t] = deque(maxlen=CANARY_PER_TENANT)
-                    if len(self._canary_by_tenant) > MAX_CANARY_TENANTS:
-                        self._drop_a_canary(production)
-                else:
-                    self._canary_by_tenant.move_to_end(t)
-                q.append(doc)
-
-    def _drop_a_canary(self, production: dict[str, str]) -> None:
-        """The least recently seen tenant without a model of its own goes (else the least
-        recently seen one); caller holds the lock."""
-        for t in self._canary_by_tenant:
-            if self.tenant_model_name(t) not in production:
-                del self._canary_by_tenant[t]
-                return
-        self._canary_by_tenant.popitem(last=False)
+            production = set(self._view.production)
+        self.canary.remember(tenants, docs,
+                             lambda t: self.tenant_model_name(t) in production)
 
     def loaded(self) -> dict[str, str]:
         with self._lock:
@@ -376,38 +344,8 @@ class ModelTable:
         return name[len(prefix) :] if name.startswith(prefix) else None
 
     def _check(self, model: LoadedModel) -> None:
-        """Refuse a version that cannot score recent real events to finite numbers.
-
-        The canary is the model's own tenant's recent events when there are any,
-        else recent events of every tenant. At least one must carry every feature
-        the model declares (so the pipeline can extract them), and all those
-        that do must score to finite values. Before any traffic has been seen the
-        model only has to score a synthetic row.
-        """
-        source = f"models:/{model.name}/{model.version}"
-        tenant = self._tenant_of(model.name)
-        with self._lock:
-            own = list(self._canary_by_tenant.get(tenant, ())) if tenant is not None else []
-            sample = own or list(self._canary)
-        if sample:
-            computed = model.spec.compute(columns_for(RecordColumns(sample), self.schema))
-            ok = computed.reason == 0
-            X = computed.X[ok]
-            if len(X) == 0:
-                whose = f"of tenant {tenant}" if own else "of any tenant"
-                reasons = sorted(set(computed.detail.values()))[:3]
-                raise ModelLoadError(
-                    f"{source}: declares features {list(model.spec.names)} but none of "
-                    f"{len(sample)} recent events {whose} has them ({'; '.join(reasons)})"
-                )
-        else:
-            X = np.zeros((1, len(model.features)))
-        try:
-            scores = np.asarray(model.score(X), dtype=np.float64)
-        except Exception as e:
-            raise ModelLoadError(f"{source}: canary scoring failed: {e}") from e
-        if scores.shape != (len(X),) or not np.all(np.isfinite(scores)):
-            raise ModelLoadError(f"{source}: canary scores are not {len(X)} finite numbers")
+        """Refuse a version that cannot score recent real events (``Canary.check``)."""
+        self.canary.check(model, self._tenant_of(model.name))
 
     def _due(self, name: str, version: str) -> bool:
         """False while a failed version waits for its next retry (caller holds the lock)."""
@@ -633,45 +571,19 @@ class ModelTable:
                 and self._due(name, chal)
             ]
 
+    @property
+    def poll_errors(self) -> int:
+        """Consecutive failed polls (0 while the registry answers)."""
+        return self.watcher.poll_errors
+
+    @property
+    def poll_errors_total(self) -> int:
+        return self.watcher.poll_errors_total
+
     def start(self, interval: float) -> None:
         """Start the background watcher (polls every ``interval`` seconds)."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self._watch, args=(interval,), name="model-watcher", daemon=True
-        )
-        self._thread.start()
-
-    def _watch(self, interval: float) -> None:
-        # While the registry is unreachable, back off (fewer log lines, no hammering a
-        # server that is starting up) but never beyond a few intervals, so changes are
-        # picked up soon after it is back.
-        cap = max(interval, min(30.0, 4 * interval))
-        delay = interval
-        while not self._stop.wait(delay):
-            try:
-                self.refresh()
-            except Exception as e:
-                self.poll_errors += 1
-                self.poll_errors_total += 1
-                delay = min(cap, interval * 2 ** (self.poll_errors - 1))
-                log.warning(
-                    "registry poll failed (%d in a row: %s); current models keep serving, "
-                    "retry in %.0fs",
-                    self.poll_errors,
-                    brief(e),
-                    delay,
-                )
-                continue
-            if self.poll_errors:
-                log.info("registry reachable again after %d failed polls", self.poll_errors)
-            self.poll_errors = 0
-            delay = interval
+        self.watcher.start(interval)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.watcher.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
-

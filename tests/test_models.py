@@ -568,8 +568,8 @@ def test_remember_keeps_a_bounded_canary() -> None:
     table = ModelTable(BASE, poller=RegistryView, loader=lambda n, v: None, canary_size=4)  # type: ignore[arg-type,return-value]
     try:
         remember(table, *[event("a")] * 10)
-        assert len(table._canary) == 4
-        assert len(table._canary_by_tenant["a"]) == 8
+        assert len(table.canary) == 4
+        assert len(table.canary.by_tenant["a"]) == 8
     finally:
         table.stop()
 
@@ -585,7 +585,7 @@ def test_mlflow_http_defaults_only_fill_what_the_user_left_unset() -> None:
 
 
 def test_made_up_tenants_cannot_push_a_served_tenants_canary_out() -> None:
-    from stream import models as models_mod
+    from stream import canary as models_mod
 
     view = RegistryView({f"{BASE}_acme": "1"})
     table = ModelTable(BASE, poller=lambda: view, loader=lambda n, v: None)  # type: ignore[arg-type,return-value]
@@ -594,7 +594,7 @@ def test_made_up_tenants_cannot_push_a_served_tenants_canary_out() -> None:
         remember(table, event("acme"))
         for k in range(models_mod.MAX_CANARY_TENANTS + 100):
             remember(table, event(f"made-up-{k}"))
-        assert "acme" in table._canary_by_tenant
-        assert len(table._canary_by_tenant) == models_mod.MAX_CANARY_TENANTS
+        assert "acme" in table.canary.by_tenant
+        assert len(table.canary.by_tenant) == models_mod.MAX_CANARY_TENANTS
     finally:
         table.stop()
