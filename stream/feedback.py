@@ -37,10 +37,12 @@ from typing import Any, Final
 
 import orjson
 
+from stream.reasons import MALFORMED_FEEDBACK, REASONS
+
 log = logging.getLogger(__name__)
 
 VERDICTS: Final = ("true_positive", "false_positive", "benign")
-MALFORMED: Final = "malformed_feedback"
+MALFORMED: Final = REASONS[MALFORMED_FEEDBACK]  # the reason header of its dead letters
 #: Alerts remembered for joining feedback; the oldest beyond this are forgotten.
 MAX_ALERTS: Final = 2_000_000
 

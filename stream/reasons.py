@@ -28,6 +28,8 @@ FILTERED = 12
 FORMAT_ERROR = 13
 #: A record that should be goflow2's protobuf (--input-schema goflow2-pb) and is not.
 MALFORMED_PROTOBUF = 14
+#: A record on the feedback topic that is no verdict (``stream feedback``).
+MALFORMED_FEEDBACK = 15
 
 REASONS: dict[int, str] = {
     OVERSIZE: "oversize",
@@ -43,4 +45,5 @@ REASONS: dict[int, str] = {
     BAD_TIMESTAMP: "bad_timestamp",
     FORMAT_ERROR: "format_error",
     MALFORMED_PROTOBUF: "malformed_protobuf",
+    MALFORMED_FEEDBACK: "malformed_feedback",
 }
