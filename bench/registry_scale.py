@@ -126,8 +126,8 @@ def _log_one_model(experiment: str) -> tuple[str, str, str]:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from stream.outcomes import DEFAULT_THRESHOLDS
     from stream.registry import DEFAULT_FEATURES, TRUSTED_TYPES
+    from stream.thresholds import DEFAULT_THRESHOLDS
 
     x = np.random.default_rng(0).lognormal(size=(1000, 3))
     pipe = Pipeline([("scale", StandardScaler()), ("iforest", IsolationForest(random_state=0))])

@@ -20,19 +20,13 @@ import orjson
 from stream import reasons
 from stream.events import DecodedBatch, RowSubset, compute_rows
 from stream.features.columns import ColumnSource
-from stream.outcomes import (
-    ACTIONABLE_LEVEL,
-    LEVEL_NAMES,
-    encode_alerts,
-    model_ref,
-    threat_levels,
-    utc_now_iso,
-)
+from stream.outcomes import ACTIONABLE_LEVEL, LEVEL_NAMES, encode_alerts, model_ref, utc_now_iso
 from stream.reasons import FILTERED
 from stream.registry import LoadedModel, NotLoaded
 from stream.sources import goflow2pb
 from stream.sources.schemas import WIRE_FORMS
 from stream.sources.view import columns_for
+from stream.thresholds import threat_levels
 from stream.where import Where
 
 Resolver = Callable[[Sequence[str]], list[LoadedModel | NotLoaded | None]]

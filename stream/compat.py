@@ -29,13 +29,8 @@ import numpy as np
 from stream import registry
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from stream.features import FeatureSpec, RecordColumns
-from stream.outcomes import (
-    DEFAULT_THRESHOLDS,
-    LEVEL_NAMES,
-    is_anomaly,
-    score_to_threat_level,
-    threat_levels,
-)
+from stream.outcomes import LEVEL_NAMES, is_anomaly
+from stream.thresholds import DEFAULT_THRESHOLDS, score_to_threat_level, threat_levels
 
 log = logging.getLogger(__name__)
 

@@ -47,25 +47,9 @@ LOW, MEDIUM, HIGH, CRITICAL = 0, 1, 2, 3
 LEVEL_CODES: dict[str, int] = {name: i for i, name in enumerate(LEVEL_NAMES)}
 #: Alerts from this level up carry an explanation (and join incidents).
 ACTIONABLE_LEVEL = MEDIUM
-# The design note's fixed cut-offs: < -0.5 critical, < -0.2 high, < 0 medium.
-DEFAULT_THRESHOLDS: tuple[float, float, float] = (-0.5, -0.2, 0.0)
-
-
-def threat_levels(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Level code per score (0 low .. 3 critical); NaN scores get level 0."""
-    return (3 - np.searchsorted(thresholds, scores, side="right")).astype(np.int8)
-
-
 def is_anomaly(scores: np.ndarray) -> np.ndarray:
     """True where the score is an outlier by IsolationForest's own rule (score < 0)."""
     return np.asarray(scores) < 0
-
-
-def score_to_threat_level(
-    score: float, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
-) -> str:
-    """One score's level name (the design note's ``_score_to_threat_level``)."""
-    return LEVEL_NAMES[int(threat_levels(np.array([score]), np.asarray(thresholds))[0])]
 
 
 # ---- alerts ------------------------------------------------------------------------

@@ -26,45 +26,12 @@ else:
 _warned_missing = False
 
 
-def check_thresholds(thresholds: Sequence[float]) -> np.ndarray:
-    """Validate three increasing finite cut points (critical < high < medium)."""
-    t = np.asarray(thresholds, dtype=np.float64)
-    if t.shape != (3,) or not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
-        raise ValueError(
-            f"thresholds must be 3 strictly increasing finite numbers, got {list(thresholds)}"
-        )
-    return t
-
-
 def decision_scores(estimator: Any, X: np.ndarray) -> np.ndarray:
     """Anomaly scores for a whole matrix in one model call, as float64."""
     scores = np.asarray(estimator.decision_function(X), dtype=np.float64)
     if scores.shape != (X.shape[0],):
         raise ValueError(f"model returned scores of shape {scores.shape} for {X.shape[0]} rows")
     return scores
-
-
-#: Default target rates of critical, high-or-above and medium-or-above on training traffic.
-DEFAULT_CALIBRATION: tuple[float, float, float] = (0.001, 0.005, 0.02)
-
-
-def calibrate_thresholds(
-    train_scores: np.ndarray, rates: Sequence[float] = DEFAULT_CALIBRATION
-) -> tuple[float, float, float]:
-    """Cut points so that about ``rates`` of training traffic is critical, high+, medium+.
-
-    ``rates`` are cumulative target alert rates for critical, high-or-above and
-    medium-or-above; each must be in (0, 1) and increasing.
-    """
-    r = np.asarray(rates, dtype=np.float64)
-    if r.shape != (3,) or not np.all((r > 0) & (r < 1)) or not np.all(np.diff(r) > 0):
-        raise ValueError(f"rates must be 3 increasing fractions in (0, 1), got {list(rates)}")
-    q = np.quantile(np.asarray(train_scores, dtype=np.float64), r)
-    # Ties in the training scores can collapse quantiles; nudge to keep them strictly increasing.
-    for i in (1, 2):
-        if q[i] <= q[i - 1]:
-            q[i] = np.nextafter(q[i - 1], np.inf)
-    return float(q[0]), float(q[1]), float(q[2])
 
 
 # Below this many rows, all trees are walked at once (one numpy pass per tree level);

@@ -12,8 +12,8 @@ import pytest
 
 from stream import reasons
 from stream.batch import BatchOutcome, group_rows, process_batch
-from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry import LoadedModel, build_pipeline
+from stream.thresholds import DEFAULT_THRESHOLDS
 
 FEATURES = ("bytes_transferred", "packet_count", "connection_duration")
 

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from stream import reasons
 from stream.batch import process_batch
 from stream.cli import main
-from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry import LoadedModel
 from stream.sources import detect_format, load_records
 from stream.sources.goflow2pb import delimited, record
+from stream.thresholds import DEFAULT_THRESHOLDS
 
 DATA = Path(__file__).parent / "data"
 FEATURES = ("bytes_transferred", "packet_count", "connection_duration", "dst_port")

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from stream import config
-from stream.outcomes import DEFAULT_THRESHOLDS, score_to_threat_level, threat_levels
-from stream.scoring import calibrate_thresholds, check_thresholds
+from stream.thresholds import (
+    DEFAULT_THRESHOLDS,
+    calibrate_thresholds,
+    check_thresholds,
+    score_to_threat_level,
+    threat_levels,
+)
 
 
 def test_levels_match_design_note_cutoffs_at_the_boundaries() -> None:

@@ -27,15 +27,10 @@ from stream.baseline import Baseline
 from stream.errors import StreamError
 from stream.failures import brief
 from stream.features import FeatureSpec, SpecError
-from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.registry import shipped
 from stream.registry.client import client, tracking_uri
-from stream.scoring import (
-    check_thresholds,
-    compiled_scorer,
-    decision_scores,
-    fast_isolation_forest,
-)
+from stream.scoring import compiled_scorer, decision_scores, fast_isolation_forest
+from stream.thresholds import DEFAULT_THRESHOLDS, check_thresholds
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from stream.errors import StreamError
 from stream.failures import brief
 from stream.features import FeatureSpec, RecordColumns, SpecError
-from stream.outcomes import DEFAULT_THRESHOLDS
 from stream.reasons import OK, REASONS
 from stream.registry import shipped
 from stream.registry.admin import promote
@@ -38,13 +37,14 @@ from stream.registry.client import (
     using_uri,
 )
 from stream.registry.loading import TRUSTED_TYPES, needed_types
-from stream.scoring import (
+from stream.scoring import decision_scores
+from stream.sources.view import columns_for
+from stream.thresholds import (
     DEFAULT_CALIBRATION,
+    DEFAULT_THRESHOLDS,
     calibrate_thresholds,
     check_thresholds,
-    decision_scores,
 )
-from stream.sources.view import columns_for
 
 log = logging.getLogger(__name__)
 
