@@ -344,7 +344,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @_tenant_option("Tenant id (omit for the global model).")
 @settings_options("model_name", "tracking_uri", "experiment_name", "input_schema", "trust_types",
-                  "where")
+                  "where", "lateness", "state_ttl")
 @click.option(
     "--features",
     default=None,
@@ -446,6 +446,8 @@ def train(
     input_schema: str | None,
     trust_types: tuple[str, ...],
     where: str | None,
+    lateness: float | None,
+    state_ttl: float | None,
     features: str | None,
     feature_exprs: tuple[str, ...],
     feature_file: str | None,
@@ -466,11 +468,13 @@ def train(
 ) -> None:
     """Fit a feature spec and StandardScaler + detector; log and register it in MLflow."""
     from stream import registry
+    from stream.registry.training import WindowClock
     from stream.sources import load_records
 
     s = load_settings(
         model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name,
-        input_schema=input_schema, trust_types=trust_types, where=where,
+        input_schema=input_schema, trust_types=trust_types, where=where, lateness=lateness,
+        state_ttl=state_ttl,
     )
     spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
     _registry(s.tracking_uri, s)
@@ -527,6 +531,7 @@ def train(
                 uri=s.tracking_uri,
                 experiment=s.experiment_name,
                 do_promote=promote,
+                clock=WindowClock(s.lateness, s.state_ttl),
             )
     except ValueError as e:
         text = str(e)

@@ -569,3 +569,20 @@ def test_without_the_compiled_kernels_one_line_says_so(
     assert X.tolist() == [[1, 1], [2, 2], [3, 2]]
     said = [r.getMessage() for r in caplog.records if "compiled window kernels" in r.getMessage()]
     assert len(said) == 1 and "Python kernels" in said[0]
+
+
+def test_training_windows_take_the_lateness_run_and_score_are_given() -> None:
+    """`stream train --lateness` computes windows as `run` and `score` do with the same
+    flag: an event 30 s out of order is late at 5 s and counts at 60 s."""
+    from stream.registry.training import WindowClock, _training_rows
+
+    events = events_of([0.0, 40.0, 10.0, 50.0], ["a", "a", "a", "a"], [1.0, 2.0, 3.0, 4.0])
+    spec = FeatureSpec.parse([("n", "count(by=src, window=60s)")])
+    _, at5, *_ = _training_rows(events, spec, "native", WindowClock(lateness=5.0))
+    _, at60, *_ = _training_rows(events, spec, "native", WindowClock(lateness=60.0))
+    assert at5[:, 0].tolist() == [1.0, 2.0, 3.0, 3.0]  # the late one is scored, not applied
+    assert at60[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    # What `stream score` computes with the same lateness.
+    for lateness, got in ((5.0, at5), (60.0, at60)):
+        want = spec.compute(RecordColumns(events), store=WindowStore(lateness=lateness)).X
+        assert got.tolist() == want.tolist()

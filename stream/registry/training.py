@@ -25,7 +25,8 @@ from stream.baseline import Baseline
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from stream.errors import StreamError
 from stream.failures import brief
-from stream.features import FeatureSpec, RecordColumns, SpecError
+from stream.features import FeatureSpec, RecordColumns, SpecError, WindowStore
+from stream.features.store import DEFAULT_LATENESS_S, DEFAULT_TTL_S
 from stream.reasons import OK, REASONS
 from stream.registry import shipped
 from stream.registry.admin import promote
@@ -171,12 +172,21 @@ def training_matrix(
     Returns the fitted spec, the matrix of the records it can use, and the count of
     the others by reason. The same ``FeatureSpec.compute`` scores the stream.
     """
-    fitted, X, skipped, _used, _served = _training_rows(records, spec, schema)
+    fitted, X, skipped, _used, _served = _training_rows(records, spec, schema, WindowClock())
     return fitted, X, skipped
 
 
+@dataclass(frozen=True)
+class WindowClock:
+    """How windows treat event time in training: as ``run`` and ``score`` are told to
+    (``--lateness``, ``--state-ttl``), so a late row is late in all three."""
+
+    lateness: float = DEFAULT_LATENESS_S
+    ttl: float = DEFAULT_TTL_S
+
+
 def _training_rows(
-    records: Sequence[Mapping[str, Any]], spec: FeatureSpec, schema: str
+    records: Sequence[Mapping[str, Any]], spec: FeatureSpec, schema: str, clock: WindowClock
 ) -> tuple[FeatureSpec, np.ndarray, dict[str, int], np.ndarray, np.ndarray]:
     """``training_matrix``, which records it used (a mask), and those records' inputs as
     the stream would compute them (their own counts in: what the baseline of drift and
@@ -188,7 +198,8 @@ def _training_rows(
         raise TrainingError(str(e)) from e
     # Windows are per tenant in the stream, so they are here too (records in file order).
     tenants = [str(r.get("tenant_id", "")) for r in records] if fitted.windowed else None
-    computed = fitted.compute(source, tenants=tenants, training=True)
+    store = WindowStore(lateness=clock.lateness, ttl=clock.ttl) if fitted.windowed else None
+    computed = fitted.compute(source, store=store, tenants=tenants, training=True)
     ok = computed.reason == OK
     skipped: dict[str, int] = {}
     if not ok.all():
@@ -202,7 +213,8 @@ def _training_rows(
         )
     served = computed.X[ok]
     if fitted.leaves_own_out:
-        served = fitted.compute(source, tenants=tenants).X[ok]
+        again = WindowStore(lateness=clock.lateness, ttl=clock.ttl) if fitted.windowed else None
+        served = fitted.compute(source, store=again, tenants=tenants).X[ok]
     return fitted, computed.X[ok], skipped, ok, served
 
 
@@ -482,6 +494,7 @@ def train(
     alert_budget: float | None = None,
     labels: Sequence[Mapping[str, Any]] | None = None,
     target_precision: float | None = None,
+    clock: WindowClock = WindowClock(),
 ) -> TrainResult:
     """Fit the feature spec and StandardScaler + detector on ``records``; register one model.
 
@@ -497,7 +510,7 @@ def train(
         features if isinstance(features, FeatureSpec)
         else FeatureSpec.from_fields(list(features))
     )
-    fitted, X, skipped, used, served = _training_rows(records, spec, input_schema)
+    fitted, X, skipped, used, served = _training_rows(records, spec, input_schema, clock)
     if len(X) < min_records:
         raise TrainingError(
             f"only {len(X)} usable training records (fewer than {min_records}; "
