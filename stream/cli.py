@@ -1037,7 +1037,7 @@ def _nothing_scored(summary: Any, files: tuple[Path, ...]) -> None:
     "--positive",
     multiple=True,
     help="Label values that mean 'attack' (repeatable) [default: anything but "
-    "normal/benign/0/false/empty].",
+    "0/false/empty or a label with the word normal, benign or background in it].",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),

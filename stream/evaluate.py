@@ -7,6 +7,7 @@ Scores follow IsolationForest's ``decision_function``: lower means more anomalou
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,7 +21,14 @@ __all__ = ["LEVEL_NAMES", "evaluate", "format_report", "labels_from_field"]
 # "At level L" means an event counts as flagged when its level code is >= L.
 _THRESHOLDS: tuple[tuple[str, int], ...] = (("medium", 1), ("high", 2), ("critical", 3))
 # "false_positive": analysts' verdicts (stream feedback) read as labels too.
-_NEGATIVE_WORDS = frozenset({"normal", "benign", "0", "false", "", "false_positive"})
+_NEGATIVE_WORDS = frozenset({"normal", "benign", "0", "false", "", "false_positive",
+                             "background"})
+# A label whose words include one of these is not an attack either: the labelled public
+# captures write "Background" and "Benign" (Zeek, Stratosphere), "flow=From-Normal-V42-..."
+# and "flow=To-Background-UDP-..." (CTU-13 binetflow), where the attacks read
+# "Malicious" or "flow=From-Botnet-...".
+_NEGATIVE_TOKENS = frozenset({"normal", "benign", "background"})
+_TOKEN = re.compile(r"[a-z]+")
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -102,7 +110,9 @@ def labels_from_field(values: Iterable[Any], positive: Sequence[str] | None = No
 
     With ``positive``, a value is an attack when its string form is one of them.
     Without, anything but an empty or "normal"-like value is an attack:
-    normal, benign, 0, false, "", None and NaN are not (case-insensitive).
+    normal, benign, background, 0, false, "", None and NaN are not (case-insensitive),
+    nor is a label with one of the words normal, benign or background in it
+    (``flow=From-Normal-V42-Grill``, ``flow=To-Background-UDP-Established``).
     """
     if positive is not None:
         wanted = {str(p) for p in positive}
@@ -117,7 +127,9 @@ def _attack_like(value: Any) -> bool:
         return bool(value)
     if isinstance(value, int | float | np.integer | np.floating):
         return not math.isnan(value) and value != 0
-    return str(value).strip().lower() not in _NEGATIVE_WORDS
+    text = str(value).strip().lower()
+    return text not in _NEGATIVE_WORDS and not _NEGATIVE_TOKENS.intersection(
+        _TOKEN.findall(text))
 
 
 def _fmt(value: float | None) -> str:

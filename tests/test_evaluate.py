@@ -129,6 +129,15 @@ def test_labels_from_field_default_negative_words() -> None:
     assert got == [False, False, True, False, False, True, False, False, False, False, True, True]
 
 
+def test_labels_of_the_public_captures_read_without_positive() -> None:
+    # Zeek/Stratosphere and CTU-13 binetflow labels: the attacks are Malicious, Botnet.
+    values = ["Malicious", "Benign", "Background", "flow=From-Botnet-V42-TCP-CC6",
+              "flow=From-Normal-V42-Grill", "flow=To-Background-UDP-Established",
+              "External-Attack-to-Device", "Normal-Google"]
+    got = labels_from_field(values).tolist()
+    assert got == [True, False, False, True, False, False, True, False]
+
+
 def test_labels_from_field_with_positive_list() -> None:
     values = ["normal", "port_scan", None, "ddos_burst", 1]
     got = labels_from_field(values, positive=["port_scan", "ddos_burst", "1"]).tolist()
