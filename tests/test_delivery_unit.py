@@ -176,3 +176,106 @@ def test_a_fatal_commit_error_ends_the_process() -> None:
     d = _delivery(FakeConsumer(error=fatal), FakeProducer())
     with pytest.raises(KafkaException):
         d.settle(_batch(), Waits(), None)
+
+
+# ---- exactly-once ----------------------------------------------------------------------
+
+class FakeTxnProducer(FakeProducer):
+    """A transactional producer: the calls, in order, and the errors asked for."""
+
+    def __init__(self, log: list[str], raise_on: dict[str, KafkaError] | None = None,
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self.log = log
+        self.raise_on = raise_on or {}
+
+    def _call(self, name: str) -> None:
+        self.log.append(name)
+        err = self.raise_on.pop(name, None)
+        if err is not None:
+            raise KafkaException(err)
+
+    def init_transactions(self, timeout: float = 0) -> None:
+        self._call("init")
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def send_offsets_to_transaction(self, offsets: Any, meta: Any, timeout: float = 0) -> None:
+        self._call("offsets " + ",".join(f"{tp.partition}:{tp.offset}" for tp in offsets))
+
+    def commit_transaction(self, timeout: float = 0) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, timeout: float = 0) -> None:
+        self._call("abort")
+
+    def produce(self, topic: str, *args: Any, **kw: Any) -> None:
+        super().produce(topic, *args, **kw)
+        self.log.append(f"produce {topic}")
+
+
+class GroupConsumer:
+    def __init__(self, committed: dict[int, int]) -> None:
+        self._committed = committed
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def committed(self, parts: list[TopicPartition], timeout: float = 0) -> list[Any]:
+        return [TopicPartition(tp.topic, tp.partition, self._committed.get(tp.partition, -1001))
+                for tp in parts]
+
+
+def _txn(consumer: Any, *producers: FakeTxnProducer) -> Any:
+    from stream.delivery.transactional import Transactional
+
+    made = list(producers)
+
+    class Fake(Transactional):
+        def new_producer(self) -> Any:
+            return made.pop(0)
+
+    return Fake(Settings(input_topic="flows",
+                         kafka_properties=(("transactional.id", "t-1"),)), consumer)
+
+
+def test_a_transaction_holds_the_records_and_the_offsets() -> None:
+    log: list[str] = []
+    d = _txn(GroupConsumer({}), FakeTxnProducer(log))
+    batch = _batch()
+    d.settle(batch, Waits(), None)
+    assert batch.state is BatchState.DONE
+    assert log == ["init", "begin", "produce alerts", "produce alerts", "produce dlq",
+                   "offsets 0:13,1:8", "commit"]
+
+
+def test_a_failed_record_aborts_and_rewinds_to_the_group_offsets() -> None:
+    log: list[str] = []
+    d = _txn(GroupConsumer({0: 9}), FakeTxnProducer(log, fail={"dlq"}))
+    batch = _batch()
+    d.settle(batch, Waits(), None)
+    assert batch.state is BatchState.FAILED and "1 records failed" in batch.error
+    assert log[-1] == "abort" and "commit" not in log and not any(
+        x.startswith("offsets") for x in log)
+    # Where the aborted transaction left the group; a partition never committed falls
+    # back to the batch's first offset.
+    assert d.rewind_targets(batch, owned={0, 1}) == {0: 9, 1: 7}
+
+
+def test_a_fenced_producer_is_replaced_not_aborted() -> None:
+    old_log: list[str] = []
+    new_log: list[str] = []
+    fenced = KafkaError(KafkaError._FENCED, fatal=True)
+    d = _txn(GroupConsumer({}), FakeTxnProducer(old_log, raise_on={"commit": fenced}),
+             FakeTxnProducer(new_log))
+    batch = _batch()
+    d.settle(batch, Waits(), None)
+    assert batch.state is BatchState.FAILED
+    # The old producer cannot abort any more; a new one with the same transactional.id
+    # fences it (its init aborts what was left open), and the batch is redone on it.
+    assert "abort" not in old_log and old_log[-1] == "commit" and old_log[0] == "init"
+    assert new_log == ["init"]
+    again = _batch()
+    d.settle(again, Waits(), None)
+    assert again.state is BatchState.DONE and new_log[-1] == "commit"
