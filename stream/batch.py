@@ -23,6 +23,7 @@ from stream.features.columns import ColumnSource
 from stream.outcomes import ACTIONABLE_LEVEL, LEVEL_NAMES, encode_alerts, model_ref, utc_now_iso
 from stream.reasons import FILTERED
 from stream.registry import LoadedModel, NotLoaded
+from stream.risk import Risk
 from stream.sources import goflow2pb
 from stream.sources.schemas import WIRE_FORMS
 from stream.sources.view import columns_for
@@ -154,6 +155,7 @@ def process_batch(
     store: Any = None,
     incidents: Any = None,
     where: Where | None = None,
+    risk: Risk | None = None,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
@@ -229,6 +231,9 @@ def process_batch(
     joined: dict[int, str] = {}
     if incidents is not None and len(alert_rows):
         outcome.incident_records, joined = incidents.add(outcome, source)
+    # Risk per entity: window state like the features', so only with the window store.
+    risks = (risk.members(source, alert_rows, levels, batch.tenants, store, partitions)
+             if risk is not None and store is not None and len(alert_rows) else {})
     outcome.alerts = encode_alerts(
         topic=topic,
         rows=alert_rows,
@@ -243,6 +248,7 @@ def process_batch(
         events=batch.values,
         explanations=explanations,
         incidents=joined,
+        risks=risks,
     )
     return outcome
 

@@ -922,7 +922,7 @@ def _offline_table(**given: Any) -> Any:
 @click.option("--output", "-o", default="-", show_default=True, help="Alerts JSONL file or -.")
 @settings_options(
     "min_level", "model_name", "tracking_uri", "max_message_bytes", "input_schema",
-    "tenant_from", "trust_types", "where",
+    "tenant_from", "trust_types", "where", "risk_by", "risk_half_life", "risk_threshold",
 )
 @click.option(
     "--dead-letters",
@@ -944,6 +944,9 @@ def score(
     tenant_from: str | None,
     trust_types: tuple[str, ...],
     where: str | None,
+    risk_by: str | None,
+    risk_half_life: float | None,
+    risk_threshold: float | None,
     dead_letters: str | None,
 ) -> None:
     """Score files with the production models, no broker: alerts as JSON lines."""
@@ -952,7 +955,8 @@ def score(
     settings, table = _offline_table(
         min_level=min_level, model_name=model_name, tracking_uri=tracking_uri,
         max_message_bytes=max_message_bytes, input_schema=input_schema,
-        tenant_from=tenant_from, trust_types=trust_types, where=where,
+        tenant_from=tenant_from, trust_types=trust_types, where=where, risk_by=risk_by,
+        risk_half_life=risk_half_life, risk_threshold=risk_threshold,
     )
     summary = score_to_file(
         list(files),

@@ -231,6 +231,21 @@ class Settings:
         60.0, "STREAM_INCIDENT_IDLE",
         "Seconds without an alert after which an incident closes.", min=0, min_open=True,
     )
+    risk_by: str = _opt(
+        "src_ip", "STREAM_RISK_BY",
+        "The event field (or fields, comma-separated) whose value an alert's risk adds up "
+        "by, per tenant (empty = no risk).",
+    )
+    risk_half_life: float = _opt(
+        3600.0, "STREAM_RISK_HALF_LIFE",
+        "Seconds of event time in which an entity's risk halves.", min=0, min_open=True,
+    )
+    risk_threshold: float = _opt(
+        12.0, "STREAM_RISK_THRESHOLD",
+        "Risk whose crossing marks an entity's alert raised (points: medium 1, high 3, "
+        "critical 10: two criticals, four highs or twelve mediums within a half-life).",
+        min=0, min_open=True,
+    )
     feedback_topic: str = _opt(
         "alerts.feedback", "STREAM_FEEDBACK_TOPIC",
         "Topic of analyst verdicts on alerts and incidents (read by stream feedback).",

@@ -148,6 +148,8 @@ def ecs_alert(alert: dict[str, Any], flow: Mapping[str, Any]) -> dict[str, Any]:
             "event": alert["event"],
         },
     }
+    if alert.get("entity_risk"):
+        doc[PRODUCT]["entity_risk"] = alert["entity_risk"]
     _ecs_network(doc, flow)
     return doc
 
@@ -290,6 +292,8 @@ def ocsf_alert(alert: dict[str, Any], flow: Mapping[str, Any]) -> dict[str, Any]
         "source": alert["source"],
         "explanation": ex,
     }
+    if alert.get("entity_risk"):
+        doc["unmapped"]["entity_risk"] = alert["entity_risk"]
     doc["raw_data"] = orjson.dumps(alert["event"]).decode()
     return doc
 

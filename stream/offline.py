@@ -27,6 +27,7 @@ from stream.features.store import WindowStore
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter_json
 from stream.reasons import REASONS
+from stream.risk import risk_of
 from stream.sources import FieldMapping, iter_records
 from stream.sources.schemas import WIRE_FORMS
 from stream.where import Where
@@ -116,6 +117,7 @@ def score_batches(
     # const:T, like the consumer, leaves the records as they are.
     const = src.name if src.kind == "const" and tenant is None else None
     tenant_field = src.name if src.kind == "field" and tenant is None else "tenant_id"
+    risk = risk_of(settings)
     # One window state for the whole run: files are read in order, as a replay sends them.
     store = WindowStore(lateness=settings.lateness, ttl=settings.state_ttl,
                         max_bytes=int(settings.state_max_mb * 2**20))
@@ -139,6 +141,7 @@ def score_batches(
                 tenants=None if const is None else [const] * len(values),
                 store=store,
                 where=where,
+                risk=risk,
             )
             if not outcome.waiting:
                 break

@@ -140,6 +140,7 @@ def encode_alerts(
     events: Sequence[bytes | None],
     explanations: Mapping[int, list[dict[str, object]]] | None = None,
     incidents: Mapping[int, str] | None = None,
+    risks: Mapping[int, bytes] | None = None,
 ) -> list[bytes]:
     """The alerts of ``rows`` of a batch (arrays are per batch row; ``models`` per model).
 
@@ -150,6 +151,7 @@ def encode_alerts(
         return []
     ex = explanations or {}
     inc = incidents or {}
+    rk = risks or {}
     # The topic, escaped as a JSON string's contents: a file name (stream score) can hold
     # any character, a quote included.
     t = orjson.dumps(topic)[1:-1]
@@ -167,7 +169,7 @@ def encode_alerts(
             repr(sc).encode(),
             b"true" if sc < 0 else b"false",
             models[mi],
-            explanation_member(ex.get(i), inc.get(i)),
+            explanation_member(ex.get(i), inc.get(i)) + rk.get(i, b""),
             t,
             p,
             o,

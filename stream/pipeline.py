@@ -61,6 +61,7 @@ from stream.keeper import StateKeeper, StateUnavailable
 from stream.models import ModelTable
 from stream.outcomes import LEVEL_CODES, dead_letter, dlq_value_limit
 from stream.reasons import FORMAT_ERROR, REASONS
+from stream.risk import risk_of
 from stream.where import Where
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Pipeline:
         # A dead letter's value, key and headers stay within what the producer may send.
         self._dlq_limit = dlq_value_limit(settings)
         self.where = Where.parse(settings.where) if settings.where else None
+        self.risk = risk_of(settings)
         self.tenant_from = settings.tenant_source
         self.stop_event = threading.Event()
         # Rebound, never mutated in place, so other threads can read it (``assignment``).
@@ -202,6 +204,7 @@ class Pipeline:
                 store=self.keeper.store,
                 incidents=self.keeper.incidents,
                 where=self.where,
+                risk=self.risk,
             )
         except StateUnavailable as e:
             # The windows could not be restored: nothing of the batch happened yet.

@@ -71,8 +71,8 @@ def _produce_by_tenant(bootstrap: str, topic: str, events: list[dict[str, Any]])
 
 
 def offline_scores(tmp_path: Path, events: list[dict[str, Any]], base: str, uri: str
-                   ) -> dict[str, float]:
-    """``stream score`` of the events, in order: flow_id -> score."""
+                   ) -> dict[str, tuple[float, Any]]:
+    """``stream score`` of the events, in order: flow_id -> (score, entity risk)."""
     path, out = tmp_path / "events.jsonl", tmp_path / "scored.jsonl"
     write_jsonl(path, events)
     r = CliRunner().invoke(main, ["score", str(path), "-o", str(out), "--min-level", "low",
@@ -80,14 +80,20 @@ def offline_scores(tmp_path: Path, events: list[dict[str, Any]], base: str, uri:
     assert r.exit_code == 0, r.output
     scored = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert len(scored) == len(events)
-    return {a["event"]["flow_id"]: a["anomaly_score"] for a in scored}
+    return {a["event"]["flow_id"]: (a["anomaly_score"], a.get("entity_risk")) for a in scored}
 
 
-def compare(stream: list[dict[str, Any]], offline: dict[str, float]) -> float:
-    """Max |score difference| over every alert copy; every event has one."""
+def compare(stream: list[dict[str, Any]], offline: dict[str, tuple[float, Any]]) -> float:
+    """Max |score difference| over every alert copy; every event has one. The entity risk
+    an alert carries (window state too: stream.risk) is the same, to the bit."""
     seen = {a["event"]["flow_id"] for a in stream}
     assert seen == set(offline), (len(seen), len(offline))
-    return max(abs(a["anomaly_score"] - offline[a["event"]["flow_id"]]) for a in stream)
+    risky = [a for a in stream if a.get("entity_risk")]
+    assert risky, "no alert carried an entity's risk"
+    wrong = [a["event"]["flow_id"] for a in stream
+             if a.get("entity_risk") != offline[a["event"]["flow_id"]][1]]
+    assert wrong == [], (len(wrong), wrong[:3])
+    return max(abs(a["anomaly_score"] - offline[a["event"]["flow_id"]][0]) for a in stream)
 
 
 @pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble"])
