@@ -20,7 +20,14 @@ import orjson
 from stream import reasons
 from stream.events import DecodedBatch, RowSubset, compute_rows
 from stream.features.columns import ColumnSource
-from stream.outcomes import ACTIONABLE_LEVEL, LEVEL_NAMES, encode_alerts, model_ref, utc_now_iso
+from stream.outcomes import (
+    ACTIONABLE_LEVEL,
+    LEVEL_NAMES,
+    alert_id,
+    encode_alerts,
+    model_ref,
+    utc_now_iso,
+)
 from stream.reasons import FILTERED
 from stream.registry import LoadedModel, NotLoaded
 from stream.risk import Risk
@@ -73,6 +80,9 @@ class BatchOutcome:
     source: Any = None  # the batch's columns as its sensor schema reads them
     # (key, value) records of the incidents this batch changed (with --incident-topic).
     incident_records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Entity alerts (stream.risk): (key, JSON) of the alerts whose entity's risk is at or
+    #: above the threshold, the first of them "raised", the later "updated".
+    entity_records: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Models that should score some of its rows but are not loaded: the batch was not
     # scored at all (no state touched) and must wait, never be committed or dead-lettered.
     waiting: list[NotLoaded] = field(default_factory=list)
@@ -232,8 +242,14 @@ def process_batch(
     if incidents is not None and len(alert_rows):
         outcome.incident_records, joined = incidents.add(outcome, source)
     # Risk per entity: window state like the features', so only with the window store.
-    risks = (risk.members(source, alert_rows, levels, batch.tenants, store, partitions)
-             if risk is not None and store is not None and len(alert_rows) else {})
+    detected_at = utc_now_iso()
+    risks: dict[int, bytes] = {}
+    if risk is not None and store is not None and len(alert_rows):
+        def ids(i: int) -> str:
+            return alert_id(topic, int(partitions[i]), int(offsets[i]))
+
+        risks, outcome.entity_records = risk.members(
+            source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at)
     outcome.alerts = encode_alerts(
         topic=topic,
         rows=alert_rows,
@@ -244,7 +260,7 @@ def process_batch(
         scores=scores,
         model_index=model_index,
         models=[model_ref(m.name, m.version) for m in models] if len(alert_rows) else [],
-        detected_at=utc_now_iso(),
+        detected_at=detected_at,
         events=batch.values,
         explanations=explanations,
         incidents=joined,

@@ -930,6 +930,13 @@ def _offline_table(**given: Any) -> Any:
     default=None,
     help="Write rejected records (with reasons) to this JSONL file.",
 )
+@click.option(
+    "--entity-alerts",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write entity alerts (alerts whose entity's risk is at or above --risk-threshold, "
+    "as the entity alert topic gets them) to this JSONL file.",
+)
 def score(
     files: tuple[Path, ...],
     fmt: str | None,
@@ -948,6 +955,7 @@ def score(
     risk_half_life: float | None,
     risk_threshold: float | None,
     dead_letters: str | None,
+    entity_alerts: str | None,
 ) -> None:
     """Score files with the production models, no broker: alerts as JSON lines."""
     from stream.offline import score_to_file
@@ -964,6 +972,7 @@ def score(
         settings,
         output,
         dead_letters=dead_letters,
+        entity_alerts=entity_alerts,
         min_level=settings.min_level,
         fmt=fmt,
         mapping=_mapping(maps),

@@ -231,6 +231,11 @@ class Settings:
         60.0, "STREAM_INCIDENT_IDLE",
         "Seconds without an alert after which an incident closes.", min=0, min_open=True,
     )
+    entity_alert_topic: str = _opt(
+        "", "STREAM_ENTITY_ALERT_TOPIC",
+        "Compacted topic of entity alerts: per tenant and entity, the latest alert whose "
+        "risk is at or above --risk-threshold (empty = off).",
+    )
     risk_by: str = _opt(
         "src_ip", "STREAM_RISK_BY",
         "The event field (or fields, comma-separated) whose value an alert's risk adds up "

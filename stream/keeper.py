@@ -70,6 +70,9 @@ class StateKeeper:
             (s.incident_topic, format_incident(s.alert_format, value), key, None)
             for key, value in outcome.incident_records
         ]
+        if s.entity_alert_topic:
+            out.extend((s.entity_alert_topic, value, key, None)
+                       for key, value in outcome.entity_records)
         if self.store.track:
             out.extend(changelog.records(self.store, s.changelog_topic, batch.next))
         return out

@@ -170,9 +170,13 @@ def score_to_file(
     output: str,
     *,
     dead_letters: str | None = None,
+    entity_alerts: str | None = None,
     **kwargs: Any,
 ) -> ScoreSummary:
-    """Alerts as JSON lines to ``output`` ('-' = stdout); rejected records to ``dead_letters``."""
+    """Alerts as JSON lines to ``output`` ('-' = stdout); rejected records to
+    ``dead_letters``; entity alerts (``stream.risk``: one line per alert whose entity's
+    risk is at or above the threshold, as the entity alert topic gets them) to
+    ``entity_alerts``."""
     summary = ScoreSummary()
     with contextlib.ExitStack() as stack:
         out: IO[bytes] = (
@@ -181,9 +185,15 @@ def score_to_file(
         dlq: IO[bytes] | None = (
             stack.enter_context(open(dead_letters, "wb")) if dead_letters else None
         )
+        ent: IO[bytes] | None = (
+            stack.enter_context(open(entity_alerts, "wb")) if entity_alerts else None
+        )
         for outcome in score_batches(paths, table, settings, summary=summary, **kwargs):
             for alert in outcome.alerts:
                 out.write(alert + b"\n")
+            if ent is not None:
+                for _key, value in outcome.entity_records:
+                    ent.write(value + b"\n")
             if dlq is not None:
                 # The same fields the dead-letter topic carries in headers (file = topic,
                 # partition 0, line number = offset), then the original bytes.

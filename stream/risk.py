@@ -24,6 +24,7 @@ tenant, never against the batch's other events.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,7 +33,7 @@ import orjson
 
 from stream.features import FeatureSpec
 from stream.features.columns import ColumnSource
-from stream.outcomes import ACTIONABLE_LEVEL
+from stream.outcomes import ACTIONABLE_LEVEL, LEVEL_NAMES
 
 __all__ = ["LEVEL_POINTS", "Risk", "risk_of"]
 
@@ -80,13 +81,16 @@ class Risk:
         ).with_timestamp_field(self.timestamp_field)
 
     def members(self, source: ColumnSource, rows: np.ndarray, levels: np.ndarray,
-                tenants: list[str], store: Any, scopes: np.ndarray | None
-                ) -> dict[int, bytes]:
+                tenants: list[str], store: Any, scopes: np.ndarray | None,
+                alert_ids: Callable[[int], str] | None = None, detected_at: str = "",
+                ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
         """``,"entity_risk":{...}`` per actionable alert row (rows whose entity or time
-        cannot be read have none), after adding the rows' points to their entities."""
+        cannot be read have none), after adding the rows' points to their entities; and
+        the entity alert records (key, value) of the rows whose risk is at or above the
+        threshold (``alert_ids``: a batch row's alert id)."""
         rows = rows[levels[rows] >= ACTIONABLE_LEVEL]
         if len(rows) == 0:
-            return {}
+            return {}, []
         points = LEVEL_POINTS[levels[rows].astype(np.int64)]
         computed = self.spec.compute(
             _WithPoints(source, rows, points), store=store,
@@ -96,17 +100,28 @@ class Risk:
         risk = computed.X[:, 0]
         fields = self.by.split(",")
         keys = [source.strings(f)[0] for f in fields]
+        times = source.numeric(self.timestamp_field)[0]
         out: dict[int, bytes] = {}
+        records: list[tuple[bytes, bytes]] = []
         for j, (i, r, p) in enumerate(zip(rows.tolist(), risk.tolist(), points.tolist(),
                                           strict=True)):
             if computed.reason[j] != 0 or not math.isfinite(r):
                 continue
             entity = ">".join(str(k[i]) for k in keys)
+            raised = bool(r >= self.threshold > r - p)
             doc = {"by": self.by, "entity": entity, "risk": round(r, 6),
-                   "threshold": self.threshold,
-                   "raised": bool(r >= self.threshold > r - p)}
+                   "threshold": self.threshold, "raised": raised}
             out[i] = b',"entity_risk":' + orjson.dumps(doc)
-        return out
+            if r >= self.threshold and alert_ids is not None:
+                key = f"{tenants[i]}/{self.by}={entity}"
+                records.append((key.encode(), orjson.dumps({
+                    "entity_alert_id": key, "tenant_id": tenants[i], "by": self.by,
+                    "entity": entity, "status": "raised" if raised else "updated",
+                    "risk": round(r, 6), "threshold": self.threshold,
+                    "alert_id": alert_ids(i), "level": LEVEL_NAMES[int(levels[i])],
+                    "event_time": float(times[i]), "detected_at": detected_at,
+                })))
+        return out, records
 
 
 def risk_of(settings: Any) -> Risk | None:

@@ -162,11 +162,12 @@ def build(
             settings.topic_partitions,
             settings.topic_replication_factor,
         )
-        # Keyed by incident id, the latest record per key is what counts: compacted. (The
+        # Keyed by incident id (entity alerts: by tenant and entity), the latest record per
+        # key is what counts: compacted. (The
         # window changelog is created on first use, with the input topic's partitions.)
         created += create_topics(
             settings.kafka_common(),
-            [settings.incident_topic] if settings.incident_topic else [],
+            [t for t in (settings.incident_topic, settings.entity_alert_topic) if t],
             settings.topic_partitions,
             settings.topic_replication_factor,
             config={"cleanup.policy": "compact"},

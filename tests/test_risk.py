@@ -87,3 +87,24 @@ def test_an_event_without_its_entity_or_time_alerts_without_risk() -> None:
               ev(2.0, "10.0.0.9", 900)]
     got = run(values, WindowStore(), risk)
     assert got[0] is None and got[1] is None and got[2]["risk"] == 10.0
+
+
+def test_entity_alerts_raised_then_updated_while_the_risk_stays_above() -> None:
+    risk = Risk("src_ip", H, 12.0)
+    values = [ev(0.0, "10.0.0.9", 900), ev(10.0, "10.0.0.9", 900),   # 10, then 19.9: raised
+              ev(20.0, "10.0.0.9", 300),                             # still above: updated
+              ev(25.0, "10.0.0.9", 100),                             # low: nothing
+              ev(30.0, "10.0.0.5", 900)]                             # 10: below, no record
+    n = len(values)
+    out = process_batch(values, lambda ts: [MODEL for _ in ts], topic="f",
+                        partitions=np.zeros(n, dtype=np.int64),
+                        offsets=np.arange(n, dtype=np.int64), min_level=0,
+                        store=WindowStore(), risk=risk)
+    records = [(k.decode(), orjson.loads(v)) for k, v in out.entity_records]
+    assert [k for k, _ in records] == ["acme/src_ip=10.0.0.9"] * 2
+    (k1, raised), (_k2, updated) = records
+    assert raised["status"] == "raised" and raised["alert_id"] == "f/0/1"
+    assert updated["status"] == "updated" and updated["alert_id"] == "f/0/2"
+    assert updated["level"] == "medium" and updated["event_time"] == 20.0
+    assert math.isclose(raised["risk"], 10 * 2 ** (-10 / H) + 10, rel_tol=1e-6)
+    assert raised["entity_alert_id"] == k1 and raised["tenant_id"] == "acme"
