@@ -1383,7 +1383,9 @@ def alerts(
     from stream.failures import stop_on_signals
     from stream.subscribe import (
         LEVEL_STYLE,
+        entity_row,
         incident_row,
+        is_entity_alert,
         is_incident,
         matches,
         printable,
@@ -1405,9 +1407,16 @@ def alerts(
             sys.stdout.buffer.write(orjson.dumps(rec) + b"\n")
             sys.stdout.flush()
             return
+        entity = is_entity_alert(rec)
         if not header:
-            header = _INCIDENT_HEADER if incident else _ALERT_HEADER
+            header = (_ENTITY_HEADER if entity else _INCIDENT_HEADER if incident
+                      else _ALERT_HEADER)
             console.print(header, style="bold", markup=False)
+        if entity:
+            t, ten, lv, rk, ent, st, aid = (printable(c) for c in entity_row(rec))
+            console.print(f"{t:<25} {ten:<12} {lv:<9} {rk:>8} {ent:<34} {st:<8} {aid}",
+                          style=LEVEL_STYLE.get(lv, ""), highlight=False, markup=False)
+            return
         cells = [printable(c) for c in (incident_row(rec) if incident else row(rec))]
         if incident:
             t, ten, lv, sc, ent, st, n, lead, iid = cells
@@ -1439,9 +1448,9 @@ def alerts(
         for alert in stream:
             if not matches(alert, tenant, show_level):
                 continue
-            incident = is_incident(alert)
+            incident = is_incident(alert) or is_entity_alert(alert)
             if incident and not follow:
-                latest[str(alert["incident_id"])] = alert
+                latest[str(alert.get("incident_id") or alert.get("entity_alert_id"))] = alert
                 continue
             shown += 1
             if summary:
@@ -1454,13 +1463,19 @@ def alerts(
         pass
     finally:
         stack.close()
-    for inc in sorted(latest.values(), key=lambda r: str(r.get("last_seen", ""))):
+    # Incidents by when they were last seen; entity alerts highest risk first, as an
+    # analyst works a queue.
+    ordered = (sorted(latest.values(), key=lambda r: -float(r.get("risk") or 0.0))
+               if latest and all(is_entity_alert(r) for r in latest.values())
+               else sorted(latest.values(), key=lambda r: str(r.get("last_seen", ""))))
+    for inc in ordered:
         shown += 1
         if summary:
             counts[(str(inc.get("tenant_id")), str(inc.get("threat_level")))] += 1
         else:
             show(inc, True)
-    what = "incidents" if latest else "alerts"
+    what = ("entity alerts" if latest and all(is_entity_alert(r) for r in latest.values())
+            else "incidents" if latest else "alerts")
     if summary:
         _print_summary(counts, as_json)
     elif not as_json:
@@ -1470,6 +1485,8 @@ def alerts(
 _ALERT_HEADER = ("time                      tenant       level     score    "
                  "src -> dst                          model  why (spreads from normal)  "
                  "incident")
+_ENTITY_HEADER = ("last event (UTC)          tenant       level         risk "
+                  "entity                             status   last alert")
 _INCIDENT_HEADER = ("last seen                 tenant       level     min score "
                     "entity                         status  alerts leading feature        "
                     "incident")

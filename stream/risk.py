@@ -118,7 +118,7 @@ class Risk:
                     "entity_alert_id": key, "tenant_id": tenants[i], "by": self.by,
                     "entity": entity, "status": "raised" if raised else "updated",
                     "risk": round(r, 6), "threshold": self.threshold,
-                    "alert_id": alert_ids(i), "level": LEVEL_NAMES[int(levels[i])],
+                    "alert_id": alert_ids(i), "threat_level": LEVEL_NAMES[int(levels[i])],
                     "event_time": float(times[i]), "detected_at": detected_at,
                 })))
         return out, records

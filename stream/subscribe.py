@@ -9,8 +9,10 @@ starts, then exits.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -121,6 +123,28 @@ def row(alert: dict[str, Any]) -> list[str]:
 def is_incident(rec: dict[str, Any]) -> bool:
     """An incident record (``--incident-topic``) rather than an alert."""
     return "status" in rec and "alert_id" not in rec and "incident_id" in rec
+
+
+def is_entity_alert(rec: dict[str, Any]) -> bool:
+    """An entity alert record (``--entity-alert-topic``, ``stream.risk``)."""
+    return "entity_alert_id" in rec and "risk" in rec
+
+
+def entity_row(ent: dict[str, Any]) -> list[str]:
+    """An entity alert as a table row: its last alert's event time, tenant, level, risk,
+    entity, status, the alert that last added to it, its id."""
+    risk = ent.get("risk")
+    when = ent.get("event_time")
+    return [
+        (datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+         if isinstance(when, int | float) and math.isfinite(when) else str(when)),
+        str(ent.get("tenant_id", "")),
+        str(ent.get("threat_level", "")),
+        f"{risk:.2f}" if isinstance(risk, int | float) else str(risk),
+        f"{ent.get('by', '?')}={ent.get('entity', '?')}",
+        str(ent.get("status", "")),
+        str(ent.get("alert_id", "")),
+    ]
 
 
 def incident_row(inc: dict[str, Any]) -> list[str]:

@@ -193,6 +193,33 @@ def test_alerts_renders_the_incident_topic_one_row_per_incident(
     assert "src_ip=10.1.0.66" in row and "closed" in row and "src_ports x9" in row
 
 
+def test_alerts_renders_entity_alerts_highest_risk_first(
+    broker: EmbeddedBroker, unique: str
+) -> None:
+    topic = f"entities-{unique}"
+    broker.create_topics([topic], partitions=1)
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    records = [("10.1.0.66", "raised", 13.5, "high"), ("10.1.0.9", "raised", 30.0, "critical"),
+               ("10.1.0.66", "updated", 16.25, "medium")]
+    for ip, status, risk, level in records:  # two states of .66, one of .9
+        key = f"acme/src_ip={ip}"
+        p.produce(topic, orjson.dumps({
+            "entity_alert_id": key, "tenant_id": "acme", "by": "src_ip", "entity": ip,
+            "status": status, "risk": risk, "threshold": 12.0, "alert_id": "flows/0/7",
+            "threat_level": level, "event_time": 1767225600.0, "detected_at": "x"}),
+            key=key.encode())
+    assert p.flush(30) == 0
+    r = CliRunner().invoke(main, ["alerts", "--topic", topic, "--bootstrap-servers",
+                                  broker.bootstrap], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "2 entity alerts" in r.output and "risk" in r.output
+    rows = [line for line in r.output.splitlines() if "src_ip=" in line]
+    assert len(rows) == 2  # the latest state of each entity
+    assert "src_ip=10.1.0.9" in rows[0] and "30.00" in rows[0]  # highest risk first
+    assert "src_ip=10.1.0.66" in rows[1] and "16.25" in rows[1] and "updated" in rows[1]
+    assert "2026-01-01T00:00:00+00:00" in rows[0]
+
+
 # ---- stream feedback add ---------------------------------------------------------------------
 
 

@@ -105,6 +105,6 @@ def test_entity_alerts_raised_then_updated_while_the_risk_stays_above() -> None:
     (k1, raised), (_k2, updated) = records
     assert raised["status"] == "raised" and raised["alert_id"] == "f/0/1"
     assert updated["status"] == "updated" and updated["alert_id"] == "f/0/2"
-    assert updated["level"] == "medium" and updated["event_time"] == 20.0
+    assert updated["threat_level"] == "medium" and updated["event_time"] == 20.0
     assert math.isclose(raised["risk"], 10 * 2 ** (-10 / H) + 10, rel_tol=1e-6)
     assert raised["entity_alert_id"] == k1 and raised["tenant_id"] == "acme"
