@@ -48,7 +48,7 @@ from stream.delivery.batch import Record
 from stream.features import state_codec
 from stream.features.store import WindowStore
 from stream.features.windows import load_state  # validates a record of the earlier form
-from stream.kafka import headers_of, new_consumer
+from stream.kafka import consumer_config, headers_of, new_consumer
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,10 @@ def restore(
     if committed < 0:
         store.restore(partition, [], {})
         return 0
-    conf = settings.kafka_common()
+    # The input consumer's configuration (the user's properties, with the settings they
+    # must agree with: a max.poll.interval.ms below librdkafka's default session timeout
+    # refused to create a restore consumer built from the properties alone).
+    conf = consumer_config(settings)
     conf.update(
         {
             "group.id": f"{settings.group_id}.restore",
