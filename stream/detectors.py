@@ -205,13 +205,7 @@ class HistogramOutlier(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     def _check(self, X: Any) -> np.ndarray:
-        X = _matrix(X)
-        if not hasattr(self, "floor_"):
-            raise ValueError("this HistogramOutlier is not fitted yet")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; HistogramOutlier was fitted "
-                             f"with {self.n_features_in_}")
-        return X
+        return _fitted_matrix(self, X, "floor_")
 
 
 class Ensemble(OutlierMixin, BaseEstimator):
@@ -322,13 +316,7 @@ class Ensemble(OutlierMixin, BaseEstimator):
         return None
 
     def _check(self, X: Any) -> np.ndarray:
-        X = _matrix(X)
-        if not hasattr(self, "scale_"):
-            raise ValueError("this Ensemble is not fitted yet")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features; the Ensemble was fitted "
-                             f"with {self.n_features_in_}")
-        return X
+        return _fitted_matrix(self, X, "scale_")
 
 
 #: Support points kept per continuous input: every distinct value up to this many, else
@@ -351,4 +339,17 @@ def _matrix(X: Any) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"expected a 2-d matrix, got shape {X.shape}")
+    return X
+
+
+def _fitted_matrix(est: Any, X: Any, fitted: str) -> np.ndarray:
+    """``X`` as a 2-d float matrix for a fitted ``est`` (its attribute ``fitted`` set by
+    ``fit``), with as many columns as it was fitted on."""
+    X = _matrix(X)
+    name = type(est).__name__
+    if not hasattr(est, fitted):
+        raise ValueError(f"this {name} is not fitted yet")
+    if X.shape[1] != est.n_features_in_:
+        raise ValueError(f"X has {X.shape[1]} features; {name} was fitted "
+                         f"with {est.n_features_in_}")
     return X

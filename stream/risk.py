@@ -31,6 +31,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
+from stream.events import RowSubset
 from stream.features import FeatureSpec
 from stream.features.columns import ColumnSource
 from stream.outcomes import ACTIONABLE_LEVEL, LEVEL_NAMES
@@ -49,8 +50,6 @@ class _WithPoints:
     """A batch's columns (the rows of the alerts) plus their points."""
 
     def __init__(self, source: ColumnSource, rows: np.ndarray, points: np.ndarray) -> None:
-        from stream.events import RowSubset
-
         self._rows = RowSubset(source, rows)
         self._points = (points, np.zeros(len(rows), dtype=np.uint8))
         self.n = len(rows)

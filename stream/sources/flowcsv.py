@@ -29,15 +29,13 @@ reads as one (``State``, ``Label``, ``flg``, ``sTos`` ...), so a feature spec or
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from stream.sources.readers import FLOAT_RE, Row, number_or_str, open_binary
+from stream.sources.readers import FLOAT_RE, Row, csv_rows, number_or_str, open_binary
 
 __all__ = ["FLOW_CSV_READERS", "flow_csv_format", "read_argus", "read_nfdump"]
 
@@ -92,38 +90,26 @@ class _Layout:
 
 def _rows(path: Path, fmt: str, renames: dict[str, str], sums: dict[str, tuple[str, str]],
           end: Callable[[list[str]], bool]) -> Iterator[Row]:
-    with open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-        reader = csv.reader(text)
-        layout: _Layout | None = None
-        while True:
-            start = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
+    layout: _Layout | None = None
+    for start, row, reason in csv_rows(path):
+        if row is None:
+            yield start, None, reason
+            continue
+        if layout is None:
+            if flow_csv_format(row) != fmt:
+                yield start, None, f"not an {fmt} header: {','.join(row)[:200]!r}"
                 return
-            except csv.Error as e:
-                yield start, None, f"bad CSV: {e}"
-                if reader.line_num < start:
-                    return
-                continue
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if layout is None:
-                if flow_csv_format(row) != fmt:
-                    yield start, None, f"not an {fmt} header: {','.join(row)[:200]!r}"
-                    return
-                layout = _Layout(row, renames, sums)
-                continue
-            if end(row):
-                return
-            if len(row) != len(layout.names):
-                yield start, None, f"expected {len(layout.names)} columns, got {len(row)}"
-                continue
-            try:
-                yield start, _convert(layout, row), None
-            except ValueError as e:
-                yield start, None, str(e)
+            layout = _Layout(row, renames, sums)
+            continue
+        if end(row):
+            return
+        if len(row) != len(layout.names):
+            yield start, None, f"expected {len(layout.names)} columns, got {len(row)}"
+            continue
+        try:
+            yield start, _convert(layout, row), None
+        except ValueError as e:
+            yield start, None, str(e)
 
 
 def _convert(layout: _Layout, row: list[str]) -> dict[str, Any]:

@@ -117,15 +117,12 @@ def number_or_str(text: str) -> int | float | str:
     return text
 
 
-def read_csv(path: str | Path) -> Iterator[Row]:
-    """CSV with a header row (plain or gzip); numeric-looking cells become numbers.
-
-    An empty cell means the field is unset, so it is left out of the record.
-    """
+def csv_rows(path: str | Path) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """The non-blank rows of a CSV file (plain or gzip) as lists of cells, each with the
+    line it starts on; a row the parser refuses is ``(line, None, reason)``."""
     with open_binary(Path(path)) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
         reader = csv.reader(text)
-        header: list[str] | None = None
         while True:
             # Quoted cells may span lines: a row starts on the line after the previous one ended.
             start = reader.line_num + 1
@@ -138,19 +135,31 @@ def read_csv(path: str | Path) -> Iterator[Row]:
                 if reader.line_num < start:  # the reader did not move on: give up on the file
                     return
                 continue
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if header is None:
-                header = [name.strip() for name in row]
-                continue
-            if len(row) != len(header):
-                yield start, None, f"expected {len(header)} columns, got {len(row)}"
-                continue
-            yield (
-                start,
-                {name: number_or_str(v) for name, v in zip(header, row, strict=True) if v != ""},
-                None,
-            )
+            if row and not (len(row) == 1 and not row[0].strip()):
+                yield start, row, None
+
+
+def read_csv(path: str | Path) -> Iterator[Row]:
+    """CSV with a header row (plain or gzip); numeric-looking cells become numbers.
+
+    An empty cell means the field is unset, so it is left out of the record.
+    """
+    header: list[str] | None = None
+    for start, row, reason in csv_rows(path):
+        if row is None:
+            yield start, None, reason
+            continue
+        if header is None:
+            header = [name.strip() for name in row]
+            continue
+        if len(row) != len(header):
+            yield start, None, f"expected {len(header)} columns, got {len(row)}"
+            continue
+        yield (
+            start,
+            {name: number_or_str(v) for name, v in zip(header, row, strict=True) if v != ""},
+            None,
+        )
 
 
 def _plain_value(value: Any) -> Any:
