@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from stream.baseline import Baseline
-from stream.drift import Drift
 from stream.features import RecordColumns
 from stream.features.recipes import recipe
 from stream.generate import generate_flows
-from stream.incidents import Incidents
-from stream.outcomes import explanation_member
+from stream.ops.drift import Drift
+from stream.outcomes.incidents import Incidents
+from stream.outcomes.records import explanation_member
 from stream.registry import build_pipeline
+from stream.scoring.baseline import Baseline
 
 
 class _Outcome:

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.workload import BASE_NAME, TENANTS, Workload, peak_rss_bytes
 from stream import registry
-from stream.embedded import EmbeddedBroker
+from stream.kafka.embedded import EmbeddedBroker
 
 PARTITIONS = 4
 SESSION_TIMEOUT_MS = 6000  # group joins take ~3 s instead of ~23 s (see the field notes)

@@ -34,7 +34,7 @@ from bench.broker import (
     produce_all,
     register_models,
 )
-from stream.embedded import EmbeddedBroker
+from stream.kafka.embedded import EmbeddedBroker
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -5,7 +5,7 @@ pandas DataFrame from the records, scores twice (``predict`` and
 ``decision_function``) and builds one result dict per record. The body of
 ``detect_anomalies`` below follows the note line for line; only the two
 estimators come from our fitted Pipeline (its own steps), so the scores are
-the same model's. ``stream.compat`` is the fixed version and is not what is
+the same model's. ``stream.tools.compat`` is the fixed version and is not what is
 measured here.
 """
 

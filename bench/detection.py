@@ -123,10 +123,10 @@ def _score(uri: str, base: str, records: list[dict[str, Any]], tmp: Path, tag: s
            ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Anomaly (higher = more anomalous: -decision score) and level of each scored record,
     those records as scored, and the dead letters, through stream score's code."""
-    from stream import service
     from stream.config import Settings
+    from stream.consumer import service
     from stream.generate import write_jsonl
-    from stream.offline import ScoreSummary, score_batches
+    from stream.tools.offline import ScoreSummary, score_batches
 
     path = tmp / f"{tag}.jsonl"
     write_jsonl(path, records)
@@ -162,7 +162,7 @@ def _train(uri: str, base: str, records: list[dict[str, Any]], args: argparse.Na
 
 
 def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> list[Row]:
-    from stream.sources import load_records
+    from stream.ingest.files import load_records
 
     loaded = load_records(DATASETS / cap.path)
     records, labels = _strip(loaded.records)
@@ -226,8 +226,8 @@ def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> 
 
 def run_generator(seed: int, uri: str, args: argparse.Namespace) -> dict[str, Any]:
     """As the demo: normal traffic only for training, then 20,000 flows with attacks."""
-    from stream.demo import FALLBACK_TENANT, OWN_MODEL_TENANTS, detection
     from stream.generate import generate_flows
+    from stream.tools.demo import FALLBACK_TENANT, OWN_MODEL_TENANTS, detection
 
     tenants = (*OWN_MODEL_TENANTS, FALLBACK_TENANT)
     base = "gen_" + os.urandom(4).hex()

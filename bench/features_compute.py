@@ -66,7 +66,7 @@ def measure(rows: int = 5000, repeat: int = 100) -> dict[str, float]:
     from raw JSON message values (``DecodedBatch``, what the consumer does)."""
     import orjson
 
-    from stream.events import DecodedBatch
+    from stream.ingest.decode import DecodedBatch
 
     recs = records(rows)
     spec = FeatureSpec.parse(SPEC).fit(RecordColumns(recs))

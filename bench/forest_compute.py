@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from stream.registry import build_pipeline
-from stream.scoring import fast_isolation_forest
+from stream.scoring.scorers import fast_isolation_forest
 
 
 def _best_us(fn: Callable[[np.ndarray], object], X: np.ndarray, rounds: int = 15) -> float:

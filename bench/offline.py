@@ -33,12 +33,12 @@ from bench.workload import (
     retenant,
     zipf_tenants,
 )
-from stream.batch import process_batch
-from stream.models import ModelTable
-from stream.outcomes import LEVEL_CODES, encode_alert, model_ref, utc_now_iso
+from stream.consumer.batch import process_batch
+from stream.models.table import ModelTable
+from stream.outcomes.records import LEVEL_CODES, encode_alert, model_ref, utc_now_iso
 from stream.registry import TRUSTED_TYPES, LoadedModel, RegistryView, registered_name, shipped
-from stream.scoring import fast_isolation_forest
-from stream.thresholds import threat_levels
+from stream.scoring.scorers import fast_isolation_forest
+from stream.scoring.thresholds import threat_levels
 
 PARTITIONS = 4
 MIN_LEVEL = LEVEL_CODES["medium"]

@@ -29,10 +29,10 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from bench import workload
 from bench.broker import PARTITIONS, produce_all
 from bench.offline import table_for
-from stream import kafka as kafka_clients
-from stream.batch import process_batch
 from stream.config import Settings
-from stream.embedded import EmbeddedBroker
+from stream.consumer.batch import process_batch
+from stream.kafka import clients as kafka_clients
+from stream.kafka.embedded import EmbeddedBroker
 from stream.registry import registered_name
 
 

@@ -127,7 +127,7 @@ def _log_one_model(experiment: str) -> tuple[str, str, str]:
     from sklearn.preprocessing import StandardScaler
 
     from stream.registry import DEFAULT_FEATURES, TRUSTED_TYPES
-    from stream.thresholds import DEFAULT_THRESHOLDS
+    from stream.scoring.thresholds import DEFAULT_THRESHOLDS
 
     x = np.random.default_rng(0).lognormal(size=(1000, 3))
     pipe = Pipeline([("scale", StandardScaler()), ("iforest", IsolationForest(random_state=0))])
@@ -218,8 +218,8 @@ def _ensure_models(
 
 def _startup(uri: str, base: str) -> tuple[Any, float, int]:
     """A consumer's model table, started as ``stream run`` starts it: (table, s, requests)."""
-    from stream import service
     from stream.config import Settings
+    from stream.consumer import service
 
     table = service.build_table(Settings(tracking_uri=uri, model_name=base))
     with counted() as seen:

@@ -33,7 +33,7 @@ from bench import (
 )
 from bench import broker as broker_rows
 from stream.config import Settings
-from stream.thresholds import threat_levels
+from stream.scoring.thresholds import threat_levels
 
 TARGETS = {
     "(2)/(1)": 0.8,

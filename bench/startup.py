@@ -32,7 +32,7 @@ from bench.broker import (
     register_models,
     start_consumer,
 )
-from stream.embedded import EmbeddedBroker
+from stream.kafka.embedded import EmbeddedBroker
 
 # Log lines whose first appearance marks a phase of the start.
 PHASES = {

@@ -28,8 +28,8 @@ from stream.registry import (
     feature_matrix,
     registered_name,
 )
-from stream.scoring import decision_scores, fast_isolation_forest
-from stream.thresholds import calibrate_thresholds
+from stream.scoring.scorers import decision_scores, fast_isolation_forest
+from stream.scoring.thresholds import calibrate_thresholds
 
 TENANTS: tuple[str, ...] = ("acme", "globex", "initech", "umbrella", "hooli")
 BASE_NAME = "bench_iforest"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream.cli import settings_usage
+from stream.cli.base import settings_usage
 from stream.config import markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"

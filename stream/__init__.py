@@ -15,7 +15,7 @@ __all__ = ["MLModelManager", "MLflowAnomalyDetector", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in ("MLModelManager", "MLflowAnomalyDetector"):
-        from stream import compat
+        from stream.tools import compat
 
         return getattr(compat, name)
     raise AttributeError(f"module 'stream' has no attribute {name!r}")

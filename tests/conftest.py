@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.embedded import EmbeddedBroker
+from stream.kafka.embedded import EmbeddedBroker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -29,10 +29,10 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from stream import registry
 from stream.config import Settings
+from stream.consumer.loop import Pipeline
 from stream.delivery import Transactional
-from stream.embedded import EmbeddedBroker, broker_binary, free_port, wait_for_port
 from stream.generate import generate_flows, training_flows
-from stream.pipeline import Pipeline
+from stream.kafka.embedded import EmbeddedBroker, broker_binary, free_port, wait_for_port
 from tests.kafkautil import partitions, produce
 
 T = TypeVar("T")

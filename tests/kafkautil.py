@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.pipeline import Pipeline
+from stream.consumer.loop import Pipeline
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: bytes | None = None) -> int:

@@ -28,16 +28,10 @@ from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from stream import kafka as kafka_clients
 from stream.config import Settings
 from stream.delivery import outbox
-from stream.delivery.batch import (
-    Batch,
-    BatchState,
-    DeliveryError,
-    Waiter,
-    fatal,
-)
+from stream.delivery.batch import Batch, BatchState, DeliveryError, Waiter, fatal
+from stream.kafka import clients as kafka_clients
 
 log = logging.getLogger(__name__)
 

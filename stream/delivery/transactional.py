@@ -38,7 +38,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from stream import kafka as kafka_clients
 from stream.config import Settings
 from stream.delivery import outbox
 from stream.delivery.at_least_once import SHUTDOWN_FLUSH_S
@@ -51,6 +50,7 @@ from stream.delivery.batch import (
     fatal,
     retriable,
 )
+from stream.kafka import clients as kafka_clients
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class Transactional:
                 if self.stopping():
                     raise
                 # Even an error librdkafka calls final (an authorisation refused) may be
-                # mended meanwhile: the consumer waits and says why (stream.accounting).
+                # mended meanwhile: the consumer waits and says why (stream.ops.accounting).
                 log.debug("init_transactions failed, retrying: %s", e)
                 self.on_wait(f"a new transactional producer cannot start: {e}",
                              time.monotonic() - t0)

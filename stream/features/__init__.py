@@ -7,7 +7,7 @@ model registry, so train/serve parity holds by construction:
   :class:`ColumnSource` protocol, path lookup, category text);
 * :mod:`stream.features.expr`: the expression grammar, AST and evaluator;
 * :mod:`stream.features.windows`: window functions (per-entity state over event time);
-* :mod:`stream.features.store`: :class:`WindowStore`, that state, bounded;
+* :mod:`stream.state.store`: :class:`WindowStore`, that state, bounded;
 * :mod:`stream.features.spec`: :class:`FeatureSpec`, fit / compute / store.
 """
 
@@ -15,7 +15,7 @@ from stream.features import windows as _windows  # noqa: F401  (registers the fu
 from stream.features.columns import MISSING, ColumnSource, RecordColumns, canonical, lookup
 from stream.features.expr import FUNCTIONS, SpecError, parse
 from stream.features.spec import Computed, FeatureSpec
-from stream.features.store import WindowStore
+from stream.state.store import WindowStore
 
 __all__ = [
     "FUNCTIONS",

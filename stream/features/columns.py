@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from stream.reasons import MISSING_FEATURE, NON_FINITE_FEATURE, NON_NUMERIC_FEATURE, OK
+from stream.outcomes.reasons import MISSING_FEATURE, NON_FINITE_FEATURE, NON_NUMERIC_FEATURE, OK
 
 
 class _Missing:

@@ -43,7 +43,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken
 
 from stream.errors import StreamError
 from stream.features.columns import ColumnSource, canonical
-from stream.reasons import MISSING_FEATURE, NON_FINITE_FEATURE, OK
+from stream.outcomes.reasons import MISSING_FEATURE, NON_FINITE_FEATURE, OK
 
 # ---- errors ----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from stream.features.expr import (
     compile_expr,
     tail_of,
 )
-from stream.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK, REASONS
+from stream.outcomes.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK, REASONS
 
 VERSION: Final = 1
 #: Where window functions read event time unless the spec says otherwise.
@@ -326,7 +326,7 @@ class FeatureSpec:
         tenants: Sequence[Any] | None = None,
         dry: bool = False,
     ) -> Any:
-        from stream.features.store import WindowRun, WindowStore
+        from stream.state.store import WindowRun, WindowStore
 
         return WindowRun(
             source,
@@ -350,7 +350,7 @@ class FeatureSpec:
         """The model inputs for every row of ``source``, vectorized per feature.
 
         Window functions (if any) read and update ``store``
-        (a :class:`~stream.features.store.WindowStore`; a fresh one when None, so
+        (a :class:`~stream.state.store.WindowStore`; a fresh one when None, so
         a whole file computes its windows in one call), per ``scopes`` (one int per
         row, default 0) and per tenant (``tenants``, one per row, default none);
         rows must come in event order. ``dry`` reads the state without changing it.

@@ -37,7 +37,7 @@ makes the feature missing, which ``fill`` can replace.
 
 Every scorer computes windows with this module, in event order: training and
 offline scoring over a whole file at once, the stream batch by batch over the
-durable :class:`~stream.features.store.WindowStore`. The arithmetic per key is
+durable :class:`~stream.state.store.WindowStore`. The arithmetic per key is
 the same sequence of float operations in each, so the values are identical.
 
 The state classes and value functions below are the reference form. The batch
@@ -76,13 +76,12 @@ from stream.features.expr import (
     merge_codes,
     register,
 )
-from stream.features.state_codec import STATE
-from stream.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK
+from stream.outcomes.reasons import BAD_TIMESTAMP, MISSING_FEATURE, OK
+from stream.state.codec import STATE
+from stream.state.keys import SEP
 
 #: Events kept per key of an exact window; older ones beyond this are forgotten early.
 MAX_EVENTS: Final = 4096
-#: Separates tenant, key parts and nothing else in a state key (never in sensor text).
-SEP: Final = "\x1f"
 _LN2: Final = math.log(2.0)
 
 log = logging.getLogger(__name__)
@@ -1000,7 +999,7 @@ FUNCTIONS_BY_KIND: Final[dict[str, _Window]] = {
 }
 
 try:
-    from stream.features import _wincore
+    from stream.state import _wincore
 except ImportError:  # built without a C compiler: the Python kernels, said once when first used
     _wincore = None  # type: ignore[assignment]
 

@@ -32,7 +32,7 @@ def client(uri: str | None = None) -> Any:
     """An MlflowClient bound to ``uri`` (tracking and registry alike)."""
     from mlflow.tracking import MlflowClient
 
-    from stream.logs import route_mlflow_prints
+    from stream.ops.logs import route_mlflow_prints
 
     route_mlflow_prints()
     uri = uri or tracking_uri()
@@ -51,7 +51,7 @@ def using_uri(uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from stream.logs import route_mlflow_prints
+    from stream.ops.logs import route_mlflow_prints
 
     route_mlflow_prints()
     env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

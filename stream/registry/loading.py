@@ -12,25 +12,27 @@ MLmodel, without loading the estimator (``_Deferred`` loads it if asked).
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
-from stream.baseline import Baseline
 from stream.errors import StreamError
-from stream.failures import brief
 from stream.features import FeatureSpec, SpecError
+from stream.ops.failures import brief
 from stream.registry import shipped
 from stream.registry.client import client, tracking_uri
-from stream.scoring import compiled_scorer, decision_scores, fast_isolation_forest
-from stream.thresholds import DEFAULT_THRESHOLDS, check_thresholds
+from stream.scoring.baseline import Baseline
+from stream.scoring.scorers import compiled_scorer, decision_scores, fast_isolation_forest
+from stream.scoring.thresholds import DEFAULT_THRESHOLDS, check_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 #:   neighbour index;
 #: - ``sklearn.metrics._dist_metrics.EuclideanDistance64`` (and the Manhattan/Minkowski
 #:   variants): the distance the neighbour index uses.
-#: - ``stream.detectors.HistogramOutlier`` and ``stream.detectors.Ensemble``: this
+#: - ``stream.scoring.detectors.HistogramOutlier`` and ``stream.scoring.detectors.Ensemble``: this
 #:   tool's own detectors (numpy arrays, floats and the estimators above; their methods
 #:   are this package's code, not the file's).
 #: ``--trust-type`` (train and run) extends the list for a deployment that needs more.
@@ -53,9 +55,25 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.metrics._dist_metrics.EuclideanDistance64",
     "sklearn.metrics._dist_metrics.ManhattanDistance64",
     "sklearn.metrics._dist_metrics.MinkowskiDistance64",
-    "stream.detectors.HistogramOutlier",
-    "stream.detectors.Ensemble",
+    "stream.scoring.detectors.HistogramOutlier",
+    "stream.scoring.detectors.Ensemble",
 )
+
+#: Where this tool's own detectors lived before the stage packages, as the model
+#: versions trained then name them: those names are trusted as the current ones, and
+#: the old module names are aliased when a model loads, so those versions still serve.
+LEGACY_MODULES: Final = {"stream.detectors": "stream.scoring.detectors"}
+
+
+def current_type(name: str) -> str:
+    """``name`` with a legacy module (``LEGACY_MODULES``) read as its current one."""
+    module, _, cls = name.rpartition(".")
+    return f"{LEGACY_MODULES[module]}.{cls}" if module in LEGACY_MODULES else name
+
+
+def _alias_legacy_modules() -> None:
+    for old, new in LEGACY_MODULES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
 
 
 def needed_types(estimator: Any) -> set[str]:
@@ -156,7 +174,7 @@ def check_trusted(mlmodel: Any, source: str, extra: Sequence[str] = ()) -> None:
             "(pickle could run arbitrary code)"
         )
     model_file(mlmodel, source)
-    asked = set(flavor.get("skops_trusted_types") or [])
+    asked = {current_type(t) for t in flavor.get("skops_trusted_types") or []}
     outside = asked - set(TRUSTED_TYPES) - set(extra)
     if outside:
         raise ModelLoadError(
@@ -446,6 +464,7 @@ def load_directory(
     source = f"models:/{name}/{version}"
     mlmodel, spec, thresholds = _checked(read_mlmodel(local), source, trusted)
     try:
+        _alias_legacy_modules()
         estimator = mlflow.sklearn.load_model(str(local))
     except Exception as e:
         raise ModelLoadError(f"{source}: load failed: {e}") from e

@@ -39,8 +39,8 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from stream import scoring
-from stream.scoring import Scorer, compiled_scorer, fast_isolation_forest
+from stream.scoring import scorers as scoring
+from stream.scoring.scorers import Scorer, compiled_scorer, fast_isolation_forest
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def read(local: Path, model_file: str, fallback: Any, source: str,
     ``registered``: the hashes the registry holds for the version ("" for none: then the
     files are not trusted); None when no registry vouches (a local directory)."""
     if scoring.compiled_forest is None:
-        return None  # no compiled walk here: the model loads (stream.scoring says so once)
+        return None  # no compiled walk here: the model loads (stream.scoring.scorers says so once)
     try:
         meta = orjson.loads((local / META).read_bytes())
     except FileNotFoundError:

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.baseline import Baseline
 from stream.config import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME
 from stream.errors import StreamError
-from stream.failures import brief
 from stream.features import FeatureSpec, RecordColumns, SpecError, WindowStore
-from stream.features.store import DEFAULT_LATENESS_S, DEFAULT_TTL_S
-from stream.reasons import OK, REASONS
+from stream.ingest.view import columns_for
+from stream.ops.failures import brief
+from stream.outcomes.reasons import OK, REASONS
 from stream.registry import shipped
 from stream.registry.admin import promote
 from stream.registry.client import (
@@ -38,14 +37,15 @@ from stream.registry.client import (
     using_uri,
 )
 from stream.registry.loading import TRUSTED_TYPES, needed_types
-from stream.scoring import decision_scores
-from stream.sources.view import columns_for
-from stream.thresholds import (
+from stream.scoring.baseline import Baseline
+from stream.scoring.scorers import decision_scores
+from stream.scoring.thresholds import (
     DEFAULT_CALIBRATION,
     DEFAULT_THRESHOLDS,
     calibrate_thresholds,
     check_thresholds,
 )
+from stream.state.store import DEFAULT_LATENESS_S, DEFAULT_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,13 @@ def build_pipeline(
             ),
         )
     elif detector == "hbos":
-        from stream.detectors import HistogramOutlier
+        from stream.scoring.detectors import HistogramOutlier
 
         step = ("hbos", HistogramOutlier(contamination=contamination, tails=_tails(tails)))
     elif detector == "ensemble":
         from sklearn.ensemble import IsolationForest
 
-        from stream.detectors import Ensemble, HistogramOutlier
+        from stream.scoring.detectors import Ensemble, HistogramOutlier
 
         # The forest sees how inputs go together, the histograms one strong input alone.
         step = ("ensemble", Ensemble([
@@ -245,7 +245,7 @@ def _threshold_warnings(scores: np.ndarray, thresholds: Sequence[float],
         out.append(f"the cuts coincide ({', '.join(f'{t:.6g}' for t in thresholds)}): "
                    "critical, high and medium are in effect one level")
     if records is not None:
-        from stream.features.store import event_times
+        from stream.state.store import event_times
 
         times, codes = event_times(columns_for(RecordColumns(records), schema), "timestamp")
         ok = times[codes == OK]
@@ -267,7 +267,7 @@ def budget_rates(
 ) -> tuple[float, float, float]:
     """Alert rates for at most ``per_hour`` medium+ alerts per hour at the training
     traffic's own rate (its event times say how many events an hour brings)."""
-    from stream.features.store import event_times
+    from stream.state.store import event_times
 
     if per_hour <= 0:
         raise TrainingError("--alert-budget must be a positive number of alerts per hour")
