@@ -38,7 +38,7 @@ COPY stream ./stream
 # write .pyc files into the root-owned venv, so every start would recompile.
 RUN pip install --no-deps --force-reinstall . \
     && stream --help > /dev/null \
-    && python -c "import stream.scoring._forest, stream.features._wincore"
+    && python -c "import stream.scoring._forest, stream.state._wincore"
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from stream.kafka.clients import usable_messages
 from stream.ops.accounting import RunStats
@@ -37,7 +36,7 @@ class Backpressure:
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: Consumer,
         assignment: Callable[[], frozenset[Part]],
         *,
         batch_size: int,
@@ -116,7 +115,7 @@ class Backpressure:
 
     # ---- rebalances -------------------------------------------------------------------
 
-    def on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+    def on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         """Backpressure in progress: newly assigned partitions must not start fetching either.
 
         They are assigned here (the client then skips its own assign) so they can be paused.

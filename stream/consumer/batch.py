@@ -24,6 +24,7 @@ from stream.ingest.schemas import WIRE_FORMS
 from stream.ingest.view import columns_for
 from stream.ingest.where import Where
 from stream.outcomes import reasons
+from stream.outcomes.incidents import Incidents
 from stream.outcomes.reasons import FILTERED
 from stream.outcomes.records import (
     ACTIONABLE_LEVEL,
@@ -36,6 +37,7 @@ from stream.outcomes.records import (
 from stream.outcomes.risk import Risk
 from stream.registry import LoadedModel, NotLoaded
 from stream.scoring.thresholds import threat_levels
+from stream.state.store import WindowStore
 
 Resolver = Callable[[Sequence[str]], list[LoadedModel | NotLoaded | None]]
 
@@ -77,7 +79,7 @@ class BatchOutcome:
     # Per model: (its index, the rows it scored, their inputs, their scores): for drift.
     inputs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     min_level: int = 1  # the lowest level that made an alert
-    source: Any = None  # the batch's columns as its sensor schema reads them
+    source: ColumnSource | None = None  # the batch's columns as its sensor schema reads them
     # (key, value) records of the incidents this batch changed (with --incident-topic).
     incident_records: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: Entity alerts (stream.outcomes.risk): (key, JSON) of the alerts whose entity's risk is at or
@@ -162,8 +164,8 @@ def process_batch(
     schema: str = "native",
     tenant_field: str = "tenant_id",
     tenants: Sequence[object] | None = None,
-    store: Any = None,
-    incidents: Any = None,
+    store: WindowStore | None = None,
+    incidents: Incidents | None = None,
     where: Where | None = None,
     risk: Risk | None = None,
 ) -> BatchOutcome:
@@ -318,7 +320,7 @@ def _shadow(
     prod_scores: np.ndarray,
     tenant_codes: np.ndarray,
     uniques: Sequence[str],
-    store: Any = None,
+    store: WindowStore | None = None,
     partitions: np.ndarray | None = None,
     tenants: Sequence[str] = (),
 ) -> list[ShadowResult]:

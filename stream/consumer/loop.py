@@ -35,10 +35,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from stream.config import Settings
 from stream.consumer.backpressure import Backpressure
@@ -333,13 +332,13 @@ class Pipeline:
 
     # ---- rebalance callbacks ------------------------------------------------------------
 
-    def _on_assign(self, c: Any, parts: list[TopicPartition]) -> None:
+    def _on_assign(self, c: Consumer, parts: list[TopicPartition]) -> None:
         self._joined = True
         self._assignment = self._assignment | {(p.topic, p.partition) for p in parts}
         self.backpressure.on_assign(c, parts)
         self._update_ready()
 
-    def _on_revoke(self, _c: Any, parts: list[TopicPartition]) -> None:
+    def _on_revoke(self, _c: Consumer, parts: list[TopicPartition]) -> None:
         batch = self._batch
         if batch is not None and batch.is_open:
             # The next owner starts from the committed offsets: settle the batch first.
@@ -349,7 +348,7 @@ class Pipeline:
                 self.accounting.stats.settled_on_revoke += 1
         self._forget(parts)
 
-    def _on_lost(self, _c: Any, parts: list[TopicPartition]) -> None:
+    def _on_lost(self, _c: Consumer, parts: list[TopicPartition]) -> None:
         batch = self._batch
         if batch is not None and batch.is_open:
             # The group has moved on: these offsets can no longer be committed by us.

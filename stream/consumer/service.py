@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream import registry
 from stream.config import Settings
@@ -20,7 +20,11 @@ from stream.errors import StreamError
 from stream.kafka.clients import create_topics
 from stream.models.table import ModelTable
 from stream.ops import failures
+from stream.ops.accounting import HealthSink
 from stream.registry.store import ModelStore
+
+if TYPE_CHECKING:  # imported when metrics are on (prometheus_client takes a while)
+    from stream.ops.metrics import HealthServer, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ class Stopped(StreamError):
     """Asked to stop while still waiting for the broker or the registry."""
 
 
-def build_table(settings: Settings, metrics: Any | None = None) -> ModelTable:
+def build_table(settings: Settings, metrics: Metrics | None = None) -> ModelTable:
     """The model table for ``settings``, its loads and failures reported to ``metrics``."""
     applied = failures.mlflow_http_defaults()
     if applied:
@@ -134,8 +138,8 @@ def first_refresh(
 def build(
     settings: Settings,
     *,
-    metrics: Any | None = None,
-    health: Any | None = None,
+    metrics: Metrics | None = None,
+    health: HealthSink | None = None,
     create_missing_topics: bool = False,
     stop: threading.Event | None = None,
     **kwargs: Any,
@@ -224,7 +228,8 @@ def serve(settings: Settings, *, create_missing_topics: bool = False) -> RunStat
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    metrics = health = None
+    metrics: Metrics | None = None
+    health: HealthServer | None = None
     if settings.metrics_port:
         from stream.ops.metrics import HealthServer, Metrics
 

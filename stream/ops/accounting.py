@@ -16,13 +16,31 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import Consumer, KafkaException, Message
 
 from stream.ops.drift import DriftWatch
 from stream.ops.logs import BurstLog
 
 if TYPE_CHECKING:  # what the consumer hands over (ops sits below the consumer)
     from stream.consumer.batch import BatchOutcome, ShadowResult
+
+
+class _StoreStats(Protocol):
+    late: int
+    evicted_ttl: int
+    evicted_cap: int
+
+
+class StateSize(Protocol):
+    """What the metrics read of the window state (``stream.state.store.WindowStore``)."""
+
+    @property
+    def stats(self) -> _StoreStats: ...
+    @property
+    def scopes(self) -> Mapping[int, object]: ...
+    @property
+    def entities(self) -> int: ...
+    def bytes(self) -> int: ...
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +295,7 @@ class Accounting:
         *,
         remember: Callable[[list[str], list[Any]], None],
         metrics: MetricsSink,
-        consumer: Any,
+        consumer: Consumer,
         on_batch: Callable[[BatchOutcome], None] | None = None,
         drift_window: int = 10_000,
         drift_warn: float = 0.25,
@@ -294,7 +312,7 @@ class Accounting:
         self.dead_letter_log = BurstLog(log, "dead-lettered")
         self.late_log = BurstLog(log, LATE_WHAT)
 
-    def window_state(self, store: Any) -> None:
+    def window_state(self, store: StateSize) -> None:
         """Window state size, evictions and late events (a ``WindowStore``)."""
         st = store.stats
         if not store.scopes and not st.late:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -86,15 +87,52 @@ class Drift:
         return True
 
 
+class DriftSink(Protocol):
+    """Where drift goes once a window fills (``stream.ops.metrics.Metrics``)."""
+
+    def record_drift(self, tenant: str, values: dict[str, float], alert_rate: float) -> None: ...
+
+
+class ScoredModel(Protocol):
+    """What drift reads of a model version (``stream.registry.LoadedModel``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def baseline(self) -> Baseline | None: ...
+
+
+class Tenants(Protocol):
+    @property
+    def tenants(self) -> Sequence[str]: ...
+
+
+class ScoredBatch(Protocol):
+    """What drift reads of a committed batch (``stream.consumer.batch.BatchOutcome``)."""
+
+    @property
+    def decoded(self) -> Tenants: ...
+    @property
+    def levels(self) -> np.ndarray: ...
+    @property
+    def min_level(self) -> int: ...
+    @property
+    def models(self) -> Sequence[ScoredModel]: ...
+    @property
+    def inputs(self) -> Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]: ...
+
+
 class DriftWatch:
     """One :class:`Drift` per (tenant, model version); metrics and warnings as windows fill."""
 
-    def __init__(self, sink: Any, window: int = 10_000, warn: float = 0.25) -> None:
+    def __init__(self, sink: DriftSink, window: int = 10_000, warn: float = 0.25) -> None:
         self.sink, self.window, self.warn = sink, window, warn
         self._drifts: OrderedDict[tuple[str, str, str], Drift] = OrderedDict()
         self._warned: set[tuple[str, str, str, str]] = set()
 
-    def add(self, outcome: Any) -> None:
+    def add(self, outcome: ScoredBatch) -> None:
         """Count a committed batch's scored rows (``BatchOutcome.inputs``)."""
         if not outcome.inputs:
             return
@@ -102,7 +140,8 @@ class DriftWatch:
         levels = outcome.levels
         for mi, rows, X, scores in outcome.inputs:
             model = outcome.models[mi]
-            if model.baseline is None or not len(rows):
+            baseline = model.baseline
+            if baseline is None or not len(rows):
                 continue
             names = [tenants[i] for i in rows.tolist()]
             uniq = list(dict.fromkeys(names))
@@ -111,13 +150,15 @@ class DriftWatch:
             alerted = levels[rows] >= outcome.min_level
             for k, tenant in enumerate(uniq):
                 sel = codes == k
-                self._add(tenant, model, X[sel], scores[sel], int(alerted[sel].sum()))
+                self._add(tenant, model, baseline, X[sel], scores[sel],
+                          int(alerted[sel].sum()))
 
-    def _add(self, tenant: str, model: Any, X: np.ndarray, s: np.ndarray, alerts: int) -> None:
+    def _add(self, tenant: str, model: ScoredModel, baseline: Baseline, X: np.ndarray,
+             s: np.ndarray, alerts: int) -> None:
         key = (tenant, model.name, model.version)
         d = self._drifts.get(key)
         if d is None:
-            d = self._drifts[key] = Drift(model.baseline, self.window, tenant)
+            d = self._drifts[key] = Drift(baseline, self.window, tenant)
             while len(self._drifts) > MAX_WATCHED:
                 self._drifts.popitem(last=False)
         self._drifts.move_to_end(key)
@@ -147,4 +188,4 @@ class DriftWatch:
         return out
 
 
-__all__ = ["Baseline", "Drift", "DriftWatch", "psi"]
+__all__ = ["Baseline", "Drift", "DriftSink", "DriftWatch", "ScoredBatch", "psi"]

@@ -28,14 +28,55 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import numpy as np
 import orjson
 
+from stream.features.columns import ColumnSource
 from stream.outcomes.records import ACTIONABLE_LEVEL, LEVEL_NAMES, alert_id
+
+
+class _Model(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+
+
+class _Tenants(Protocol):
+    @property
+    def tenants(self) -> Sequence[str]: ...
+
+
+class AlertedBatch(Protocol):
+    """What incidents read of a scored batch (``stream.consumer.batch.BatchOutcome``
+    before its alerts are encoded)."""
+
+    @property
+    def decoded(self) -> _Tenants: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partitions(self) -> np.ndarray: ...
+    @property
+    def offsets(self) -> np.ndarray: ...
+    @property
+    def scores(self) -> np.ndarray: ...
+    @property
+    def levels(self) -> np.ndarray: ...
+    @property
+    def model_index(self) -> np.ndarray: ...
+    @property
+    def models(self) -> Sequence[_Model]: ...
+    @property
+    def alert_rows(self) -> np.ndarray: ...
+    @property
+    def explanations(self) -> Mapping[int, list[dict[str, Any]]]: ...
+
 
 #: Alert ids listed per incident; the rest are counted.
 MAX_ALERT_IDS: Final = 20
@@ -120,7 +161,8 @@ class Incidents:
         self.opened = 0
         self.closed = 0
 
-    def add(self, outcome: Any, source: Any) -> tuple[list[tuple[bytes, bytes]], dict[int, str]]:
+    def add(self, outcome: AlertedBatch, source: ColumnSource
+            ) -> tuple[list[tuple[bytes, bytes]], dict[int, str]]:
         """(key, value) records for the incidents this batch changes (staged, not
         committed), and the incident id of each batch row that joined one.
 
@@ -173,7 +215,7 @@ class Incidents:
     def _stage(self, key: tuple[str, str], inc: Incident | None) -> None:
         self._staged[key] = inc
 
-    def _join(self, inc: Incident, outcome: Any, i: int, now: float) -> None:
+    def _join(self, inc: Incident, outcome: AlertedBatch, i: int, now: float) -> None:
         inc.last = now
         inc.alerts += 1
         inc.by_level[LEVEL_NAMES[int(outcome.levels[i])]] += 1

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from stream.config import Settings
 from stream.delivery.batch import Batch, Record
@@ -41,6 +41,16 @@ from stream.state.store import WindowStore
 log = logging.getLogger(__name__)
 
 
+class BatchRecords(Protocol):
+    """What a scored batch adds beside its alerts (``stream.consumer.batch.BatchOutcome``):
+    (key, value) records of its incidents and entity alerts."""
+
+    @property
+    def incident_records(self) -> Sequence[tuple[bytes, bytes]]: ...
+    @property
+    def entity_records(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+
 class StateUnavailable(StreamError, RuntimeError):
     """A partition's window state could not be restored from its changelog."""
 
@@ -48,7 +58,7 @@ class StateUnavailable(StreamError, RuntimeError):
 class StateKeeper:
     """Window state and incidents of one consumer; see the module docstring."""
 
-    def __init__(self, settings: Settings, consumer: Any) -> None:
+    def __init__(self, settings: Settings, consumer: Consumer) -> None:
         self.s = settings
         self.consumer = consumer
         durable = settings.state == "changelog"
@@ -82,7 +92,7 @@ class StateKeeper:
 
     # ---- 2. delivery --------------------------------------------------------------------
 
-    def records(self, outcome: Any, batch: Batch) -> list[Record]:
+    def records(self, outcome: BatchRecords, batch: Batch) -> list[Record]:
         """The batch's incident and changelog records."""
         s = self.s
         out: list[Record] = [
@@ -103,7 +113,7 @@ class StateKeeper:
             self.incidents.commit()
         self.store.maintain()
 
-    def failed(self, partitions: Any) -> None:
+    def failed(self, partitions: Iterable[int]) -> None:
         if self.incidents is not None:
             self.incidents.rollback()
         for p in partitions:
