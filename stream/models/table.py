@@ -1,6 +1,9 @@
 """The tenant -> loaded model table: fallback, lazy loading, LRU bound, hot reload.
 
-One owner (``ModelTable``) holds every loaded model. The consumer thread asks
+The table (``ModelTable``) routes tenants to the versions its cache holds
+(``stream.models.cache``), loaded by its pool (``stream.models.loads``), checked by its
+canary (``stream.models.canary``) and kept current by its watcher
+(``stream.models.watcher``); one lock guards all of them. The consumer thread asks
 it to resolve the distinct tenants of a batch once per batch, so each batch is
 scored entirely by one version per model; the watcher thread polls the
 registry, loads and checks new versions off the hot path, and swaps them in
@@ -33,14 +36,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
 from stream import registry
 from stream.ingest.decode import valid_tenant
+from stream.models.cache import ModelCache
 from stream.models.canary import Canary
+from stream.models.loads import LoadFailure, LoadPool
 from stream.models.watcher import RegistryWatcher
 from stream.ops.failures import brief, redact_uri
 from stream.registry import LoadedModel, NotLoaded, RegistryView
@@ -69,23 +73,10 @@ class SwapEvent:
     at: float = field(default_factory=time.time)
 
 
-@dataclass
-class LoadFailure:
-    """A version that was not served: why, when, and when it is tried again."""
-
-    model: str
-    version: str
-    role: str
-    reason: str
-    attempt: int
-    retry_in: float
-    at: float = field(default_factory=time.time)
-
-
 class ModelTable:
-    """Which loaded model scores which tenant (routing, the LRU of loaded versions, the
-    loader pool with its retry backoff); its ``Canary`` checks new versions and its
-    ``RegistryWatcher`` keeps it current."""
+    """Which loaded model scores which tenant: the routing rules above, over its
+    ``ModelCache`` of loaded versions, filled by its ``LoadPool``; its ``Canary`` checks
+    new versions and its ``RegistryWatcher`` keeps it current."""
 
     def __init__(
         self,
@@ -109,42 +100,61 @@ class ModelTable:
         self.where = redact_uri(uri) if uri else "(the configured registry)"
         self._poller = poller
         self._loader = loader
-        self.cache_size = max(1, cache_size)
         self.load_wait = load_wait
-        # (first, cap): a refused version is retried after first, 2*first, ... up to cap
-        # seconds of ``clock`` (injectable, so tests move time instead of sleeping).
-        self.retry_backoff = retry_backoff
-        self._clock = clock
         self.schema = schema
-        # One lock guards every mutable structure below; it is only ever held for
-        # dictionary work, never across a registry call or a model load.
+        # One lock guards every mutable structure of the table, its cache and its pool;
+        # it is only ever held for dictionary work, never across a registry call or a
+        # model load.
         self._lock = threading.Lock()
         self._view = RegistryView()
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # LRU order
-        self._challengers: dict[str, LoadedModel] = {}
+        self.cache = ModelCache(base_name, cache_size)
+        self.loads = LoadPool(self._load_and_install, self._lock, workers=load_workers,
+                              retry_backoff=retry_backoff, clock=clock)
         # Tenant model names whose tenant is served by the global model although the
         # registry may have (or get) a production version for it: the watcher loads them.
         self._pending: OrderedDict[str, None] = OrderedDict()
-        # (name, version) -> (attempts, monotonic time of the next attempt)
-        self._failed: dict[tuple[str, str], tuple[int, float]] = {}
-        self._inflight: dict[tuple[str, str, str], Future[LoadedModel | None]] = {}
         # Recent valid events as the batches decoded them, overall and per tenant.
         self.canary = Canary(canary_size, schema)
         self._registry_down = False
         self._on_swap = on_swap
         self._on_failure = on_failure
         self.swaps: deque[SwapEvent] = deque(maxlen=1000)
-        self.failures: deque[LoadFailure] = deque(maxlen=200)
-        self.failure_count = 0
-        self.evictions = 0
-        # Bumped whenever a model enters or leaves the table (heap.HeapFreezer watches it).
-        self.changes = 0
         self.polls = 0
         self.last_poll_requests = 0
         self.last_poll_seconds = 0.0
         self.watcher = RegistryWatcher(self.refresh)
-        self._workers = max(1, load_workers)
-        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="model-load")
+
+    # ---- what the cache and the pool count, for metrics and tests --------------------
+
+    @property
+    def cache_size(self) -> int:
+        return self.cache.size
+
+    @property
+    def retry_backoff(self) -> tuple[float, float]:
+        """(first, cap): a refused version is retried after first, 2*first, ... up to cap."""
+        return self.loads.retry_backoff
+
+    @retry_backoff.setter
+    def retry_backoff(self, value: tuple[float, float]) -> None:
+        self.loads.retry_backoff = value
+
+    @property
+    def failures(self) -> deque[LoadFailure]:
+        return self.loads.failures
+
+    @property
+    def failure_count(self) -> int:
+        return self.loads.failure_count
+
+    @property
+    def evictions(self) -> int:
+        return self.cache.evictions
+
+    @property
+    def changes(self) -> int:
+        """Bumped whenever a model enters or leaves the table (heap.HeapFreezer watches it)."""
+        return self.cache.changes
 
     # ---- routing (consumer thread) -------------------------------------------------
 
@@ -172,7 +182,7 @@ class ModelTable:
                         self._note_pending(name)
                     continue
                 names.append(name)
-                model = self._loaded.get(name)
+                model = self.cache.get(name)
                 if model is not None:
                     held[name] = model
                 elif self._may_load_now(name, version):
@@ -182,9 +192,9 @@ class ModelTable:
             fresh = self._load_now(load_now)
         out: list[LoadedModel | NotLoaded | None] = []
         with self._lock:
-            fallback = self._loaded.get(base)
+            fallback = self.cache.get(base)
             for name in names:
-                model = self._loaded.get(name) or fresh.get(name) or held.get(name)
+                model = self.cache.get(name) or fresh.get(name) or held.get(name)
                 if model is None:
                     if name != base:
                         # Not loadable right now: the watcher takes it from here.
@@ -194,11 +204,10 @@ class ModelTable:
                         continue
                     model = fallback
                 elif name != base:
-                    if name in self._loaded:
-                        self._loaded.move_to_end(name)
+                    self.cache.touch(name)
                     self._pending.pop(name, None)
                 out.append(model)
-            self._evict()
+            self.cache.evict()
         return out
 
     def _not_loaded(self, name: str, production: dict[str, str]) -> NotLoaded | None:
@@ -208,15 +217,12 @@ class ModelTable:
             version = production.get(wanted)
             if version is None:
                 continue
+            refused = self.loads.why_refused(wanted, version)
             if self._registry_down:
                 why = "the registry does not answer"
-            elif (wanted, version) in self._failed:
-                attempts, at = self._failed[(wanted, version)]
-                last = next((f.reason for f in reversed(self.failures)
-                             if f.model == wanted and f.version == version), "")
-                why = (f"load failed {attempts}x, retry in "
-                       f"{max(0.0, at - self._clock()):.0f}s: {last}")
-            elif any(k[0] == wanted for k in self._inflight):
+            elif refused is not None:
+                why = refused
+            elif self.loads.loading(wanted):
                 why = "loading"
             else:
                 why = "not loaded yet"
@@ -226,7 +232,7 @@ class ModelTable:
     def challenger_for(self, model: LoadedModel) -> LoadedModel | None:
         """The version shadow-scored beside ``model`` (alias challenger / stage Staging)."""
         with self._lock:
-            ch = self._challengers.get(model.name)
+            ch = self.cache.challengers.get(model.name)
         return ch if ch is not None and ch.version != model.version else None
 
     def remember(self, tenants: Sequence[str], docs: Sequence[Any]) -> None:
@@ -238,11 +244,11 @@ class ModelTable:
 
     def loaded(self) -> dict[str, str]:
         with self._lock:
-            return {n: m.version for n, m in self._loaded.items()}
+            return {n: m.version for n, m in self.cache.production.items()}
 
     def challengers(self) -> dict[str, str]:
         with self._lock:
-            return {n: m.version for n, m in self._challengers.items()}
+            return {n: m.version for n, m in self.cache.challengers.items()}
 
     @property
     def view(self) -> RegistryView:
@@ -258,13 +264,12 @@ class ModelTable:
         loads were started.
         """
         with self._lock:
-            room = self.cache_size - len(self._loaded)
             wanted = [
                 (name, version) for name, version in self._view.production.items()
-                if name not in self._loaded and self._may_load_now(name, version)
-            ][: max(0, room)]
+                if name not in self.cache and self._may_load_now(name, version)
+            ][: max(0, self.cache.room())]
         for name, version in wanted:
-            self._submit(name, version, PRODUCTION)
+            self.loads.submit(name, version, PRODUCTION)
         return len(wanted)
 
     def wait_for_loads(self, timeout: float) -> bool:
@@ -273,11 +278,7 @@ class ModelTable:
         Loads run on worker threads that share the GIL with scoring, so a
         measurement of warm scoring must not overlap them.
         """
-        with self._lock:
-            futures = list(self._inflight.values())
-        wait_futures(futures, timeout=timeout)
-        with self._lock:
-            return not self._inflight
+        return self.loads.wait(timeout)
 
     @property
     def registry_reachable(self) -> bool:
@@ -287,11 +288,11 @@ class ModelTable:
 
     def has_global(self) -> bool:
         with self._lock:
-            return self.base_name in self._loaded
+            return self.base_name in self.cache
 
     def any_loaded(self) -> bool:
         with self._lock:
-            return bool(self._loaded)
+            return bool(self.cache.production)
 
     def _note_pending(self, name: str) -> None:
         # Caller holds the lock.
@@ -308,7 +309,7 @@ class ModelTable:
         would only fail (or hang until the HTTP timeout) on the hot path. A load
         already running (a preload) is joined, not started again.
         """
-        return not self._registry_down and (name, version) not in self._failed
+        return not self._registry_down and not self.loads.failed(name, version)
 
     def _load_now(self, items: dict[str, str]) -> dict[str, LoadedModel]:
         """Load first-sight tenant models concurrently; wait at most ``load_wait`` seconds.
@@ -319,9 +320,10 @@ class ModelTable:
         with self._lock:
             # Other loads queued ahead (a preload of the whole registry, say): waiting
             # would mean waiting for them too. Loads of these very names are no backlog.
-            wanted = {(name, version, PRODUCTION) for name, version in items.items()}
-            backlog = len(self._inflight.keys() - wanted) >= self._workers
-        futures = {name: self._submit(name, version, PRODUCTION) for name, version in items.items()}
+            backlog = self.loads.backlog(
+                [(name, version, PRODUCTION) for name, version in items.items()])
+        futures = {name: self.loads.submit(name, version, PRODUCTION)
+                   for name, version in items.items()}
         wait_futures(list(futures.values()), timeout=0.0 if backlog else self.load_wait)
         out: dict[str, LoadedModel] = {}
         for name, fut in futures.items():
@@ -347,48 +349,25 @@ class ModelTable:
         """Refuse a version that cannot score recent real events (``Canary.check``)."""
         self.canary.check(model, self._tenant_of(model.name))
 
-    def _due(self, name: str, version: str) -> bool:
-        """False while a failed version waits for its next retry (caller holds the lock)."""
-        failed = self._failed.get((name, version))
-        return failed is None or failed[1] <= self._clock()
-
-    def _submit(self, name: str, version: str, role: str) -> Future[LoadedModel | None]:
-        """Start loading a version (or join the load already running for it)."""
-        key = (name, version, role)
-        with self._lock:
-            fut = self._inflight.get(key)
-            if fut is None:
-                # The worker removes the entry under this lock, so not before it exists.
-                fut = self._pool.submit(self._load_and_install, name, version, role)
-                self._inflight[key] = fut
-        return fut
-
     def _load_and_install(self, name: str, version: str, role: str) -> LoadedModel | None:
-        """Load, check and install one version; None if it failed or is no longer wanted."""
+        """Load, check and install one version (the pool's work, on a loader thread);
+        None if it failed or is no longer wanted."""
         try:
-            try:
-                model = self._loader(name, version)
-                self._check(model)
-            except Exception as e:
-                self._record_failure(name, version, role, brief(e, 300))
-                return None
-            with self._lock:
-                self._failed.pop((name, version), None)
-            return self._install(model, role)
-        finally:
-            with self._lock:
-                self._inflight.pop((name, version, role), None)
+            model = self._loader(name, version)
+            self._check(model)
+        except Exception as e:
+            self._record_failure(name, version, role, brief(e, 300))
+            return None
+        with self._lock:
+            self.loads.loaded(name, version)
+        return self._install(model, role)
 
     def _record_failure(self, name: str, version: str, role: str, reason: str) -> None:
-        first, cap = self.retry_backoff
         with self._lock:
-            attempts = self._failed.get((name, version), (0, 0.0))[0] + 1
-            backoff = min(cap, first * 2 ** (attempts - 1))
-            self._failed[(name, version)] = (attempts, self._clock() + backoff)
-            failure = LoadFailure(name, version, role, reason, attempts, backoff)
-            self.failures.append(failure)
-            self.failure_count += 1
-            current = self._challengers.get(name) if role == CHALLENGER else self._loaded.get(name)
+            failure = self.loads.refused(name, version, role, reason)
+            attempts, backoff = failure.attempt, failure.retry_in
+            current = (self.cache.challengers.get(name) if role == CHALLENGER
+                       else self.cache.get(name))
         serving = (
             f"v{current.version} keeps serving"
             if current is not None
@@ -419,22 +398,17 @@ class ModelTable:
                 old = None
             elif role == CHALLENGER:
                 stale = False
-                old = self._challengers.get(name)
-                self._challengers[name] = model
-                self.changes += 1
-            elif (old := self._loaded.get(name)) is not None and old.version == version:
+                old = self.cache.put_challenger(model)
+            elif (old := self.cache.get(name)) is not None and old.version == version:
                 # Loaded meanwhile by the other thread: keep the one already serving.
-                self._loaded.move_to_end(name)
+                self.cache.touch(name)
                 return old
             else:
                 stale = False
-                self._loaded[name] = model
-                self._loaded.move_to_end(name)
+                self.cache.put(model)
                 self._pending.pop(name, None)
-                self.changes += 1
                 event = SwapEvent(name, old.version if old else None, version, model.load_seconds)
                 self.swaps.append(event)
-                self._evict()
         if stale:
             log.info(
                 "%s %s v%s loaded but no longer wanted (registry now says %s); dropped",
@@ -462,17 +436,6 @@ class ModelTable:
             self._on_swap(event)
         return model
 
-    def _evict(self) -> None:
-        # Caller holds the lock. The global model is never evicted: unknown tenants need it.
-        while len(self._loaded) > self.cache_size:
-            victim = next((n for n in self._loaded if n != self.base_name), None)
-            if victim is None:
-                break
-            del self._loaded[victim]
-            self._challengers.pop(victim, None)
-            self.evictions += 1
-            self.changes += 1
-
     # ---- the watcher ------------------------------------------------------------------
 
     def refresh(self) -> RegistryView:
@@ -493,10 +456,10 @@ class ModelTable:
         removed, jobs = self._apply_view(view, time.perf_counter() - t0)
         self._announce_removed(removed)
         if jobs:
-            wait_futures([self._submit(*j) for j in jobs])
+            wait_futures([self.loads.submit(*j) for j in jobs])
         jobs = self._challenger_jobs(view)
         if jobs:
-            wait_futures([self._submit(*j) for j in jobs])
+            wait_futures([self.loads.submit(*j) for j in jobs])
         return view
 
     def _apply_view(
@@ -512,34 +475,32 @@ class ModelTable:
             self.polls += 1
             self.last_poll_requests = view.requests
             self.last_poll_seconds = poll_seconds
-            for name in [n for n in self._loaded if n not in view.production]:
-                gone = self._loaded.pop(name)
-                self.changes += 1
+            for name in [n for n in self.cache.production if n not in view.production]:
+                gone = self.cache.drop(name)
                 event = SwapEvent(name, gone.version, None, 0.0)
                 self.swaps.append(event)
                 removed.append(event)
                 if name != self.base_name:
                     self._note_pending(name)  # its tenant is on the global model now
-            for name in list(self._challengers):
-                ch = self._challengers[name]
-                if view.challenger.get(name) != ch.version or name not in self._loaded:
-                    del self._challengers[name]
+            for name in list(self.cache.challengers):
+                ch = self.cache.challengers[name]
+                if view.challenger.get(name) != ch.version or name not in self.cache:
+                    self.cache.end_challenger(name)
                     log.info("shadow scoring of %s v%s ended", name, ch.version)
-            for name, model in self._loaded.items():
+            for name, model in self.cache.production.items():
                 target = view.production[name]
                 if target != model.version:
                     jobs.append((name, target, PRODUCTION))
             base_version = view.production.get(self.base_name)
-            if base_version is not None and self.base_name not in self._loaded:
+            if base_version is not None and self.base_name not in self.cache:
                 jobs.append((self.base_name, base_version, PRODUCTION))
             for name in self._pending:
                 version = view.production.get(name)
-                if version is not None and name not in self._loaded:
+                if version is not None and name not in self.cache:
                     jobs.append((name, version, PRODUCTION))
-            targets = set(view.production.items()) | set(view.challenger.items())
-            for key in [k for k in self._failed if k not in targets]:
-                del self._failed[key]
-            return removed, [j for j in jobs if self._due(j[0], j[1])]
+            self.loads.forget_except(set(view.production.items())
+                                     | set(view.challenger.items()))
+            return removed, [j for j in jobs if self.loads.due(j[0], j[1])]
 
     def _announce_removed(self, removed: list[SwapEvent]) -> None:
         for event in removed:
@@ -564,11 +525,11 @@ class ModelTable:
         with self._lock:
             return [
                 (name, chal, CHALLENGER)
-                for name, model in self._loaded.items()
+                for name, model in self.cache.production.items()
                 if (chal := view.challenger.get(name)) is not None
                 and chal != model.version
-                and name not in self._challengers
-                and self._due(name, chal)
+                and name not in self.cache.challengers
+                and self.loads.due(name, chal)
             ]
 
     @property
@@ -586,4 +547,4 @@ class ModelTable:
 
     def stop(self) -> None:
         self.watcher.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.loads.shutdown()

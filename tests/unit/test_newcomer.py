@@ -81,7 +81,7 @@ def test_a_library_error_logs_one_line_not_its_traceback() -> None:
     (set up before MLflow is imported, as the command line does) keeps its one line."""
     code = (
         "import logging\n"
-        "from stream import logs\n"
+        "from stream.ops import logs\n"
         "logs.setup('text', logging.INFO)\n"
         "try:\n"
         "    raise RuntimeError('no such table: registered_models\\n[SQL: SELECT ...]')\n"
