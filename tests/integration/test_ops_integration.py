@@ -240,7 +240,7 @@ def test_json_logs_carry_warnings_extras_and_exceptions_as_json_lines() -> None:
     # A fresh interpreter: setup() replaces the root logger's handlers.
     code = """
 import logging, warnings
-from stream import logs
+from stream.ops import logs
 logs.setup("json")
 log = logging.getLogger("stream.test")
 log.info("swap %s", "v1 -> v2", extra={"model": "m", "obj": object()})
