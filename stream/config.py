@@ -251,6 +251,16 @@ class Settings:
         "critical 10: two criticals, four highs or twelve mediums within a half-life).",
         min=0, min_open=True,
     )
+    suppression_topic: str = _opt(
+        "", "STREAM_SUPPRESSION_TOPIC",
+        "Compacted topic of suppression rules (stream suppress), followed by every consumer: "
+        "alerts a rule matches are not published, add no risk and join no incident "
+        "(empty = off).",
+    )
+    emit_suppressed: bool = _opt(
+        False, "STREAM_EMIT_SUPPRESSED",
+        "Publish suppressed alerts too, marked suppressed_by with the rule's id.",
+    )
     feedback_topic: str = _opt(
         "alerts.feedback", "STREAM_FEEDBACK_TOPIC",
         "Topic of analyst verdicts on alerts and incidents (read by stream feedback).",

@@ -245,13 +245,3 @@ def input_mapping(maps: tuple[str, ...]) -> Any:
         return parse_mapping(maps) if maps else None
     except MappingError as e:
         raise click.BadParameter(str(e), param_hint="--map") from e
-
-
-_ALERT_HEADER = ("time                      tenant       level     score    "
-                 "src -> dst                          model  why (spreads from normal)  "
-                 "incident")
-_ENTITY_HEADER = ("last event (UTC)          tenant       level         risk "
-                  "entity                             status   last alert")
-_INCIDENT_HEADER = ("last seen                 tenant       level     min score "
-                    "entity                         status  alerts leading feature        "
-                    "incident")

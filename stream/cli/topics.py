@@ -1,5 +1,5 @@
-"""``stream alerts``, ``feedback`` and ``dead-letters``: reading and writing the tool's topics
-as their users do.
+"""``stream alerts``, ``feedback``, ``dead-letters`` and ``suppress``: reading and writing
+the tool's topics as their users do.
 """
 
 from __future__ import annotations
@@ -13,15 +13,21 @@ import orjson
 
 from stream import config
 from stream.cli.base import (
-    _ALERT_HEADER,
-    _ENTITY_HEADER,
-    _INCIDENT_HEADER,
     check_kafka,
     load_settings,
     main,
     settings_options,
     tenant_option,
 )
+
+_ALERT_HEADER = ("time                      tenant       level     score    "
+                 "src -> dst                          model  why (spreads from normal)  "
+                 "incident")
+_ENTITY_HEADER = ("last event (UTC)          tenant       level         risk "
+                  "entity                             status   last alert")
+_INCIDENT_HEADER = ("last seen                 tenant       level     min score "
+                    "entity                         status  alerts leading feature        "
+                    "incident")
 
 
 @main.group(invoke_without_command=True)
@@ -391,3 +397,161 @@ def _print_summary(counts: Any, as_json: bool) -> None:
         row = per[t]
         click.echo(f"{t:<20}" + "".join(f"{row[lv]:>10}" for lv in levels)
                    + f"{sum(row.values()):>10}")
+
+
+def _expiry(text: str) -> float | None:
+    """``7d``, ``12h``, ``30m``, ``never`` or an ISO 8601 time -> epoch seconds (None: never)."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    text = text.strip()
+    if text.lower() == "never":
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if m:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time() + float(m.group(1)) * scale
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: a duration (7d, 12h, 30m), an ISO 8601 time or "
+                                 "never", param_hint="--expires") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+@main.group()
+@settings_options("bootstrap_servers", "suppression_topic", "dlq_topic", "group_id",
+                  "kafka_properties")
+@click.pass_context
+def suppress(ctx: click.Context, bootstrap_servers: str | None, suppression_topic: str | None,
+             dlq_topic: str | None, group_id: str | None,
+             kafka_properties: tuple[str, ...]) -> None:
+    """Suppression rules: alerts they match are not published, add no risk and join no
+    incident (the consumers follow --suppression-topic)."""
+    s = load_settings(bootstrap_servers=bootstrap_servers, suppression_topic=suppression_topic,
+                      dlq_topic=dlq_topic, group_id=group_id,
+                      kafka_properties=kafka_properties)
+    if not s.suppression_topic:
+        raise click.UsageError("no --suppression-topic (or STREAM_SUPPRESSION_TOPIC): name the "
+                               "topic your consumers follow")
+    check_kafka(s)
+    ctx.obj = s
+
+
+@suppress.command("add")
+@click.option("--id", "rule_id", default=None, help="The rule's id [default: generated].")
+@tenant_option("Only this tenant's alerts [default: every tenant's].")
+@click.option("--src", default=None, help="Source address or CIDR block.")
+@click.option("--dst", default=None, help="Destination address or CIDR block.")
+@click.option("--port", default=None, help="Destination port or range (443, 8000-8100).")
+@click.option("--proto", default=None, help="Protocol (tcp, udp, icmp, ...).")
+@click.option("--feature", default=None,
+              help="The feature that led the alert's explanation.")
+@click.option("--field", "fields", multiple=True, metavar="NAME=VALUE",
+              help="An event field's value, as the sensor schema names it (repeatable).")
+@click.option("--reason", required=True, help="Why these alerts are fine.")
+@click.option("--author", required=True, help="Who says so.")
+@click.option("--expires", default="30d", show_default=True,
+              help="When the rule stops applying: 7d, 12h, an ISO 8601 time, or never.")
+@click.option("--force", is_flag=True,
+              help="Allow a rule with no criterion (every alert of its tenant, or of all).")
+@click.pass_obj
+def suppress_add(s: config.Settings, rule_id: str | None, tenant: str | None, src: str | None,
+                 dst: str | None, port: str | None, proto: str | None, feature: str | None,
+                 fields: tuple[str, ...], reason: str, author: str, expires: str,
+                 force: bool) -> None:
+    """Add (or replace) a rule; in force on every consumer within a few seconds."""
+    import uuid
+
+    from stream.consumer import suppressions
+    from stream.outcomes.suppress import Rule, RuleError
+
+    pairs = {}
+    for f in fields:
+        name, sep, value = f.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{f!r}: NAME=VALUE", param_hint="--field")
+        pairs[name] = value
+    doc = {"id": rule_id or f"r-{uuid.uuid4().hex[:10]}", "tenant": tenant, "src": src,
+           "dst": dst, "port": port, "proto": proto, "feature": feature, "fields": pairs,
+           "reason": reason, "author": author, "expires": _expiry(expires)}
+    try:
+        rule = Rule.from_dict(doc)
+    except RuleError as e:
+        raise click.UsageError(str(e)) from e
+    if rule.matches_everything and not force:
+        raise click.UsageError(
+            f"rule {rule.id} names no criterion: it would suppress every alert of "
+            f"{'tenant ' + rule.tenant if rule.tenant else 'every tenant'} (--force to mean it)")
+    try:
+        suppressions.add(s, rule)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    until = doc["expires"]
+    click.echo(f"rule {rule.id}: {rule.scope()} ({rule.reason}); "
+               f"{'no expiry' if until is None else 'expires ' + rule.to_dict()['expires']}")
+
+
+def _rules(s: config.Settings) -> list[Any]:
+    from stream.consumer import suppressions
+
+    try:
+        suppressions.ensure_topic(s)
+        follower = suppressions.RuleFollower(s, dead_letter=False)
+        follower.read_to_end()
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+    return list(follower.rules.rules.values())
+
+
+@suppress.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Expired rules too.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.pass_obj
+def suppress_list(s: config.Settings, show_all: bool, as_json: bool) -> None:
+    """The rules on the topic (in force, unless --all)."""
+    import time
+
+    now = time.time()
+    rules = sorted((r for r in _rules(s) if show_all or r.active(now)), key=lambda r: r.created)
+    for r in rules:
+        if as_json:
+            click.echo(orjson.dumps({**r.to_dict(), "active": r.active(now)}).decode())
+        else:
+            d = r.to_dict()
+            state = "" if r.active(now) else " [expired]"
+            click.echo(f"{r.id}{state}  {r.scope()}  reason: {r.reason}  by {r.author}  "
+                       f"expires {d['expires'] or 'never'}")
+    if not rules and not as_json:
+        click.echo("no rules" + ("" if show_all else " in force"))
+
+
+@suppress.command("remove")
+@click.argument("rule_id")
+@click.pass_obj
+def suppress_remove(s: config.Settings, rule_id: str) -> None:
+    """Remove a rule (a tombstone on the topic)."""
+    from stream.consumer import suppressions
+
+    if rule_id not in {r.id for r in _rules(s)}:
+        raise click.UsageError(f"no rule {rule_id!r} on {s.suppression_topic}")
+    suppressions.remove(s, rule_id)
+    click.echo(f"rule {rule_id} removed")
+
+
+@suppress.command("expire")
+@click.argument("rule_id")
+@click.pass_obj
+def suppress_expire(s: config.Settings, rule_id: str) -> None:
+    """End a rule now; it stays on the topic, expired, for the record (list --all)."""
+    import dataclasses
+    import time
+
+    from stream.consumer import suppressions
+
+    found = {r.id: r for r in _rules(s)}.get(rule_id)
+    if found is None:
+        raise click.UsageError(f"no rule {rule_id!r} on {s.suppression_topic}")
+    suppressions.add(s, dataclasses.replace(found, expires=time.time()))
+    click.echo(f"rule {rule_id} expired")

@@ -185,6 +185,14 @@ def _offline_table(**given: Any) -> Any:
 @settings_options(
     "min_level", "model_name", "tracking_uri", "max_message_bytes", "input_schema",
     "tenant_from", "trust_types", "where", "risk_by", "risk_half_life", "risk_threshold",
+    "emit_suppressed",
+)
+@click.option(
+    "--suppressions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Suppression rules in force, as JSON lines (what stream suppress list --json "
+    "prints).",
 )
 @click.option(
     "--dead-letters",
@@ -216,17 +224,28 @@ def score(
     risk_by: str | None,
     risk_half_life: float | None,
     risk_threshold: float | None,
+    emit_suppressed: bool | None,
+    suppressions: Path | None,
     dead_letters: str | None,
     entity_alerts: str | None,
 ) -> None:
     """Score files with the production models, no broker: alerts as JSON lines."""
+    from stream.outcomes.suppress import RuleError, read_rules
     from stream.tools.offline import score_to_file
+
+    rules = None
+    if suppressions is not None:
+        try:
+            rules = read_rules(suppressions.read_bytes().splitlines(), str(suppressions))
+        except RuleError as e:
+            raise click.BadParameter(str(e), param_hint="--suppressions") from e
 
     settings, table = _offline_table(
         min_level=min_level, model_name=model_name, tracking_uri=tracking_uri,
         max_message_bytes=max_message_bytes, input_schema=input_schema,
         tenant_from=tenant_from, trust_types=trust_types, where=where, risk_by=risk_by,
         risk_half_life=risk_half_life, risk_threshold=risk_threshold,
+        emit_suppressed=emit_suppressed,
     )
     summary = score_to_file(
         list(files),
@@ -239,6 +258,7 @@ def score(
         fmt=fmt,
         mapping=input_mapping(maps),
         tenant=tenant,
+        rules=rules,
     )
     table.stop()
     click.echo(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.features.columns import ColumnSource
+from stream.features.columns import ColumnSource, RecordColumns
 from stream.ingest import goflow2pb
 from stream.ingest.decode import DecodedBatch, RowSubset, compute_rows
 from stream.ingest.schemas import WIRE_FORMS
@@ -35,6 +35,7 @@ from stream.outcomes.records import (
     utc_now_iso,
 )
 from stream.outcomes.risk import Risk
+from stream.outcomes.suppress import RuleSet
 from stream.registry import LoadedModel, NotLoaded
 from stream.scoring.thresholds import threat_levels
 from stream.state.store import WindowStore
@@ -85,6 +86,9 @@ class BatchOutcome:
     #: Entity alerts (stream.outcomes.risk): (key, JSON) of the alerts whose entity's risk is at or
     #: above the threshold, the first of them "raised", the later "updated".
     entity_records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Batch row -> the suppression rule its alert matched (not published unless marked).
+    suppressed: dict[int, str] = field(default_factory=dict)
+    suppressed_emitted: bool = False  # with --emit-suppressed: they are among the alerts
     # Models that should score some of its rows but are not loaded: the batch was not
     # scored at all (no state touched) and must wait, never be committed or dead-lettered.
     waiting: list[NotLoaded] = field(default_factory=list)
@@ -168,13 +172,17 @@ def process_batch(
     incidents: Incidents | None = None,
     where: Where | None = None,
     risk: Risk | None = None,
+    rules: RuleSet | None = None,
+    emit_suppressed: bool = False,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
     ``where`` (``--where``) leaves out the records that are not events to score. ``schema``
     names the sensor schema the events are in (``--input-schema``); the
     tenant of an event is its ``tenant_field``, or ``tenants`` when given (taken from
-    the message key, a header or a constant: ``--tenant-from``). Window features keep
+    the message key, a header or a constant: ``--tenant-from``). Alerts that a suppression
+    rule of ``rules`` matches are left out (published marked with ``emit_suppressed``),
+    before they join incidents or add risk. Window features keep
     their state in ``store`` (a ``WindowStore``), scoped by input partition; with
     ``incidents`` (``stream.outcomes.incidents.Incidents``) actionable alerts join incidents,
     staged until the caller commits or rolls them back.
@@ -236,9 +244,19 @@ def process_batch(
                 )
 
     alert_rows = np.flatnonzero(levels >= min_level)
+    suppressed: dict[int, str] = {}
+    if rules is not None and len(rules) and len(alert_rows):
+        # The alerts' own columns (about 1% of the batch), as its schema reads them.
+        at = alert_rows.tolist()
+        alerting = columns_for(RecordColumns([batch.doc(i) for i in at]), schema)
+        lead = [(explanations.get(i) or [{}])[0].get("feature") for i in at]
+        hit = rules.match([batch.tenants[i] for i in at], alerting, lead)
+        suppressed = {at[k]: rid for k, rid in hit.items()}
+        if suppressed:
+            alert_rows = alert_rows[~np.isin(alert_rows, list(suppressed))]
     outcome = BatchOutcome(
         batch, topic, partitions, offsets, scores, levels, model_index, models, alert_rows,
-        [], shadow, explanations, inputs, min_level, source,
+        [], shadow, explanations, inputs, min_level, source, suppressed=suppressed,
     )
     joined: dict[int, str] = {}
     if incidents is not None and len(alert_rows):
@@ -252,6 +270,13 @@ def process_batch(
 
         risks, outcome.entity_records = risk.members(
             source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at)
+    if emit_suppressed and suppressed:
+        # Published after the others, marked with the rule: no incident, no risk.
+        quiet = np.fromiter(suppressed, dtype=np.int64, count=len(suppressed))
+        alert_rows = outcome.alert_rows = np.concatenate([alert_rows, quiet])
+        outcome.suppressed_emitted = True
+        risks.update((i, b',"suppressed_by":' + orjson.dumps(rid))
+                     for i, rid in suppressed.items())
     outcome.alerts = encode_alerts(
         topic=topic,
         rows=alert_rows,

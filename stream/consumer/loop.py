@@ -43,6 +43,7 @@ from stream.config import Settings
 from stream.consumer.backpressure import Backpressure
 from stream.consumer.batch import BatchOutcome, process_batch
 from stream.consumer.heap import HeapFreezer
+from stream.consumer.suppressions import RuleFollower
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
 from stream.delivery.batch import Record, failure_cause
 from stream.ingest.where import Where
@@ -133,6 +134,10 @@ class Pipeline:
         )
         self.progress = Progress(settings.stall_after, self.accounting.metrics)
         self.keeper = StateKeeper(settings, self.consumer)
+        # The suppression rules in force, followed on a thread of their own.
+        self.suppressions = RuleFollower(settings) if settings.suppression_topic else None
+        if self.suppressions is not None:
+            self.suppressions.start()
         self.delivery = make_delivery(
             settings, self.consumer, heartbeat=self.health.heartbeat,
             stopping=self.stop_event.is_set, on_wait=self._producer_waits,
@@ -185,6 +190,12 @@ class Pipeline:
         values = [m.value() for m in msgs]
         partitions = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=len(msgs))
         offsets = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=len(msgs))
+        rules = self.suppressions
+        if rules is not None and not rules.caught_up.is_set():
+            # No alert a rule covers may go out before the rules are known.
+            self._not_now(f"suppression rules not read yet from {rules.topic}", partitions,
+                          offsets)
+            return
         try:
             self.keeper.ready(np.unique(partitions).tolist())
             outcome = process_batch(
@@ -205,6 +216,8 @@ class Pipeline:
                 incidents=self.keeper.incidents,
                 where=self.where,
                 risk=self.risk,
+                rules=rules.rules if rules is not None else None,
+                emit_suppressed=self.s.emit_suppressed,
             )
         except StateUnavailable as e:
             # The windows could not be restored: nothing of the batch happened yet.
@@ -384,6 +397,8 @@ class Pipeline:
     def close(self) -> None:
         """Deliver what is queued and leave the group (offsets were committed per batch)."""
         try:
+            if self.suppressions is not None:
+                self.suppressions.stop()
             self.accounting.close()
             self.delivery.close()
         finally:

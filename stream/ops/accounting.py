@@ -72,6 +72,7 @@ class MetricsSink(Protocol):
     def record_batch(self, *, consumed: int, scored: int, seconds: float) -> None: ...
     def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None: ...
     def record_dead_letters(self, counts: Mapping[str, int]) -> None: ...
+    def record_suppressed(self, counts: Mapping[str, int]) -> None: ...
     def record_tenants(
         self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
     ) -> None: ...
@@ -104,6 +105,7 @@ class NullMetrics:
     def record_batch(self, *, consumed: int, scored: int, seconds: float) -> None: ...
     def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None: ...
     def record_dead_letters(self, counts: Mapping[str, int]) -> None: ...
+    def record_suppressed(self, counts: Mapping[str, int]) -> None: ...
     def record_tenants(
         self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
     ) -> None: ...
@@ -253,6 +255,7 @@ class RunStats:
     alerts: int = 0
     below_threshold: int = 0
     dead_letters: int = 0
+    suppressed: int = 0  # alerts a suppression rule matched (published only if marked)
     batches: int = 0
     delivery_failures: int = 0
     rewinds: int = 0
@@ -326,6 +329,9 @@ class Accounting:
         """A batch was delivered and committed."""
         st = self.stats
         n_alerts = len(outcome.alerts)
+        n_suppressed = len(outcome.suppressed)
+        # Suppressed alerts published marked are among the alerts; the others are not.
+        hidden = 0 if outcome.suppressed_emitted else n_suppressed
         scored = outcome.scored
         filtered = outcome.filtered
         dead = outcome.n - scored - filtered
@@ -333,7 +339,8 @@ class Accounting:
         st.consumed += outcome.n
         st.scored += scored
         st.alerts += n_alerts
-        st.below_threshold += scored - n_alerts
+        st.below_threshold += scored - n_alerts - hidden
+        st.suppressed += n_suppressed
         st.dead_letters += dead
         st.batches += 1
         st.batch_ends.append(time.time())
@@ -355,6 +362,8 @@ class Accounting:
         m.record_alerts(alert_counts)
         if reasons:
             m.record_dead_letters(reasons)
+        if n_suppressed:
+            m.record_suppressed(Counter(outcome.suppressed.values()))
         if self._reports_lag:  # a real metrics sink: per-tenant counts are worth a pass
             m.record_tenants(*_tenant_counts(outcome))
             ts = np.fromiter(

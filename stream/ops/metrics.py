@@ -95,6 +95,15 @@ class _LabelCap:
         return OTHER
 
 
+def _count_capped(counter: Counter, cap: _LabelCap, counts: Mapping[str, int]) -> None:
+    """Add ``counts`` to a one-label counter, labels past the cap folded into one."""
+    merged: _Tally[str] = _Tally()
+    for label, n in counts.items():
+        merged[cap(label)] += n
+    for label, n in merged.items():
+        counter.labels(label).inc(n)
+
+
 class VectorHistogram(Collector):
     """A histogram fed whole numpy arrays at once.
 
@@ -213,6 +222,11 @@ class Metrics:
             "stream_dead_letters", "Records sent to the dead-letter topic, by reason.",
             ["reason"], registry=r,
         )
+        self.suppressed = Counter(
+            "stream_suppressed", "Alerts a suppression rule matched, by rule.",
+            ["rule"], registry=r,
+        )
+        self._rule_cap = _LabelCap(MAX_REASON_LABELS)
         self.event_age = VectorHistogram(
             "stream_event_age_seconds",
             "Age of a flow event when scored (scoring time minus its record timestamp).",
@@ -343,11 +357,10 @@ class Metrics:
             self.alerts.labels(tenant, level).inc(n)
 
     def record_dead_letters(self, counts: Mapping[str, int]) -> None:
-        merged: _Tally[str] = _Tally()
-        for reason, n in counts.items():
-            merged[self._reason_cap(reason)] += n
-        for reason, n in merged.items():
-            self.dead_letters.labels(reason).inc(n)
+        _count_capped(self.dead_letters, self._reason_cap, counts)
+
+    def record_suppressed(self, counts: Mapping[str, int]) -> None:
+        _count_capped(self.suppressed, self._rule_cap, counts)
 
     def record_tenants(
         self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]

@@ -30,6 +30,8 @@ FORMAT_ERROR = 13
 MALFORMED_PROTOBUF = 14
 #: A record on the feedback topic that is no verdict (``stream feedback``).
 MALFORMED_FEEDBACK = 15
+#: A record on the suppression topic that is no rule (``stream suppress``).
+MALFORMED_RULE = 16
 
 REASONS: dict[int, str] = {
     OVERSIZE: "oversize",
@@ -46,4 +48,5 @@ REASONS: dict[int, str] = {
     FORMAT_ERROR: "format_error",
     MALFORMED_PROTOBUF: "malformed_protobuf",
     MALFORMED_FEEDBACK: "malformed_feedback",
+    MALFORMED_RULE: "malformed_rule",
 }

@@ -30,6 +30,7 @@ from stream.ops.failures import ModelsNotLoaded
 from stream.outcomes.reasons import REASONS
 from stream.outcomes.records import LEVEL_CODES, dead_letter_json
 from stream.outcomes.risk import risk_of
+from stream.outcomes.suppress import RuleSet
 from stream.state.store import WindowStore
 
 #: Distinct (reason, detail) pairs a summary counts.
@@ -99,13 +100,15 @@ def score_batches(
     tenant: str | None = None,
     batch_size: int = 10000,
     summary: ScoreSummary | None = None,
+    rules: RuleSet | None = None,
 ) -> Iterator[BatchOutcome]:
     """Outcomes of every batch of ``paths``, scored exactly as the consumer would.
 
     The records are read in the sensor schema of ``settings.input_schema`` (a Zeek file
     keeps its own field names when the schema says zeek), and each event's tenant is
     ``tenant`` when given, else as ``settings.tenant_from`` says (a field, or a constant;
-    files have no message keys or headers).
+    files have no message keys or headers). ``rules``: the suppression rules in force
+    (as of now: their expiry is read against the clock, as the consumer reads it).
     """
     summary = summary if summary is not None else ScoreSummary()
     level = LEVEL_CODES[min_level]
@@ -142,6 +145,8 @@ def score_batches(
                 store=store,
                 where=where,
                 risk=risk,
+                rules=rules,
+                emit_suppressed=settings.emit_suppressed,
             )
             if not outcome.waiting:
                 break

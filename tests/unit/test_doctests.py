@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["stream.scoring.detectors", "stream.features.expr", "stream.scoring.thresholds"]
+MODULES = ["stream.scoring.detectors", "stream.features.expr", "stream.scoring.thresholds",
+           "stream.outcomes.suppress"]
 
 
 @pytest.mark.parametrize("name", MODULES)

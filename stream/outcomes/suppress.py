@@ -1,0 +1,316 @@
+"""Suppression rules: "this is fine" for the alerts a scope matches, with a reason, an
+author and an expiry.
+
+A rule matches an alert when every criterion it names holds: the tenant (none: every
+tenant), the source or destination address (an address or a CIDR block), the
+destination port (a port or a range), the protocol, the alert's leading explanation
+feature, and any event field by its text (``--field service=backup``). Fields are read
+as the sensor schema names them, as features are. A matched alert is not published (or
+is, marked ``suppressed_by``, with ``--emit-suppressed``), adds no risk and joins no
+incident; each match is counted per rule. An expired rule matches nothing.
+
+Rules live on a compacted topic (``--suppression-topic``), one record per rule keyed
+by its id (a tombstone removes it), written by ``stream suppress`` and followed by
+every consumer (``stream.consumer.suppressions``). A rule that names no criterion at
+all (every alert of its tenant, or of every tenant) is refused unless forced.
+
+>>> rule = Rule.from_dict({"id": "nightly-backup", "tenant": "acme", "dst": "10.9.0.0/16",
+...                        "port": "873", "reason": "rsync backup", "author": "ana"})
+>>> rule.scope()
+'tenant=acme dst=10.9.0.0/16 port=873'
+>>> Rule.from_dict({"id": "x", "src": "10.0.0.0/33", "reason": "r", "author": "a"})
+Traceback (most recent call last):
+...
+stream.outcomes.suppress.RuleError: rule x: src '10.0.0.0/33' is not an address or CIDR block
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from stream.errors import StreamError
+from stream.features.columns import ColumnSource
+
+__all__ = ["Rule", "RuleError", "RuleSet", "read_rules"]
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TENANT: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The canonical fields the scope criteria read (through the sensor schema's view).
+SRC, DST, PORT, PROTO = "src_ip", "dst_ip", "dst_port", "proto"
+_MAX_TEXT: Final = 500
+
+
+class RuleError(StreamError, ValueError):
+    """A rule that cannot be used: the one line says which part and why."""
+
+
+def _time(value: Any, what: str, rid: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+    raise RuleError(f"rule {rid}: {what} {value!r} is not an ISO 8601 time")
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def _network(value: Any, what: str, rid: str) -> IpNetwork | None:
+    if value is None or value == "":
+        return None
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise RuleError(f"rule {rid}: {what} {value!r} is not an address or CIDR block"
+                        ) from None
+
+
+def _ports(value: Any, rid: str) -> tuple[int, int] | None:
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    lo, sep, hi = text.partition("-")
+    try:
+        a, b = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        a, b = -1, -1
+    if not 0 <= a <= b <= 65535:
+        raise RuleError(f"rule {rid}: port {value!r} is not a port or a range (443, 8000-8100)")
+    return a, b
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One suppression rule; see the module docstring."""
+
+    id: str
+    reason: str
+    author: str
+    tenant: str | None = None
+    src: IpNetwork | None = None
+    dst: IpNetwork | None = None
+    port: tuple[int, int] | None = None
+    proto: str | None = None
+    feature: str | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+    created: float = field(default_factory=time.time)
+    expires: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Rule:
+        """A rule from its record (what ``to_dict`` writes); ``RuleError`` if it is not one."""
+        if not isinstance(d, Mapping):
+            raise RuleError("a rule is a JSON object")
+        rid = d.get("id")
+        if not isinstance(rid, str) or not _ID.fullmatch(rid):
+            raise RuleError(f"rule id {rid!r}: 1-64 letters, digits, '.', '_' or '-'")
+        known = {"id", "reason", "author", "tenant", "src", "dst", "port", "proto", "feature",
+                 "fields", "created", "expires"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RuleError(f"rule {rid}: unknown members {unknown}")
+        texts = {}
+        for name in ("reason", "author", "tenant", "proto", "feature"):
+            v = d.get(name)
+            if v is not None and (not isinstance(v, str) or len(v) > _MAX_TEXT):
+                raise RuleError(f"rule {rid}: {name} must be text (at most {_MAX_TEXT} chars)")
+            texts[name] = v or None
+        if not texts["reason"]:
+            raise RuleError(f"rule {rid}: a reason is required (why this is fine)")
+        if not texts["author"]:
+            raise RuleError(f"rule {rid}: an author is required (who said it is fine)")
+        tenant = texts["tenant"]
+        if tenant is not None and not _TENANT.fullmatch(tenant):
+            raise RuleError(f"rule {rid}: tenant {tenant!r} is not a tenant id")
+        raw_fields = d.get("fields") or {}
+        if not isinstance(raw_fields, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str | int | float)
+                and not isinstance(v, bool) for k, v in raw_fields.items()):
+            raise RuleError(f"rule {rid}: fields must map field names to values")
+        fields = tuple(sorted((k, v if isinstance(v, str) else format(v, ""))
+                              for k, v in raw_fields.items()))
+        return cls(
+            id=rid, reason=str(texts["reason"]), author=str(texts["author"]), tenant=tenant,
+            src=_network(d.get("src"), "src", rid), dst=_network(d.get("dst"), "dst", rid),
+            port=_ports(d.get("port"), rid),
+            proto=texts["proto"].lower() if texts["proto"] else None,
+            feature=texts["feature"], fields=fields,
+            # Whole microseconds: what its record's ISO 8601 time keeps.
+            created=round(_time(d.get("created"), "created", rid) or time.time(), 6),
+            expires=_time(d.get("expires"), "expires", rid),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "tenant": self.tenant}
+        if self.src is not None:
+            out["src"] = str(self.src)
+        if self.dst is not None:
+            out["dst"] = str(self.dst)
+        if self.port is not None:
+            lo, hi = self.port
+            out["port"] = str(lo) if lo == hi else f"{lo}-{hi}"
+        if self.proto is not None:
+            out["proto"] = self.proto
+        if self.feature is not None:
+            out["feature"] = self.feature
+        if self.fields:
+            out["fields"] = dict(self.fields)
+        out.update(reason=self.reason, author=self.author, created=_iso(self.created),
+                   expires=_iso(self.expires))
+        return out
+
+    @property
+    def matches_everything(self) -> bool:
+        """No criterion beyond the tenant: every alert of its tenant (or of all)."""
+        return (self.src is None and self.dst is None and self.port is None
+                and self.proto is None and self.feature is None and not self.fields)
+
+    def active(self, now: float) -> bool:
+        return self.expires is None or now < self.expires
+
+    def scope(self) -> str:
+        """The criteria as one line (``tenant=acme dst=10.9.0.0/16 port=873``)."""
+        d = self.to_dict()
+        parts = [f"tenant={self.tenant or '*'}"]
+        parts += [f"{k}={d[k]}" for k in ("src", "dst", "port", "proto", "feature") if k in d]
+        parts += [f"{k}={v}" for k, v in self.fields]
+        return " ".join(parts)
+
+
+def _net(n: IpNetwork | None) -> tuple[int, int, int] | None:
+    """(version, network as an int, mask as an int): a containment test in two int ops."""
+    return None if n is None else (n.version, int(n.network_address), int(n.netmask))
+
+
+class RuleSet:
+    """The rules in force, by tenant; ``match`` finds the first rule each alert matches.
+
+    It is handed the alerts' own columns (alerts are about 1% of events), reads each
+    scope field once per alert and parses each address once per distinct text; each
+    rule is checked as plain comparisons of ints and strings.
+    """
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self.rules: dict[str, Rule] = {r.id: r for r in rules}
+        self._by_tenant: dict[str | None, list[Rule]] = {}
+        for r in self.rules.values():
+            self._by_tenant.setdefault(r.tenant, []).append(r)
+        self._compiled = {r.id: (r.id, _net(r.src), _net(r.dst), r.port, r.proto, r.feature,
+                                 r.fields) for r in self.rules.values()}
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def match(self, tenants: Sequence[str], source: ColumnSource,
+              leading: Sequence[str | None], now: float | None = None) -> dict[int, str]:
+        """Row -> the id of the first active rule it matches, for the rows of ``source``
+        (the alerts: their tenants and leading explanation features alongside)."""
+        if not self.rules or source.n == 0:
+            return {}
+        now = time.time() if now is None else now
+        everyone = [self._compiled[r.id] for r in self._by_tenant.get(None, ())
+                    if r.active(now)]
+        # A tenant's own rules in force, then everyone's: worked out once per tenant.
+        in_force: dict[str, list[Any]] = {}
+        ips: dict[str, tuple[int, int] | None] = {}
+
+        def ip(text: str | None) -> tuple[int, int] | None:
+            if text is None:
+                return None
+            if text not in ips:
+                try:
+                    a = ipaddress.ip_address(text)
+                    ips[text] = (a.version, int(a))
+                except ValueError:
+                    ips[text] = None
+            return ips[text]
+
+        def texts(path: str) -> list[str | None]:
+            values, codes = source.strings(path)
+            return [None if c else str(v) for v, c in zip(values.tolist(), codes.tolist(),
+                                                          strict=True)]
+
+        cols: dict[str, list[str | None]] = {}
+
+        def col(path: str) -> list[str | None]:
+            got = cols.get(path)
+            if got is None:
+                got = cols[path] = texts(path)
+            return got
+
+        out: dict[int, str] = {}
+        for k in range(source.n):
+            tenant = tenants[k]
+            candidates = in_force.get(tenant)
+            if candidates is None:
+                candidates = in_force[tenant] = [
+                    *(self._compiled[r.id] for r in self._by_tenant.get(tenant, ())
+                      if r.active(now)), *everyone]
+            if not candidates:
+                continue
+            src = dst = port = proto = None
+            read = False
+            for rid, rsrc, rdst, rport, rproto, rfeature, rfields in candidates:
+                if not read:  # the scope fields of a row with a rule to check, once
+                    src, dst = ip(col(SRC)[k]), ip(col(DST)[k])
+                    p = col(PORT)[k]
+                    try:
+                        port = float(p) if p is not None else None
+                    except ValueError:
+                        port = None
+                    proto = (col(PROTO)[k] or "").lower()
+                    read = True
+                if rsrc is not None and (src is None or src[0] != rsrc[0]
+                                         or src[1] & rsrc[2] != rsrc[1]):
+                    continue
+                if rdst is not None and (dst is None or dst[0] != rdst[0]
+                                         or dst[1] & rdst[2] != rdst[1]):
+                    continue
+                if rport is not None and (port is None or not rport[0] <= port <= rport[1]):
+                    continue
+                if rproto is not None and proto != rproto:
+                    continue
+                if rfeature is not None and leading[k] != rfeature:
+                    continue
+                if rfields and any(col(f)[k] != v for f, v in rfields):
+                    continue
+                out[k] = rid
+                break
+        return out
+
+
+def read_rules(lines: Iterable[bytes | str], source: str = "rules") -> RuleSet:
+    """Rules from JSON lines (what ``stream suppress list --json`` prints; its ``active``
+    member is left aside); ``RuleError`` naming the line of the first that is no rule."""
+    import orjson
+
+    rules = []
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+            if isinstance(doc, dict):
+                doc.pop("active", None)
+            rules.append(Rule.from_dict(doc))
+        except (orjson.JSONDecodeError, RuleError) as e:
+            raise RuleError(f"{source}, line {k}: {e}") from None
+    return RuleSet(rules)
