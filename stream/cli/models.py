@@ -102,7 +102,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 )
 @tenant_option("Tenant id (omit for the global model).")
 @settings_options("model_name", "tracking_uri", "experiment_name", "input_schema", "trust_types",
-                  "where", "lateness", "state_ttl")
+                  "where", "lateness", "state_ttl", "risk_by", "risk_half_life")
 @click.option(
     "--features",
     default=None,
@@ -191,6 +191,13 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     "--target-precision", type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None, help="Thresholds for this precision on the --labels alerts at medium+.",
 )
+@click.option(
+    "--entity-alerts-per-day", type=click.FloatRange(min=0, min_open=True), default=None,
+    metavar="N",
+    help="Set the entity-alert threshold (stored with the version, in place of the "
+    "consumers' --risk-threshold for its tenants) so that the training traffic would "
+    "raise at most N entity alerts per day (by --risk-by, with --risk-half-life).",
+)
 @click.option("--promote", is_flag=True, help="Promote the new version to production.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def train(
@@ -206,6 +213,8 @@ def train(
     where: str | None,
     lateness: float | None,
     state_ttl: float | None,
+    risk_by: str | None,
+    risk_half_life: float | None,
     features: str | None,
     feature_exprs: tuple[str, ...],
     feature_file: str | None,
@@ -221,6 +230,7 @@ def train(
     alert_budget: float | None,
     labels_path: str | None,
     target_precision: float | None,
+    entity_alerts_per_day: float | None,
     promote: bool,
     as_json: bool,
 ) -> None:
@@ -232,8 +242,10 @@ def train(
     s = load_settings(
         model_name=model_name, tracking_uri=tracking_uri, experiment_name=experiment_name,
         input_schema=input_schema, trust_types=trust_types, where=where, lateness=lateness,
-        state_ttl=state_ttl,
+        state_ttl=state_ttl, risk_by=risk_by, risk_half_life=risk_half_life,
     )
+    if entity_alerts_per_day is not None and not s.risk_by:
+        raise click.UsageError("--entity-alerts-per-day needs a --risk-by field")
     spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
     check_registry(s.tracking_uri, s)
     # The readers of replay and score: every format, bad lines reported. A sensor schema
@@ -290,6 +302,9 @@ def train(
                 experiment=s.experiment_name,
                 do_promote=promote,
                 clock=WindowClock(s.lateness, s.state_ttl),
+                entity_alerts_per_day=entity_alerts_per_day,
+                risk_by=s.risk_by,
+                risk_half_life=s.risk_half_life,
             )
     except ValueError as e:
         text = str(e)
@@ -450,4 +465,13 @@ def describe(
     click.echo(f"trained on: input schema {model.info.get('input_schema')}")
     click.echo(f"thresholds: critical < {model.thresholds[0]:.4f} <= high < "
                f"{model.thresholds[1]:.4f} <= medium < {model.thresholds[2]:.4f} <= low")
+    budget = model.info.get("entity_budget")
+    if budget:
+        click.echo(f"entities:   risk by {budget['by']} (half-life {budget['half_life']:g} s) "
+                   f"raises an entity alert at {budget['threshold']:g}, set for at most "
+                   f"{budget['per_day']:g} a day: the training traffic raised "
+                   f"{budget['raised_per_day']:.2f} a day ({budget['alerts']} alerts, "
+                   f"{budget['entities']} entities, {budget['days']:.2f} days)")
+    else:
+        click.echo("entities:   no alert budget: the consumers' --risk-threshold applies")
     click.echo(model.spec.describe())

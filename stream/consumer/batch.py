@@ -269,7 +269,8 @@ def process_batch(
             return alert_id(topic, int(partitions[i]), int(offsets[i]))
 
         risks, outcome.entity_records = risk.members(
-            source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at)
+            source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at,
+            thresholds=_budget_thresholds(risk, models, model_index))
     if emit_suppressed and suppressed:
         # Published after the others, marked with the rule: no incident, no risk.
         quiet = np.fromiter(suppressed, dtype=np.int64, count=len(suppressed))
@@ -294,6 +295,20 @@ def process_batch(
         risks=risks,
     )
     return outcome
+
+
+def _budget_thresholds(risk: Risk, models: Sequence[LoadedModel], model_index: np.ndarray
+                       ) -> np.ndarray | None:
+    """Per row, the entity-alert threshold its model's alert budget set (NaN where its
+    model has none, or one set for another --risk-by or half-life); None if no model has."""
+    own = []
+    for m in models:
+        b = m.info.get("entity_budget")
+        fits = b is not None and b.get("by") == risk.by and b.get("half_life") == risk.half_life
+        own.append(float(b["threshold"]) if fits and b is not None else np.nan)
+    if not own or np.isnan(own).all():
+        return None
+    return np.array([*own, np.nan])[model_index]  # -1 (no model) reads the trailing NaN
 
 
 def _route(

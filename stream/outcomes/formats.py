@@ -176,34 +176,60 @@ def _ecs_network(doc: dict[str, Any], flow: Mapping[str, Any]) -> None:
         doc["event"]["duration"] = ns
 
 
-def ecs_incident(inc: dict[str, Any]) -> dict[str, Any]:
-    level = inc["threat_level"]
-    field, value = inc["entity"]["field"], inc["entity"]["value"]
-    doc: dict[str, Any] = {
-        "@timestamp": inc["last_seen"],
+def _ecs_summary(rec: Mapping[str, Any], when: str, uid: str, dataset: str, message: str
+                 ) -> dict[str, Any]:
+    """What an incident and an entity alert share in ECS: an alert about many events."""
+    level = rec["threat_level"]
+    return {
+        "@timestamp": when,
         "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "alert",
             "category": ["network", "intrusion_detection"],
             "type": ["info"],
-            "id": inc["incident_id"],
-            "dataset": "stream.incident",
+            "id": uid,
+            "dataset": dataset,
             "module": PRODUCT,
             "risk_score": float(_RISK[level]),
             "severity": _RISK[level],
-            "start": inc["first_seen"],
-            "end": inc["last_seen"],
         },
-        "organization": {"id": inc["tenant_id"]},
+        "organization": {"id": rec["tenant_id"]},
         "observer": {"product": PRODUCT, "vendor": PRODUCT, "type": "ids"},
-        "labels": {"tenant_id": inc["tenant_id"], "threat_level": level,
-                   "status": inc["status"]},
-        "message": (f"{inc['status']} incident for tenant {inc['tenant_id']}: {inc['alerts']} "
-                    f"alerts about {field} {value}"),
-        PRODUCT: {"incident": inc},
+        "labels": {"tenant_id": rec["tenant_id"], "threat_level": level,
+                   "status": rec["status"]},
+        "message": message,
     }
+
+
+def ecs_incident(inc: dict[str, Any]) -> dict[str, Any]:
+    field, value = inc["entity"]["field"], inc["entity"]["value"]
+    doc = _ecs_summary(inc, inc["last_seen"], inc["incident_id"], "stream.incident",
+                       f"{inc['status']} incident for tenant {inc['tenant_id']}: "
+                       f"{inc['alerts']} alerts about {field} {value}")
+    doc["event"].update(start=inc["first_seen"], end=inc["last_seen"])
+    doc[PRODUCT] = {"incident": inc}
     if field in ("src_ip", "dst_ip"):
         doc["source" if field == "src_ip" else "destination"] = {"ip": value}
+    return doc
+
+
+def _entity_message(rec: Mapping[str, Any]) -> str:
+    return (f"{rec['status']} entity alert for tenant {rec['tenant_id']}: {rec['by']} "
+            f"{rec['entity']} at risk {rec['risk']:g} (threshold {rec['threshold']:g})")
+
+
+def ecs_entity_alert(rec: dict[str, Any]) -> dict[str, Any]:
+    """An entity alert (``stream.outcomes.risk``) as an ECS alert; the entity's risk in
+    ECS's entity risk fields (``host.risk``) when the entity is a host address."""
+    level = rec["threat_level"]
+    doc = _ecs_summary(rec, rec["detected_at"], rec["entity_alert_id"], "stream.entity_alert",
+                       _entity_message(rec))
+    doc[PRODUCT] = {"entity_alert": rec}
+    if rec["by"] in ("src_ip", "dst_ip"):
+        doc["source" if rec["by"] == "src_ip" else "destination"] = {"ip": rec["entity"]}
+        doc["host"] = {"ip": [rec["entity"]],
+                       "risk": {"calculated_score": float(rec["risk"]),
+                                "calculated_level": level.capitalize()}}
     return doc
 
 
@@ -327,6 +353,29 @@ def ocsf_incident(inc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def ocsf_entity_alert(rec: dict[str, Any]) -> dict[str, Any]:
+    """An entity alert as an OCSF Detection Finding: Create when raised, Update after."""
+    level = rec["threat_level"]
+    activity = (1, "Create") if rec["status"] == "raised" else (2, "Update")
+    when = _ms(rec["detected_at"])
+    doc = _ocsf_base(level, when, activity, rec["entity_alert_id"], rec["tenant_id"])
+    doc["finding_info"] = {
+        "uid": rec["entity_alert_id"],
+        "title": f"{rec['by']} {rec['entity']} at risk {rec['risk']:g}",
+        "types": ["Network Anomaly", "Entity Risk"],
+        "last_seen_time": when,
+        "related_events": [{"uid": rec["alert_id"]}],
+    }
+    doc["message"] = _entity_message(rec)
+    if rec["by"] in ("src_ip", "dst_ip"):
+        side = "src_endpoint" if rec["by"] == "src_ip" else "dst_endpoint"
+        doc["evidences"] = [{side: {"ip": rec["entity"]}}]
+        doc["observables"] = [{"name": f"{side}.ip", "type_id": 2, "type": "IP Address",
+                               "value": rec["entity"]}]
+    doc["unmapped"] = {"entity_alert": rec}
+    return doc
+
+
 # ---- batch entry points ----------------------------------------------------------------
 
 
@@ -355,4 +404,12 @@ def format_incident(fmt: str, record: bytes) -> bytes:
     if fmt == "native":
         return record
     build = ecs_incident if fmt == "ecs" else ocsf_incident
+    return orjson.dumps(build(orjson.loads(record)))
+
+
+def format_entity_alert(fmt: str, record: bytes) -> bytes:
+    """One native entity alert record in ``fmt``."""
+    if fmt == "native":
+        return record
+    build = ecs_entity_alert if fmt == "ecs" else ocsf_entity_alert
     return orjson.dumps(build(orjson.loads(record)))

@@ -336,12 +336,19 @@ def _served(mlmodel: Any, spec: FeatureSpec, thresholds: np.ndarray, scorer: Any
 
 
 def _info(meta: Mapping[str, Any], estimator_name: str) -> dict[str, Any]:
-    """What ``stream describe`` shows of a version's training: detector, schema, estimator."""
-    return {
+    """What ``stream describe`` shows of a version's training: detector, schema, estimator,
+    and the entity-alert threshold an alert budget set (``stream train
+    --entity-alerts-per-day``)."""
+    info = {
         "detector": meta.get("detector", "isolation_forest"),
         "input_schema": meta.get("input_schema", "native"),
         "estimator": estimator_name,
     }
+    budget = meta.get("entity_budget")
+    if isinstance(budget, Mapping) and isinstance(budget.get("threshold"), int | float) \
+            and budget["threshold"] > 0:
+        info["entity_budget"] = dict(budget)  # the entity-alert threshold its budget set
+    return info
 
 
 def _download(location: str, uri: str, dst: str) -> Path:

@@ -27,6 +27,7 @@ from stream.features import FeatureSpec, RecordColumns, SpecError, WindowStore
 from stream.ingest.view import columns_for
 from stream.ops.failures import brief
 from stream.outcomes.reasons import OK, REASONS
+from stream.outcomes.risk import EntityBudget, budget_threshold
 from stream.registry import shipped
 from stream.registry.admin import promote
 from stream.registry.client import (
@@ -44,6 +45,7 @@ from stream.scoring.thresholds import (
     DEFAULT_THRESHOLDS,
     calibrate_thresholds,
     check_thresholds,
+    threat_levels,
 )
 from stream.state.store import DEFAULT_LATENESS_S, DEFAULT_TTL_S
 
@@ -473,6 +475,20 @@ def _ship_scorer(pipeline: Any, X: np.ndarray, info: Any, uri: str, registered: 
                     "will load it with scikit-learn", brief(e))
 
 
+def _entity_budget(records: Sequence[Mapping[str, Any]], used: np.ndarray,
+                   train_scores: np.ndarray, thresholds: Sequence[float], schema: str,
+                   clock: WindowClock, per_day: float, by: str, half_life: float,
+                   ) -> EntityBudget | None:
+    """The entity-alert threshold for ``per_day`` raises on the used training records, at
+    the levels the new model gives them, in file order (as a replay would send them)."""
+    kept = [r for r, u in zip(records, used.tolist(), strict=True) if u]
+    levels = threat_levels(train_scores, np.asarray(thresholds, dtype=np.float64))
+    source = columns_for(RecordColumns(kept), schema)
+    return budget_threshold(source, levels, [str(r.get("tenant_id", "")) for r in kept],
+                            WindowStore(lateness=clock.lateness, ttl=clock.ttl),
+                            by=by, half_life=half_life, per_day=per_day)
+
+
 def train(
     records: Sequence[dict[str, Any]],
     *,
@@ -495,6 +511,9 @@ def train(
     labels: Sequence[Mapping[str, Any]] | None = None,
     target_precision: float | None = None,
     clock: WindowClock = WindowClock(),
+    entity_alerts_per_day: float | None = None,
+    risk_by: str = "src_ip",
+    risk_half_life: float = 3600.0,
 ) -> TrainResult:
     """Fit the feature spec and StandardScaler + detector on ``records``; register one model.
 
@@ -502,7 +521,10 @@ def train(
     cumulative alert rates for critical, high+, medium+) derives thresholds from the
     training score distribution instead of the design note's fixed cut-offs; a detector
     other than IsolationForest is always calibrated unless ``thresholds`` are given,
-    since those cut-offs are on IsolationForest's score scale.
+    since those cut-offs are on IsolationForest's score scale. ``entity_alerts_per_day``
+    sets the entity-alert threshold (``stream.outcomes.risk.budget_threshold``) that the
+    training traffic, at the new model's levels, would reach at most that often; it is
+    stored with the version and serves its tenants' risk.
     """
     if not records:
         raise TrainingError("no training records")
@@ -533,6 +555,17 @@ def train(
         thresholds = calibrate_thresholds(train_scores, calibrate)
     notes = _threshold_warnings(train_scores, thresholds or DEFAULT_THRESHOLDS, calibrate,
                                 records if alert_budget is not None else None, input_schema)
+    extra_meta: dict[str, Any] = {"detector": detector, "input_schema": input_schema}
+    if entity_alerts_per_day is not None:
+        # At the levels the stream will give the training traffic (its served inputs).
+        budget = _entity_budget(records, used, decision_scores(pipe, served),
+                                thresholds or DEFAULT_THRESHOLDS, input_schema, clock,
+                                entity_alerts_per_day, risk_by, risk_half_life)
+        if budget is None:
+            notes = (*notes, f"--entity-alerts-per-day: no training alert has a readable "
+                     f"{risk_by} and timestamp; the consumers' --risk-threshold applies")
+        else:
+            extra_meta["entity_budget"] = budget.as_dict()
     name = registered_name(model_name, tenant)
     result = log_pipeline(
         pipe,
@@ -555,7 +588,7 @@ def train(
         experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
         uri=uri,
         trusted_types=trusted_types,
-        extra_meta={"detector": detector, "input_schema": input_schema},
+        extra_meta=extra_meta,
         tenants=[str(r.get("tenant_id", "")) for r, u in zip(records, used.tolist(),
                                                               strict=True) if u],
         served=served,

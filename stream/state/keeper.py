@@ -33,7 +33,7 @@ from stream.config import Settings
 from stream.delivery.batch import Batch, Record
 from stream.errors import StreamError
 from stream.kafka import clients as kafka_clients
-from stream.outcomes.formats import format_incident
+from stream.outcomes.formats import format_entity_alert, format_incident
 from stream.outcomes.incidents import Incidents
 from stream.state import changelog
 from stream.state.store import WindowStore
@@ -100,8 +100,8 @@ class StateKeeper:
             for key, value in outcome.incident_records
         ]
         if s.entity_alert_topic:
-            out.extend((s.entity_alert_topic, value, key, None)
-                       for key, value in outcome.entity_records)
+            out.extend((s.entity_alert_topic, format_entity_alert(s.alert_format, value), key,
+                        None) for key, value in outcome.entity_records)
         if self.store.track:
             out.extend(changelog.records(self.store, s.changelog_topic, batch.next))
         return out

@@ -1,19 +1,13 @@
 """Failing fast and clearly: unreachable brokers and registries, quiet retries, prompt stops.
 
-Every command that needs the broker or the registry, pointed at a closed local port:
-one line naming what it tried and why, exit status 3, within 15 s. ``stream run``
-instead waits (a consumer must outlive an outage): one WARNING, no librdkafka
-line storm, and SIGTERM ends it at once. The outage log and the librdkafka
-filter are checked on their own with a fake clock.
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/ops/test_failures.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,49 +15,11 @@ import pytest
 
 from stream.ops import failures
 from tests.servers import free_port
+from tests.unit.ops import test_failures as unit_failures
+from tests.unit.ops.test_failures import _cli, _start, _stop
 
-STREAM = [sys.executable, "-m", "stream.cli"]
-
-
-
-
-def _cli(args: list[str]) -> tuple[int, str, float]:
-    """A command in this process (the same code path, without a second start-up)."""
-    from click.testing import CliRunner
-
-    from stream.cli import main
-
-    t0 = time.monotonic()
-    r = CliRunner().invoke(main, args)
-    return r.exit_code, r.output, time.monotonic() - t0
-
-
-@pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("f") / "flows.jsonl"
-    from stream.generate import generate_flows, write_jsonl
-
-    write_jsonl(path, generate_flows(300, ("acme",), seed=1))
-    return path
-
-
-
-
-
-
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([*STREAM, "run"], env={**os.environ, **env}, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int, float]:
-    t0 = time.monotonic()
-    p.send_signal(sig)
-    rc = p.wait(timeout=10)
-    return rc, time.monotonic() - t0
-
-
+#: The unit tests' file of flows (a fixture), for these tests too.
+events = unit_failures.events
 
 
 def test_run_waits_for_an_unreachable_registry_and_stops_at_once(

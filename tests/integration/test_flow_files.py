@@ -2,9 +2,8 @@
 event's fields with their habits undone, every other column kept; train, score and
 evaluate read them like any other format.
 
-The fixtures (tests/data/SOURCES.md) tell one capture three ways: Argus ``ra`` output
-as the public binetflow captures have it, and ``nfdump -o csv`` with its short column
-names (a biflow exporter: in and out counts) and its long ones (one direction).
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/ingest/test_flow_files.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from stream.cli import main
 DATA = Path(__file__).resolve().parents[1] / "data"
 ARGUS, NFDUMP, NFDUMP_LONG = (DATA / "flows.binetflow", DATA / "flows-nfdump.csv",
                               DATA / "flows-nfdump-long.csv")
-CANONICAL = ("timestamp", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
-             "connection_duration", "bytes_transferred", "packet_count")
 
 
 

@@ -1,38 +1,27 @@
 """goflow2's protobuf (-format=bin): the same flows as its JSON, the same records and the
 same scores; a record that is not a FlowMessage is a dead letter with its own reason.
 
-tests/data/goflow2.pb holds the flows of tests/data/goflow2.jsonl as goflow2's file
-transport writes them with -format=bin (tests/data/make_goflow2_pb.py wrote it).
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/ingest/test_goflow2_pb.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from stream.cli import main
+from tests.unit.ingest.test_goflow2_pb import _json_records, _maker
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-FEATURES = ("bytes_transferred", "packet_count", "connection_duration", "dst_port")
 
 
-def _maker() -> Any:
-    spec = importlib.util.spec_from_file_location("make_goflow2_pb", DATA / "make_goflow2_pb.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def _json_records() -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (DATA / "goflow2.jsonl").read_text().splitlines()]
 
 
 

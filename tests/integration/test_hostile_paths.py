@@ -1,16 +1,8 @@
 """Hostile senders and cross-tenant paths: nothing an event carries ends the process, holds
 its partition back, or reaches another tenant.
 
-On the real broker and registry, in every alert format and both delivery modes: events
-carrying numbers no typed field of ECS or OCSF can hold (1e20 bytes, a duration of
-1e300 s, ports of -1 and 1e10), a 2 MB message, a record with a 100 KB key and hundreds
-of headers, among ordinary events. The consumer stays up, every offset commits, each
-hostile record is a dead letter with its reason (cut to fit when it would not), every
-scoreable event is alerted. Then, without a broker: pair keys whose fields hold the
-separator, keyed hashes, the memory cap against long keys, the metrics label cap, the
-health server against idle connections, secrets in properties and URIs, expressions
-nested to exhaust the parser, file names in alert JSON, duplicate tenant headers,
-feedback naming another tenant, and model files pointing out of their directory.
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/consumer/test_hostile_paths.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +21,7 @@ from stream.consumer import service
 from stream.generate import generate_flows
 from stream.kafka.embedded import EmbeddedBroker
 from tests import faultutil as fu
-
-HUGE = 2_000_000
+from tests.unit.consumer.test_hostile_paths import HUGE
 
 
 def _hostile(unique: str) -> tuple[list[tuple[bytes, bytes | None, list[Any]]], dict[str, str]]:

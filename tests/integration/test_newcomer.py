@@ -2,12 +2,14 @@
 little or too much, workflow steps that were missing. Each case with its message and
 exit code (the issue's points 3 to 6; tenant isolation, stalls and models not loaded
 have their own files: test_tenant_isolation, test_progress, test_redrive).
+
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/test_newcomer.py``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,7 @@ from stream.cli import main
 from stream.generate import generate_flows, training_flows, write_jsonl
 from stream.kafka.embedded import EmbeddedBroker
 from tests import faultutil as fu
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-STREAM = [sys.executable, "-m", "stream.cli"]
-
-
-
+from tests.unit.test_newcomer import DATA
 
 # ---- the registry a command uses ------------------------------------------------------------
 

@@ -1,15 +1,7 @@
 """A consumer that cannot make progress says so, and resumes by itself when the cause goes.
 
-Unit tests (fakes): ``accounting.Progress`` (when a stall starts, what readiness and
-the log say, the stalled time), ``delivery.batch.failure_cause`` (the cause in words)
-and both delivery modes meeting a fatal producer error (a new producer, the batch
-redone, never the end of the process).
-
-On the real broker and registry: the alert topic missing under load (the stall is
-named, /readyz 503, the stalled time counted, and the batches go through once the
-topic exists, without a restart, nothing lost); models that are not loaded (their
-artifacts gone) hold the input back instead of dead-lettering it, until a version
-that loads is promoted; ``stream score`` says which model it could not load.
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/tools/test_progress.py``.
 """
 
 from __future__ import annotations

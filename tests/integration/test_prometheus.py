@@ -1,20 +1,12 @@
 """A real Prometheus against a running consumer, and the alert rules under promtool.
 
-Prometheus and promtool come from Debian's ``prometheus`` package (``.ci/run``
-installs it; by hand: ``apt-get install prometheus``). A consumer runs on the
-embedded broker with its metrics endpoint on; Prometheus scrapes it every
-second; then every query of the Grafana dashboard must return at least one
-series. Series that only appear after rare events (a failed model load, a
-challenger, evictions) are filled by calling every ``Metrics`` method once on
-the consumer's own metrics, as ``tests/unit/ops/test_static_ops.py`` does for names.
-``promtool check rules`` accepts deploy/prometheus/alerts.yml and ``promtool
-test rules`` passes deploy/prometheus/alerts_test.yml.
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/ops/test_prometheus.py``.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -29,15 +21,11 @@ from stream.ops.metrics import HealthServer, Metrics
 from tests import faultutil as fu
 from tests.kafkautil import produce
 from tests.servers import free_port
+from tests.unit.ops.test_prometheus import RULES, needs_prometheus
 from tests.unit.ops.test_static_ops import DASHBOARD, dashboard_exprs, exercise_all
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "deploy" / "prometheus"
 
-needs_prometheus = pytest.mark.skipif(
-    shutil.which("prometheus") is None or shutil.which("promtool") is None,
-    reason="Prometheus is not installed (apt-get install prometheus; .ci/run does it)",
-)
 
 
 

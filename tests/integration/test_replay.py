@@ -1,7 +1,8 @@
 """Pacing, pump and the producer of stream.tools.replay, and one replay of every format into a
 broker.
 
-The readers, format detection and mappings it relies on are tested in test_sources.py.
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/tools/test_replay.py``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Window functions and their state (stream.features.windows, stream.state.store).
 
-Pure unit tests, no broker. Every function is checked against ``reference``, a
-plain per-event evaluator written from the rules in the windows module
-docstring (keep each key's whole history, look back over it per event), on
-hand-made cases and on random event streams (hypothesis). Batching, state
-round trips through the changelog format, late events, TTL and the memory cap
-are checked on the store itself.
+The part that needs a real broker, registry or child process; the rest, and what
+it all means, is in ``tests/unit/features/test_windows.py``.
 """
 
 from __future__ import annotations
@@ -27,25 +23,6 @@ from stream.features import FeatureSpec, RecordColumns, WindowStore
 
 
 
-CASES = [
-    ("count", None, "window=5s", False, 5.0),
-    ("count", None, "decay=2s", True, 2.0),
-    ("sum", "x", "window=4s", False, 4.0),
-    ("sum", "x", "decay=3s", True, 3.0),
-    ("mean", "x", "window=4s", False, 4.0),
-    ("mean", "x", "decay=3s", True, 3.0),
-    ("std", "x", "window=6s", False, 6.0),
-    ("std", "x", "decay=3s", True, 3.0),
-    ("distinct", "dst", "window=3s", False, 3.0),
-    ("interval_mean", None, "window=10s", False, 10.0),
-    ("interval_mean", None, "decay=5s", True, 5.0),
-    ("interval_std", None, "window=10s", False, 10.0),
-    ("interval_std", None, "decay=5s", True, 5.0),
-    ("since", None, "window=6s", False, 6.0),
-    ("first_seen", None, "window=7s", False, 7.0),
-    ("beacon", "x", "window=12s", False, 12.0),
-    ("spread", "dst", "window=8s", False, 8.0),
-]
 
 
 

@@ -12,17 +12,14 @@ mid-stream rises above 0.25, and stays below it when the traffic does not change
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from stream import registry
-from stream.consumer import service
 from stream.features import RecordColumns
 from stream.features.recipes import recipe
 from stream.generate import generate_flows
@@ -30,8 +27,6 @@ from stream.ops.drift import Drift
 from stream.outcomes.formats import flow_fields
 from stream.outcomes.incidents import Incidents
 from stream.scoring.baseline import Baseline
-from tests import faultutil as fu
-from tests.kafkautil import read_all
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 TENANTS = ("acme",)
@@ -52,45 +47,10 @@ def model(tracking_uri: str) -> str:
     return _models[tracking_uri]
 
 
-def _produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for e in events:
-        p.produce(topic, orjson.dumps(e), key=e["tenant_id"].encode())
-        p.poll(0)
-    assert p.flush(30) == 0
 
 
-@dataclass
-class Served:
-    """One run of the stream over generator traffic with attacks, and what it published."""
-
-    settings: Any
-    events: list[dict[str, Any]]
-    alerts: list[dict[str, Any]]
-    records: list[dict[str, Any]]
-    snapshot: dict[str, dict[str, float]]
 
 
-@pytest.fixture(scope="module")
-def served(broker: Any, tracking_uri: str) -> Served:
-    unique = os.urandom(4).hex()
-    base = model(tracking_uri)
-    events = list(generate_flows(8000, TENANTS, seed=23, attack_rate=0.04))
-    topics = fu.Topics(unique)
-    topics.create(broker, input_partitions=1)
-    incident_topic = f"incidents-{unique}"
-    broker.create_topics([incident_topic, f"feedback-{unique}"], partitions=1)
-    s = fu.settings(broker.bootstrap, topics, tracking_uri, base, min_level="medium",
-                    incident_topic=incident_topic, drift_window=2000,
-                    feedback_topic=f"feedback-{unique}")
-    _produce(broker.bootstrap, topics.input, events)
-    pipeline = service.build(s)
-    thread = fu.start(pipeline)
-    fu.wait_until(lambda: pipeline.stats.consumed >= len(events), 120, "all consumed")
-    fu.stop(pipeline, thread)
-    alerts = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, topics.alerts)]
-    records = [orjson.loads(m.value()) for m in read_all(broker.bootstrap, incident_topic)]
-    return Served(s, events, alerts, records, pipeline.accounting.drift.snapshot())
 
 
 

@@ -5,13 +5,14 @@ events are batched, and tenants never add to each other."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
 from stream.consumer.batch import process_batch
-from stream.features import WindowStore
+from stream.features import RecordColumns, WindowStore
 from stream.outcomes.risk import Risk
 from stream.registry import LoadedModel
 from stream.scoring.thresholds import DEFAULT_THRESHOLDS
@@ -108,3 +109,108 @@ def test_entity_alerts_raised_then_updated_while_the_risk_stays_above() -> None:
     assert updated["threat_level"] == "medium" and updated["event_time"] == 20.0
     assert math.isclose(raised["risk"], 10 * 2 ** (-10 / H) + 10, rel_tol=1e-6)
     assert raised["entity_alert_id"] == k1 and raised["tenant_id"] == "acme"
+
+
+def test_entity_alerts_in_ecs_and_ocsf_validate_and_keep_what_they_say() -> None:
+    import json
+
+    import jsonschema
+
+    from stream.outcomes.formats import format_entity_alert
+
+    data = Path(__file__).resolve().parents[2] / "data"
+
+    def validator(name: str) -> jsonschema.Draft202012Validator:
+        return jsonschema.Draft202012Validator(json.loads((data / name).read_text()),
+                                               format_checker=jsonschema.FormatChecker())
+
+    ecs, ocsf = validator("ecs_alert.schema.json"), validator(
+        "ocsf_detection_finding.schema.json")
+    values = [ev(0.0, "10.0.0.9", 900), ev(10.0, "10.0.0.9", 900), ev(20.0, "10.0.0.9", 300)]
+    n = len(values)
+    out = process_batch(values, lambda ts: [MODEL for _ in ts], topic="f",
+                        partitions=np.zeros(n, dtype=np.int64),
+                        offsets=np.arange(n, dtype=np.int64), min_level=0,
+                        store=WindowStore(), risk=Risk("src_ip", H, 12.0))
+    natives = [v for _k, v in out.entity_records]
+    assert [format_entity_alert("native", v) for v in natives] == natives
+    for v in natives:
+        rec = orjson.loads(v)
+        e = orjson.loads(format_entity_alert("ecs", v))
+        o = orjson.loads(format_entity_alert("ocsf", v))
+        for validator_, doc in ((ecs, e), (ocsf, o)):
+            errors = [f"{list(x.path)}: {x.message}" for x in validator_.iter_errors(doc)]
+            assert not errors, errors[:5]
+        assert e["event"]["id"] == rec["entity_alert_id"] and e["source"]["ip"] == "10.0.0.9"
+        assert e["host"]["risk"]["calculated_score"] == rec["risk"]
+        assert e["stream"]["entity_alert"] == rec
+        assert o["finding_info"]["uid"] == rec["entity_alert_id"]
+        assert o["activity_name"] == ("Create" if rec["status"] == "raised" else "Update")
+        assert o["finding_info"]["related_events"] == [{"uid": rec["alert_id"]}]
+        assert o["evidences"] == [{"src_endpoint": {"ip": "10.0.0.9"}}]
+
+
+def _hosts(rng: np.random.Generator, hosts: int, hours: float) -> list[dict[str, Any]]:
+    """Alerts of ``hosts`` hosts over ``hours``: most rare, a few hosts noisy."""
+    out = []
+    for h in range(hosts):
+        rate = 20.0 if h < 3 else 0.5  # alerts per hour
+        n = rng.poisson(rate * hours)
+        out += [{"src_ip": f"10.0.{h // 256}.{h % 256}", "timestamp": float(t)}
+                for t in rng.uniform(0, hours * 3600, n)]
+    return sorted(out, key=lambda e: float(e["timestamp"]))
+
+
+def test_an_alert_budget_sets_the_lowest_threshold_that_keeps_to_it() -> None:
+    from stream.outcomes.risk import MIN_BUDGET_THRESHOLD, budget_threshold
+
+    rng = np.random.default_rng(4)
+    evs = _hosts(rng, 200, 48.0)
+    levels = rng.choice([1, 2, 3], len(evs), p=[0.6, 0.3, 0.1]).astype(np.int8)
+    tenants = ["acme"] * len(evs)
+
+    def budget(per_day: float) -> Any:
+        b = budget_threshold(RecordColumns(evs), levels, tenants, WindowStore(ttl=1e7),
+                             by="src_ip", half_life=H, per_day=per_day)
+        assert b is not None
+        return b
+
+    tight, loose = budget(2.0), budget(40.0)
+    assert abs(tight.days - 2.0) < 0.01
+    assert tight.alerts == len(evs) and tight.entities == 200
+    assert tight.raised_per_day <= 2.0 and loose.raised_per_day <= 40.0
+    assert tight.threshold > loose.threshold >= MIN_BUDGET_THRESHOLD
+    risk = Risk("src_ip", H, tight.threshold)
+    _rows, points, r, _reason = risk.accumulate(
+        RecordColumns(evs), np.arange(len(evs)), levels, tenants, WindowStore(ttl=1e7), None)
+
+    def raised(t: float) -> int:
+        return int(np.count_nonzero((r >= t) & (r - points < t)))
+
+    assert raised(tight.threshold) / tight.days == tight.raised_per_day <= 2.0
+    # The lowest that keeps to it: at the count's step just below, it raises more.
+    ends = np.unique(np.concatenate([r, r - points]))
+    assert tight.threshold > MIN_BUDGET_THRESHOLD
+    assert raised(ends[ends < tight.threshold][-1]) > 2.0 * tight.days
+
+
+def test_a_models_budget_threshold_serves_its_tenants_risk() -> None:
+    budgeted = LoadedModel("m_acme", "2", ("bytes_transferred",),
+                           np.asarray(DEFAULT_THRESHOLDS), ByBytes(),
+                           info={"entity_budget": {"threshold": 25.0, "by": "src_ip",
+                                                   "half_life": H}})
+    other_by = LoadedModel("m", "3", ("bytes_transferred",), np.asarray(DEFAULT_THRESHOLDS),
+                           ByBytes(), info={"entity_budget": {"threshold": 99.0,
+                                                              "by": "dst_ip", "half_life": H}})
+    values = [ev(0.0, "10.0.0.9", 900), ev(10.0, "10.0.0.9", 900),
+              ev(20.0, "10.0.0.9", 900, tenant="globex"),
+              ev(30.0, "10.0.0.9", 900, tenant="globex")]
+    n = len(values)
+    out = process_batch(values, lambda ts: [budgeted if t == "acme" else other_by for t in ts],
+                        topic="f", partitions=np.zeros(n, dtype=np.int64),
+                        offsets=np.arange(n, dtype=np.int64), min_level=0,
+                        store=WindowStore(), risk=Risk("src_ip", H, 12.0))
+    got = [orjson.loads(a)["entity_risk"] for a in out.alerts]
+    # acme: its model's 25 (two criticals, ~19.9, stay below); globex: the consumer's 12.
+    assert [g["threshold"] for g in got] == [25.0, 25.0, 12.0, 12.0]
+    assert [g["raised"] for g in got] == [False, False, False, True]

@@ -26,7 +26,6 @@ from stream.config import Settings
 from stream.delivery import AtLeastOnce, Batch, BatchState, InCallback, Transactional
 from stream.delivery.batch import failure_cause
 from stream.ops.accounting import NullMetrics, Progress
-from tests import faultutil as fu
 
 # ---- Progress ------------------------------------------------------------------------------
 
@@ -210,16 +209,3 @@ def test_a_fatal_producer_error_fails_the_batch_and_replaces_the_producer(mode: 
 
 
 # ---- on the real broker and registry ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model(tracking_uri: str) -> str:
-    return fu.shared_model(tracking_uri)
-
-
-
-
-
-
-
-
