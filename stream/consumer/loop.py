@@ -45,7 +45,7 @@ from stream.consumer.batch import BatchOutcome, process_batch
 from stream.consumer.heap import HeapFreezer
 from stream.consumer.suppressions import RuleFollower
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
-from stream.delivery.batch import Record, failure_cause
+from stream.delivery.inflight import Record, failure_cause
 from stream.ingest.where import Where
 from stream.kafka import clients as kafka_clients
 from stream.models.table import ModelTable

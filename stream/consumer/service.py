@@ -21,7 +21,7 @@ from stream.kafka.clients import create_topics
 from stream.models.table import ModelTable
 from stream.ops import failures
 from stream.ops.accounting import HealthSink
-from stream.registry.store import ModelStore
+from stream.registry.model_store import ModelStore
 
 if TYPE_CHECKING:  # imported when metrics are on (prometheus_client takes a while)
     from stream.ops.metrics import HealthServer, Metrics

@@ -24,7 +24,7 @@ from typing import Any
 
 from stream.config import Settings
 from stream.delivery.at_least_once import AtLeastOnce
-from stream.delivery.batch import (
+from stream.delivery.inflight import (
     Batch,
     BatchState,
     Delivery,

@@ -30,7 +30,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from stream.config import Settings
 from stream.delivery import outbox
-from stream.delivery.batch import Batch, BatchState, DeliveryError, Waiter, fatal
+from stream.delivery.inflight import Batch, BatchState, DeliveryError, Waiter, fatal
 from stream.kafka import clients as kafka_clients
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from stream.delivery.batch import Batch, DeliveryError, Waiter, kafka_error
+from stream.delivery.inflight import Batch, DeliveryError, Waiter, kafka_error
 
 #: Acknowledgements outstanding this long without progress: the producer is not draining.
 PAUSE_AFTER_S = 1.0

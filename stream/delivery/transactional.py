@@ -41,7 +41,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from stream.config import Settings
 from stream.delivery import outbox
 from stream.delivery.at_least_once import SHUTDOWN_FLUSH_S
-from stream.delivery.batch import (
+from stream.delivery.inflight import (
     Batch,
     BatchState,
     DeliveryError,

@@ -1,5 +1,5 @@
 """MLflow, split by job: ``training`` (fit, log, register), ``admin`` (promote, demote,
-poll, list, resolve production), ``loading`` (trusted load and checks), ``store`` (the
+poll, list, resolve production), ``loading`` (trusted load and checks), ``model_store`` (the
 model store on local disk), ``shipped`` (the proved compiled scorer a trainer ships
 with a version), and ``client`` (URIs, names). Everything callers use is importable
 from ``stream.registry``.

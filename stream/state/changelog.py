@@ -44,7 +44,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream.delivery.batch import Record
+from stream.delivery.inflight import Record
 from stream.features.windows import load_state  # validates a record of the earlier form
 from stream.kafka.clients import consumer_config, headers_of, new_consumer
 from stream.state import codec as state_codec

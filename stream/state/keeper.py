@@ -30,7 +30,7 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from stream.config import Settings
-from stream.delivery.batch import Batch, Record
+from stream.delivery.inflight import Batch, Record
 from stream.errors import StreamError
 from stream.kafka import clients as kafka_clients
 from stream.outcomes.formats import format_entity_alert, format_incident

@@ -24,14 +24,14 @@ from stream import registry
 from stream.features import RecordColumns
 from stream.generate import generate_flows
 from stream.registry.loading import _Deferred
-from stream.registry.store import PROVED_ARRAYS, PROVED_META, ModelStore
+from stream.registry.model_store import PROVED_ARRAYS, PROVED_META, ModelStore
 from stream.scoring.scorers import compiled_forest
 
 _CHILD = """
 import sys
 import numpy as np
 from stream import registry
-from stream.registry.store import ModelStore
+from stream.registry.model_store import ModelStore
 uri, name, version, store, data = sys.argv[1:]
 m = registry.load_version(name, version, uri=uri, store=ModelStore(store))
 np.save(data + ".out.npy", m.score(np.load(data)))

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from stream.config import Settings
 from stream.delivery import outbox
 from stream.delivery.at_least_once import AtLeastOnce
-from stream.delivery.batch import Batch, BatchState
+from stream.delivery.inflight import Batch, BatchState
 
 
 class Msg:

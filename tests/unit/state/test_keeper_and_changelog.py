@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream.config import Settings
-from stream.delivery.batch import Batch
+from stream.delivery.inflight import Batch
 from stream.features import FeatureSpec, RecordColumns, WindowStore
 from stream.state import changelog
 from stream.state import keeper as keeper_mod

@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from stream.config import Settings
 from stream.delivery import AtLeastOnce, Batch, BatchState, InCallback, Transactional
-from stream.delivery.batch import failure_cause
+from stream.delivery.inflight import failure_cause
 from stream.ops.accounting import NullMetrics, Progress
 
 # ---- Progress ------------------------------------------------------------------------------
