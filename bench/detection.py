@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from stream.outcomes.risk import LEVEL_POINTS
+
 #: Where the real captures are, relative to the repository (override: STREAM_DATASETS).
 DATASETS = Path(os.environ.get("STREAM_DATASETS")
                 or Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
@@ -205,20 +207,31 @@ def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> 
             f, v = cap.entity
             best: dict[str, float] = {}
             alerts: Counter[str] = Counter()
+            points: Counter[str] = Counter()
             for d, a, lv in zip(docs, s.tolist(), levels.tolist(), strict=True):
+                proto = str(d.get("protocol", d.get("proto", ""))).lower()
+                if f.endswith("_port") and proto.startswith("icmp"):
+                    continue  # Zeek writes ICMP's type and code where ports go: not ports
                 key = str(d.get(f))
                 best[key] = max(best.get(key, -math.inf), a)
                 alerts[key] += lv >= 1
+                points[key] += float(LEVEL_POINTS[max(lv, 0)])
             # Two queues: by the entity's most anomalous flow, and as an analyst works
             # through alerts (most alerted flows first, then the most anomalous).
             by_max = sorted(best, key=lambda k: -best[k])
             by_alerts = sorted(best, key=lambda k: (-alerts[k], -best[k]))
+            # And as entity risk adds up (stream.outcomes.risk's points, no fading here).
+            by_risk = sorted(best, key=lambda k: (-points[k], -best[k]))
             rank = by_max.index(v) + 1 if v in by_max else None
             rank_alerts = by_alerts.index(v) + 1 if v in by_alerts else None
             row.extra = {"rank": rank, "rank_alerts": rank_alerts, "of": len(by_max)}
+            rank_risk = by_risk.index(v) + 1 if v in by_risk else None
+            row.extra["rank_risk"] = rank_risk
             row.note = (f"{f}={v}: rank {rank} by top anomaly (first: {', '.join(by_max[:3])}),"
                         f" {rank_alerts} by alerts ({alerts[v]}; first: "
-                        f"{', '.join(f'{k} {alerts[k]}' for k in by_alerts[:3])}) of "
+                        f"{', '.join(f'{k} {alerts[k]}' for k in by_alerts[:3])}), "
+                        f"{rank_risk} by risk points ({points[v]:g}; first: "
+                        f"{', '.join(f'{k} {points[k]:g}' for k in by_risk[:3])}) of "
                         f"{len(by_max)} values")
         rows.append(row)
     return rows
