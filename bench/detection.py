@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stream.outcomes.risk import LEVEL_POINTS
 
@@ -121,10 +122,12 @@ def _strip(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[st
     return clean, labels
 
 
-def _score(uri: str, base: str, records: list[dict[str, Any]], tmp: Path, tag: str
+def _score(uri: str, base: str, records: list[dict[str, Any]], tmp: Path, tag: str,
+           entities: list[dict[str, Any]] | None = None,
            ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Anomaly (higher = more anomalous: -decision score) and level of each scored record,
-    those records as scored, and the dead letters, through stream score's code."""
+    those records as scored, and the dead letters, through stream score's code; the
+    entity alert records (risk by source, the default threshold) into ``entities``."""
     from stream.config import Settings
     from stream.consumer import service
     from stream.generate import write_jsonl
@@ -144,6 +147,8 @@ def _score(uri: str, base: str, records: list[dict[str, Any]], tmp: Path, tag: s
             levels.append(outcome.levels[rows])
             d = outcome.decoded.docs
             docs.extend(d[i] for i in rows.tolist())
+            if entities is not None:
+                entities.extend(orjson.loads(v) for _k, v in outcome.entity_records)
     finally:
         table.stop()
     dead = sum(summary.dead_letters.values())
@@ -192,9 +197,28 @@ def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> 
         except Exception as e:  # a baseline the recipe cannot learn from
             rows.append(replace(row, note=f"not trained: {str(e)[:80]}"))
             continue
-        s, levels, docs, dead = _score(uri, base, evaluation, tmp, base)
+        entity_alerts: list[dict[str, Any]] = []
+        s, levels, docs, dead = _score(uri, base, evaluation, tmp, base, entity_alerts)
         row.dead_letters = dead
         if cap.entity is None:
+            # Entities (sources) as an analyst's entity queue shows them: the attacking or
+            # infected hosts surfaced by an entity alert, and the others alerted.
+            bad = {str(r.get("src_ip")) for r, a in zip(evaluation, ye.tolist(), strict=True)
+                   if a}
+            raised = {str(e["entity"]) for e in entity_alerts}
+            high = {str(e["entity"]) for e in entity_alerts
+                    if e["threat_level"] in ("high", "critical")}
+            span = (max(float(r.get("timestamp", 0.0)) for r in evaluation)
+                    - min(float(r.get("timestamp", 0.0)) for r in evaluation))
+            days = max(span, 3600.0) / 86400.0
+            n_raised = sum(e["status"] == "raised" for e in entity_alerts)
+            row.extra.update(malicious=len(bad), surfaced=len(bad & raised),
+                             surfaced_high=len(bad & high), benign_alerted=len(raised - bad),
+                             raised=n_raised, per_day=n_raised / days)
+            row.note = (f"entities: {len(bad & raised)}/{len(bad)} attacking or infected "
+                        f"sources surfaced ({len(bad & high)} by a high+ alert), "
+                        f"{len(raised - bad)} others; {n_raised} raised "
+                        f"({n_raised / days:.1f}/day)")
             flow_ids = [str(d.get("flow_id")) for d in docs]
             lab = {str(r.get("flow_id")): yy for r, yy in zip(evaluation, ye.tolist(),
                                                                strict=True)}
