@@ -244,16 +244,9 @@ def process_batch(
                 )
 
     alert_rows = np.flatnonzero(levels >= min_level)
-    suppressed: dict[int, str] = {}
-    if rules is not None and len(rules) and len(alert_rows):
-        # The alerts' own columns (about 1% of the batch), as its schema reads them.
-        at = alert_rows.tolist()
-        alerting = columns_for(RecordColumns([batch.doc(i) for i in at]), schema)
-        lead = [(explanations.get(i) or [{}])[0].get("feature") for i in at]
-        hit = rules.match([batch.tenants[i] for i in at], alerting, lead)
-        suppressed = {at[k]: rid for k, rid in hit.items()}
-        if suppressed:
-            alert_rows = alert_rows[~np.isin(alert_rows, list(suppressed))]
+    suppressed = _suppressed(rules, alert_rows, batch, explanations, schema)
+    if suppressed:
+        alert_rows = alert_rows[~np.isin(alert_rows, list(suppressed))]
     outcome = BatchOutcome(
         batch, topic, partitions, offsets, scores, levels, model_index, models, alert_rows,
         [], shadow, explanations, inputs, min_level, source, suppressed=suppressed,
@@ -295,6 +288,19 @@ def process_batch(
         risks=risks,
     )
     return outcome
+
+
+def _suppressed(rules: RuleSet | None, alert_rows: np.ndarray, batch: DecodedBatch,
+                explanations: dict[int, list[dict[str, Any]]], schema: str) -> dict[int, str]:
+    """Batch row -> the suppression rule its alert matches, read on the alerts' own
+    columns (about 1% of the batch) as its schema reads them."""
+    if rules is None or not len(rules) or not len(alert_rows):
+        return {}
+    at = alert_rows.tolist()
+    alerting = columns_for(RecordColumns([batch.doc(i) for i in at]), schema)
+    lead = [(explanations.get(i) or [{}])[0].get("feature") for i in at]
+    hit = rules.match([batch.tenants[i] for i in at], alerting, lead)
+    return {at[k]: rid for k, rid in hit.items()}
 
 
 def _budget_thresholds(risk: Risk, models: Sequence[LoadedModel], model_index: np.ndarray
