@@ -84,7 +84,7 @@ def read_alerts(bootstrap: str, topic: str, **kw: Any) -> Iterator[dict[str, Any
     try:
         for m in read_messages(bootstrap, topic, **kw):
             try:
-                alert = orjson.loads(value_of(m))
+                alert = native(orjson.loads(value_of(m)))
             except orjson.JSONDecodeError:
                 alert = {"alert_id": f"{topic}/{m.partition()}/{m.offset()}", "invalid": True}
             yield alert
@@ -92,6 +92,19 @@ def read_alerts(bootstrap: str, topic: str, **kw: Any) -> Iterator[dict[str, Any
         if "does not exist" in str(e):
             raise RuntimeError(f"alert topic {topic!r} does not exist") from None
         raise
+
+
+def native(rec: Any) -> Any:
+    """A record in its native form: an incident or entity alert in ECS or OCSF carries its
+    native record whole (``stream.incident``, ``unmapped.entity_alert``, ...)."""
+    if isinstance(rec, dict):
+        for outer in ("stream", "unmapped"):
+            inner = rec.get(outer)
+            if isinstance(inner, dict):
+                for kind in ("incident", "entity_alert"):
+                    if isinstance(inner.get(kind), dict):
+                        return inner[kind]
+    return rec
 
 
 def matches(alert: dict[str, Any], tenant: str | None, min_level: str) -> bool:
