@@ -53,7 +53,7 @@ def _events(rng: np.random.Generator, n: int, t0: float, hosts: int) -> list[dic
     return [{"tenant_id": TENANTS[int(rng.integers(len(TENANTS)))], "timestamp": t0 + i * 1e-3,
              "src_ip": f"10.{rng.integers(256)}.{rng.integers(256)}.{rng.integers(hosts)}",
              "dst_ip": f"192.168.{rng.integers(256)}.{rng.integers(256)}",
-             "dst_port": int(rng.integers(1, 3000)), "proto": "tcp" if i % 3 else "udp",
+             "dst_port": int(rng.integers(1, 3000)), "protocol": "tcp" if i % 3 else "udp",
              "service": f"svc{rng.integers(100)}"} for i in range(n)]
 
 

@@ -44,6 +44,9 @@ _INCIDENT_HEADER = ("last seen                 tenant       level     min score 
 @click.option("--require-tenant", is_flag=True,
               help="Refuse verdicts that do not name the alert's tenant_id (those that name "
               "another tenant are refused anyway).")
+@click.option("--suggest-rules", is_flag=True,
+              help="Print the suppression rules the benign verdicts propose, as stream "
+              "suppress add commands (nothing is written).")
 @click.pass_context
 def feedback(
     ctx: click.Context,
@@ -59,6 +62,7 @@ def feedback(
     follow: bool,
     as_json: bool,
     require_tenant: bool,
+    suggest_rules: bool,
 ) -> None:
     """Join analyst verdicts to alerts: precision per tenant, and a labelled export.
 
@@ -88,8 +92,14 @@ def feedback(
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         return
-    report = {"per_tenant": book.per_tenant(), "unknown_ids": book.unknown,
-              "malformed": book.malformed, "other_tenant": book.mismatched}
+    report: dict[str, Any] = {"per_tenant": book.per_tenant(), "unknown_ids": book.unknown,
+                              "malformed": book.malformed, "other_tenant": book.mismatched}
+    if suggest_rules:
+        rules = book.suggested_rules()
+        report["suggested_rules"] = [r.to_dict() for r in rules]
+        if not as_json:
+            for r in rules:
+                click.echo(suppress_command(r))
     if export_path:
         with open(export_path, "wb") as out:
             n = 0
@@ -429,14 +439,18 @@ def suppress(ctx: click.Context, bootstrap_servers: str | None, suppression_topi
              kafka_properties: tuple[str, ...]) -> None:
     """Suppression rules: alerts they match are not published, add no risk and join no
     incident (the consumers follow --suppression-topic)."""
-    s = load_settings(bootstrap_servers=bootstrap_servers, suppression_topic=suppression_topic,
-                      dlq_topic=dlq_topic, group_id=group_id,
-                      kafka_properties=kafka_properties)
+    ctx.obj = load_settings(bootstrap_servers=bootstrap_servers,
+                            suppression_topic=suppression_topic, dlq_topic=dlq_topic,
+                            group_id=group_id, kafka_properties=kafka_properties)
+
+
+def _topic_ready(s: config.Settings) -> None:
+    """A suppression topic named and a broker that answers (checked by each subcommand,
+    so that ``--help`` needs neither)."""
     if not s.suppression_topic:
         raise click.UsageError("no --suppression-topic (or STREAM_SUPPRESSION_TOPIC): name the "
                                "topic your consumers follow")
     check_kafka(s)
-    ctx.obj = s
 
 
 @suppress.command("add")
@@ -480,6 +494,7 @@ def suppress_add(s: config.Settings, rule_id: str | None, tenant: str | None, sr
         rule = Rule.from_dict(doc)
     except RuleError as e:
         raise click.UsageError(str(e)) from e
+    _topic_ready(s)
     if rule.matches_everything and not force:
         raise click.UsageError(
             f"rule {rule.id} names no criterion: it would suppress every alert of "
@@ -496,6 +511,7 @@ def suppress_add(s: config.Settings, rule_id: str | None, tenant: str | None, sr
 def _rules(s: config.Settings) -> list[Any]:
     from stream.consumer import suppressions
 
+    _topic_ready(s)
     try:
         suppressions.ensure_topic(s)
         follower = suppressions.RuleFollower(s, dead_letter=False)
@@ -555,3 +571,18 @@ def suppress_expire(s: config.Settings, rule_id: str) -> None:
         raise click.UsageError(f"no rule {rule_id!r} on {s.suppression_topic}")
     suppressions.add(s, dataclasses.replace(found, expires=time.time()))
     click.echo(f"rule {rule_id} expired")
+
+
+def suppress_command(rule: Any) -> str:
+    """The ``stream suppress add`` command that writes ``rule`` (shell-quoted)."""
+    import shlex
+
+    d = rule.to_dict()
+    args = ["stream", "suppress", "add", "--id", rule.id]
+    for key in ("tenant", "src", "dst", "port", "proto", "feature"):
+        if d.get(key):
+            args += [f"--{key}", str(d[key])]
+    for name, value in rule.fields:
+        args += ["--field", f"{name}={value}"]
+    args += ["--reason", rule.reason, "--author", rule.author, "--expires", "30d"]
+    return shlex.join(args)

@@ -46,7 +46,7 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TENANT: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: The canonical fields the scope criteria read (through the sensor schema's view).
-SRC, DST, PORT, PROTO = "src_ip", "dst_ip", "dst_port", "proto"
+SRC, DST, PORT, PROTO = "src_ip", "dst_ip", "dst_port", "protocol"
 _MAX_TEXT: Final = 500
 
 

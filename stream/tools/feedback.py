@@ -38,6 +38,7 @@ from typing import Any, Final
 import orjson
 
 from stream.outcomes.reasons import MALFORMED_FEEDBACK, REASONS
+from stream.outcomes.suppress import Rule, RuleError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,44 @@ class FeedbackBook:
             row["reviewed"] = reviewed
             row["precision"] = row["true_positive"] / reviewed if reviewed else None
         return dict(sorted(out.items()))
+
+    def suggested_rules(self, now: float | None = None) -> list[Rule]:
+        """Suppression rules the ``benign`` verdicts propose: one per tenant, destination,
+        port and protocol whose alerts were judged benign and never a true positive, for
+        30 days (``stream feedback --suggest-rules`` prints them; ``stream suppress add``
+        writes one)."""
+        import hashlib
+        import time
+
+        groups: dict[tuple[str, str, str, str], list[str]] = {}
+        attacks: set[tuple[str, str, str, str]] = set()
+        for aid, verdict in self.verdicts.items():
+            a = self.alerts[aid]
+            ev: Mapping[str, Any] = a["event"] if isinstance(a.get("event"), dict) else {}
+            if not ev.get("dst_ip"):
+                continue
+            key = (str(a["tenant_id"]), str(ev["dst_ip"]), str(ev.get("dst_port", "")),
+                   str(ev.get("protocol", ev.get("proto", ""))).lower())
+            if verdict == "true_positive":
+                attacks.add(key)
+            elif verdict == "benign":
+                groups.setdefault(key, []).append(aid)
+        expires = (time.time() if now is None else now) + 30 * 86400.0
+        out = []
+        for key, ids in sorted(groups.items()):
+            if key in attacks:
+                continue
+            tenant, dst, port, proto = key
+            rid = "benign-" + hashlib.sha256("/".join(key).encode()).hexdigest()[:10]
+            try:
+                out.append(Rule.from_dict({
+                    "id": rid, "tenant": tenant, "dst": dst, "port": port or None,
+                    "proto": proto or None, "author": "stream feedback",
+                    "reason": f"{len(ids)} alerts judged benign (first {ids[0]})",
+                    "expires": expires}))
+            except RuleError:
+                continue  # a destination that is no address: no rule to propose
+        return out
 
     def labelled(self) -> Iterable[dict[str, Any]]:
         """The reviewed alerts' events with ``label``, ``verdict`` and where they came from."""

@@ -55,12 +55,12 @@ def test_a_rule_round_trips_through_its_record() -> None:
 
 
 EVENTS = [
-    {"src_ip": "10.0.0.5", "dst_ip": "10.9.1.1", "dst_port": 873, "proto": "tcp",
+    {"src_ip": "10.0.0.5", "dst_ip": "10.9.1.1", "dst_port": 873, "protocol": "tcp",
      "service": "rsync"},
-    {"src_ip": "10.0.0.5", "dst_ip": "10.9.1.1", "dst_port": "873", "proto": "TCP"},
-    {"src_ip": "10.0.0.6", "dst_ip": "8.8.8.8", "dst_port": 53, "proto": "udp"},
-    {"src_ip": "not an ip", "dst_ip": "10.9.1.1", "dst_port": 873, "proto": "tcp"},
-    {"dst_ip": "10.9.1.1", "proto": "icmp"},  # no ports, no source: rules on them miss
+    {"src_ip": "10.0.0.5", "dst_ip": "10.9.1.1", "dst_port": "873", "protocol": "TCP"},
+    {"src_ip": "10.0.0.6", "dst_ip": "8.8.8.8", "dst_port": 53, "protocol": "udp"},
+    {"src_ip": "not an ip", "dst_ip": "10.9.1.1", "dst_port": 873, "protocol": "tcp"},
+    {"dst_ip": "10.9.1.1", "protocol": "icmp"},  # no ports, no source: rules on them miss
 ]
 
 
