@@ -30,6 +30,7 @@ from stream.kafka.clients import (
     new_consumer,
     new_producer,
     position,
+    produce_acknowledged,
 )
 from stream.outcomes.reasons import MALFORMED_RULE, REASONS
 from stream.outcomes.records import dead_letter_headers
@@ -196,16 +197,8 @@ class RuleFollower:
 def write(settings: Settings, key: str, value: bytes | None) -> None:
     """One record on the suppression topic, acknowledged; RuntimeError if it is not."""
     ensure_topic(settings)
-    got: list[Any] = []
-    p = new_producer({**settings.kafka_common(), "enable.idempotence": True,
-                      "message.timeout.ms": 15000})
-    p.produce(settings.suppression_topic, value, key=key.encode(),
-              on_delivery=lambda err, msg: got.append(err))
-    p.flush(20)
-    if not got:
-        raise RuntimeError(f"not acknowledged by {settings.bootstrap_servers}")
-    if got[0] is not None:
-        raise RuntimeError(f"refused by the broker: {got[0]}")
+    produce_acknowledged(settings.kafka_common(), settings.suppression_topic, key.encode(),
+                         value)
 
 
 def add(settings: Settings, rule: Rule) -> None:

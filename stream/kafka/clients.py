@@ -127,6 +127,23 @@ def new_producer(conf: dict[str, Any]) -> Producer:
     return Producer({**conf, "logger": kafka_logger()})
 
 
+def produce_acknowledged(conf: dict[str, Any], topic: str, key: bytes,
+                         value: bytes | None) -> Message:
+    """Write one record with an idempotent producer and wait for the broker's
+    acknowledgement (a small write of a command: a verdict, a rule); RuntimeError naming
+    the cause when it is not acknowledged."""
+    got: list[tuple[Any, Message]] = []
+    p = new_producer({**conf, "enable.idempotence": True, "message.timeout.ms": 15000})
+    p.produce(topic, value, key=key, on_delivery=lambda err, msg: got.append((err, msg)))
+    p.flush(20)
+    if not got:
+        raise RuntimeError(f"not acknowledged by {conf.get('bootstrap.servers')}")
+    err, msg = got[0]
+    if err is not None:
+        raise RuntimeError(f"not written to {topic!r}: {err.str()}")
+    return msg
+
+
 def make_consumer(
     settings: Settings,
     on_assign: RebalanceCallback | None = None,

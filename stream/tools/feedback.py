@@ -295,20 +295,13 @@ def write_verdict(settings: Any, doc: dict[str, Any]) -> str:
     v = parse(raw)
     if isinstance(v, str):
         raise RuntimeError(f"not a verdict: {v}")
-    got: list[Any] = []
-    from stream.kafka.clients import new_producer
+    from stream.kafka.clients import produce_acknowledged
 
-    p = new_producer({**settings.kafka_common(), "enable.idempotence": True,
-                      "message.timeout.ms": 15000})
-    p.produce(settings.feedback_topic, raw, key=v.id.encode(),
-              on_delivery=lambda err, msg: got.append((err, msg)))
-    p.flush(20)
-    if not got:
-        raise RuntimeError(f"the verdict was not acknowledged by {settings.bootstrap_servers}")
-    err, msg = got[0]
-    if err is not None:
-        raise RuntimeError(f"the verdict was not written to {settings.feedback_topic!r}: "
-                           f"{err.str()}")
+    try:
+        msg = produce_acknowledged(settings.kafka_common(), settings.feedback_topic,
+                                   v.id.encode(), raw)
+    except RuntimeError as e:
+        raise RuntimeError(f"the verdict was {e}") from None
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
 
