@@ -10,7 +10,7 @@ changed states in their changelog form, and the TTL and memory bounds.
 Memory: the store's own estimate and tracemalloc's count per 100,000 entities.
 
     python -m bench.windows_compute [--entities 100000] [--rows 5000] [--repeat 10]
-                                    [--spec short|long]
+                                    [--spec short|long|sketch]
 """
 
 from __future__ import annotations
@@ -51,7 +51,16 @@ SPEC_LONG = [
     ("dst_bytes_1h", "std(bytes, by=dst_ip, decay=1h)"),
     ("pair_gap_1h", "interval_mean(by=src_ip>dst_ip, decay=1h)"),
 ]
-SPECS = {"short": SPEC, "long": SPEC_LONG}
+#: ``--spec sketch``: the long spec with fan-out over a day where ``spread`` saw the last
+#: 32 flows: ``cardinality`` (exact to 64 values, then HyperLogLog panes). In this
+#: traffic every destination has about 500 sources a day, so its key is a sketch.
+SPEC_SKETCH = [
+    (name, expr) for name, expr in SPEC_LONG if name not in ("src_port_spread", "dst_src_spread")
+] + [
+    ("src_ports_1d", "cardinality(dst_port, by=src_ip, window=1d)"),
+    ("dst_srcs_1d", "cardinality(src_ip, by=dst_ip, window=1d)"),
+]
+SPECS = {"short": SPEC, "long": SPEC_LONG, "sketch": SPEC_SKETCH}
 
 
 def flows(n: int, sources: int, start: float, rate: float, seed: int) -> list[dict[str, object]]:

@@ -22,10 +22,14 @@ from cpython.mem cimport PyMem_RawMalloc as malloc
 from cpython.mem cimport PyMem_RawRealloc as realloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport INFINITY, NAN, exp, sqrt
+from libc.math cimport INFINITY, NAN, exp, floor, ldexp, log, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memset
+
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) nogil
 
 import numpy as np
 
@@ -40,13 +44,21 @@ cdef enum:
     K_SINCE = 7
     K_BEACON = 8
     K_SPREAD = 9
+    K_CARD = 10
     # Events a beacon window keeps per key (the most recent): its quartiles and medians
     # are exact over them, at a bounded cost per event.
     BEACON_N = 32
+    # cardinality: exact up to CARD_EXACT distinct values per key, then CARD_PANES
+    # HyperLogLogs of CARD_M one-byte registers (a quarter window each), each pane an
+    # index event and CARD_M / 16 events of registers (16 bytes each): CARD_PER events.
+    CARD_EXACT = 64
+    CARD_M = 64
+    CARD_PANES = 5
+    CARD_PER = 5
 
 KINDS = {"count": K_COUNT, "sum": K_SUM, "mean": K_MEAN, "std": K_STD,
          "distinct": K_DISTINCT, "interval_mean": K_IMEAN, "interval_std": K_ISTD,
-         "since": K_SINCE, "beacon": K_BEACON, "spread": K_SPREAD}
+         "since": K_SINCE, "beacon": K_BEACON, "spread": K_SPREAD, "cardinality": K_CARD}
 
 
 ctypedef union Val:
@@ -849,6 +861,134 @@ cdef class Kernel:
         seen[m] = h
         return _count_distinct(seen, m + 1)
 
+    cdef double _card(self, int64_t i, double t, uint64_t h, bint push) except? -1.0:
+        """Distinct value hashes of the key in the window, this one included: exact up
+        to ``CARD_EXACT`` (one event per value, its last time), then HyperLogLog panes
+        (``sat`` set). The Python ``_card_value``, step for step."""
+        cdef Ring* r = &self.rings[i]
+        cdef double lo, pw, frac
+        cdef int64_t cur, oldest, idx
+        cdef int32_t k, m, found, c
+        cdef Ev* e
+        cdef Ev* hdr
+        cdef Val x
+        cdef double keep_t[CARD_EXACT]
+        cdef uint64_t keep_h[CARD_EXACT]
+        if t < self.last[i]:
+            t = self.last[i]
+        lo = t - self.param
+        pw = self.param / (CARD_PANES - 1)
+        cur = <int64_t>floor(t / pw)
+        oldest = cur - CARD_PANES + 1
+        if self.sat[i] and push:
+            found = 0
+            for k in range(CARD_PANES):
+                hdr = &r.buf[k * CARD_PER]
+                if hdr.t != -INFINITY and <int64_t>hdr.t < oldest:
+                    hdr.t = -INFINITY
+                    memset(<void*>&r.buf[k * CARD_PER + 1], 0, CARD_M)
+                if hdr.t != -INFINITY:
+                    found = 1
+            if not found:  # every pane expired: exact again
+                self.sat[i] = 0
+                r.n = 0
+                r.head = 0
+        if not self.sat[i]:
+            if not push:
+                m = 0
+                found = 0
+                for k in range(r.n):
+                    e = _at(r, k)
+                    if e.t > lo:
+                        m += 1
+                        if e.v.u == h:
+                            found = 1
+                return <double>(m + (0 if found else 1))
+            while r.n and _at(r, 0).t <= lo:
+                r.head = (r.head + 1) & (r.cap - 1)
+                r.n -= 1
+            for k in range(r.n):
+                if _at(r, k).v.u == h:
+                    for m in range(k, r.n - 1):
+                        _at(r, m)[0] = _at(r, m + 1)[0]
+                    r.n -= 1
+                    break
+            if r.n < CARD_EXACT:
+                x.u = h
+                self._push(r, t, x)
+                self.last[i] = t
+                return <double>r.n
+            # Past CARD_EXACT distinct values: the same values into the panes, then on.
+            c = r.n
+            for k in range(c):
+                e = _at(r, k)
+                keep_t[k] = e.t
+                keep_h[k] = e.v.u
+            r.n = 0
+            r.head = 0
+            x.u = 0
+            for k in range(CARD_PANES * CARD_PER):
+                self._push(r, -INFINITY if k % CARD_PER == 0 else 0.0, x)
+            memset(<void*>r.buf, 0, CARD_PANES * CARD_PER * sizeof(Ev))
+            for k in range(CARD_PANES):
+                r.buf[k * CARD_PER].t = -INFINITY
+            self.sat[i] = 1
+            for k in range(c):
+                idx = <int64_t>floor(keep_t[k] / pw)
+                if idx >= oldest:
+                    _hll_add(self._pane(r, idx), keep_h[k])
+        frac = (<double>(oldest + 1) * pw - lo) / pw
+        if not push:
+            found = 0
+            for k in range(CARD_PANES):
+                hdr = &r.buf[k * CARD_PER]
+                if hdr.t != -INFINITY and <int64_t>hdr.t >= oldest:
+                    found = 1
+            if not found:
+                return 1.0
+            return self._card_estimate(r, cur, frac, h, 1)
+        self.last[i] = t
+        _hll_add(self._pane(r, cur), h)
+        return self._card_estimate(r, cur, frac, 0, 0)
+
+    cdef double _card_estimate(self, Ring* r, int64_t cur, double frac, uint64_t h,
+                               bint peek) noexcept nogil:
+        """The estimate over the panes wholly inside the window, plus ``frac`` of what the
+        oldest (which the window's start falls in) adds (the Python ``_card_estimate``)."""
+        cdef uint8_t inner[CARD_M]
+        cdef uint8_t outer[CARD_M]
+        cdef int32_t k
+        cdef Ev* hdr
+        cdef double e_in
+        cdef int32_t oldest = -1
+        memset(inner, 0, CARD_M)
+        for k in range(CARD_PANES):
+            hdr = &r.buf[k * CARD_PER]
+            if hdr.t == -INFINITY:
+                continue
+            if <int64_t>hdr.t >= cur - CARD_PANES + 2:
+                _hll_max(inner, <uint8_t*>&r.buf[k * CARD_PER + 1])
+            elif <int64_t>hdr.t == cur - CARD_PANES + 1:
+                oldest = k
+        if peek:
+            _hll_add(inner, h)
+        e_in = _hll_estimate(inner)
+        if oldest < 0 or frac == 0.0:  # nothing to add: the same float as adding 0
+            return e_in
+        memcpy(outer, inner, CARD_M)
+        _hll_max(outer, <uint8_t*>&r.buf[oldest * CARD_PER + 1])
+        return e_in + frac * (_hll_estimate(outer) - e_in)
+
+    cdef inline uint8_t* _pane(self, Ring* r, int64_t idx) noexcept nogil:
+        """Pane ``idx``'s registers, its slot emptied first if it held an older pane."""
+        cdef int64_t s = idx % CARD_PANES
+        if s < 0:
+            s += CARD_PANES
+        if r.buf[s * CARD_PER].t != <double>idx:
+            r.buf[s * CARD_PER].t = <double>idx
+            memset(<void*>&r.buf[s * CARD_PER + 1], 0, CARD_M)
+        return <uint8_t*>&r.buf[s * CARD_PER + 1]
+
     # ---- the batch --------------------------------------------------------------------
 
     def run(self, const int32_t[::1] slots, const double[::1] times, const double[::1] vals,
@@ -895,6 +1035,8 @@ cdef class Kernel:
                 out[j] = self._beacon(i, t, v, p)
             elif kind == K_SPREAD:
                 out[j] = self._spread(i, t, hashes[j], p)
+            elif kind == K_CARD:
+                out[j] = self._card(i, t, hashes[j], p)
             elif kind >= K_IMEAN:
                 out[j] = self._interval(i, t, p)
             else:
@@ -1018,6 +1160,8 @@ cdef class Kernel:
         memcpy(&n, p + 4, 4)
         if p[0] != self.kind or p[1] != self.damped or n < 0 or STATE_HEAD + 16 * <Py_ssize_t>n != size:
             raise ValueError("window state record does not fit this window")
+        if self.kind == K_CARD and (n != CARD_PANES * CARD_PER if p[2] else n > CARD_EXACT):
+            raise ValueError("window state record does not fit this window")
         self._grow(i)
         self._release(i)
         self.sat[i] = p[2]
@@ -1061,12 +1205,22 @@ cdef class Kernel:
             return ["_Beacon", [self.last[i], times, [_at(r, k).v.d for k in range(r.n)]]]
         if self.kind == K_SPREAD:
             return ["_Spread", [self.last[i], times, [_at(r, k).v.u for k in range(r.n)]]]
+        if self.kind == K_CARD:
+            if not self.sat[i]:
+                return ["_Card", [self.last[i], False, times,
+                                  [_at(r, k).v.u for k in range(r.n)]]]
+            live = [k for k in range(CARD_PANES) if r.buf[k * CARD_PER].t != -INFINITY]
+            return ["_Card", [self.last[i], True, [r.buf[k * CARD_PER].t for k in live],
+                              [list((<uint8_t*>&r.buf[k * CARD_PER + 1])[:CARD_M])
+                               for k in live]]]
         return ["_Damped" if self.damped else "_Exact", inner]
 
     def load(self, int64_t i, list dumped):
         """Set slot ``i`` to a state :meth:`dump` (or a Python class) wrote."""
         cdef Ring* r
         cdef Val x
+        cdef int32_t k
+        cdef uint8_t* pane
         self._grow(i)
         self._release(i)
         tag, body = dumped[0], dumped[1]
@@ -1087,6 +1241,28 @@ cdef class Kernel:
             for t, v in zip(body[1], body[2]):
                 x.u = v
                 self._push(r, float(t), x)
+        elif tag == "_Card":
+            self.last[i] = _time(body[0])
+            if not body[1]:
+                if len(body[2]) > CARD_EXACT:
+                    raise ValueError("window state record does not fit this window")
+                for t, v in zip(body[2], body[3]):
+                    x.u = v
+                    self._push(r, float(t), x)
+            else:
+                x.u = 0
+                for k in range(CARD_PANES * CARD_PER):
+                    self._push(r, 0.0, x)
+                memset(<void*>r.buf, 0, CARD_PANES * CARD_PER * sizeof(Ev))
+                for k in range(CARD_PANES):
+                    r.buf[k * CARD_PER].t = -INFINITY
+                for idx, regs in zip(body[2], body[3]):
+                    if len(regs) != CARD_M:
+                        raise ValueError("window state record does not fit this window")
+                    pane = self._pane(r, int(idx))
+                    for k in range(CARD_M):
+                        pane[k] = <uint8_t>min(int(regs[k]), 59)
+                self.sat[i] = 1
         elif tag in ("_Distinct", "_DistinctH"):
             self.last[i], self.sat[i] = _time(body[0]), bool(body[1])
             for t, v in zip(body[2], body[3]):
@@ -1172,7 +1348,7 @@ cdef const char* MAGIC = b"SW1L"  # window states, format 1, little-endian
 
 cdef inline double _alone(int kind, double v, double span) noexcept nogil:
     # The value of an event that meets no state (the Python classes' fresh state, peeked).
-    if kind == K_DISTINCT or kind == K_SPREAD:
+    if kind == K_DISTINCT or kind == K_SPREAD or kind == K_CARD:
         return 1.0
     if kind == K_BEACON:
         return 0.0
@@ -1261,6 +1437,40 @@ cdef double _beacon_score(const double* times, const double* sizes, int32_t n) n
     for k in range(n - 1):
         gaps[k] = times[k + 1] - times[k]
     return (_regularity(gaps, n - 1) + _regularity(sizes, n)) / 2.0
+
+
+cdef double _POW2[64]
+for _j in range(64):
+    _POW2[_j] = ldexp(1.0, -_j)
+
+
+cdef inline void _hll_add(uint8_t* regs, uint64_t h) noexcept nogil:
+    # Register h >> 58 keeps the most leading zeros (+1) seen in the other 58 bits.
+    cdef uint64_t w = h << 6
+    cdef uint8_t rho = <uint8_t>(__builtin_clzll(w) + 1) if w else 59
+    if regs[h >> 58] < rho:
+        regs[h >> 58] = rho
+
+
+cdef inline void _hll_max(uint8_t* out, const uint8_t* regs) noexcept nogil:
+    cdef int32_t j
+    for j in range(CARD_M):
+        if regs[j] > out[j]:
+            out[j] = regs[j]
+
+
+cdef double _hll_estimate(const uint8_t* regs) noexcept nogil:
+    # HyperLogLog's estimate, linear counting while small (the Python _hll_estimate).
+    cdef double z = 0.0, e
+    cdef int32_t j, zeros = 0
+    for j in range(CARD_M):
+        z += _POW2[regs[j]]  # 2 ** -register, exact
+        if regs[j] == 0:
+            zeros += 1
+    e = 0.709 * 64.0 * 64.0 / z
+    if e <= 160.0 and zeros > 0:
+        e = 64.0 * log(64.0 / zeros)
+    return e
 
 
 cdef inline double _finish(int kind, double n, double s, double q) noexcept nogil:

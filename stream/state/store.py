@@ -38,6 +38,7 @@ each row's slot per ``by``.
 from __future__ import annotations
 
 import builtins
+import logging
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ from stream.ingest.timestamps import epoch_seconds
 from stream.outcomes.reasons import BAD_TIMESTAMP, OK
 from stream.state import codec as state_codec
 from stream.state.keys import SEP, key_hash, key_text
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from stream.features.columns import ColumnSource
@@ -162,6 +165,9 @@ class StoreStats:
     late: int = 0
     evicted_ttl: int = 0
     evicted_cap: int = 0
+    #: Restored states that did not fit their window (a changelog record from another
+    #: build, or tampered with): the key starts afresh.
+    unfit: int = 0
 
 
 #: Between a scope number and its state key in a slot table's index (never in sensor text).
@@ -461,7 +467,14 @@ class WindowStore:
         tenant = key.partition(SEP)[0] if SEP in key else ""
         slot = table.slot_of(sc, key, self.clocks.id(sc, tenant))
         if isinstance(state, tuple):
-            kernel.load_raw(slot, *state)
+            try:
+                kernel.load_raw(slot, *state)
+            except ValueError as e:
+                # Never a crash, for every tenant, over one record: that key starts afresh.
+                self.stats.unfit += 1
+                log.warning("window state of %r in %s not restored (%s): the key starts "
+                            "afresh", key, sig, e)
+                return
         else:
             kernel.load(slot, state)
             # Migrated: the next commit writes the key in the binary form and a tombstone

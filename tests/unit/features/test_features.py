@@ -900,7 +900,8 @@ def test_registry_is_the_extension_point() -> None:
     assert set(fexpr.FUNCTIONS) == {
         "log", "log1p", "sqrt", "abs", "min", "max", "clip", "fill", "add", "is", "onehot", "freq",
         "count", "sum", "mean", "std", "distinct", "interval_mean", "interval_std",
-        "rarity", "prevalence", "since", "first_seen", "beacon", "spread", "optional",
+        "rarity", "prevalence", "since", "first_seen", "beacon", "spread", "cardinality",
+        "optional",
     }  # fmt: skip
 
     class Double(fexpr.Function):

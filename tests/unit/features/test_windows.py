@@ -96,7 +96,7 @@ def reference(fn: str, events: list[dict[str, Any]], *, by: str, span: float, de
             q = sum(wi * x * x for wi, (_, x) in zip(w, h, strict=True))
         else:
             inside = [(a, x) for a, x in h if a > t - span]
-            if fn == "distinct":
+            if fn in ("distinct", "cardinality"):  # cardinality: exact up to 64 values
                 out.append(float(len({x for _, x in inside})))
                 continue
             n = float(len(inside))
@@ -150,6 +150,7 @@ CASES = [
     ("first_seen", None, "window=7s", False, 7.0),
     ("beacon", "x", "window=12s", False, 12.0),
     ("spread", "dst", "window=8s", False, 8.0),
+    ("cardinality", "dst", "window=9s", False, 9.0),
 ]
 
 
@@ -195,6 +196,96 @@ def test_beacons_score_near_one_and_jittered_traffic_lower() -> None:
     assert spec.compute(RecordColumns(scan)).X[:, 0].tolist() == \
         [float(min(i + 1, 32)) for i in range(100)] + [32.0]
     assert spec.compute(RecordColumns(regular)).X[:, 0].tolist() == [1.0] * 12
+
+
+def test_cardinality_is_exact_to_64_values_then_a_sketch_the_same_in_both_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """cardinality(): exact while a key has at most 64 distinct values in its window, then
+    a HyperLogLog within its documented error; the Python and compiled kernels agree bit
+    for bit, in any batching, and a sketch survives the changelog's binary form."""
+    import stream.features.windows as windows_mod
+
+    rng = np.random.default_rng(7)
+    n = 6000
+    times = np.cumsum(rng.exponential(0.05, n)).tolist()
+    keys = rng.choice(["scan", "quiet"], n, p=[0.7, 0.3]).tolist()
+    vals = [f"p{rng.integers(0, 3000)}" if k == "scan" else f"p{rng.integers(0, 20)}"
+            for k in keys]
+    events = [{"timestamp": t, "src": k, "dst": v}
+              for t, k, v in zip(times, keys, vals, strict=True)]
+    spec = FeatureSpec.parse([("c", "cardinality(dst, by=src, window=2m)")])
+    got = spec.compute(RecordColumns(events)).X[:, 0]
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", True)
+    assert spec.compute(RecordColumns(events)).X[:, 0].tolist() == got.tolist()
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", False)
+    exact = np.array(reference("distinct", events, by="src", span=120.0, decay=False,
+                               value="dst"))
+    quiet = np.array([k == "quiet" for k in keys])
+    assert got[quiet].tolist() == exact[quiet].tolist()  # 20 values: never sketched
+    scan = ~quiet
+    small = scan & (exact <= 64)
+    assert got[small][:64].tolist() == exact[small][:64].tolist()
+    big = scan & (exact > 1000)
+    rel = np.abs(got[big] - exact[big]) / exact[big]
+    assert big.sum() > 1000 and float(np.median(rel)) < 0.15, float(np.median(rel))
+    # Batches over a store, with the state through the changelog's bytes between them.
+    store = WindowStore(track=True)
+    first = spec.compute(RecordColumns(events[:4000]), store=store).X[:, 0]
+    changed, _gone = store.take_changes(0)
+    restored = WindowStore(track=True)
+    restored.restore(0, [(nm, key, bytes(v)) for (nm, key), v in changed.items()],
+                     store.clocks.of_scope(0))
+    rest = spec.compute(RecordColumns(events[4000:]), store=restored).X[:, 0]
+    assert np.concatenate([first, rest]).tolist() == got.tolist()
+    # The Python kernel writes the same bytes, and reads the compiled kernel's.
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", True)
+    py_store = WindowStore(track=True)
+    spec.compute(RecordColumns(events[:4000]), store=py_store)
+    assert py_store.take_changes(0)[0] == changed
+    py_restored = WindowStore(track=True)
+    py_restored.restore(0, [(nm, key, bytes(v)) for (nm, key), v in changed.items()],
+                        store.clocks.of_scope(0))
+    assert spec.compute(RecordColumns(events[4000:]), store=py_restored).X[:, 0].tolist() \
+        == rest.tolist()
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", False)
+    (kernel, table), = store.kernels.values()
+    dumped = kernel.dump(table.slot_of(0, "scan"))
+    assert dumped[0] == "_Card" and dumped[1][1] is True  # the sketch form
+    assert dump_state(load_state(orjson.loads(orjson.dumps(dumped)))) == dumped
+
+
+@pytest.mark.parametrize("python", [False, True])
+def test_a_state_record_that_does_not_fit_its_window_restores_as_a_fresh_key(
+        python: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A changelog state claiming a sketch it does not hold (or more exact values than
+    the window keeps) is refused at restore: that key starts afresh, counted and logged;
+    the batch and the other keys go on."""
+    import stream.features.windows as windows_mod
+
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", python)
+    spec = FeatureSpec.parse([("c", "cardinality(dst, by=src, window=1m)")])
+    events = [{"timestamp": float(i), "src": k, "dst": f"d{i}"}
+              for i, k in enumerate(["a", "b"] * 3)]
+    store = WindowStore(track=True)
+    spec.compute(RecordColumns(events), store=store)
+    changed, _gone = store.take_changes(0)
+    items = []
+    for (name, key), v in changed.items():
+        blob = bytearray(v)
+        if key == "a":  # the state's head sits after the blob head and the signature
+            _newest, states = state_codec.split(bytes(blob))
+            _sig, off, _size = states[0]
+            blob[off + 2] = 1  # "saturated": the sketch form, with three events only
+        items.append((name, key, bytes(blob)))
+    restored = WindowStore(track=True)
+    restored.restore(0, items, store.clocks.of_scope(0))
+    with caplog.at_level("WARNING"):
+        got = spec.compute(RecordColumns([{"timestamp": 10.0, "src": "a", "dst": "x"},
+                                          {"timestamp": 10.0, "src": "b", "dst": "x"}]),
+                           store=restored).X[:, 0]
+    assert got.tolist() == [1.0, 4.0]  # a afresh; b's three values and this one
+    assert restored.stats.unfit == 1
+    assert "not restored" in caplog.text and "'a'" in caplog.text
 
 
 def test_hand_checked_values() -> None:
