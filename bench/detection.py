@@ -123,11 +123,11 @@ def _strip(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[st
 
 
 def _score(uri: str, base: str, records: list[dict[str, Any]], tmp: Path, tag: str,
-           entities: list[dict[str, Any]] | None = None,
+           entities: list[dict[str, Any]] | None = None, risk_by: str = "src_ip",
            ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], int]:
     """Anomaly (higher = more anomalous: -decision score) and level of each scored record,
     those records as scored, and the dead letters, through stream score's code; the
-    entity alert records (risk by source, the default threshold) into ``entities``."""
+    entity alert records (risk by ``risk_by``, the default threshold) into ``entities``."""
     from stream.config import Settings
     from stream.consumer import service
     from stream.generate import write_jsonl
@@ -135,7 +135,7 @@ def _score(uri: str, base: str, records: list[dict[str, Any]], tmp: Path, tag: s
 
     path = tmp / f"{tag}.jsonl"
     write_jsonl(path, records)
-    settings = Settings(tracking_uri=uri, model_name=base, min_level="low")
+    settings = Settings(tracking_uri=uri, model_name=base, min_level="low", risk_by=risk_by)
     table = service.build_table(settings)
     table.refresh()
     summary = ScoreSummary()
@@ -198,26 +198,39 @@ def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> 
             rows.append(replace(row, note=f"not trained: {str(e)[:80]}"))
             continue
         entity_alerts: list[dict[str, Any]] = []
-        s, levels, docs, dead = _score(uri, base, evaluation, tmp, base, entity_alerts)
+        s, levels, docs, dead = _score(uri, base, evaluation, tmp, base, entity_alerts,
+                                       args.risk_by)
         row.dead_letters = dead
         if cap.entity is None:
             # Entities (sources) as an analyst's entity queue shows them: the attacking or
             # infected hosts surfaced by an entity alert, and the others alerted.
             bad = {str(r.get("src_ip")) for r, a in zip(evaluation, ye.tolist(), strict=True)
                    if a}
-            raised = {str(e["entity"]) for e in entity_alerts}
-            high = {str(e["entity"]) for e in entity_alerts
+            hit = {str(r.get("dst_ip")) for r, a in zip(evaluation, ye.tolist(), strict=True)
+                   if a}
+            by_src = [e for e in entity_alerts if e["by"] == "src_ip"]
+            raised = {str(e["entity"]) for e in by_src}
+            high = {str(e["entity"]) for e in by_src
                     if e["threat_level"] in ("high", "critical")}
+            # The other end of the attack's flows (the attacked host, the C&C server), when
+            # risk adds up by destination too.
+            dsts = {str(e["entity"]) for e in entity_alerts if e["by"] == "dst_ip"}
+            others = {(e["by"], str(e["entity"])) for e in entity_alerts
+                      if not (e["by"] == "src_ip" and str(e["entity"]) in bad)
+                      and not (e["by"] == "dst_ip" and str(e["entity"]) in hit)}
             span = (max(float(r.get("timestamp", 0.0)) for r in evaluation)
                     - min(float(r.get("timestamp", 0.0)) for r in evaluation))
             days = max(span, 3600.0) / 86400.0
             n_raised = sum(e["status"] == "raised" for e in entity_alerts)
             row.extra.update(malicious=len(bad), surfaced=len(bad & raised),
-                             surfaced_high=len(bad & high), benign_alerted=len(raised - bad),
+                             surfaced_high=len(bad & high), benign_alerted=len(others),
+                             targets=len(hit), targets_surfaced=len(hit & dsts),
                              raised=n_raised, per_day=n_raised / days)
+            by_dst = (f", {len(hit & dsts)}/{len(hit)} of their destinations"
+                      if "dst_ip" in args.risk_by.split(",") else "")
             row.note = (f"entities: {len(bad & raised)}/{len(bad)} attacking or infected "
-                        f"sources surfaced ({len(bad & high)} by a high+ alert), "
-                        f"{len(raised - bad)} others; {n_raised} raised "
+                        f"sources surfaced ({len(bad & high)} by a high+ alert){by_dst}, "
+                        f"{len(others)} others; {n_raised} raised "
                         f"({n_raised / days:.1f}/day)")
             flow_ids = [str(d.get("flow_id")) for d in docs]
             lab = {str(r.get("flow_id")): yy for r, yy in zip(evaluation, ye.tolist(),
@@ -310,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
     ap.add_argument("--generator-events", type=int, default=20000)
     ap.add_argument("--only", default="", help="substring of the captures to run")
+    ap.add_argument("--risk-by", default="src_ip",
+                    help="entities risk adds up by, as stream run's --risk-by [src_ip]")
     args = ap.parse_args(argv)
     _quiet()
     from stream.features.recipes import DEFAULT_RECIPE

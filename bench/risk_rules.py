@@ -22,7 +22,7 @@ import orjson
 from stream.features import RecordColumns, WindowStore
 from stream.ingest.decode import DecodedBatch
 from stream.ingest.view import columns_for
-from stream.outcomes.risk import Risk
+from stream.outcomes.risk import Risk, event_summaries
 from stream.outcomes.suppress import Rule, RuleSet
 
 TENANTS = [f"t{k:02d}" for k in range(50)]
@@ -57,6 +57,10 @@ def _events(rng: np.random.Generator, n: int, t0: float, hosts: int) -> list[dic
              "service": f"svc{rng.integers(100)}"} for i in range(n)]
 
 
+#: Leading features the alerts' explanations name.
+FEATURES = ("rare_port", "pair_beacon", "src_port_spread", "log_bytes", "rare_dst")
+
+
 def measure(rows: int = 5000, rate: float = 0.02, repeat: int = 30) -> dict[str, float]:
     rng = np.random.default_rng(0)
     rules = _rules(rng)
@@ -85,6 +89,8 @@ def measure(rows: int = 5000, rate: float = 0.02, repeat: int = 30) -> dict[str,
         levels = np.zeros(rows, dtype=np.int8)
         alert_rows = np.sort(rng.choice(rows, int(rows * rate), replace=False))
         levels[alert_rows] = rng.integers(1, 4, len(alert_rows))
+        scores = rng.normal(0.0, 0.1, rows)
+        leads = {i: FEATURES[i % len(FEATURES)] for i in alert_rows.tolist()}
         t0 = time.perf_counter()
         # As the batch does it: the alerts' own columns, then the rules.
         at = alert_rows.tolist()
@@ -92,7 +98,9 @@ def measure(rows: int = 5000, rate: float = 0.02, repeat: int = 30) -> dict[str,
         hit = rules.match([tenants[i] for i in at], alerting, [None] * len(at))
         kept = alert_rows[~np.isin(alert_rows, [at[j] for j in hit])]
         t1 = time.perf_counter()
-        risk.members(src, kept, levels, tenants, store, None)
+        # As the batch calls it: alert ids, scores and leading features, for the episodes.
+        risk.members(src, kept, levels, tenants, store, None, alert_ids=lambda i: f"f/0/{i}",
+                     scores=scores, leads=leads, summaries=event_summaries(alerting, at))
         t2 = time.perf_counter()
         t_match += t1 - t0
         t_risk += t2 - t1

@@ -238,8 +238,9 @@ class Settings:
     )
     risk_by: str = _opt(
         "src_ip", "STREAM_RISK_BY",
-        "The event field (or fields, comma-separated) whose value an alert's risk adds up "
-        "by, per tenant (empty = no risk).",
+        "The entities an alert's risk adds up by, per tenant, comma-separated: each a field "
+        "or a pair (src_ip>dst_ip); src_ip,dst_ip adds every alert to its source and to its "
+        "destination (empty = no risk).",
     )
     risk_half_life: float = _opt(
         3600.0, "STREAM_RISK_HALF_LIFE",

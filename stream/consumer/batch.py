@@ -34,7 +34,7 @@ from stream.outcomes.records import (
     model_ref,
     utc_now_iso,
 )
-from stream.outcomes.risk import Risk
+from stream.outcomes.risk import Risk, event_summaries
 from stream.outcomes.suppress import RuleSet
 from stream.registry import LoadedModel, NotLoaded
 from stream.scoring.thresholds import threat_levels
@@ -244,7 +244,15 @@ def process_batch(
                 )
 
     alert_rows = np.flatnonzero(levels >= min_level)
-    suppressed = _suppressed(rules, alert_rows, batch, explanations, schema)
+    # The alerts' own columns (about 1% of the batch), as the schema reads them: what the
+    # rules match on and what an entity's episode shows of its events.
+    alerting: ColumnSource | None = None
+    alerting_rows = alert_rows.tolist()  # row k of `alerting` is batch row alerting_rows[k]
+    if len(alert_rows) and ((rules is not None and len(rules)) or
+                            (risk is not None and store is not None)):
+        alerting = columns_for(RecordColumns([batch.doc(i) for i in alert_rows.tolist()]),
+                               schema)
+    suppressed = _suppressed(rules, alert_rows, alerting, batch.tenants, explanations)
     if suppressed:
         alert_rows = alert_rows[~np.isin(alert_rows, list(suppressed))]
     outcome = BatchOutcome(
@@ -261,9 +269,14 @@ def process_batch(
         def ids(i: int) -> str:
             return alert_id(topic, int(partitions[i]), int(offsets[i]))
 
+        leads = {i: ex[0]["feature"] for i in alert_rows.tolist()
+                 if (ex := explanations.get(i)) and "feature" in ex[0]}
+        assert alerting is not None  # built above whenever risk is on and rows alert
+        summaries = event_summaries(alerting, alerting_rows)
         risks, outcome.entity_records = risk.members(
             source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at,
-            thresholds=_budget_thresholds(risk, models, model_index))
+            thresholds=_budget_thresholds(risk, models, model_index), scores=scores,
+            leads=leads, summaries=summaries)
     if emit_suppressed and suppressed:
         # Published after the others, marked with the rule: no incident, no risk.
         quiet = np.fromiter(suppressed, dtype=np.int64, count=len(suppressed))
@@ -290,16 +303,16 @@ def process_batch(
     return outcome
 
 
-def _suppressed(rules: RuleSet | None, alert_rows: np.ndarray, batch: DecodedBatch,
-                explanations: dict[int, list[dict[str, Any]]], schema: str) -> dict[int, str]:
+def _suppressed(rules: RuleSet | None, alert_rows: np.ndarray, alerting: ColumnSource | None,
+                tenants: Sequence[str], explanations: dict[int, list[dict[str, Any]]],
+                ) -> dict[int, str]:
     """Batch row -> the suppression rule its alert matches, read on the alerts' own
-    columns (about 1% of the batch) as its schema reads them."""
-    if rules is None or not len(rules) or not len(alert_rows):
+    columns (``alerting``, row k for ``alert_rows[k]``)."""
+    if rules is None or not len(rules) or not len(alert_rows) or alerting is None:
         return {}
     at = alert_rows.tolist()
-    alerting = columns_for(RecordColumns([batch.doc(i) for i in at]), schema)
     lead = [(explanations.get(i) or [{}])[0].get("feature") for i in at]
-    hit = rules.match([batch.tenants[i] for i in at], alerting, lead)
+    hit = rules.match([tenants[i] for i in at], alerting, lead)
     return {at[k]: rid for k, rid in hit.items()}
 
 

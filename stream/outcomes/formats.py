@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -97,6 +97,11 @@ def _nanoseconds(seconds: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return round(ns) if math.isfinite(ns) and 0 <= ns < _INT64_MAX else None
+
+
+def _epoch_iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def _ms(iso: str) -> int:
@@ -225,6 +230,11 @@ def ecs_entity_alert(rec: dict[str, Any]) -> dict[str, Any]:
     doc = _ecs_summary(rec, rec["detected_at"], rec["entity_alert_id"], "stream.entity_alert",
                        _entity_message(rec))
     doc[PRODUCT] = {"entity_alert": rec}
+    if isinstance(rec.get("first_seen"), int | float) and isinstance(rec.get("last_seen"),
+                                                                     int | float):
+        # The episode behind the risk: its first and last alert's event time.
+        doc["event"].update(start=_epoch_iso(rec["first_seen"]),
+                            end=_epoch_iso(rec["last_seen"]))
     if rec["by"] in ("src_ip", "dst_ip"):
         doc["source" if rec["by"] == "src_ip" else "destination"] = {"ip": rec["entity"]}
         doc["host"] = {"ip": [rec["entity"]],
@@ -364,8 +374,13 @@ def ocsf_entity_alert(rec: dict[str, Any]) -> dict[str, Any]:
         "title": f"{rec['by']} {rec['entity']} at risk {rec['risk']:g}",
         "types": ["Network Anomaly", "Entity Risk"],
         "last_seen_time": when,
-        "related_events": [{"uid": rec["alert_id"]}],
+        "related_events": [{"uid": uid} for uid in dict.fromkeys(
+            [*rec.get("alert_ids", ()), rec["alert_id"]])],
     }
+    if isinstance(rec.get("first_seen"), int | float) and isinstance(rec.get("last_seen"),
+                                                                     int | float):
+        doc["finding_info"]["first_seen_time"] = int(rec["first_seen"] * 1000)
+        doc["finding_info"]["last_seen_time"] = int(rec["last_seen"] * 1000)
     doc["message"] = _entity_message(rec)
     if rec["by"] in ("src_ip", "dst_ip"):
         side = "src_endpoint" if rec["by"] == "src_ip" else "dst_endpoint"

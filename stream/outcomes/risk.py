@@ -3,7 +3,9 @@
 Every actionable alert (medium or above) adds points to its entity's risk: medium 1,
 high 3, critical 10 (as risk-based alerting does: a critical alert is worth a few
 highs, a high a few mediums). The risk is the damped sum of those points, per tenant
-and entity (``--risk-by``, default ``src_ip``: the scanner, the infected host), with a
+and entity (``--risk-by``, default ``src_ip``: the scanner, the infected host;
+``src_ip,dst_ip`` adds each alert to its source and to its destination, so that the
+victim of a thousand sources surfaces too; ``src_ip>dst_ip`` sums per pair), with a
 half-life of ``--risk-half-life`` seconds of event time (default an hour): a host that
 alerts once a day stays low, one that alerts every minute climbs. Each alert carries
 its entity's risk after it (``entity_risk``), and the alert that takes the risk past
@@ -24,7 +26,7 @@ tenant, never against the batch's other events.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -64,82 +66,259 @@ class _WithPoints:
 
 @dataclass
 class Risk:
-    """How risk is summed (``--risk-by``, ``--risk-half-life``, ``--risk-threshold``)."""
+    """How risk is summed (``--risk-by``, ``--risk-half-life``, ``--risk-threshold``).
+
+    ``by``: the entities, comma-separated, each a field or a directed pair of fields
+    (``src_ip>dst_ip``): with ``src_ip,dst_ip`` every alert adds its points to its
+    source and to its destination, so a host attacked by a thousand sources that each
+    send a few flows surfaces as one entity, as Splunk's risk objects do.
+    """
 
     by: str = "src_ip"
     half_life: float = 3600.0
     threshold: float = 12.0
     timestamp_field: str = "timestamp"
-    spec: FeatureSpec = field(init=False)
+    specs: dict[str, FeatureSpec] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.by or not self.half_life > 0 or not self.threshold > 0:
             raise ValueError("risk needs a field, a positive half-life and threshold")
-        by = ">".join(f"`{p}`" if not p.isidentifier() else p for p in self.by.split(","))
-        self.spec = FeatureSpec.parse(
-            [("risk", f"sum(`{POINTS}`, by={by}, decay={self.half_life:g}s)")]
-        ).with_timestamp_field(self.timestamp_field)
+        if any(not p for e in self.entities for p in e.split(">")):
+            raise ValueError(f"--risk-by {self.by!r}: an empty field name")
+        self.specs = {}
+        for entity in self.entities:
+            by = ">".join(f"`{p}`" if not p.isidentifier() else p for p in entity.split(">"))
+            self.specs[entity] = FeatureSpec.parse(
+                [("risk", f"sum(`{POINTS}`, by={by}, decay={self.half_life:g}s)")]
+            ).with_timestamp_field(self.timestamp_field)
+
+    @property
+    def entities(self) -> list[str]:
+        """The entity keys risk adds up by, in ``by``'s order (the first is the primary)."""
+        return list(dict.fromkeys(self.by.split(",")))
 
     def accumulate(self, source: ColumnSource, rows: np.ndarray, levels: np.ndarray,
                    tenants: Sequence[str], store: Any, scopes: np.ndarray | None,
+                   entity: str | None = None,
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Add the actionable rows' points to their entities: (those rows, their points,
-        each entity's risk after it, and a reason code per row: 0 where it was read)."""
+        """Add the actionable rows' points to their ``entity`` (default the first): (those
+        rows, their points, each entity's risk after it, and a reason code per row: 0
+        where it was read)."""
         rows = rows[levels[rows] >= ACTIONABLE_LEVEL]
         if len(rows) == 0:
             empty = np.zeros(0)
             return rows, empty, empty, np.zeros(0, dtype=np.uint8)
         points = LEVEL_POINTS[levels[rows].astype(np.int64)]
-        computed = self.spec.compute(
+        entity = entity or self.entities[0]
+        # Each entity's rows on a clock of their own: the second pass over the same alerts
+        # is not late against the first's.
+        suffix = _CLOCK_SUFFIX if entity == self.entities[0] else f"{_CLOCK_SUFFIX}:{entity}"
+        computed = self.specs[entity].compute(
             _WithPoints(source, rows, points), store=store,
             scopes=None if scopes is None else scopes[rows],
-            tenants=[tenants[i] + _CLOCK_SUFFIX for i in rows.tolist()],
+            tenants=[tenants[i] + suffix for i in rows.tolist()],
         )
         return rows, points, computed.X[:, 0], computed.reason
 
     def members(self, source: ColumnSource, rows: np.ndarray, levels: np.ndarray,
                 tenants: list[str], store: Any, scopes: np.ndarray | None,
                 alert_ids: Callable[[int], str] | None = None, detected_at: str = "",
-                thresholds: np.ndarray | None = None,
+                thresholds: np.ndarray | None = None, scores: np.ndarray | None = None,
+                leads: Mapping[int, str] | None = None,
+                summaries: Mapping[int, dict[str, str]] | None = None,
                 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
         """``,"entity_risk":{...}`` per actionable alert row (rows whose entity or time
         cannot be read have none), after adding the rows' points to their entities; and
         the entity alert records (key, value) of the rows whose risk is at or above the
         threshold (``alert_ids``: a batch row's alert id). ``thresholds``: per batch row,
         the threshold of the model that scored it (its alert budget's), where it has one
-        (NaN: ``threshold``)."""
-        rows, points, risk, reason = self.accumulate(source, rows, levels, tenants, store,
-                                                     scopes)
-        if len(rows) == 0:
-            return {}, []
-        cut = np.full(len(rows), self.threshold)
-        if thresholds is not None:
-            own = thresholds[rows]
-            cut = np.where(np.isnan(own), cut, own)
-        fields = self.by.split(",")
-        keys = [source.strings(f)[0] for f in fields]
-        times = source.numeric(self.timestamp_field)[0]
-        out: dict[int, bytes] = {}
+        (NaN: ``threshold``). With several entities, ``entity_risk`` is the first one
+        read and ``entity_risks`` lists them all.
+
+        Each entity alert also says what is behind the risk: the entity's *episode*
+        (its alerts since its risk last stood below one point; :class:`Episodes`),
+        kept as a note in ``store`` so it is committed, restored and the same in
+        ``stream score``. ``scores`` (per batch row) and ``leads`` (row -> the feature
+        that led its explanation) fill its top events and behaviours; ``summaries``
+        (row -> :func:`event_summaries`, read on the alerts' own columns) its events,
+        else they are read from ``source``."""
+        docs: dict[int, list[dict[str, Any]]] = {}
         records: list[tuple[bytes, bytes]] = []
-        for j, (i, r, p, t) in enumerate(zip(rows.tolist(), risk.tolist(), points.tolist(),
-                                             cut.tolist(), strict=True)):
-            if reason[j] != 0 or not math.isfinite(r):
-                continue
-            entity = ">".join(str(k[i]) for k in keys)
-            raised = bool(r >= t > r - p)
-            doc = {"by": self.by, "entity": entity, "risk": round(r, 6),
-                   "threshold": t, "raised": raised}
-            out[i] = b',"entity_risk":' + orjson.dumps(doc)
-            if r >= t and alert_ids is not None:
-                key = f"{tenants[i]}/{self.by}={entity}"
-                records.append((key.encode(), orjson.dumps({
-                    "entity_alert_id": key, "tenant_id": tenants[i], "by": self.by,
-                    "entity": entity, "status": "raised" if raised else "updated",
-                    "risk": round(r, 6), "threshold": t,
-                    "alert_id": alert_ids(i), "threat_level": LEVEL_NAMES[int(levels[i])],
-                    "event_time": float(times[i]), "detected_at": detected_at,
-                })))
+        times = event_times(source, self.timestamp_field)[0]
+        episodes = Episodes(store, source, scores, leads, alert_ids, summaries)
+        for by in self.entities:
+            rows_e, points, risk, reason = self.accumulate(source, rows, levels, tenants,
+                                                           store, scopes, by)
+            if len(rows_e) == 0:
+                return {}, []
+            cut = np.full(len(rows_e), self.threshold)
+            if thresholds is not None:
+                own = thresholds[rows_e]
+                cut = np.where(np.isnan(own), cut, own)
+            keys = [source.strings(f)[0] for f in by.split(">")]
+            for j, (i, r, p, t) in enumerate(zip(rows_e.tolist(), risk.tolist(),
+                                                 points.tolist(), cut.tolist(), strict=True)):
+                if reason[j] != 0 or not math.isfinite(r):
+                    continue
+                entity = ">".join(str(k[i]) for k in keys)
+                raised = bool(r >= t > r - p)
+                docs.setdefault(i, []).append({"by": by, "entity": entity,
+                                               "risk": round(r, 6), "threshold": t,
+                                               "raised": raised})
+                key = f"{tenants[i]}/{by}={entity}"
+                ep = episodes.add(0 if scopes is None else int(scopes[i]), key, by, i,
+                                  float(times[i]), r - p, LEVEL_NAMES[int(levels[i])])
+                if r >= t and alert_ids is not None:
+                    records.append((key.encode(), orjson.dumps({
+                        "entity_alert_id": key, "tenant_id": tenants[i], "by": by,
+                        "entity": entity, "status": "raised" if raised else "updated",
+                        "risk": round(r, 6), "threshold": t,
+                        "alert_id": alert_ids(i), "threat_level": LEVEL_NAMES[int(levels[i])],
+                        "event_time": float(times[i]), "detected_at": detected_at,
+                        **Episodes.view(ep),
+                    })))
+        episodes.save()
+        several = len(self.entities) > 1
+        out = {}
+        for i, d in docs.items():
+            member = b',"entity_risk":' + orjson.dumps(d[0])
+            if several:
+                member += b',"entity_risks":' + orjson.dumps(d)
+            out[i] = member
         return out, records
+
+
+#: An entity's episode starts afresh at an alert that finds its risk below this (less than
+#: a medium alert's worth: what came before has faded).
+EPISODE_FLOOR: Final = 1.0
+#: Alert ids kept per episode (the rest counted), as incidents keep theirs.
+EPISODE_ALERT_IDS: Final = 20
+#: Distinct features and peers counted per episode, and events kept as its top.
+EPISODE_FEATURES: Final = 20
+EPISODE_PEERS: Final = 100
+EPISODE_TOP: Final = 5
+#: The fields of an event a top event shows.
+_SUMMARY: Final = ("src_ip", "dst_ip", "dst_port", "protocol")
+#: The other end of an entity's alerts, when the entity is an address.
+_PEER: Final = {"src_ip": "dst_ip", "dst_ip": "src_ip"}
+
+
+class Episodes:
+    """The entities' episodes a batch touches: read from the store's notes once, changed
+    alert by alert in the batch's order, written back by :meth:`save` (so the changelog
+    commits them with the batch, and a restart or ``stream score`` sees the same).
+
+    An episode (a JSON object) holds the event times of its first and last alert, its
+    alerts per level, their first ids, the features that led them, the other ends of
+    their flows (``_PEER``), and its most anomalous events.
+    """
+
+    def __init__(self, store: Any, source: ColumnSource, scores: np.ndarray | None,
+                 leads: Mapping[int, str] | None, alert_ids: Callable[[int], str] | None,
+                 summaries: Mapping[int, dict[str, str]] | None = None) -> None:
+        self.store, self.source, self.scores = store, source, scores
+        self.leads = leads or {}
+        self.alert_ids = alert_ids
+        self.summaries = summaries
+        self.open: dict[tuple[int, str], dict[str, Any]] = {}
+        self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _summary(self, i: int) -> dict[str, str]:
+        if self.summaries is not None:
+            return self.summaries.get(i, {})
+        out = {}
+        for f in _SUMMARY:
+            got = self._cols.get(f)
+            if got is None:
+                got = self._cols[f] = self.source.strings(f)
+            if got[1][i] == 0:
+                out[f] = str(got[0][i])
+        return out
+
+    def add(self, sc: int, key: str, by: str, i: int, t: float, before: float,
+            level: str) -> dict[str, Any]:
+        """Batch row ``i``'s alert joins entity ``key``'s episode (a new one when the
+        entity's risk ``before`` it was under ``EPISODE_FLOOR``); the episode."""
+        ep = self.open.get((sc, key))
+        if ep is None and self.store is not None:
+            ep = self.store.note(sc, key)  # changed in place: a failed batch drops it
+        if ep is None or before < EPISODE_FLOOR:
+            ep = {"first_seen": t, "last_seen": t, "alerts": 0, "by_level": {},
+                  "alert_ids": [], "features": {}, "peer_field": _PEER.get(by),
+                  "peers": {}, "top": []}
+        self.open[(sc, key)] = ep
+        ep["alerts"] += 1
+        ep["last_seen"] = t  # an alert's time is always read: risk needs it
+        by_level = ep["by_level"]
+        by_level[level] = by_level.get(level, 0) + 1
+        aid = None
+        ids = ep["alert_ids"]
+        if self.alert_ids is not None and len(ids) < EPISODE_ALERT_IDS:
+            aid = self.alert_ids(i)
+            ids.append(aid)
+        lead = self.leads.get(i)
+        if lead is not None:
+            feats = ep["features"]
+            if lead in feats or len(feats) < EPISODE_FEATURES:
+                feats[lead] = feats.get(lead, 0) + 1
+        event = self._summary(i)
+        if ep["peer_field"]:
+            peer = event.get(ep["peer_field"])
+            peers = ep["peers"]
+            if peer is not None and (peer in peers or len(peers) < EPISODE_PEERS):
+                peers[peer] = peers.get(peer, 0) + 1
+        if self.scores is not None:
+            score = round(float(self.scores[i]), 6)
+            top = ep["top"]
+            if len(top) < EPISODE_TOP or score < top[-1]["anomaly_score"]:
+                if aid is None and self.alert_ids is not None:
+                    aid = self.alert_ids(i)
+                top.append({"alert_id": aid, "anomaly_score": score, "threat_level": level,
+                            "event_time": t, "event": event})
+                top.sort(key=_by_score)  # stable: ties keep their order
+                del top[EPISODE_TOP:]
+        return ep
+
+    def save(self) -> None:
+        if self.store is None:
+            return
+        for (sc, key), ep in self.open.items():
+            self.store.set_note(sc, key, ep)
+
+    @staticmethod
+    def view(ep: dict[str, Any]) -> dict[str, Any]:
+        """What an entity alert says of its episode."""
+        feats = sorted(ep["features"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        peers = sorted(ep["peers"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        out: dict[str, Any] = {
+            "first_seen": ep["first_seen"], "last_seen": ep["last_seen"],
+            "alerts": ep["alerts"], "alerts_by_level": dict(sorted(ep["by_level"].items())),
+            "alert_ids": ep["alert_ids"],
+            "alert_ids_omitted": ep["alerts"] - len(ep["alert_ids"]),
+            "behaviours": [{"feature": f, "alerts": n} for f, n in feats],
+            "top_events": ep["top"],
+        }
+        if ep["peer_field"]:
+            out["peers"] = {"field": ep["peer_field"], "distinct": len(ep["peers"]),
+                            "more": len(ep["peers"]) >= EPISODE_PEERS,
+                            "top": [{"value": v, "alerts": n} for v, n in peers]}
+        return out
+
+
+def _by_score(e: dict[str, Any]) -> float:
+    return float(e["anomaly_score"])
+
+
+def event_summaries(alerting: ColumnSource, rows: Sequence[int]) -> dict[int, dict[str, str]]:
+    """Batch row -> the fields a top event shows, read on the alerts' own columns
+    (``alerting``: row k is batch row ``rows[k]``), not on the whole batch's."""
+    out: dict[int, dict[str, str]] = {i: {} for i in rows}
+    for f in _SUMMARY:
+        values, codes = alerting.strings(f)
+        for k, i in enumerate(rows):
+            if codes[k] == 0:
+                out[i][f] = str(values[k])
+    return out
 
 
 def risk_of(settings: Any) -> Risk | None:
@@ -195,13 +374,22 @@ def budget_threshold(source: ColumnSource, levels: np.ndarray, tenants: Sequence
     (11, 2, 1.0, True, True)
     """
     risk = Risk(by, half_life, MIN_BUDGET_THRESHOLD, timestamp_field)
-    rows, points, r, reason = risk.accumulate(source, np.arange(source.n), levels, tenants,
-                                              store, None)
-    ok = (reason == 0) & np.isfinite(r)
-    if not ok.any():
+    his_, los_, times_, ok_rows, entities = [], [], [], [], set()
+    stamps = event_times(source, timestamp_field)[0]  # ISO text or epoch seconds
+    for entity in risk.entities:
+        rows, points, r, reason = risk.accumulate(source, np.arange(source.n), levels,
+                                                  tenants, store, None, entity)
+        ok = (reason == 0) & np.isfinite(r)
+        his_.append(r[ok])
+        los_.append((r - points)[ok])
+        times_.append(stamps[rows[ok]])
+        ok_rows.append(rows[ok])
+        keys = [source.strings(f)[0] for f in entity.split(">")]
+        entities |= {(tenants[i], entity, *(str(k[i]) for k in keys))
+                     for i in rows[ok].tolist()}
+    hi, lo, times = np.concatenate(his_), np.concatenate(los_), np.concatenate(times_)
+    if not len(hi):
         return None
-    hi, lo = r[ok], (r - points)[ok]
-    times = event_times(source, timestamp_field)[0][rows[ok]]  # ISO text or epoch seconds
     days = max(float(np.nanmax(times) - np.nanmin(times)), 3600.0) / 86400.0
     allowed = per_day * days
     ends = np.unique(np.concatenate([hi, lo]))
@@ -214,8 +402,7 @@ def budget_threshold(source: ColumnSource, levels: np.ndarray, tenants: Sequence
     threshold = float(ends[fits[0]]) if len(fits) else float(ends[-1]) + 1.0
     threshold = max(threshold, MIN_BUDGET_THRESHOLD)
     raised = int(np.count_nonzero((hi >= threshold) & (lo < threshold)))
-    keys = [source.strings(f)[0] for f in by.split(",")]
-    entities = {(tenants[i], *(str(k[i]) for k in keys)) for i in rows[ok].tolist()}
+    alerted = len(np.unique(np.concatenate(ok_rows)))
     return EntityBudget(threshold=round(threshold, 6), per_day=per_day, by=by,
-                        half_life=half_life, days=days, alerts=int(ok.sum()),
+                        half_life=half_life, days=days, alerts=alerted,
                         entities=len(entities), raised_per_day=raised / days)

@@ -48,7 +48,7 @@ from stream.delivery.inflight import Record
 from stream.features.windows import load_state  # validates a record of the earlier form
 from stream.kafka.clients import consumer_config, headers_of, new_consumer
 from stream.state import codec as state_codec
-from stream.state.store import WindowStore
+from stream.state.store import NOTES, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,10 @@ def restore(
                 continue
             name, _, entity = key.decode().partition(_SEP)
             # A record that does not load is skipped, not fatal.
-            if state_codec.is_blob(value):
+            if name == NOTES:  # a note (an entity's risk episode): JSON its owner reads
+                orjson.loads(value)
+                items.append((name, entity, value))
+            elif state_codec.is_blob(value):
                 state_codec.split(value)
                 items.append((name, entity, value))
             else:  # the earlier form: one window's state as JSON, keyed by its signature

@@ -41,11 +41,13 @@ import builtins
 import logging
 import math
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
+import orjson
 
 from stream.ingest.timestamps import epoch_seconds
 from stream.outcomes.reasons import BAD_TIMESTAMP, OK
@@ -70,9 +72,21 @@ DEFAULT_MAX_BYTES: Final = 256 * 2**20
 
 @dataclass
 class Scope:
-    """One scope (an input partition): its keys evicted since take_changes."""
+    """One scope (an input partition): its keys evicted since take_changes, and its notes."""
 
     gone: set[tuple[str, str]] = field(default_factory=set)
+    #: Notes: small records other stages keep per key beside the windows (an entity's
+    #: risk episode): JSON-able objects, written to the changelog as JSON and restored
+    #: with the windows. Their owner changes them in place and says so (``set_note``): a
+    #: failed batch drops the scope, which is restored from the changelog.
+    notes: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    noted: set[str] = field(default_factory=set)  # notes changed since take_changes
+
+
+#: The table name notes travel under in the changelog (no field name starts with NUL).
+NOTES: Final = "\x00notes"
+#: Notes kept per scope; beyond, the least recently set are removed.
+MAX_NOTES: Final = 100_000
 
 
 class Clocks:
@@ -587,6 +601,32 @@ class WindowStore:
 
     # ---- changes and restore (the changelog's side) ----------------------------------
 
+    def note(self, sc: int, key: str) -> Any:
+        """Scope ``sc``'s note under ``key`` (None: none)."""
+        s = self.scopes.get(sc)
+        return None if s is None else s.notes.get(key)
+
+    def set_note(self, sc: int, key: str, value: Any) -> None:
+        """Set (None: remove) a note; the next :meth:`take_changes` writes it."""
+        s = self.scope(sc)
+        if value is None:
+            if s.notes.pop(key, None) is not None:
+                s.gone.add((NOTES, key))
+            s.noted.discard(key)
+            return
+        s.notes[key] = value
+        s.notes.move_to_end(key)  # least recently set first
+        s.noted.add(key)
+        s.gone.discard((NOTES, key))
+        while len(s.notes) > MAX_NOTES:
+            old, _v = s.notes.popitem(last=False)
+            s.noted.discard(old)
+            s.gone.add((NOTES, old))
+
+    def notes_of(self, sc: int) -> Mapping[str, Any]:
+        s = self.scopes.get(sc)
+        return {} if s is None else s.notes
+
     def take_changes(
         self, sc: int
     ) -> tuple[dict[tuple[str, str], builtins.bytes], set[tuple[str, str]]]:
@@ -611,6 +651,8 @@ class WindowStore:
                 if value is not None
             )
             table.dirty[slots] = 0
+        changed.update(((NOTES, k), orjson.dumps(s.notes[k])) for k in s.noted if k in s.notes)
+        s.noted = set()
         gone = s.gone - set(changed)
         s.gone = set()
         return changed, gone
@@ -623,6 +665,7 @@ class WindowStore:
             out.update(((table.name, table.key(slot)), value)
                        for slot, value in zip(slots.tolist(), table.encode(slots), strict=True)
                        if value is not None)
+        out.update(((NOTES, k), orjson.dumps(v)) for k, v in self.notes_of(sc).items())
         return out
 
     def restore(
@@ -644,8 +687,11 @@ class WindowStore:
         self.scopes[sc] = Scope()
         self.clocks.set(sc, marks, base)
         loads: list[tuple[float, str, str, Any]] = []
+        notes = self.scopes[sc].notes
         for name, key, value in items:
-            if state_codec.is_blob(value):
+            if name == NOTES:
+                notes[key] = orjson.loads(value)
+            elif state_codec.is_blob(value):
                 t, states = state_codec.split(value)
                 loads.extend((t, sig, key, (value, off, size)) for sig, off, size in states)
             else:

@@ -146,7 +146,12 @@ def test_entity_alerts_in_ecs_and_ocsf_validate_and_keep_what_they_say() -> None
         assert e["stream"]["entity_alert"] == rec
         assert o["finding_info"]["uid"] == rec["entity_alert_id"]
         assert o["activity_name"] == ("Create" if rec["status"] == "raised" else "Update")
-        assert o["finding_info"]["related_events"] == [{"uid": rec["alert_id"]}]
+        # The episode's alerts, the one that moved the risk last; its first and last time.
+        related = [r["uid"] for r in o["finding_info"]["related_events"]]
+        assert related == rec["alert_ids"] and related[-1] == rec["alert_id"]
+        assert o["finding_info"]["first_seen_time"] == 0
+        assert o["finding_info"]["last_seen_time"] == int(rec["event_time"] * 1000)
+        assert e["event"]["start"] == "1970-01-01T00:00:00.000Z"
         assert o["evidences"] == [{"src_endpoint": {"ip": "10.0.0.9"}}]
 
 
@@ -214,3 +219,124 @@ def test_a_models_budget_threshold_serves_its_tenants_risk() -> None:
     # acme: its model's 25 (two criticals, ~19.9, stay below); globex: the consumer's 12.
     assert [g["threshold"] for g in got] == [25.0, 25.0, 12.0, 12.0]
     assert [g["raised"] for g in got] == [False, False, False, True]
+
+
+def test_several_entities_each_get_every_alerts_points_so_a_distributed_attack_surfaces() -> None:
+    """--risk-by src_ip,dst_ip: forty sources each send the victim one high alert. No
+    source reaches the threshold (3 < 12), the victim does (its fourth alert: 12),
+    and stays raised; a pair (src_ip>dst_ip) is one entity, as in window keys."""
+    def to(t: float, src: str, dst: str) -> bytes:
+        return orjson.dumps({"tenant_id": "acme", "timestamp": t, "src_ip": src,
+                             "dst_ip": dst, "bytes_transferred": 600})
+
+    values = [to(float(k), f"198.51.100.{k}", "10.0.0.5") for k in range(40)]
+    n = len(values)
+
+    def batch(risk: Risk) -> Any:
+        return process_batch(values, lambda ts: [MODEL for _ in ts], topic="f",
+                             partitions=np.zeros(n, dtype=np.int64),
+                             offsets=np.arange(n, dtype=np.int64), min_level=0,
+                             store=WindowStore(), risk=risk)
+
+    out = batch(Risk("src_ip,dst_ip", H, 12.0))
+    alerts = [orjson.loads(a) for a in out.alerts]
+    assert all(a["entity_risk"]["by"] == "src_ip" and a["entity_risk"]["risk"] == 3.0
+               for a in alerts)
+    dst = [next(d for d in a["entity_risks"] if d["by"] == "dst_ip") for a in alerts]
+    assert [d["raised"] for d in dst].index(True) == 4  # 3, 6, 9, 11.99, then over 12
+    assert all(d["entity"] == "10.0.0.5" for d in dst)
+    keys = {k.decode() for k, _v in out.entity_records}
+    assert keys == {"acme/dst_ip=10.0.0.5"}  # no source is an entity alert
+    statuses = [orjson.loads(v)["status"] for _k, v in out.entity_records]
+    assert statuses[0] == "raised" and set(statuses[1:]) == {"updated"}
+    # By the source alone (the default), nothing is raised.
+    assert batch(Risk("src_ip", H, 12.0)).entity_records == []
+    pair = [orjson.loads(a)["entity_risk"] for a in batch(Risk("src_ip>dst_ip", H, 12.0)).alerts]
+    assert pair[0]["entity"] == "198.51.100.0>10.0.0.5" and "entity_risks" not in \
+        orjson.loads(batch(Risk("src_ip>dst_ip", H, 12.0)).alerts[0])
+
+
+def test_a_budget_over_several_entities_counts_the_raises_of_each() -> None:
+    from stream.outcomes.risk import budget_threshold
+
+    evs = [{"src_ip": f"s{k % 50}", "dst_ip": f"d{k % 3}", "timestamp": 30.0 * k}
+           for k in range(2000)]
+    levels = np.full(len(evs), 3)
+    both = budget_threshold(RecordColumns(evs), levels, ["t"] * len(evs), WindowStore(ttl=1e7),
+                            by="src_ip,dst_ip", half_life=H, per_day=5.0)
+    src = budget_threshold(RecordColumns(evs), levels, ["t"] * len(evs), WindowStore(ttl=1e7),
+                           by="src_ip", half_life=H, per_day=5.0)
+    assert both is not None and src is not None
+    assert both.alerts == src.alerts == len(evs)
+    assert both.entities == 53 and src.entities == 50
+    assert both.raised_per_day <= 5.0 and both.threshold >= src.threshold
+
+
+def test_an_entity_alert_says_what_is_behind_the_risk_and_survives_a_restore() -> None:
+    """The episode: first and last alert, alerts per level, their ids, the features that
+    led them, the other ends of their flows, the most anomalous events; a new one once
+    the risk has faded below one point. Kept as a note in the window store: through the
+    changelog's form into a fresh store, the records are those of one pass."""
+    from stream.features.columns import RecordColumns as Cols
+    from stream.outcomes.risk import Risk as R
+
+    evs = [{"src_ip": "10.0.0.9", "dst_ip": f"203.0.113.{k % 3}", "dst_port": 4444,
+            "timestamp": 10.0 * k} for k in range(8)]
+    evs += [{"src_ip": "10.0.0.9", "dst_ip": "203.0.113.7", "dst_port": 4444,
+             "timestamp": 10.0 * 8 + 20 * H + k} for k in range(2)]  # a new episode
+    levels = np.array([3, 2, 3, 2, 3, 3, 2, 3, 3, 3], dtype=np.int8)
+    scores = np.array([-0.3, -0.1, -0.5, -0.1, -0.2, -0.4, -0.1, -0.6, -0.3, -0.3])
+    leads = {i: ("rare_port" if i % 2 else "pair_beacon") for i in range(len(evs))}
+    tenants = ["acme"] * len(evs)
+
+    def records(store: WindowStore, rows: range) -> list[dict[str, Any]]:
+        _m, recs = R("src_ip", H, 12.0).members(
+            Cols(evs), np.array(list(rows)), levels, tenants, store, None,
+            alert_ids=lambda i: f"f/0/{i}", scores=scores, leads=leads)
+        return [orjson.loads(v) for _k, v in recs]
+
+    whole = records(WindowStore(track=True), range(10))
+    last = whole[-2]  # the first episode's last record
+    assert last["first_seen"] == 0.0 and last["last_seen"] == 70.0 and last["alerts"] == 8
+    assert last["alerts_by_level"] == {"critical": 5, "high": 3}
+    assert last["alert_ids"] == [f"f/0/{i}" for i in range(8)] and last["alert_ids_omitted"] == 0
+    assert last["behaviours"] == [{"feature": "pair_beacon", "alerts": 4},
+                                  {"feature": "rare_port", "alerts": 4}]
+    assert [e["alert_id"] for e in last["top_events"]] == ["f/0/7", "f/0/2", "f/0/5",
+                                                           "f/0/0", "f/0/4"]
+    assert last["top_events"][0]["event"] == {"src_ip": "10.0.0.9", "dst_ip": "203.0.113.1",
+                                              "dst_port": "4444"}
+    assert last["peers"]["field"] == "dst_ip" and last["peers"]["distinct"] == 3
+    # Faded to nothing, then two criticals: a new episode (the first, 10 < 12, raised no
+    # record), counted afresh.
+    new = whole[-1]
+    assert new["status"] == "raised" and new["alerts"] == 2 and new["first_seen"] == 80 + 20 * H
+    assert new["alert_ids"] == ["f/0/8", "f/0/9"] and new["peers"]["distinct"] == 1
+
+    store = WindowStore(track=True)
+    first = records(store, range(5))
+    changed, _gone = store.take_changes(0)
+    restored = WindowStore(track=True)
+    restored.restore(0, [(n, k, bytes(v)) for (n, k), v in changed.items()],
+                     store.clocks.of_scope(0))
+    rest = records(restored, range(5, 10))
+    strip = [{k: v for k, v in r.items() if k != "detected_at"} for r in first + rest]
+    assert strip == [{k: v for k, v in r.items() if k != "detected_at"} for r in whole]
+    assert any(name == "\x00notes" for name, _k in changed)
+
+
+def test_notes_are_bounded_and_tombstoned() -> None:
+    from stream.state import store as store_mod
+
+    st = WindowStore(track=True)
+    old = store_mod.MAX_NOTES
+    try:
+        store_mod.MAX_NOTES = 3  # type: ignore[misc]
+        for k in range(5):
+            st.set_note(0, f"k{k}", {"n": k})
+        assert list(st.notes_of(0)) == ["k2", "k3", "k4"]
+        changed, gone = st.take_changes(0)
+        assert {k for _n, k in changed} == {"k2", "k3", "k4"}
+        assert gone == {("\x00notes", "k0"), ("\x00notes", "k1")}
+    finally:
+        store_mod.MAX_NOTES = old  # type: ignore[misc]
