@@ -262,6 +262,13 @@ class Settings:
         False, "STREAM_EMIT_SUPPRESSED",
         "Publish suppressed alerts too, marked suppressed_by with the rule's id.",
     )
+    dedup_window: float = _opt(
+        0.0, "STREAM_DEDUP_WINDOW",
+        "Seconds of event time in which one alert stands for the later ones of its tenant, "
+        "entity (--incident-by) and leading feature: those are not published, but still "
+        "add risk and join incidents (0 = off: every alert is published).",
+        min=0,
+    )
     feedback_topic: str = _opt(
         "alerts.feedback", "STREAM_FEEDBACK_TOPIC",
         "Topic of analyst verdicts on alerts and incidents (read by stream feedback).",

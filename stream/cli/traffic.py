@@ -185,7 +185,7 @@ def _offline_table(**given: Any) -> Any:
 @settings_options(
     "min_level", "model_name", "tracking_uri", "max_message_bytes", "input_schema",
     "tenant_from", "trust_types", "where", "risk_by", "risk_half_life", "risk_threshold",
-    "emit_suppressed",
+    "emit_suppressed", "incident_by", "dedup_window",
 )
 @click.option(
     "--suppressions",
@@ -225,6 +225,8 @@ def score(
     risk_half_life: float | None,
     risk_threshold: float | None,
     emit_suppressed: bool | None,
+    incident_by: str | None,
+    dedup_window: float | None,
     suppressions: Path | None,
     dead_letters: str | None,
     entity_alerts: str | None,
@@ -245,7 +247,7 @@ def score(
         max_message_bytes=max_message_bytes, input_schema=input_schema,
         tenant_from=tenant_from, trust_types=trust_types, where=where, risk_by=risk_by,
         risk_half_life=risk_half_life, risk_threshold=risk_threshold,
-        emit_suppressed=emit_suppressed,
+        emit_suppressed=emit_suppressed, incident_by=incident_by, dedup_window=dedup_window,
     )
     summary = score_to_file(
         list(files),

@@ -24,6 +24,7 @@ from stream.ingest.schemas import WIRE_FORMS
 from stream.ingest.view import columns_for
 from stream.ingest.where import Where
 from stream.outcomes import reasons
+from stream.outcomes.dedup import Dedup
 from stream.outcomes.incidents import Incidents
 from stream.outcomes.reasons import FILTERED
 from stream.outcomes.records import (
@@ -89,6 +90,7 @@ class BatchOutcome:
     # Batch row -> the suppression rule its alert matched (not published unless marked).
     suppressed: dict[int, str] = field(default_factory=dict)
     suppressed_emitted: bool = False  # with --emit-suppressed: they are among the alerts
+    deduplicated: int = 0  # alerts --dedup-window left unpublished (counted, not lost)
     # Models that should score some of its rows but are not loaded: the batch was not
     # scored at all (no state touched) and must wait, never be committed or dead-lettered.
     waiting: list[NotLoaded] = field(default_factory=list)
@@ -174,6 +176,7 @@ def process_batch(
     risk: Risk | None = None,
     rules: RuleSet | None = None,
     emit_suppressed: bool = False,
+    dedup: Dedup | None = None,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
@@ -185,7 +188,9 @@ def process_batch(
     before they join incidents or add risk. Window features keep
     their state in ``store`` (a ``WindowStore``), scoped by input partition; with
     ``incidents`` (``stream.outcomes.incidents.Incidents``) actionable alerts join incidents,
-    staged until the caller commits or rolls them back.
+    staged until the caller commits or rolls them back. With ``dedup``
+    (``--dedup-window``), alerts an earlier one of their entity and behaviour stands for
+    are not published (they still join incidents and add risk).
     """
     unreadable: dict[int, str] = {}
     if schema in WIRE_FORMS:  # goflow2's protobuf: the records of its JSON
@@ -259,24 +264,36 @@ def process_batch(
         batch, topic, partitions, offsets, scores, levels, model_index, models, alert_rows,
         [], shadow, explanations, inputs, min_level, source, suppressed=suppressed,
     )
+    detected_at = utc_now_iso()
+
+    def ids(i: int) -> str:
+        return alert_id(topic, int(partitions[i]), int(offsets[i]))
+
+    leads = {i: ex[0]["feature"] for i in alert_rows.tolist()
+             if (ex := explanations.get(i)) and "feature" in ex[0]}
+    # Deduplicated alerts are not published, but they still join incidents and add risk.
+    dropped: set[int] = set()
+    members: dict[int, bytes] = {}
+    if dedup is not None and store is not None and len(alert_rows):
+        dropped, members = dedup.apply(source, alert_rows.tolist(), batch.tenants, leads,
+                                       store, partitions, ids)
+        outcome.deduplicated = len(dropped)
     joined: dict[int, str] = {}
     if incidents is not None and len(alert_rows):
         outcome.incident_records, joined = incidents.add(outcome, source)
     # Risk per entity: window state like the features', so only with the window store.
-    detected_at = utc_now_iso()
     risks: dict[int, bytes] = {}
     if risk is not None and store is not None and len(alert_rows):
-        def ids(i: int) -> str:
-            return alert_id(topic, int(partitions[i]), int(offsets[i]))
-
-        leads = {i: ex[0]["feature"] for i in alert_rows.tolist()
-                 if (ex := explanations.get(i)) and "feature" in ex[0]}
         assert alerting is not None  # built above whenever risk is on and rows alert
         summaries = event_summaries(alerting, alerting_rows)
         risks, outcome.entity_records = risk.members(
             source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at,
             thresholds=_budget_thresholds(risk, models, model_index), scores=scores,
             leads=leads, summaries=summaries)
+    if dropped:
+        alert_rows = outcome.alert_rows = alert_rows[~np.isin(alert_rows, list(dropped))]
+    for i, m in members.items():
+        risks[i] = risks.get(i, b"") + m
     if emit_suppressed and suppressed:
         # Published after the others, marked with the rule: no incident, no risk.
         quiet = np.fromiter(suppressed, dtype=np.int64, count=len(suppressed))

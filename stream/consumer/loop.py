@@ -58,6 +58,7 @@ from stream.ops.accounting import (
     Progress,
     RunStats,
 )
+from stream.outcomes.dedup import dedup_of
 from stream.outcomes.formats import format_alerts
 from stream.outcomes.reasons import FORMAT_ERROR, REASONS
 from stream.outcomes.records import LEVEL_CODES, dead_letter, dlq_value_limit
@@ -106,6 +107,7 @@ class Pipeline:
         self._dlq_limit = dlq_value_limit(settings)
         self.where = Where.parse(settings.where) if settings.where else None
         self.risk = risk_of(settings)
+        self.dedup = dedup_of(settings)
         self.tenant_from = settings.tenant_source
         self.stop_event = threading.Event()
         # Rebound, never mutated in place, so other threads can read it (``assignment``).
@@ -218,6 +220,7 @@ class Pipeline:
                 risk=self.risk,
                 rules=rules.rules if rules is not None else None,
                 emit_suppressed=self.s.emit_suppressed,
+                dedup=self.dedup,
             )
         except StateUnavailable as e:
             # The windows could not be restored: nothing of the batch happened yet.

@@ -73,6 +73,7 @@ class MetricsSink(Protocol):
     def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None: ...
     def record_dead_letters(self, counts: Mapping[str, int]) -> None: ...
     def record_suppressed(self, counts: Mapping[str, int]) -> None: ...
+    def record_deduplicated(self, n: int) -> None: ...
     def record_tenants(
         self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
     ) -> None: ...
@@ -106,6 +107,7 @@ class NullMetrics:
     def record_alerts(self, counts: Mapping[tuple[str, str], int]) -> None: ...
     def record_dead_letters(self, counts: Mapping[str, int]) -> None: ...
     def record_suppressed(self, counts: Mapping[str, int]) -> None: ...
+    def record_deduplicated(self, n: int) -> None: ...
     def record_tenants(
         self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]
     ) -> None: ...
@@ -256,6 +258,7 @@ class RunStats:
     below_threshold: int = 0
     dead_letters: int = 0
     suppressed: int = 0  # alerts a suppression rule matched (published only if marked)
+    deduplicated: int = 0  # alerts an earlier one stood for (--dedup-window): unpublished
     batches: int = 0
     delivery_failures: int = 0
     rewinds: int = 0
@@ -331,7 +334,7 @@ class Accounting:
         n_alerts = len(outcome.alerts)
         n_suppressed = len(outcome.suppressed)
         # Suppressed alerts published marked are among the alerts; the others are not.
-        hidden = 0 if outcome.suppressed_emitted else n_suppressed
+        hidden = (0 if outcome.suppressed_emitted else n_suppressed) + outcome.deduplicated
         scored = outcome.scored
         filtered = outcome.filtered
         dead = outcome.n - scored - filtered
@@ -341,6 +344,7 @@ class Accounting:
         st.alerts += n_alerts
         st.below_threshold += scored - n_alerts - hidden
         st.suppressed += n_suppressed
+        st.deduplicated += outcome.deduplicated
         st.dead_letters += dead
         st.batches += 1
         st.batch_ends.append(time.time())
@@ -364,6 +368,8 @@ class Accounting:
             m.record_dead_letters(reasons)
         if n_suppressed:
             m.record_suppressed(Counter(outcome.suppressed.values()))
+        if outcome.deduplicated:
+            m.record_deduplicated(outcome.deduplicated)
         if self._reports_lag:  # a real metrics sink: per-tenant counts are worth a pass
             m.record_tenants(*_tenant_counts(outcome))
             ts = np.fromiter(

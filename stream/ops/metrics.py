@@ -227,6 +227,12 @@ class Metrics:
             ["rule"], registry=r,
         )
         self._rule_cap = _LabelCap(MAX_REASON_LABELS)
+        self.deduplicated = Counter(
+            "stream_deduplicated",
+            "Alerts not published because an earlier one of the same tenant, entity and "
+            "leading feature stands for them (--dedup-window).",
+            registry=r,
+        )
         self.event_age = VectorHistogram(
             "stream_event_age_seconds",
             "Age of a flow event when scored (scoring time minus its record timestamp).",
@@ -361,6 +367,9 @@ class Metrics:
 
     def record_suppressed(self, counts: Mapping[str, int]) -> None:
         _count_capped(self.suppressed, self._rule_cap, counts)
+
+    def record_deduplicated(self, n: int) -> None:
+        self.deduplicated.inc(n)
 
     def record_tenants(
         self, consumed: Mapping[str, int], dead: Mapping[tuple[str, str], int]

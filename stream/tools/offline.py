@@ -27,6 +27,7 @@ from stream.ingest.schemas import WIRE_FORMS
 from stream.ingest.where import Where
 from stream.models.table import ModelTable
 from stream.ops.failures import ModelsNotLoaded
+from stream.outcomes.dedup import dedup_of
 from stream.outcomes.reasons import REASONS
 from stream.outcomes.records import LEVEL_CODES, dead_letter_json
 from stream.outcomes.risk import risk_of
@@ -121,6 +122,7 @@ def score_batches(
     const = src.name if src.kind == "const" and tenant is None else None
     tenant_field = src.name if src.kind == "field" and tenant is None else "tenant_id"
     risk = risk_of(settings)
+    dedup = dedup_of(settings)
     # One window state for the whole run: files are read in order, as a replay sends them.
     store = WindowStore(lateness=settings.lateness, ttl=settings.state_ttl,
                         max_bytes=int(settings.state_max_mb * 2**20))
@@ -147,6 +149,7 @@ def score_batches(
                 risk=risk,
                 rules=rules,
                 emit_suppressed=settings.emit_suppressed,
+                dedup=dedup,
             )
             if not outcome.waiting:
                 break

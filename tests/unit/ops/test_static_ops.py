@@ -248,6 +248,7 @@ def exercise_all(m: Metrics) -> None:
         "record_alerts": lambda: m.record_alerts({("acme", "high"): 2, ("acme", "critical"): 1}),
         "record_dead_letters": lambda: m.record_dead_letters({"invalid_json": 2}),
         "record_suppressed": lambda: m.record_suppressed({"nightly-backup": 3}),
+        "record_deduplicated": lambda: m.record_deduplicated(4),
         "observe_event_age": lambda: m.observe_event_age(np.array([0.2, 1.5, 30.0])),
         "set_lag": lambda: m.set_lag("flows", 0, 12),
         "remove_lag": lambda: (m.set_lag("flows", 1, 1), m.remove_lag("flows", 1)),
