@@ -51,14 +51,18 @@ SPEC_LONG = [
     ("dst_bytes_1h", "std(bytes, by=dst_ip, decay=1h)"),
     ("pair_gap_1h", "interval_mean(by=src_ip>dst_ip, decay=1h)"),
 ]
-#: ``--spec sketch``: the long spec with fan-out over a day where ``spread`` saw the last
-#: 32 flows: ``cardinality`` (exact to 64 values, then HyperLogLog panes). In this
-#: traffic every destination has about 500 sources a day, so its key is a sketch.
+#: ``--spec sketch``: the long spec with the sketches: fan-out over a day where ``spread``
+#: saw the last 32 flows (``cardinality``: exact to 64 values, then HyperLogLog panes; in
+#: this traffic every destination has about 500 sources a day, so its key is a sketch),
+#: and ``regularity``'s damped quantile sketches of each pair's gaps and sizes over a day
+#: in place of the mean gap.
 SPEC_SKETCH = [
-    (name, expr) for name, expr in SPEC_LONG if name not in ("src_port_spread", "dst_src_spread")
+    (name, expr) for name, expr in SPEC_LONG
+    if name not in ("src_port_spread", "dst_src_spread", "pair_gap_1h")
 ] + [
     ("src_ports_1d", "cardinality(dst_port, by=src_ip, window=1d)"),
     ("dst_srcs_1d", "cardinality(src_ip, by=dst_ip, window=1d)"),
+    ("pair_regularity_1d", "regularity(bytes, by=src_ip>dst_ip, decay=1d)"),
 ]
 SPECS = {"short": SPEC, "long": SPEC_LONG, "sketch": SPEC_SKETCH}
 

@@ -24,8 +24,9 @@ regularity of the gaps and sizes of the key's last 32 events) and ``spread``
 (distinct values among the key's last 32 events: fan-out that does not grow with how
 long a host has been busy). ``cardinality`` counts distinct values over a window of any
 length: exactly while a key has at most 64 in it (one entry per value, not per event),
-then with a HyperLogLog per quarter window. A table keeps its keys for its longest
-window, when that is longer than the store's TTL.
+then with a HyperLogLog per quarter window; ``regularity`` is ``beacon`` over every event
+of a key, damped, from quantile sketches (log buckets) of its gaps and sizes. A table
+keeps its keys for its longest window, when that is longer than the store's TTL.
 
 Event time comes from the spec's timestamp field (ISO 8601 or epoch seconds).
 An event older than the newest event of its key counts at that newest time;
@@ -878,6 +879,176 @@ class _CardinalityFn(_Window):
     value = staticmethod(_card_value)
 
 
+#: ``regularity``'s sketch: entries (series, bucket) kept per key; buckets of relative width
+#: 25% (DDSketch's log mapping: a value is read back within 11%; 32 buckets span three
+#: orders of magnitude, jitter within a bucket reads as none); an entry whose weight has
+#: faded below ``SKETCH_MIN_WEIGHT`` is dropped; past ``SKETCH_CAP`` entries the fuller
+#: series folds its lighter end bucket into its neighbour (DDSketch collapses the lowest;
+#: quartiles keep best when the tails give way).
+SKETCH_CAP: Final = 64
+SKETCH_GAMMA: Final = 1.25
+_SKETCH_LG: Final = math.log(SKETCH_GAMMA)
+SKETCH_MIN_WEIGHT: Final = 1e-3
+_ZERO_BUCKET: Final = -32768
+_GAPS: Final = 1 << 16  # a gap's entry code: the series bit above the bucket's 16 bits
+
+
+def _bucket(x: float) -> int:
+    """The bucket of a value: ceil(log_gamma(x)), clamped; 0 and below in their own."""
+    if not x > 1e-9:
+        return _ZERO_BUCKET
+    b = math.ceil(math.log(x) / _SKETCH_LG)
+    return -32767 if b < -32767 else 32767 if b > 32767 else b
+
+
+def _rep(b: int) -> float:
+    """A bucket's value: the middle of [gamma^(b-1), gamma^b] in relative terms."""
+    return 0.0 if b == _ZERO_BUCKET else 2.0 * math.exp(b * _SKETCH_LG) / (1.0 + SKETCH_GAMMA)
+
+
+class _Sketch:
+    """One key's damped quantile sketches (``regularity``): ``entries`` of ``[code,
+    weight]`` in the order they were made, a code being the series (``_GAPS`` for a
+    gap, 0 for a size) plus the bucket + 32768; ``last`` the newest event time."""
+
+    __slots__ = ("entries", "last")
+
+    def __init__(self) -> None:
+        self.entries: list[list[Any]] = []
+        self.last = -math.inf
+
+    def dump(self) -> list[Any]:
+        return [self.last, [c for c, _ in self.entries], [w for _, w in self.entries]]
+
+    def load(self, d: list[Any]) -> None:
+        self.last = _time(d[0])
+        self.entries = [[int(c), float(w)] for c, w in zip(d[1], d[2], strict=True)]
+        if len(self.entries) > SKETCH_CAP:
+            raise ValueError("window state record does not fit this window")
+
+    @property
+    def size(self) -> int:
+        return len(self.entries)
+
+
+def _sketch_step(entries: list[list[Any]], last: float, t: float, v: float, rate: float
+                 ) -> list[list[Any]]:
+    """The entries after an event at ``t`` of size ``v``: faded by the time since the last
+    one, then its size and its gap counted (the compiled kernel's, step for step)."""
+    f = math.exp(-rate * (t - last)) if last != -math.inf else 1.0
+    out = []
+    for c, w in entries:
+        w = w * f
+        if w >= SKETCH_MIN_WEIGHT:
+            out.append([c, w])
+    codes = [_bucket(v) + 32768]
+    if last != -math.inf:
+        codes.append(_GAPS + _bucket(t - last) + 32768)
+    for code in codes:
+        for e in out:
+            if e[0] == code:
+                e[1] = e[1] + 1.0
+                break
+        else:
+            out.append([code, 1.0])
+    while len(out) > SKETCH_CAP:
+        gaps = sum(1 for c, _ in out if c >= _GAPS)
+        series = _GAPS if gaps > len(out) - gaps else 0
+        mine = sorted((c, k) for k, (c, _) in enumerate(out) if (c >= _GAPS) == bool(series))
+        (_a, lo), (_b, lo2), (_c, hi2), (_d, hi) = mine[0], mine[1], mine[-2], mine[-1]
+        if out[lo][1] <= out[hi][1]:
+            out[lo2][1] = out[lo2][1] + out[lo][1]
+            del out[lo]
+        else:
+            out[hi2][1] = out[hi2][1] + out[hi][1]
+            del out[hi]
+    return out
+
+
+def _weighted_quantile(bw: list[tuple[float, float]], total: float, q: float) -> float:
+    """The first value (of value, weight pairs in order) whose running weight reaches
+    ``q`` of the total."""
+    cut = q * total
+    cum = 0.0
+    for x, w in bw:
+        cum += w
+        if cum >= cut:
+            return x
+    return bw[-1][0]
+
+
+def _sketch_regularity(entries: list[list[Any]], series: int) -> tuple[float, float]:
+    """RITA's score of one series (as ``_regularity``: 1 - |Bowley skew| and (median -
+    MAD) / median, averaged) from its buckets, and the series' total weight."""
+    mine = sorted((c - series - 32768, w) for c, w in entries if (c >= _GAPS) == bool(series))
+    total = 0.0
+    for _b, w in mine:
+        total += w
+    if not mine:
+        return 0.0, 0.0
+    vals = [(_rep(b), w) for b, w in mine]
+    q1 = _weighted_quantile(vals, total, 0.25)
+    q2 = _weighted_quantile(vals, total, 0.5)
+    q3 = _weighted_quantile(vals, total, 0.75)
+    den = q3 - q1
+    skew = (q1 + q3 - 2.0 * q2) / den if den > 0.0 and q2 != q1 and q2 != q3 else 0.0
+    skew_score = max(1.0 - (skew if skew >= 0.0 else -skew), 0.0)
+    # Stable on the deviation alone: ties keep bucket order, as the compiled insertion sort.
+    dev = sorted((((x - q2 if x >= q2 else q2 - x), w) for x, w in vals), key=_first)
+    mad = _weighted_quantile(dev, total, 0.5)
+    mad_score = max((q2 - mad) / q2, 0.0) if q2 > 0.0 else 0.0
+    return (skew_score + mad_score) / 2.0, total
+
+
+def _first(p: tuple[float, float]) -> float:
+    return p[0]
+
+
+def _sketch_score(entries: list[list[Any]]) -> float:
+    gaps, weight = _sketch_regularity(entries, _GAPS)
+    if weight < 3.0:  # about four events within a half-life
+        return 0.0
+    sizes, _w = _sketch_regularity(entries, 0)
+    return (gaps + sizes) / 2.0
+
+
+def _sketch_value(st: Any, t: float, v: Any, param: float, span: float, push: bool) -> float:
+    if t < st.last:
+        t = st.last
+    entries = _sketch_step([list(e) for e in st.entries], st.last, t, v, param)
+    if push:
+        st.entries = entries
+        st.last = t
+    return _sketch_score(entries)
+
+
+@register
+class _RegularityFn(_Window):
+    """``regularity(bytes, by=src_ip>dst_ip, decay=1h)``: RITA's beacon score (as
+    ``beacon``) over every event of the key, each weighing half as much every half-life,
+    from damped quantile sketches of its gaps and of ``bytes`` (log buckets of 25%,
+    at most 64 per key: about 1 kB whatever the key's traffic). ``beacon`` reads the
+    key's last 32 events exactly; this reads a day of them, for check-ins an hour
+    apart. 0 until the gaps weigh 3 (about four events within a half-life)."""
+
+    name = "regularity"
+    tail = 1
+    uses = "num"
+    exact_ok: ClassVar[bool] = False
+    signature = Signature((NUM,), kwargs={"by": KEY, "window": SECONDS, "decay": SECONDS})
+
+    def check(self, call: Call, args: list[Any], kwargs: dict[str, Any]) -> None:
+        super().check(call, args, kwargs)
+        if "window" in kwargs:
+            raise SpecError(f"'{self.name}' is damped: use decay=HALF_LIFE",
+                            position=call.pos)
+
+    def state_of(self, damped: bool) -> Any:
+        return _Sketch
+
+    value = staticmethod(_sketch_value)
+
+
 def _define(base: type[_Window], name: str, value: Any, doc: str) -> None:
     """Register one more window function that differs from ``base`` only in its value."""
     register(type(f"_{name}", (base,), {"name": name, "value": staticmethod(value),
@@ -938,7 +1109,7 @@ def dump_state(st: Any) -> list[Any]:
 
 _CLASSES: Final[dict[str, Any]] = {
     "_Exact": _Exact, "_Damped": _Damped, "_DistinctH": _Distinct, "_Since": _Since,
-    "_Beacon": _Beacon, "_Spread": _Spread, "_Card": _Card,
+    "_Beacon": _Beacon, "_Spread": _Spread, "_Card": _Card, "_Sketch": _Sketch,
 }
 
 
@@ -1088,6 +1259,9 @@ class PyKernel:
         elif type(st) is _Spread:
             last, w, s, q = st.last, 0.0, 0.0, 0.0
             events = b"".join(struct.pack("<dQ", t, h) for t, h in st.ev)
+        elif type(st) is _Sketch:
+            last, w, s, q = st.last, 0.0, 0.0, 0.0
+            events = b"".join(struct.pack("<dQ", wt, c) for c, wt in st.entries)
         elif type(st) is _Card:
             last, w, s, q, sat = st.last, 0.0, 0.0, 0.0, st.panes is not None
             if st.panes is None:
@@ -1127,9 +1301,18 @@ class PyKernel:
             st = _Spread()
             st.last = last
             st.ev = [struct.unpack_from("<dQ", buf, body + 16 * k) for k in range(n)]
+        elif self.kind == "regularity":
+            if n > SKETCH_CAP:
+                raise ValueError("window state record does not fit this window")
+            st = _Sketch()
+            st.last = last
+            st.entries = [[c, wt] for wt, c in (struct.unpack_from("<dQ", buf, body + 16 * k)
+                                                for k in range(n))]
         elif self.kind == "cardinality":
             st = _Card()
             st.last = last
+            if not sat and n > CARD_EXACT:
+                raise ValueError("window state record does not fit this window")
             if not sat:
                 st.ev = [struct.unpack_from("<dQ", buf, body + 16 * k) for k in range(n)]
             elif n != CARD_PANES * (1 + CARD_M // 16):
@@ -1205,7 +1388,7 @@ _said = False
 #: ``_wincore.KINDS``: a state's kind in the changelog's binary form.
 KINDS: Final = {"count": 0, "sum": 1, "mean": 2, "std": 3, "distinct": 4,
                 "interval_mean": 5, "interval_std": 6, "since": 7, "beacon": 8,
-                "spread": 9, "cardinality": 10}
+                "spread": 9, "cardinality": 10, "regularity": 11}
 
 
 def make_kernel(kind: str, damped: bool, param: float, span: float) -> Any:

@@ -22,7 +22,7 @@ from cpython.mem cimport PyMem_RawMalloc as malloc
 from cpython.mem cimport PyMem_RawRealloc as realloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport INFINITY, NAN, exp, floor, ldexp, log, sqrt
+from libc.math cimport INFINITY, NAN, ceil, exp, floor, ldexp, log, sqrt
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcpy, memset
@@ -45,6 +45,7 @@ cdef enum:
     K_BEACON = 8
     K_SPREAD = 9
     K_CARD = 10
+    K_REG = 11
     # Events a beacon window keeps per key (the most recent): its quartiles and medians
     # are exact over them, at a bounded cost per event.
     BEACON_N = 32
@@ -55,10 +56,13 @@ cdef enum:
     CARD_M = 64
     CARD_PANES = 5
     CARD_PER = 5
+    # regularity: (series, bucket) entries kept per key, and one step's extra room.
+    SKETCH_CAP = 64
 
 KINDS = {"count": K_COUNT, "sum": K_SUM, "mean": K_MEAN, "std": K_STD,
          "distinct": K_DISTINCT, "interval_mean": K_IMEAN, "interval_std": K_ISTD,
-         "since": K_SINCE, "beacon": K_BEACON, "spread": K_SPREAD, "cardinality": K_CARD}
+         "since": K_SINCE, "beacon": K_BEACON, "spread": K_SPREAD, "cardinality": K_CARD,
+         "regularity": K_REG}
 
 
 ctypedef union Val:
@@ -989,6 +993,84 @@ cdef class Kernel:
             memset(<void*>&r.buf[s * CARD_PER + 1], 0, CARD_M)
         return <uint8_t*>&r.buf[s * CARD_PER + 1]
 
+    cdef double _regularity(self, int64_t i, double t, double v, bint push) except? -1.0:
+        """RITA's beacon score from the key's damped sketches of gaps and sizes: each
+        entry (an event of the ring: weight as ``t``, code as ``v.u``) faded since the
+        last event, this one's size and gap counted, the two lowest buckets of the
+        fuller series merged past ``SKETCH_CAP`` (the Python ``_sketch_value``)."""
+        cdef Ring* r = &self.rings[i]
+        cdef uint64_t codes[SKETCH_CAP + 2]
+        cdef double ws[SKETCH_CAP + 2]
+        cdef int32_t n = 0, k, m, add, gaps, lo, nxt, hi, prv
+        cdef uint64_t code, series, best0, best1
+        cdef double f = 1.0, w, last = self.last[i]
+        cdef uint64_t new_codes[2]
+        cdef Ev* e
+        cdef Val x
+        if t < last:
+            t = last
+        if last != -INFINITY:
+            f = exp(-self.param * (t - last))
+        for k in range(r.n):
+            e = _at(r, k)
+            w = e.t * f
+            if w >= SKETCH_MIN_WEIGHT and n < SKETCH_CAP + 2:
+                codes[n] = e.v.u
+                ws[n] = w
+                n += 1
+        new_codes[0] = <uint64_t>(_sk_bucket(v) + 32768)
+        add = 1
+        if last != -INFINITY:
+            new_codes[1] = SKETCH_GAPS + <uint64_t>(_sk_bucket(t - last) + 32768)
+            add = 2
+        for m in range(add):
+            for k in range(n):
+                if codes[k] == new_codes[m]:
+                    ws[k] = ws[k] + 1.0
+                    break
+            else:
+                codes[n] = new_codes[m]
+                ws[n] = 1.0
+                n += 1
+        while n > SKETCH_CAP:
+            gaps = 0
+            for k in range(n):
+                if codes[k] >= SKETCH_GAPS:
+                    gaps += 1
+            series = SKETCH_GAPS if gaps > n - gaps else 0
+            lo = -1
+            nxt = -1
+            hi = -1
+            prv = -1
+            for k in range(n):
+                if (codes[k] >= SKETCH_GAPS) != (series != 0):
+                    continue
+                if lo < 0 or codes[k] < codes[lo]:
+                    nxt = lo
+                    lo = k
+                elif nxt < 0 or codes[k] < codes[nxt]:
+                    nxt = k
+                if hi < 0 or codes[k] > codes[hi]:
+                    prv = hi
+                    hi = k
+                elif prv < 0 or codes[k] > codes[prv]:
+                    prv = k
+            if ws[lo] > ws[hi]:  # fold the lighter end into its neighbour
+                lo, nxt = hi, prv
+            ws[nxt] = ws[nxt] + ws[lo]
+            for k in range(lo, n - 1):
+                codes[k] = codes[k + 1]
+                ws[k] = ws[k + 1]
+            n -= 1
+        if push:
+            r.n = 0
+            r.head = 0
+            for k in range(n):
+                x.u = codes[k]
+                self._push(r, ws[k], x)
+            self.last[i] = t
+        return _sk_score(codes, ws, n)
+
     # ---- the batch --------------------------------------------------------------------
 
     def run(self, const int32_t[::1] slots, const double[::1] times, const double[::1] vals,
@@ -1037,6 +1119,8 @@ cdef class Kernel:
                 out[j] = self._spread(i, t, hashes[j], p)
             elif kind == K_CARD:
                 out[j] = self._card(i, t, hashes[j], p)
+            elif kind == K_REG:
+                out[j] = self._regularity(i, t, v, p)
             elif kind >= K_IMEAN:
                 out[j] = self._interval(i, t, p)
             else:
@@ -1162,6 +1246,8 @@ cdef class Kernel:
             raise ValueError("window state record does not fit this window")
         if self.kind == K_CARD and (n != CARD_PANES * CARD_PER if p[2] else n > CARD_EXACT):
             raise ValueError("window state record does not fit this window")
+        if self.kind == K_REG and n > SKETCH_CAP:
+            raise ValueError("window state record does not fit this window")
         self._grow(i)
         self._release(i)
         self.sat[i] = p[2]
@@ -1205,6 +1291,8 @@ cdef class Kernel:
             return ["_Beacon", [self.last[i], times, [_at(r, k).v.d for k in range(r.n)]]]
         if self.kind == K_SPREAD:
             return ["_Spread", [self.last[i], times, [_at(r, k).v.u for k in range(r.n)]]]
+        if self.kind == K_REG:
+            return ["_Sketch", [self.last[i], [_at(r, k).v.u for k in range(r.n)], times]]
         if self.kind == K_CARD:
             if not self.sat[i]:
                 return ["_Card", [self.last[i], False, times,
@@ -1241,6 +1329,13 @@ cdef class Kernel:
             for t, v in zip(body[1], body[2]):
                 x.u = v
                 self._push(r, float(t), x)
+        elif tag == "_Sketch":
+            self.last[i] = _time(body[0])
+            if len(body[1]) > SKETCH_CAP:
+                raise ValueError("window state record does not fit this window")
+            for c, w in zip(body[1], body[2]):
+                x.u = c
+                self._push(r, float(w), x)
         elif tag == "_Card":
             self.last[i] = _time(body[0])
             if not body[1]:
@@ -1350,7 +1445,7 @@ cdef inline double _alone(int kind, double v, double span) noexcept nogil:
     # The value of an event that meets no state (the Python classes' fresh state, peeked).
     if kind == K_DISTINCT or kind == K_SPREAD or kind == K_CARD:
         return 1.0
-    if kind == K_BEACON:
+    if kind == K_BEACON or kind == K_REG:
         return 0.0
     if kind >= K_IMEAN:
         return span
@@ -1437,6 +1532,111 @@ cdef double _beacon_score(const double* times, const double* sizes, int32_t n) n
     for k in range(n - 1):
         gaps[k] = times[k + 1] - times[k]
     return (_regularity(gaps, n - 1) + _regularity(sizes, n)) / 2.0
+
+
+cdef enum:
+    SKETCH_GAPS = 65536  # a gap's entry code: the series bit above the bucket's 16 bits
+    SK_ZERO = -32768
+
+cdef double SKETCH_MIN_WEIGHT = 1e-3
+cdef double SKETCH_GAMMA = 1.25
+cdef double SK_LG = log(1.25)
+
+
+cdef inline int32_t _sk_bucket(double x) noexcept nogil:
+    cdef double b
+    if not x > 1e-9:
+        return SK_ZERO
+    b = ceil(log(x) / SK_LG)
+    if b < -32767:
+        return -32767
+    if b > 32767:
+        return 32767
+    return <int32_t>b
+
+
+cdef inline double _sk_rep(int32_t b) noexcept nogil:
+    if b == SK_ZERO:
+        return 0.0
+    return 2.0 * exp(b * SK_LG) / (1.0 + SKETCH_GAMMA)
+
+
+cdef double _sk_quantile(const double* x, const double* w, int32_t n, double total,
+                         double q) noexcept nogil:
+    cdef double cut = q * total, cum = 0.0
+    cdef int32_t k
+    for k in range(n):
+        cum += w[k]
+        if cum >= cut:
+            return x[k]
+    return x[n - 1]
+
+
+cdef double _sk_regularity(const uint64_t* codes, const double* ws, int32_t n,
+                           uint64_t series, double* total) noexcept nogil:
+    """One series' RITA score from its buckets (the Python ``_sketch_regularity``)."""
+    cdef int32_t b[SKETCH_CAP + 2]
+    cdef double w[SKETCH_CAP + 2]
+    cdef double x[SKETCH_CAP + 2]
+    cdef double dev[SKETCH_CAP + 2]
+    cdef double dw[SKETCH_CAP + 2]
+    cdef int32_t m = 0, k, a, bk
+    cdef double key, kw, q1, q2, q3, den, skew = 0.0, skew_score, mad, mad_score = 0.0
+    cdef double tot = 0.0
+    for k in range(n):
+        if (codes[k] >= SKETCH_GAPS) != (series != 0):
+            continue
+        bk = <int32_t>(<int64_t>(codes[k] - series) - 32768)
+        kw = ws[k]
+        a = m - 1  # insertion by bucket (each bucket once per series)
+        while a >= 0 and b[a] > bk:
+            b[a + 1] = b[a]
+            w[a + 1] = w[a]
+            a -= 1
+        b[a + 1] = bk
+        w[a + 1] = kw
+        m += 1
+    for k in range(m):
+        tot += w[k]
+    total[0] = tot
+    if m == 0:
+        return 0.0
+    for k in range(m):
+        x[k] = _sk_rep(b[k])
+    q1 = _sk_quantile(x, w, m, tot, 0.25)
+    q2 = _sk_quantile(x, w, m, tot, 0.5)
+    q3 = _sk_quantile(x, w, m, tot, 0.75)
+    den = q3 - q1
+    if den > 0.0 and q2 != q1 and q2 != q3:
+        skew = (q1 + q3 - 2.0 * q2) / den
+    skew_score = 1.0 - (skew if skew >= 0.0 else -skew)
+    if skew_score < 0.0:
+        skew_score = 0.0
+    for k in range(m):  # deviations, sorted (stable: ties keep bucket order)
+        key = x[k] - q2 if x[k] >= q2 else q2 - x[k]
+        kw = w[k]
+        a = k - 1
+        while a >= 0 and dev[a] > key:
+            dev[a + 1] = dev[a]
+            dw[a + 1] = dw[a]
+            a -= 1
+        dev[a + 1] = key
+        dw[a + 1] = kw
+    mad = _sk_quantile(dev, dw, m, tot, 0.5)
+    if q2 > 0.0:
+        mad_score = (q2 - mad) / q2
+        if mad_score < 0.0:
+            mad_score = 0.0
+    return (skew_score + mad_score) / 2.0
+
+
+cdef double _sk_score(const uint64_t* codes, const double* ws, int32_t n) noexcept nogil:
+    cdef double gw = 0.0, sw = 0.0, gaps, sizes
+    gaps = _sk_regularity(codes, ws, n, SKETCH_GAPS, &gw)
+    if gw < 3.0:
+        return 0.0
+    sizes = _sk_regularity(codes, ws, n, 0, &sw)
+    return (gaps + sizes) / 2.0
 
 
 cdef double _POW2[64]

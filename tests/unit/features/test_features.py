@@ -901,6 +901,7 @@ def test_registry_is_the_extension_point() -> None:
         "log", "log1p", "sqrt", "abs", "min", "max", "clip", "fill", "add", "is", "onehot", "freq",
         "count", "sum", "mean", "std", "distinct", "interval_mean", "interval_std",
         "rarity", "prevalence", "since", "first_seen", "beacon", "spread", "cardinality",
+        "regularity",
         "optional",
     }  # fmt: skip
 

@@ -254,6 +254,54 @@ def test_cardinality_is_exact_to_64_values_then_a_sketch_the_same_in_both_kernel
     assert dump_state(load_state(orjson.loads(orjson.dumps(dumped)))) == dumped
 
 
+def test_regularity_scores_hourly_check_ins_over_a_day_where_the_last_32_cannot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """regularity(): RITA's score over every event of a key, damped, from quantile
+    sketches of gaps and sizes: check-ins an hour apart (jittered 1%) score 1 once four
+    are in; random browsing scores far lower; a key with thousands of distinct sizes stays
+    within 64 entries. The Python and compiled kernels agree bit for bit, in any
+    batching and through the changelog's bytes. Exact windows are refused."""
+    import stream.features.windows as windows_mod
+
+    rng = np.random.default_rng(11)
+    evs = [{"timestamp": 3600.0 * k + rng.normal(0, 30), "src": "bot", "dst": "c2",
+            "x": 300.0 + rng.normal(0, 3)} for k in range(30)]
+    t = 0.0
+    for _ in range(1500):
+        t += float(rng.exponential(60))
+        evs.append({"timestamp": t, "src": "pc", "dst": "web", "x": float(rng.lognormal(8, 1.5))})
+    evs += [{"timestamp": 40.0 * k, "src": "wide", "dst": "x", "x": float(rng.uniform(1, 1e8))}
+            for k in range(2000)]
+    evs.sort(key=lambda e: e["timestamp"])
+    spec = FeatureSpec.parse([("r", "regularity(x, by=src>dst, decay=1d)")])
+    got = spec.compute(RecordColumns(evs)).X[:, 0]
+    src = np.array([e["src"] for e in evs])
+    bot = got[src == "bot"]
+    assert bot[:3].tolist() == [0.0] * 3 and bot[4:].min() > 0.99
+    assert got[src == "pc"][-100:].max() < 0.7
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", True)
+    assert spec.compute(RecordColumns(evs)).X[:, 0].tolist() == got.tolist()
+    py = WindowStore(track=True)
+    spec.compute(RecordColumns(evs[:1700]), store=py)
+    py_changed, _g = py.take_changes(0)
+    monkeypatch.setattr(windows_mod, "FORCE_PYTHON", False)
+    store = WindowStore(track=True)
+    first = spec.compute(RecordColumns(evs[:1700]), store=store).X[:, 0]
+    changed, _gone = store.take_changes(0)
+    assert changed == py_changed  # the same bytes from both kernels
+    restored = WindowStore(track=True)
+    restored.restore(0, [(n, k, bytes(v)) for (n, k), v in changed.items()],
+                     store.clocks.of_scope(0))
+    rest = spec.compute(RecordColumns(evs[1700:]), store=restored).X[:, 0]
+    assert np.concatenate([first, rest]).tolist() == got.tolist()
+    (kernel, table), = store.kernels.values()
+    dumped = kernel.dump(table.slot_of(0, "wide>x"))
+    assert dumped[0] == "_Sketch" and len(dumped[1][1]) <= 64
+    assert dump_state(load_state(orjson.loads(orjson.dumps(dumped)))) == dumped
+    with pytest.raises(SpecError, match="damped"):
+        FeatureSpec.parse([("r", "regularity(x, by=src, window=1h)")])
+
+
 @pytest.mark.parametrize("python", [False, True])
 def test_a_state_record_that_does_not_fit_its_window_restores_as_a_fresh_key(
         python: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -334,6 +382,38 @@ def test_random_streams_match_the_reference_in_any_batching(gaps, keys, values, 
     want = reference(fn, events, by="src", span=secs, decay=decay, value=arg)
     np.testing.assert_allclose(whole, want, rtol=1e-7, atol=1e-7)
     # Two batches over one store give exactly (bit for bit) what one pass gives.
+    store = WindowStore()
+    k = min(cut, n)
+    first = spec.compute(RecordColumns(events[:k]), store=store).X[:, 0] if k else np.empty(0)
+    rest = spec.compute(RecordColumns(events[k:]), store=store).X[:, 0] if k < n else np.empty(0)
+    assert np.concatenate([first, rest]).tolist() == whole.tolist()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    gaps=st.lists(st.floats(0.0, 3.0, allow_nan=False), min_size=1, max_size=120),
+    keys=st.lists(st.sampled_from("ab"), min_size=120, max_size=120),
+    values=st.lists(st.floats(0.0, 1e9, allow_nan=False), min_size=120, max_size=120),
+    cut=st.integers(0, 120),
+)
+def test_sketch_kernels_agree_on_random_streams_in_any_batching(gaps, keys, values, cut):  # type: ignore[no-untyped-def]
+    """regularity() has no whole-history reference (it is a sketch): the Python form is
+    the specification, and the compiled kernel must give its floats, whatever the
+    values (zeros, a billion, ties) and the batching."""
+    import stream.features.windows as windows_mod
+
+    times = np.cumsum(gaps).tolist()
+    n = len(times)
+    events = [{"timestamp": t, "src": k, "x": v}
+              for t, k, v in zip(times, keys[:n], values[:n], strict=True)]
+    spec = FeatureSpec.parse([("r", "regularity(x, by=src, decay=5s)")])
+    whole = spec.compute(RecordColumns(events)).X[:, 0]
+    windows_mod.FORCE_PYTHON = True
+    try:
+        py = spec.compute(RecordColumns(events)).X[:, 0]
+    finally:
+        windows_mod.FORCE_PYTHON = False
+    assert py.tolist() == whole.tolist()
     store = WindowStore()
     k = min(cut, n)
     first = spec.compute(RecordColumns(events[:k]), store=store).X[:, 0] if k else np.empty(0)
