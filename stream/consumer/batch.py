@@ -35,7 +35,7 @@ from stream.outcomes.records import (
     model_ref,
     utc_now_iso,
 )
-from stream.outcomes.risk import Risk, event_summaries
+from stream.outcomes.risk import Risk, close_covered, event_summaries
 from stream.outcomes.suppress import RuleSet
 from stream.registry import LoadedModel, NotLoaded
 from stream.scoring.thresholds import threat_levels
@@ -177,6 +177,7 @@ def process_batch(
     rules: RuleSet | None = None,
     emit_suppressed: bool = False,
     dedup: Dedup | None = None,
+    closing: RuleSet | None = None,
 ) -> BatchOutcome:
     """Decode, route, score, threshold and encode alerts for one batch of message values.
 
@@ -190,7 +191,9 @@ def process_batch(
     ``incidents`` (``stream.outcomes.incidents.Incidents``) actionable alerts join incidents,
     staged until the caller commits or rolls them back. With ``dedup``
     (``--dedup-window``), alerts an earlier one of their entity and behaviour stands for
-    are not published (they still join incidents and add risk).
+    are not published (they still join incidents and add risk). ``closing``: rules
+    added since the last batch; the open incidents and entity episodes all of whose alerts
+    one covers are closed first (their records say ``closed_by``).
     """
     unreadable: dict[int, str] = {}
     if schema in WIRE_FORMS:  # goflow2's protobuf: the records of its JSON
@@ -253,7 +256,7 @@ def process_batch(
     # rules match on and what an entity's episode shows of its events.
     alerting: ColumnSource | None = None
     alerting_rows = alert_rows.tolist()  # row k of `alerting` is batch row alerting_rows[k]
-    if len(alert_rows) and ((rules is not None and len(rules)) or
+    if len(alert_rows) and ((rules is not None and len(rules)) or incidents is not None or
                             (risk is not None and store is not None)):
         alerting = columns_for(RecordColumns([batch.doc(i) for i in alert_rows.tolist()]),
                                schema)
@@ -278,18 +281,27 @@ def process_batch(
         dropped, members = dedup.apply(source, alert_rows.tolist(), batch.tenants, leads,
                                        store, partitions, ids)
         outcome.deduplicated = len(dropped)
+    # What a rule added since the last batch covers is closed, before this batch's alerts.
+    if closing is not None and len(closing):
+        if incidents is not None:
+            outcome.incident_records.extend(incidents.close(closing))
+        if risk is not None and store is not None:
+            outcome.entity_records.extend(close_covered(
+                store, closing, detected_at, np.unique(partitions).tolist()))
+    summaries = (event_summaries(alerting, alerting_rows) if alerting is not None
+                 else None)
     joined: dict[int, str] = {}
     if incidents is not None and len(alert_rows):
-        outcome.incident_records, joined = incidents.add(outcome, source)
+        records, joined = incidents.add(outcome, source, summaries)
+        outcome.incident_records.extend(records)
     # Risk per entity: window state like the features', so only with the window store.
     risks: dict[int, bytes] = {}
     if risk is not None and store is not None and len(alert_rows):
-        assert alerting is not None  # built above whenever risk is on and rows alert
-        summaries = event_summaries(alerting, alerting_rows)
-        risks, outcome.entity_records = risk.members(
+        risks, entity_records = risk.members(
             source, alert_rows, levels, batch.tenants, store, partitions, ids, detected_at,
             thresholds=_budget_thresholds(risk, models, model_index), scores=scores,
             leads=leads, summaries=summaries)
+        outcome.entity_records.extend(entity_records)
     if dropped:
         alert_rows = outcome.alert_rows = alert_rows[~np.isin(alert_rows, list(dropped))]
     for i, m in members.items():

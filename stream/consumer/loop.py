@@ -63,6 +63,7 @@ from stream.outcomes.formats import format_alerts
 from stream.outcomes.reasons import FORMAT_ERROR, REASONS
 from stream.outcomes.records import LEVEL_CODES, dead_letter, dlq_value_limit
 from stream.outcomes.risk import risk_of
+from stream.outcomes.suppress import RuleSet
 from stream.state.keeper import StateKeeper, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class Pipeline:
         self.where = Where.parse(settings.where) if settings.where else None
         self.risk = risk_of(settings)
         self.dedup = dedup_of(settings)
+        # Suppression rule ids applied, per partition and (None) to the incidents.
+        self._rules_applied: dict[int | None, frozenset[str]] = {}
         self.tenant_from = settings.tenant_source
         self.stop_event = threading.Event()
         # Rebound, never mutated in place, so other threads can read it (``assignment``).
@@ -198,6 +201,7 @@ class Pipeline:
             self._not_now(f"suppression rules not read yet from {rules.topic}", partitions,
                           offsets)
             return
+        closing, applied = self._closing(rules, partitions)
         try:
             self.keeper.ready(np.unique(partitions).tolist())
             outcome = process_batch(
@@ -221,6 +225,7 @@ class Pipeline:
                 rules=rules.rules if rules is not None else None,
                 emit_suppressed=self.s.emit_suppressed,
                 dedup=self.dedup,
+                closing=closing,
             )
         except StateUnavailable as e:
             # The windows could not be restored: nothing of the batch happened yet.
@@ -249,6 +254,7 @@ class Pipeline:
         if batch.state is BatchState.DONE:
             self.retry.reset()
             self.keeper.committed()
+            self._rules_applied.update(applied)
             self.progress.committed()
             self.accounting.batch_done(msgs, outcome, time.perf_counter() - t0)
             self.accounting.window_state(self.keeper.store)
@@ -264,6 +270,31 @@ class Pipeline:
         self._rewind(batch)
         self._update_ready()
         self._backoff(self.retry.next())
+
+    def _closing(self, follower: RuleFollower | None, partitions: np.ndarray
+                 ) -> tuple[RuleSet | None, dict[int | None, frozenset[str]]]:
+        """The rules added since this consumer last committed a batch of these partitions
+        (None: the incidents'), which close what they cover with this batch; and what is
+        applied once it commits. A partition first seen takes the rules as they are: what
+        they cover was suppressed as it came."""
+        if follower is None:
+            return None, {}
+        rules = follower.rules
+        ids = frozenset(rules.rules)
+        seen = self._rules_applied
+        applied: dict[int | None, frozenset[str]] = {None: ids}
+        new: set[str] = set(ids - seen[None]) if None in seen else set()
+        for p in np.unique(partitions).tolist():
+            applied[p] = ids
+            if p in seen:
+                new |= ids - seen[p]
+            else:
+                seen[p] = ids
+        if None not in seen:
+            seen[None] = ids
+        if not new:
+            return None, applied
+        return RuleSet([rules.rules[i] for i in sorted(new)]), applied
 
     def _not_now(self, cause: str, partitions: np.ndarray, offsets: np.ndarray,
                  at_once: bool = False) -> None:

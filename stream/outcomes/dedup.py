@@ -62,6 +62,9 @@ class Dedup:
             sc = 0 if scopes is None else int(scopes[i])
             key = f"dedup\x1f{tenants[i]}\x1f{self.by}={entities[i]}\x1f{leads.get(i, '')}"
             note = store.note(sc, key)
+            if not (isinstance(note, dict) and isinstance(note.get("start"), float | int)
+                    and isinstance(note.get("count"), int)):
+                note = None  # none, or not one of ours (restored from another build)
             if note is not None and abs(t - note["start"]) < self.window:
                 note["count"] += 1
                 store.set_note(sc, key, note)

@@ -341,7 +341,9 @@ def ocsf_incident(inc: dict[str, Any]) -> dict[str, Any]:
     first, last = _ms(inc["first_seen"]), _ms(inc["last_seen"])
     doc = _ocsf_base(level, last, activity, inc["incident_id"], inc["tenant_id"])
     if closed:
-        doc["status_id"], doc["status"] = 4, "Resolved"
+        # Closed by a suppression rule added later: its alerts are fine, not resolved.
+        doc["status_id"], doc["status"] = (3, "Suppressed") if inc.get("closed_by") else (
+            4, "Resolved")
     field, value = inc["entity"]["field"], inc["entity"]["value"]
     doc["finding_info"] = {
         "uid": inc["incident_id"],
@@ -366,9 +368,12 @@ def ocsf_incident(inc: dict[str, Any]) -> dict[str, Any]:
 def ocsf_entity_alert(rec: dict[str, Any]) -> dict[str, Any]:
     """An entity alert as an OCSF Detection Finding: Create when raised, Update after."""
     level = rec["threat_level"]
-    activity = (1, "Create") if rec["status"] == "raised" else (2, "Update")
+    activity = {"raised": (1, "Create"), "closed": (3, "Close")}.get(rec["status"],
+                                                                    (2, "Update"))
     when = _ms(rec["detected_at"])
     doc = _ocsf_base(level, when, activity, rec["entity_alert_id"], rec["tenant_id"])
+    if rec["status"] == "closed":
+        doc["status_id"], doc["status"] = 3, "Suppressed"
     doc["finding_info"] = {
         "uid": rec["entity_alert_id"],
         "title": f"{rec['by']} {rec['entity']} at risk {rec['risk']:g}",

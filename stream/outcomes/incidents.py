@@ -25,6 +25,7 @@ after a restart, alerts open new incidents.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ import orjson
 
 from stream.features.columns import ColumnSource
 from stream.outcomes.records import ACTIONABLE_LEVEL, LEVEL_NAMES, alert_id
+from stream.outcomes.suppress import RuleSet, cover_add, covering
 
 
 class _Model(Protocol):
@@ -103,11 +105,16 @@ class Incident:
     alert_ids: list[str] = field(default_factory=list)
     models: set[str] = field(default_factory=set)
     status: str = "open"
+    #: What its alerts' scope fields span (``suppress.cover_add``), for a rule added later
+    #: to judge; None once an alert was not described.
+    cover: dict[str, Any] | None = field(default_factory=dict)
+    closed_by: str | None = None  # the suppression rule that closed it
 
     def copy(self) -> Incident:
         return replace(
             self, by_level=Counter(self.by_level), features=Counter(self.features),
             alert_ids=list(self.alert_ids), models=set(self.models),
+            cover=copy.deepcopy(self.cover),
         )
 
     def record(self, by: str) -> dict[str, Any]:
@@ -129,6 +136,7 @@ class Incident:
             "alert_ids": self.alert_ids,
             "alert_ids_omitted": self.alerts - len(self.alert_ids),
             "models": sorted(self.models),
+            **({"closed_by": self.closed_by} if self.closed_by else {}),
         }
 
 
@@ -161,14 +169,17 @@ class Incidents:
         self.opened = 0
         self.closed = 0
 
-    def add(self, outcome: AlertedBatch, source: ColumnSource
+    def add(self, outcome: AlertedBatch, source: ColumnSource,
+            summaries: Mapping[int, dict[str, str]] | None = None,
             ) -> tuple[list[tuple[bytes, bytes]], dict[int, str]]:
         """(key, value) records for the incidents this batch changes (staged, not
         committed), and the incident id of each batch row that joined one.
 
         ``outcome`` has the batch's levels, scores, explanations and alert rows (a
         ``BatchOutcome`` before its alerts are encoded); ``source`` is the batch's
-        columns as its sensor schema reads them, for the entity field.
+        columns as its sensor schema reads them, for the entity field; ``summaries``
+        (row -> ``risk.event_summaries``) each alert's scope fields, kept as its
+        signature so that a rule added later can close the incident (:meth:`close`).
         """
         joined: dict[int, str] = {}
         now = self.clock()
@@ -197,7 +208,7 @@ class Incidents:
                     aid = alert_id(outcome.topic, int(outcome.partitions[i]),
                                    int(outcome.offsets[i]))
                     inc = Incident(incident_id(key[0], key[1], aid), key[0], key[1], now, now)
-                self._join(inc, outcome, i, now)
+                self._join(inc, outcome, i, now, summaries)
                 self._stage(key, inc)
                 changed[key] = inc
                 joined[i] = inc.incident_id
@@ -215,8 +226,14 @@ class Incidents:
     def _stage(self, key: tuple[str, str], inc: Incident | None) -> None:
         self._staged[key] = inc
 
-    def _join(self, inc: Incident, outcome: AlertedBatch, i: int, now: float) -> None:
+    def _join(self, inc: Incident, outcome: AlertedBatch, i: int, now: float,
+              summaries: Mapping[int, dict[str, str]] | None = None) -> None:
         inc.last = now
+        if summaries is not None and inc.cover is not None:
+            ex = outcome.explanations.get(i)
+            cover_add(inc.cover, summaries.get(i, {}), ex[0].get("feature") if ex else None)
+        elif summaries is None:
+            inc.cover = None  # its alerts were not described: no rule can judge it
         inc.alerts += 1
         inc.by_level[LEVEL_NAMES[int(outcome.levels[i])]] += 1
         inc.min_score = min(inc.min_score, float(outcome.scores[i]))
@@ -256,6 +273,23 @@ class Incidents:
             inc.status = "closed"
             closed.append(inc)
             self._stage(k, None)
+
+    def close(self, rules: RuleSet) -> list[tuple[bytes, bytes]]:
+        """Close (staged, as the batch's other changes) every open incident all of whose
+        alerts a rule of ``rules`` covers (rules added while the consumer runs: as
+        Elastic's "close all alerts that match"); their records, marked ``closed_by``."""
+        out = []
+        for key in list(self.open):
+            inc = self._current(key)
+            if inc is None or inc.cover is None:
+                continue
+            rid = covering(rules, key[0], inc.cover)
+            if rid is None:
+                continue
+            inc.status, inc.closed_by = "closed", rid
+            self._stage(key, None)
+            out.append((inc.incident_id.encode(), orjson.dumps(inc.record(self.by))))
+        return out
 
     def commit(self) -> None:
         """The batch settled: its incident changes stand."""

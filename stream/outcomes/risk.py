@@ -37,6 +37,7 @@ from stream.features import FeatureSpec
 from stream.features.columns import ColumnSource
 from stream.ingest.decode import RowSubset
 from stream.outcomes.records import ACTIONABLE_LEVEL, LEVEL_NAMES
+from stream.outcomes.suppress import RuleSet, cover_add, covering
 from stream.state.store import event_times
 
 __all__ = ["LEVEL_POINTS", "Risk", "risk_of"]
@@ -168,6 +169,7 @@ class Risk:
                 key = f"{tenants[i]}/{by}={entity}"
                 ep = episodes.add(0 if scopes is None else int(scopes[i]), key, by, i,
                                   float(times[i]), r - p, LEVEL_NAMES[int(levels[i])])
+                ep["risk"], ep["threshold"] = round(r, 6), t
                 if r >= t and alert_ids is not None:
                     records.append((key.encode(), orjson.dumps({
                         "entity_alert_id": key, "tenant_id": tenants[i], "by": by,
@@ -199,6 +201,9 @@ EPISODE_PEERS: Final = 100
 EPISODE_TOP: Final = 5
 #: The fields of an event a top event shows.
 _SUMMARY: Final = ("src_ip", "dst_ip", "dst_port", "protocol")
+#: What an episode holds (a restored note without it starts afresh).
+_EPISODE_KEYS: Final = frozenset({"first_seen", "last_seen", "alerts", "by_level", "alert_ids",
+                                  "features", "peer_field", "peers", "top", "cover"})
 #: The other end of an entity's alerts, when the entity is an address.
 _PEER: Final = {"src_ip": "dst_ip", "dst_ip": "src_ip"}
 
@@ -242,11 +247,25 @@ class Episodes:
         ep = self.open.get((sc, key))
         if ep is None and self.store is not None:
             ep = self.store.note(sc, key)  # changed in place: a failed batch drops it
+            if not _is_episode(ep):
+                ep = None  # none, or not one of ours (restored from another build): afresh
         if ep is None or before < EPISODE_FLOOR:
-            ep = {"first_seen": t, "last_seen": t, "alerts": 0, "by_level": {},
-                  "alert_ids": [], "features": {}, "peer_field": _PEER.get(by),
-                  "peers": {}, "top": []}
+            ep = self._fresh(t, by)
         self.open[(sc, key)] = ep
+        try:
+            return self._fold(ep, i, t, level)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            # A restored note whose insides are not an episode's: this alert starts one.
+            ep = self.open[(sc, key)] = self._fresh(t, by)
+            return self._fold(ep, i, t, level)
+
+    @staticmethod
+    def _fresh(t: float, by: str) -> dict[str, Any]:
+        return {"first_seen": t, "last_seen": t, "alerts": 0, "by_level": {},
+                "alert_ids": [], "features": {}, "peer_field": _PEER.get(by),
+                "peers": {}, "top": [], "cover": {}}
+
+    def _fold(self, ep: dict[str, Any], i: int, t: float, level: str) -> dict[str, Any]:
         ep["alerts"] += 1
         ep["last_seen"] = t  # an alert's time is always read: risk needs it
         by_level = ep["by_level"]
@@ -262,6 +281,7 @@ class Episodes:
             if lead in feats or len(feats) < EPISODE_FEATURES:
                 feats[lead] = feats.get(lead, 0) + 1
         event = self._summary(i)
+        cover_add(ep["cover"], event, lead)  # for a rule added later to judge
         if ep["peer_field"]:
             peer = event.get(ep["peer_field"])
             peers = ep["peers"]
@@ -303,6 +323,47 @@ class Episodes:
                             "more": len(ep["peers"]) >= EPISODE_PEERS,
                             "top": [{"value": v, "alerts": n} for v, n in peers]}
         return out
+
+
+def _is_episode(ep: Any) -> bool:
+    """An episode as :class:`Episodes` writes it (a changelog note may be anything)."""
+    return (isinstance(ep, dict) and ep.keys() >= _EPISODE_KEYS
+            and all(isinstance(ep[k], t) for k, t in _EPISODE_TYPES))
+
+
+#: The type of each member of an episode.
+_EPISODE_TYPES: Final = (("first_seen", float | int), ("last_seen", float | int),
+                         ("alerts", int), ("by_level", dict), ("alert_ids", list),
+                         ("features", dict), ("peer_field", str | None), ("peers", dict),
+                         ("top", list), ("cover", dict))
+
+
+def close_covered(store: Any, rules: RuleSet, detected_at: str,
+                  scopes: Sequence[int] | None = None) -> list[tuple[bytes, bytes]]:
+    """Close every entity episode in ``store`` (in ``scopes``: the batch's partitions,
+    whose changes it commits; default all) all of whose alerts a rule of ``rules`` covers
+    (rules added while the consumer runs): an entity alert record per episode, status
+    ``closed`` and ``closed_by`` the rule, and the episode forgotten (the entity's next
+    alert starts a new one)."""
+    out = []
+    for sc in list(store.scopes) if scopes is None else scopes:
+        for key, ep in list(store.notes_of(sc).items()):
+            if not _is_episode(ep):
+                continue  # not an episode (a deduplication note)
+            tenant, _, rest = key.partition("/")
+            by, _, entity = rest.partition("=")
+            rid = covering(rules, tenant, ep["cover"])
+            if rid is None:
+                continue
+            store.set_note(sc, key, None)
+            out.append((key.encode(), orjson.dumps({
+                "entity_alert_id": key, "tenant_id": tenant, "by": by, "entity": entity,
+                "status": "closed", "closed_by": rid, "risk": ep.get("risk"),
+                "threshold": ep.get("threshold"), "alert_id": (ep["alert_ids"] or [None])[-1],
+                "threat_level": max(ep["by_level"], key=LEVEL_NAMES.index, default="low"),
+                "event_time": ep["last_seen"], "detected_at": detected_at,
+                **Episodes.view(ep)})))
+    return out
 
 
 def _by_score(e: dict[str, Any]) -> float:

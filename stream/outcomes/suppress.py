@@ -297,6 +297,99 @@ class RuleSet:
         return out
 
 
+#: What incidents and entity episodes keep of their alerts, so that a rule added later
+#: can tell whether it covers every one of them (``covering``). A rule is a conjunction
+#: of one test per field, each a range (a CIDR block, a port range) or one value (the
+#: protocol, the leading feature): it matches every alert exactly when each field's
+#: values all pass, which the field's lowest and highest value (or its one value) tell.
+#: So per field: ``[version, lowest, highest]`` of the addresses (as decimal text: IPv6
+#: does not fit JSON's integers), ``[lowest, highest]`` of the ports, ``[value]`` of the
+#: protocol and the leading feature, and ``"x"`` once a value is unset, unreadable or a
+#: second one (no rule on that field can cover them all then).
+_MANY: Final = "x"
+
+
+def cover_add(cover: dict[str, Any], summary: Mapping[str, str], lead: str | None) -> None:
+    """Fold one alert (its scope fields as text, its leading feature) into ``cover``; a
+    cover that is not one (a tampered changelog note) becomes "covers nothing known"."""
+    try:
+        _cover_add(cover, summary, lead)
+    except (ValueError, TypeError, IndexError, KeyError):
+        cover.update({f: _MANY for f in (SRC, DST, PORT, PROTO, "lead")})
+
+
+def _cover_add(cover: dict[str, Any], summary: Mapping[str, str], lead: str | None) -> None:
+    for f in (SRC, DST):
+        cur = cover.get(f)
+        if cur == _MANY:
+            continue
+        try:
+            a = ipaddress.ip_address(summary.get(f, ""))
+        except ValueError:
+            cover[f] = _MANY
+            continue
+        n = int(a)
+        if cur is None:
+            cover[f] = [a.version, str(n), str(n)]
+        elif cur[0] != a.version:
+            cover[f] = _MANY
+        else:
+            cur[1], cur[2] = str(min(int(cur[1]), n)), str(max(int(cur[2]), n))
+    cur = cover.get(PORT)
+    if cur != _MANY:
+        try:
+            p = float(summary.get(PORT, ""))
+            cover[PORT] = [p, p] if cur is None else [min(cur[0], p), max(cur[1], p)]
+        except ValueError:
+            cover[PORT] = _MANY
+    for f, v in ((PROTO, (summary.get(PROTO) or "").lower()), ("lead", lead)):
+        cur = cover.get(f)
+        if cur is None:
+            cover[f] = [v]
+        elif cur != _MANY and cur[0] != v:
+            cover[f] = _MANY
+
+
+def _covers(rule: Rule, tenant: str, cover: Mapping[str, Any], now: float) -> bool:
+    if not rule.active(now) or (rule.tenant is not None and rule.tenant != tenant):
+        return False
+    if rule.fields or not cover:
+        return False  # a field no cover keeps: never judged covered
+    for f, net in ((SRC, rule.src), (DST, rule.dst)):
+        if net is None:
+            continue
+        cur = cover.get(f)
+        if not isinstance(cur, list) or cur[0] != net.version:
+            return False
+        first, last = int(net.network_address), int(net.broadcast_address)
+        if not (first <= int(cur[1]) and int(cur[2]) <= last):
+            return False
+    if rule.port is not None:
+        cur = cover.get(PORT)
+        if not isinstance(cur, list) or not (rule.port[0] <= cur[0] and cur[1] <= rule.port[1]):
+            return False
+    for f, want in ((PROTO, rule.proto), ("lead", rule.feature)):
+        if want is not None:
+            cur = cover.get(f)
+            if not isinstance(cur, list) or cur[0] != want:
+                return False
+    return True
+
+
+def covering(rules: RuleSet, tenant: str, cover: Mapping[str, Any],
+             now: float | None = None) -> str | None:
+    """The id of the first rule of ``rules`` in force that matches every alert ``cover``
+    describes (an incident's or an episode's, of ``tenant``); None if none does."""
+    now = time.time() if now is None else now
+    for rule in rules.rules.values():
+        try:
+            if _covers(rule, tenant, cover, now):
+                return rule.id
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            return None  # not a cover (a tampered changelog note): judged not covered
+    return None
+
+
 def read_rules(lines: Iterable[bytes | str], source: str = "rules") -> RuleSet:
     """Rules from JSON lines (what ``stream suppress list --json`` prints; its ``active``
     member is left aside); ``RuleError`` naming the line of the first that is no rule."""

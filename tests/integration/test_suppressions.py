@@ -154,3 +154,63 @@ def test_rules_written_by_stream_suppress_apply_to_a_running_consumer(
 
     _suppress(s, "remove", "web")
     assert "no rules in force" in _suppress(s, "list")
+
+
+def test_a_rule_added_while_running_closes_the_incident_and_entity_alert_it_covers(
+        broker: EmbeddedBroker, tracking_uri: str, unique: str) -> None:
+    """The issue's "closes the matching open incident": the busiest alerting host of a
+    first round has an open incident (and an entity alert); a rule on its address added
+    while the consumer runs closes both with the next batch, each record naming the
+    rule, and its later alerts are suppressed."""
+    base = "suppc_" + os.urandom(3).hex()
+    registry.train(training_flows("acme", 2000, seed=3), model_name=base, uri=tracking_uri,
+                   do_promote=True)
+    s = Settings(
+        bootstrap_servers=broker.bootstrap, input_topic=f"flows-{unique}",
+        alert_topic=f"alerts-{unique}", dlq_topic=f"dlq-{unique}", group_id=f"g-{unique}",
+        tracking_uri=tracking_uri, model_name=base, session_timeout_ms=6000,
+        batch_size=500, batch_max_wait_ms=100, reload_interval=2.0,
+        suppression_topic=f"supp-{unique}", incident_topic=f"inc-{unique}",
+        incident_idle=3600.0, incident_window=3600.0, entity_alert_topic=f"ent-{unique}",
+    )
+    broker.create_topics([s.input_topic, s.alert_topic, s.dlq_topic], partitions=1)
+    pipeline = service.build(s)
+    follower = pipeline.suppressions
+    assert follower is not None
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    try:
+        produce(s.bootstrap_servers, s.input_topic, _events(1, "web"))
+        _wait(lambda: pipeline.stats.consumed >= ROUND, 120, "round 1")
+        incidents = [orjson.loads(m.value()) for m in read_all(s.bootstrap_servers,
+                                                               s.incident_topic)]
+        latest = {i["incident_id"]: i for i in incidents}
+        busiest = max((i for i in latest.values() if i["status"] == "open"),
+                      key=lambda i: i["alerts"])
+        host = busiest["entity"]["value"]
+        entity_key = f"acme/src_ip={host}"
+        had_entity_alert = any(m.key() == entity_key.encode()
+                               for m in read_all(s.bootstrap_servers, s.entity_alert_topic))
+        _suppress(s, "add", "--id", "known-host", "--src", f"{host}/32",
+                  "--reason", "a scanner we run", "--author", "ana")
+        _wait(lambda: "known-host" in follower.rules.rules, s.reload_interval + 5, "the rule")
+        produce(s.bootstrap_servers, s.input_topic, _events(2, "web")[:200])
+        _wait(lambda: pipeline.stats.consumed >= ROUND + 200, 120, "round 2")
+    finally:
+        pipeline.stop_event.set()
+        thread.join(timeout=30)
+        pipeline.table.stop()
+    records = [orjson.loads(m.value()) for m in read_all(s.bootstrap_servers, s.incident_topic)]
+    mine = [r for r in records if r["incident_id"] == busiest["incident_id"]]
+    assert mine[-1]["status"] == "closed" and mine[-1]["closed_by"] == "known-host"
+    assert mine[-1]["alerts"] == busiest["alerts"]
+    entity = [orjson.loads(m.value()) for m in read_all(s.bootstrap_servers,
+                                                        s.entity_alert_topic)
+              if m.key() == entity_key.encode()]
+    if had_entity_alert:
+        assert entity[-1]["status"] == "closed" and entity[-1]["closed_by"] == "known-host"
+    alerts = [orjson.loads(m.value()) for m in read_all(s.bootstrap_servers, s.alert_topic)]
+    assert not [a for a in alerts if a["source"]["offset"] >= ROUND
+                and a["event"]["src_ip"] == host]
+    print(f"\nrule added while running: incident of {host} ({busiest['alerts']} alerts) "
+          f"closed by it; entity alert {'closed' if had_entity_alert else 'none'}")

@@ -340,3 +340,32 @@ def test_notes_are_bounded_and_tombstoned() -> None:
         assert gone == {("\x00notes", "k0"), ("\x00notes", "k1")}
     finally:
         store_mod.MAX_NOTES = old  # type: ignore[misc]
+
+
+def test_an_episode_or_dedup_note_that_is_not_ours_starts_afresh() -> None:
+    """Notes come back from the changelog: whatever one holds (another build's, or one
+    tampered with), the entity's next alert starts a fresh episode and the batch goes
+    on, for every tenant."""
+    from stream.outcomes.dedup import Dedup
+
+    store = WindowStore()
+    bad = [
+        {"alerts": "many"},
+        {"first_seen": 0.0, "last_seen": 0.0, "alerts": 1, "by_level": {"high": "x"},
+         "alert_ids": [], "features": {}, "peer_field": None, "peers": {}, "top": [],
+         "cover": {"src_ip": [4, "zz", "1"]}},
+        [1, 2, 3],
+    ]
+    for k, note in enumerate(bad):
+        store.set_note(0, f"acme/src_ip=10.0.0.{k}", note)
+        store.set_note(0, f"dedup\x1facme\x1fsrc_ip=10.0.0.{k}\x1f", note)
+    values = [ev(float(k), f"10.0.0.{k % 3}", 900) for k in range(6)]
+    n = len(values)
+    out = process_batch(values, lambda ts: [MODEL for _ in ts], topic="f",
+                        partitions=np.zeros(n, dtype=np.int64),
+                        offsets=np.arange(n, dtype=np.int64), min_level=0, store=store,
+                        risk=Risk("src_ip", H, 12.0), dedup=Dedup(60.0))
+    records = [orjson.loads(v) for _k, v in out.entity_records]
+    assert {r["entity"] for r in records} == {"10.0.0.0", "10.0.0.1", "10.0.0.2"}
+    assert all(r["alerts"] == 2 and r["first_seen"] < 3 for r in records)
+    assert len(out.alerts) == 3  # one per host: the other three deduplicated

@@ -141,3 +141,47 @@ def test_emit_suppressed_publishes_them_marked_with_their_rule() -> None:
     assert sorted(alerts) == [0, 1, 2] and out.suppressed_emitted
     assert alerts[0]["suppressed_by"] == alerts[1]["suppressed_by"] == "backup"
     assert "entity_risk" not in alerts[0] and "suppressed_by" not in alerts[2]
+
+
+def test_a_rule_added_later_closes_the_incidents_and_entity_alerts_it_covers_whole() -> None:
+    """As Elastic's "close all alerts that match": a rule added while the consumer runs
+    closes the open incidents and entity episodes every alert of which it covers (judged
+    on their signatures: source, destination, port, protocol, leading feature), with a
+    record that names it; one with other alerts too, or a rule on a field signatures do
+    not keep, leaves them open. The next alerts are suppressed, as any rule's."""
+    incidents = Incidents(window=300, idle=60)
+    store = WindowStore()
+    risk = Risk("src_ip", 600.0, 12.0)
+    first = _batch(RuleSet(), store=store, risk=risk, incidents=incidents)
+    incidents.commit()
+    assert {orjson.loads(v)["entity"]["value"] for _k, v in first.incident_records} == {
+        "10.0.0.5", "10.0.0.7"}
+    # 10.0.0.5: two criticals to 10.9.1.1:873, an entity alert (20 > 12); 10.0.0.7: one.
+    assert [orjson.loads(v)["entity"] for _k, v in first.entity_records] == ["10.0.0.5"]
+
+    def later(closing: RuleSet, offset: int) -> Any:
+        """A later batch of the same partition: one low alert of another host."""
+        value = orjson.dumps({"tenant_id": "acme", "timestamp": 110.0 + offset,
+                              "src_ip": "10.0.0.8", "dst_ip": "10.9.1.1", "dst_port": 53,
+                              "bytes_transferred": 100})
+        return process_batch([value], lambda ts: [MODEL for _ in ts], topic="f",
+                             partitions=np.zeros(1, dtype=np.int64),
+                             offsets=np.array([offset], dtype=np.int64), store=store,
+                             risk=risk, incidents=incidents, closing=closing)
+
+    kept = later(RuleSet([rule(id="svc", fields={"service": "rsync"})]), 3)
+    assert kept.incident_records == [] and kept.entity_records == []
+
+    closed = later(RuleSet([rule(id="backup", dst="10.9.0.0/16", port="873")]), 4)
+    incidents.commit()
+    inc = [orjson.loads(v) for _k, v in closed.incident_records]
+    assert [(i["entity"]["value"], i["status"], i["closed_by"]) for i in inc] == [
+        ("10.0.0.5", "closed", "backup")]
+    assert list(incidents.open) == [("acme", "10.0.0.7")]  # its alert was on port 22
+    ent = [orjson.loads(v) for _k, v in closed.entity_records]
+    assert [(e["entity"], e["status"], e["closed_by"], e["alerts"]) for e in ent] == [
+        ("10.0.0.5", "closed", "backup", 2)]
+    from stream.outcomes.formats import format_entity_alert
+
+    ocsf = orjson.loads(format_entity_alert("ocsf", closed.entity_records[0][1]))
+    assert ocsf["activity_name"] == "Close" and ocsf["status"] == "Suppressed"
