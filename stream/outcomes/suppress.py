@@ -26,9 +26,11 @@ stream.outcomes.suppress.RuleError: rule x: src '10.0.0.0/33' is not an address 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -302,8 +304,8 @@ class RuleSet:
 #: of one test per field, each a range (a CIDR block, a port range) or one value (the
 #: protocol, the leading feature): it matches every alert exactly when each field's
 #: values all pass, which the field's lowest and highest value (or its one value) tell.
-#: So per field: ``[version, lowest, highest]`` of the addresses (as decimal text: IPv6
-#: does not fit JSON's integers), ``[lowest, highest]`` of the ports, ``[value]`` of the
+#: So per field: ``[version, lowest, highest]`` of the addresses (an IPv6 one as decimal
+#: text: it does not fit JSON's integers), ``[lowest, highest]`` of the ports, ``[value]`` of the
 #: protocol and the leading feature, and ``"x"`` once a value is unset, unreadable or a
 #: second one (no rule on that field can cover them all then).
 _MANY: Final = "x"
@@ -318,23 +320,39 @@ def cover_add(cover: dict[str, Any], summary: Mapping[str, str], lead: str | Non
         cover.update({f: _MANY for f in (SRC, DST, PORT, PROTO, "lead")})
 
 
+@functools.lru_cache(maxsize=65536)
+def _ip_of(text: str | None) -> tuple[int, int] | None:
+    """(version, address as an int) of an address's text; None if it is not one. The
+    socket module's parser, strict and a tenth of ``ipaddress``'s cost, memoised."""
+    if not text:
+        return None
+    for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+        try:
+            return version, int.from_bytes(socket.inet_pton(family, text), "big")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _cover_add(cover: dict[str, Any], summary: Mapping[str, str], lead: str | None) -> None:
     for f in (SRC, DST):
         cur = cover.get(f)
         if cur == _MANY:
             continue
-        try:
-            a = ipaddress.ip_address(summary.get(f, ""))
-        except ValueError:
+        got = _ip_of(summary.get(f))
+        if got is None:
             cover[f] = _MANY
             continue
-        n = int(a)
+        version, n = got
+        v: Any = n if version == 4 else str(n)  # IPv6 does not fit JSON's integers
         if cur is None:
-            cover[f] = [a.version, str(n), str(n)]
-        elif cur[0] != a.version:
+            cover[f] = [version, v, v]
+        elif cur[0] != version:
             cover[f] = _MANY
-        else:
-            cur[1], cur[2] = str(min(int(cur[1]), n)), str(max(int(cur[2]), n))
+        elif n < int(cur[1]):
+            cur[1] = v
+        elif n > int(cur[2]):
+            cur[2] = v
     cur = cover.get(PORT)
     if cur != _MANY:
         try:
