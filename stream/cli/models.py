@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -475,3 +476,78 @@ def describe(
     else:
         click.echo("entities:   no alert budget: the consumers' --risk-threshold applies")
     click.echo(model.spec.describe())
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@format_option
+@click.option("--map", "maps", multiple=True, metavar="TARGET=EXPR",
+              help="Field mapping, as stream score takes it.")
+@tenant_option("The tenant whose model is calibrated, and of the file's records (omit "
+               "for the global model).")
+@click.option("--version", default=None, help="Model version [default: the production one].")
+@click.option(
+    "--entity-alerts-per-day", type=click.FloatRange(min=0, min_open=True), required=True,
+    metavar="N",
+    help="Set the version's entity-alert threshold so that the files' traffic, scored by "
+    "it, would raise at most N entity alerts per day (by --risk-by, with "
+    "--risk-half-life).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@settings_options("model_name", "tracking_uri", "trust_types", "input_schema", "risk_by",
+                  "risk_half_life", "lateness", "state_ttl")
+@create_option
+def calibrate(
+    files: tuple[Path, ...],
+    fmt: str | None,
+    maps: tuple[str, ...],
+    tenant: str | None,
+    version: str | None,
+    entity_alerts_per_day: float,
+    as_json: bool,
+    model_name: str | None,
+    tracking_uri: str | None,
+    trust_types: tuple[str, ...],
+    input_schema: str | None,
+    risk_by: str | None,
+    risk_half_life: float | None,
+    lateness: float | None,
+    state_ttl: float | None,
+    create: bool,
+) -> None:
+    """Set the entity-alert threshold of a registered version from a baseline file."""
+    from stream import registry
+    from stream.registry.admin import set_calibration
+    from stream.tools.calibrate import calibrate as run_calibration
+
+    s = load_settings(model_name=model_name, tracking_uri=tracking_uri,
+                      trust_types=trust_types, input_schema=input_schema, risk_by=risk_by,
+                      risk_half_life=risk_half_life, lateness=lateness, state_ttl=state_ttl)
+    if not s.risk_by:
+        raise click.UsageError("--entity-alerts-per-day needs a --risk-by field")
+    check_registry(s.tracking_uri, s, create=create)
+    name = registry.registered_name(s.model_name, tenant)
+    try:
+        version = version or registry.production_version(name, uri=s.tracking_uri)
+        if version is None:
+            raise click.ClickException(f"{name} has no production version (give --version)")
+        model = registry.load_version(name, version, uri=s.tracking_uri, trusted=s.trust_types)
+    except registry.ModelLoadError as e:
+        raise click.ClickException(str(e)) from e
+    budget, summary = run_calibration(list(files), model, s, entity_alerts_per_day, fmt=fmt,
+                                      mapping=input_mapping(maps), tenant=tenant)
+    if budget is None:
+        raise click.ClickException(
+            f"no alert of the {summary.scored} events scored has a readable {s.risk_by} and "
+            "timestamp: nothing to calibrate on")
+    set_calibration(name, version, budget.as_dict(), uri=s.tracking_uri)
+    if as_json:
+        click.echo(orjson.dumps({"model": name, "version": version,
+                                 "entity_budget": budget.as_dict()}).decode())
+        return
+    click.echo(f"{name} v{version}: an entity alert at risk {budget.threshold:g} (by "
+               f"{budget.by}, half-life {budget.half_life:g} s): the {summary.scored} events "
+               f"raised {budget.raised_per_day:.2f} a day ({budget.alerts} alerts, "
+               f"{budget.entities} entities, {budget.days:.2f} days), for at most "
+               f"{budget.per_day:g}; consumers apply it at their next registry poll")

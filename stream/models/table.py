@@ -48,6 +48,7 @@ from stream.models.loads import LoadFailure, LoadPool
 from stream.models.watcher import RegistryWatcher
 from stream.ops.failures import brief, redact_uri
 from stream.registry import LoadedModel, NotLoaded, RegistryView
+from stream.registry.loading import apply_calibration
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +492,9 @@ class ModelTable:
                 target = view.production[name]
                 if target != model.version:
                     jobs.append((name, target, PRODUCTION))
+                elif apply_calibration(model, view.budgets.get(name)):
+                    log.info("%s v%s: entity-alert threshold %g from its calibration",
+                             name, model.version, view.budgets[name]["threshold"])
             base_version = view.production.get(self.base_name)
             if base_version is not None and self.base_name not in self.cache:
                 jobs.append((self.base_name, base_version, PRODUCTION))

@@ -9,10 +9,13 @@ models`` (``list_models``) and the design note's API (``production_version``).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from stream.registry.client import (
     CHALLENGER_ALIAS,
@@ -102,13 +105,45 @@ def demote(name: str, *, uri: str | None = None) -> list[str]:
     return versions
 
 
+#: A registered model's tag holding the entity-alert threshold ``stream calibrate`` set for
+#: one of its versions (the version's own artifacts are immutable and hashed).
+CALIBRATION_TAG: Final = "stream.entity_budget.v"
+
+
+def calibration(tags: Mapping[str, Any], version: str) -> dict[str, Any] | None:
+    """The calibrated entity budget of ``version`` in a registered model's ``tags``; None
+    if there is none, or it is not one (a tag anyone can write is checked, never trusted)."""
+    raw = tags.get(CALIBRATION_TAG + str(version))
+    if not isinstance(raw, str):
+        return None
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    ok = (isinstance(d, dict) and isinstance(d.get("threshold"), int | float)
+          and not isinstance(d.get("threshold"), bool) and math.isfinite(d["threshold"])
+          and d["threshold"] > 0 and isinstance(d.get("by"), str)
+          and isinstance(d.get("half_life"), int | float) and d["half_life"] > 0)
+    return d if ok else None
+
+
+def set_calibration(name: str, version: str, budget: Mapping[str, Any], *,
+                    uri: str | None = None) -> None:
+    """Store ``budget`` as ``version``'s calibrated entity budget (running consumers pick
+    it up with their next registry poll)."""
+    client(uri).set_registered_model_tag(name, CALIBRATION_TAG + str(version),
+                                         orjson.dumps(dict(budget)).decode())
+
+
 @dataclass(frozen=True)
 class RegistryView:
-    """One poll of the registry: production and challenger version per model name."""
+    """One poll of the registry: production and challenger version per model name, and
+    the calibrated entity budget of each production version that has one."""
 
     production: dict[str, str] = field(default_factory=dict)
     challenger: dict[str, str] = field(default_factory=dict)
     requests: int = 0
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def poll(base_name: str, *, uri: str | None = None, page_size: int = 1000) -> RegistryView:
@@ -121,6 +156,7 @@ def poll(base_name: str, *, uri: str | None = None, page_size: int = 1000) -> Re
     c = client(uri)
     production: dict[str, str] = {}
     challenger: dict[str, str] = {}
+    budgets: dict[str, dict[str, Any]] = {}
     token: str | None = None
     requests = 0
     # LIKE's '_' is a wildcard; the exact-prefix check below filters the extras.
@@ -139,13 +175,17 @@ def poll(base_name: str, *, uri: str | None = None, page_size: int = 1000) -> Re
             prod = resolve(aliases, stages, "production")
             if prod is not None:
                 production[rm.name] = prod
+                budget = calibration(getattr(rm, "tags", None) or {}, prod)
+                if budget is not None:
+                    budgets[rm.name] = budget
             chal = resolve(aliases, stages, "challenger")
             if chal is not None:
                 challenger[rm.name] = chal
         token = page.token
         if not token:
             break
-    return RegistryView(production=production, challenger=challenger, requests=requests)
+    return RegistryView(production=production, challenger=challenger, requests=requests,
+                        budgets=budgets)
 
 
 def list_models(*, uri: str | None = None) -> list[dict[str, Any]]:

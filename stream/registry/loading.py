@@ -231,8 +231,41 @@ def load_version(
     """Download one model version, check it is trusted, load it. One artifact download.
 
     With ``store`` (a ``ModelStore``, ``MODEL_STORAGE_PATH``) the downloaded version is
-    kept there, and a version the registry cannot deliver is loaded from there.
+    kept there, and a version the registry cannot deliver is loaded from there. An
+    entity-alert threshold ``stream calibrate`` set for the version (a registered-model
+    tag) takes the place of the one its training set.
     """
+    model = _load_version(name, version, uri=uri, trusted=trusted, store=store)
+    try:
+        from stream.registry.admin import calibration
+
+        rm = client(uri or tracking_uri()).get_registered_model(name)
+        apply_calibration(model, calibration(getattr(rm, "tags", None) or {}, version))
+    except Exception as e:  # the model serves either way, with its training's threshold
+        log.warning("%s v%s: its calibration could not be read (%s)", name, version, brief(e))
+    return model
+
+
+def apply_calibration(model: LoadedModel, budget: Mapping[str, Any] | None) -> bool:
+    """Serve ``budget`` (``stream calibrate``'s, checked) as the model's entity-alert
+    threshold in place of its training's; True if that changed anything."""
+    if budget is None or model.info.get("entity_budget") == budget:
+        return False
+    info = model.info
+    if isinstance(info, dict):
+        info["entity_budget"] = dict(budget)
+        return True
+    return False
+
+
+def _load_version(
+    name: str,
+    version: str,
+    *,
+    uri: str | None = None,
+    trusted: Sequence[str] = (),
+    store: Any = None,
+) -> LoadedModel:
 
     uri = uri or tracking_uri()
     t0 = time.perf_counter()

@@ -43,3 +43,61 @@ def test_a_budget_set_at_training_holds_when_the_traffic_is_scored(tmp_path: Pat
     raised = sum(rec["status"] == "raised" for rec in records)
     assert raised / budget["days"] == pytest.approx(budget["raised_per_day"])
     assert 0 < raised <= 200 * budget["days"]
+
+
+def test_stream_calibrate_sets_the_budget_of_a_registered_version(tmp_path: Path) -> None:
+    """A version trained without a budget: ``stream calibrate`` on a baseline file sets
+    its entity-alert threshold (a tag of the registered model: the version's artifacts
+    stay as they were); ``describe`` shows it, ``score`` applies it, and a model table
+    that had loaded the version before serves it after its next poll. A tag that is not
+    a budget is ignored."""
+    from stream.consumer import service
+    from stream.registry.admin import CALIBRATION_TAG
+    from stream.registry.client import client
+    from stream.config import Settings
+
+    uri = f"sqlite:///{tmp_path / 'calibrate.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    runner = CliRunner()
+    flows = tmp_path / "flows.jsonl"
+    r = runner.invoke(main, ["generate", "--events", "20000", "--tenants", "acme",
+                             "--seed", "5", "-o", str(flows)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["train", "--input", str(flows), "--n-estimators", "50",
+                             "--promote"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "no alert budget" in runner.invoke(main, ["describe"], env=env).stdout
+    table = service.build_table(Settings(tracking_uri=uri))
+    table.refresh()
+    (loaded,) = table.resolve(["acme"])
+    assert loaded is not None and "entity_budget" not in loaded.info
+
+    r = runner.invoke(main, ["calibrate", str(flows), "--entity-alerts-per-day", "100",
+                             "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    budget = orjson.loads(r.stdout)["entity_budget"]
+    assert budget["per_day"] == 100 and budget["threshold"] >= 10.0
+    assert 0 < budget["raised_per_day"] <= 100
+    described = orjson.loads(runner.invoke(main, ["describe", "--json"], env=env).stdout)
+    assert described["entity_budget"] == budget
+    entities = tmp_path / "entities.jsonl"
+    r = runner.invoke(main, ["score", str(flows), "-o", str(tmp_path / "alerts.jsonl"),
+                             "--entity-alerts", str(entities)], env=env)
+    assert r.exit_code == 0, r.output
+    records = [orjson.loads(line) for line in entities.read_bytes().splitlines()]
+    assert records and all(rec["threshold"] == budget["threshold"] for rec in records)
+    raised = sum(rec["status"] == "raised" for rec in records)
+    assert raised / budget["days"] == pytest.approx(budget["raised_per_day"])
+    # The table that loaded the version before: the budget from its next poll on.
+    table.refresh()
+    assert table.resolve(["acme"])[0].info["entity_budget"] == budget
+    table.stop()
+    # A tag that is no budget (anyone with write access to the registry can set one).
+    version = described["version"]
+    client(uri).set_registered_model_tag(described["model"],
+                                         CALIBRATION_TAG + str(version), '{"threshold": -1}')
+    again = orjson.loads(runner.invoke(main, ["describe", "--json"], env=env).stdout)
+    assert "entity_budget" not in again
+    text = runner.invoke(main, ["calibrate", str(flows), "--entity-alerts-per-day", "5"],
+                         env=env).stdout
+    assert "consumers apply it at their next registry poll" in text
