@@ -162,10 +162,17 @@ def _train(uri: str, base: str, records: list[dict[str, Any]], args: argparse.Na
     from stream import registry
     from stream.features.recipes import recipe
 
+    per_day = None
+    if args.entity_budget:
+        # --entity-budget per 1,000 active hosts (distinct sources of the baseline), at
+        # least that many a day.
+        hosts = len({r.get("src_ip") for r in records})
+        per_day = args.entity_budget * max(1.0, hosts / 1000.0)
     registry.train(records, tenant=tenant, model_name=base, uri=uri,
                    features=recipe(args.recipe), detector=args.detector,
                    calibrate=tuple(args.calibrate), do_promote=True,
-                   min_records=min(256, max(2, len(records) // 2)))
+                   min_records=min(256, max(2, len(records) // 2)),
+                   entity_alerts_per_day=per_day, risk_by=args.risk_by)
 
 
 def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> list[Row]:
@@ -224,14 +231,15 @@ def run_capture(cap: Capture, uri: str, tmp: Path, args: argparse.Namespace) -> 
             n_raised = sum(e["status"] == "raised" for e in entity_alerts)
             row.extra.update(malicious=len(bad), surfaced=len(bad & raised),
                              surfaced_high=len(bad & high), benign_alerted=len(others),
+                             others_per_day=len(others) / days,
                              targets=len(hit), targets_surfaced=len(hit & dsts),
                              raised=n_raised, per_day=n_raised / days)
             by_dst = (f", {len(hit & dsts)}/{len(hit)} of their destinations"
                       if "dst_ip" in args.risk_by.split(",") else "")
             row.note = (f"entities: {len(bad & raised)}/{len(bad)} attacking or infected "
                         f"sources surfaced ({len(bad & high)} by a high+ alert){by_dst}, "
-                        f"{len(others)} others; {n_raised} raised "
-                        f"({n_raised / days:.1f}/day)")
+                        f"{len(others)} others ({len(others) / days:.1f}/day); {n_raised} "
+                        f"raised ({n_raised / days:.1f}/day)")
             flow_ids = [str(d.get("flow_id")) for d in docs]
             lab = {str(r.get("flow_id")): yy for r, yy in zip(evaluation, ye.tolist(),
                                                                strict=True)}
@@ -287,8 +295,10 @@ def run_generator(seed: int, uri: str, args: argparse.Namespace) -> dict[str, An
     for t in OWN_MODEL_TENANTS:
         _train(uri, base, [r for r in own if r["tenant_id"] == t], args, tenant=t)
     flows = list(generate_flows(args.generator_events, tenants, seed=seed))
+    entity_alerts: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp:
-        s, levels, docs, dead = _score(uri, base, flows, Path(tmp), base)
+        s, levels, docs, dead = _score(uri, base, flows, Path(tmp), base, entity_alerts,
+                                       args.risk_by)
     alerted = [(str(d.get("label")), str(d.get("tenant_id")), -a)
                for d, a, lv in zip(docs, s.tolist(), levels.tolist(), strict=True)]
     # detection() reads alerts: every scored event here (min level low), and the
@@ -301,6 +311,27 @@ def run_generator(seed: int, uri: str, args: argparse.Namespace) -> dict[str, An
                               for k in det["recall_at_fpr"]}
     det["fpr_at_alert"] = round(at_alert["normal"] / (total["normal"] or 1), 4)
     det["dead_letters"] = dead
+    # Entities: the attacking sources (per tenant) surfaced by an entity alert at high or
+    # above, and the other entities raised; a day is the flows' span, at least an hour.
+    bad = {(f["tenant_id"], f["src_ip"]) for f in flows if f["label"] != "normal"}
+    mine = [e for e in entity_alerts if e["by"] == "src_ip"]
+    high = {(e["tenant_id"], str(e["entity"])) for e in mine
+            if e["threat_level"] in ("high", "critical")}
+    raised = {(e["tenant_id"], e["by"], str(e["entity"])) for e in entity_alerts}
+    others = {k for k in raised if not (k[1] == "src_ip" and (k[0], k[2]) in bad)}
+    times = [float(f["timestamp"]) if not isinstance(f["timestamp"], str) else 0.0
+             for f in flows]
+    days = max(max(times) - min(times), 3600.0) / 86400.0
+    dsts = {(e["tenant_id"], str(e["entity"])) for e in entity_alerts
+            if e["by"] == "dst_ip" and e["threat_level"] in ("high", "critical")}
+    per_kind = {}
+    for kind in sorted({f["label"] for f in flows} - {"normal"}):
+        srcs = {(f["tenant_id"], f["src_ip"]) for f in flows if f["label"] == kind}
+        victims = {(f["tenant_id"], f["dst_ip"]) for f in flows if f["label"] == kind}
+        per_kind[kind] = (len(srcs & high), len(srcs), len(victims & dsts), len(victims))
+    det["entities"] = {"attacking": len(bad), "surfaced_high": len(bad & high),
+                       "others": len(others), "others_per_day": len(others) / days,
+                       "per_kind": per_kind}
     return det
 
 
@@ -325,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="substring of the captures to run")
     ap.add_argument("--risk-by", default="src_ip",
                     help="entities risk adds up by, as stream run's --risk-by [src_ip]")
+    ap.add_argument("--entity-budget", type=float, default=None, metavar="PER_1000",
+                    help="train with an entity-alert budget of PER_1000 a day per 1,000 "
+                    "active hosts of the baseline (at least PER_1000)")
     args = ap.parse_args(argv)
     _quiet()
     from stream.features.recipes import DEFAULT_RECIPE
@@ -360,9 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 det = run_generator(seed, uri, args)
                 kinds = ", ".join(f"{k} {det['recall_at_alert'][k]:.2f}/"
                                   f"{det['recall_at_fpr'][k]:.2f}" for k in det["recall_at_fpr"])
+                ent = det["entities"]
                 print(f"  seed {seed}: {kinds}; false positives {det['fpr_at_alert']:.2%}/"
-                      f"{det['fpr_at_cut']:.2%}; dead letters {det['dead_letters']}",
-                      flush=True)
+                      f"{det['fpr_at_cut']:.2%}; dead letters {det['dead_letters']}; "
+                      f"entities (sources / their destinations surfaced by a high+ entity "
+                      f"alert): " + ", ".join(
+                          f"{k} {a}/{b}" + (f" / {c}/{d}" if "dst_ip" in args.risk_by else "")
+                          for k, (a, b, c, d) in ent["per_kind"].items())
+                      + f"; {ent['others']} other entities raised", flush=True)
     print(f"\n{time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -193,11 +193,12 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     default=None, help="Thresholds for this precision on the --labels alerts at medium+.",
 )
 @click.option(
-    "--entity-alerts-per-day", type=click.FloatRange(min=0, min_open=True), default=None,
-    metavar="N",
+    "--entity-alerts-per-day", default="auto", show_default=True, metavar="N|auto|off",
     help="Set the entity-alert threshold (stored with the version, in place of the "
     "consumers' --risk-threshold for its tenants) so that the training traffic would "
-    "raise at most N entity alerts per day (by --risk-by, with --risk-half-life).",
+    "raise at most N entity alerts per day (by --risk-by, with --risk-half-life); auto: "
+    "20 a day per 1,000 active hosts of the training traffic (at least 20); off: the "
+    "consumers' --risk-threshold.",
 )
 @click.option("--promote", is_flag=True, help="Promote the new version to production.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -231,7 +232,7 @@ def train(
     alert_budget: float | None,
     labels_path: str | None,
     target_precision: float | None,
-    entity_alerts_per_day: float | None,
+    entity_alerts_per_day: str,
     promote: bool,
     as_json: bool,
 ) -> None:
@@ -245,8 +246,18 @@ def train(
         input_schema=input_schema, trust_types=trust_types, where=where, lateness=lateness,
         state_ttl=state_ttl, risk_by=risk_by, risk_half_life=risk_half_life,
     )
-    if entity_alerts_per_day is not None and not s.risk_by:
-        raise click.UsageError("--entity-alerts-per-day needs a --risk-by field")
+    budget_arg = entity_alerts_per_day.strip().lower()
+    per_day: float | None = None
+    if budget_arg not in ("auto", "off"):
+        try:
+            per_day = float(budget_arg)
+        except ValueError:
+            per_day = -1.0
+        if not per_day > 0 or per_day == float("inf"):
+            raise click.BadParameter(f"{entity_alerts_per_day!r} is not a positive number, "
+                                     "auto or off", param_hint="--entity-alerts-per-day")
+        if not s.risk_by:
+            raise click.UsageError("--entity-alerts-per-day needs a --risk-by field")
     spec = _feature_spec(features, feature_exprs, feature_file, recipe, timestamp_field)
     check_registry(s.tracking_uri, s)
     # The readers of replay and score: every format, bad lines reported. A sensor schema
@@ -277,6 +288,13 @@ def train(
         )
     if loaded.unreadable:
         click.echo(f"{input_path}: skipped {loaded.describe_unreadable()}", err=True)
+    if budget_arg == "auto" and s.risk_by:
+        from stream.features import RecordColumns
+        from stream.ingest.view import columns_for
+        from stream.outcomes.risk import default_per_day
+
+        per_day = default_per_day(columns_for(RecordColumns(records), s.input_schema),
+                                  s.risk_by)
     cont: float | str = contamination if contamination == "auto" else float(contamination)
     try:
         # With a tracking server MLflow writes "View run ... at: URL" lines to stdout;
@@ -303,7 +321,7 @@ def train(
                 experiment=s.experiment_name,
                 do_promote=promote,
                 clock=WindowClock(s.lateness, s.state_ttl),
-                entity_alerts_per_day=entity_alerts_per_day,
+                entity_alerts_per_day=per_day,
                 risk_by=s.risk_by,
                 risk_half_life=s.risk_half_life,
             )
@@ -325,6 +343,8 @@ def train(
             err=True,
         )
     for note in result.warnings:
+        if budget_arg == "auto" and note.startswith("--entity-alerts-per-day"):
+            continue  # the default, not asked for: the consumers' --risk-threshold applies
         click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())

@@ -51,10 +51,10 @@ def test_stream_calibrate_sets_the_budget_of_a_registered_version(tmp_path: Path
     stay as they were); ``describe`` shows it, ``score`` applies it, and a model table
     that had loaded the version before serves it after its next poll. A tag that is not
     a budget is ignored."""
+    from stream.config import Settings
     from stream.consumer import service
     from stream.registry.admin import CALIBRATION_TAG
     from stream.registry.client import client
-    from stream.config import Settings
 
     uri = f"sqlite:///{tmp_path / 'calibrate.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
@@ -64,7 +64,7 @@ def test_stream_calibrate_sets_the_budget_of_a_registered_version(tmp_path: Path
                              "--seed", "5", "-o", str(flows)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["train", "--input", str(flows), "--n-estimators", "50",
-                             "--promote"], env=env)
+                             "--entity-alerts-per-day", "off", "--promote"], env=env)
     assert r.exit_code == 0, r.output
     assert "no alert budget" in runner.invoke(main, ["describe"], env=env).stdout
     table = service.build_table(Settings(tracking_uri=uri))
@@ -101,3 +101,25 @@ def test_stream_calibrate_sets_the_budget_of_a_registered_version(tmp_path: Path
     text = runner.invoke(main, ["calibrate", str(flows), "--entity-alerts-per-day", "5"],
                          env=env).stdout
     assert "consumers apply it at their next registry poll" in text
+
+
+def test_stream_train_sets_a_default_budget_of_20_a_day_per_1000_hosts(tmp_path: Path) -> None:
+    """Without --entity-alerts-per-day, stream train budgets 20 entity alerts a day per
+    1,000 active hosts (sources) of its training traffic, at least 20; a bad value is
+    one line and exit 2."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'default.db'}"}
+    runner = CliRunner()
+    flows = tmp_path / "flows.jsonl"
+    assert runner.invoke(main, ["generate", "--events", "5000", "--tenants", "acme",
+                                "--seed", "9", "-o", str(flows)]).exit_code == 0
+    r = runner.invoke(main, ["train", "--input", str(flows), "--n-estimators", "30",
+                             "--promote"], env=env)
+    assert r.exit_code == 0, r.output
+    budget = orjson.loads(runner.invoke(main, ["describe", "--json"], env=env).stdout)[
+        "entity_budget"]
+    hosts = len({orjson.loads(line).get("src_ip") for line in flows.read_bytes().splitlines()})
+    assert budget["per_day"] == pytest.approx(20.0 * max(1.0, hosts / 1000.0))
+    assert budget["threshold"] >= 10.0 and budget["raised_per_day"] <= budget["per_day"]
+    bad = runner.invoke(main, ["train", "--input", str(flows), "--entity-alerts-per-day",
+                               "lots"], env=env)
+    assert bad.exit_code == 2 and "is not a positive number, auto or off" in bad.output
