@@ -5,6 +5,7 @@ the tool's topics as their users do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from typing import Any
 
@@ -255,8 +256,12 @@ def _redrive(s: config.Settings, reasons: tuple[str, ...], to: str | None, group
 
 @main.command()
 @settings_options(
-    "bootstrap_servers", "alert_topic", "kafka_properties", aliases={"alert_topic": "--topic"}
+    "bootstrap_servers", "alert_topic", "kafka_properties", "entity_alert_topic",
+    aliases={"alert_topic": "--topic"}
 )
+@click.option("--entities", is_flag=True,
+              help="Read the entity alerts of --entity-alert-topic: the latest state of each "
+              "entity, highest risk first.")
 @click.option("--follow", "-f", is_flag=True,
               help="Keep reading new alerts (from the end of the topic, unless "
               "--from-beginning).")
@@ -278,6 +283,8 @@ def alerts(
     bootstrap_servers: str | None,
     alert_topic: str | None,
     kafka_properties: tuple[str, ...],
+    entity_alert_topic: str | None,
+    entities: bool,
     follow: bool,
     from_beginning: bool,
     tenant: str | None,
@@ -285,8 +292,9 @@ def alerts(
     summary: bool,
     as_json: bool,
 ) -> None:
-    """Print alerts (or the incidents of --topic alerts.incidents) as a table, or as JSON
-    lines: every record on the topic, or with --follow the new ones as they come."""
+    """Print alerts (or the incidents of --topic alerts.incidents, the entity alerts of
+    --entities) as a table, or as JSON lines: every record on the topic, or with --follow
+    the new ones as they come."""
     from collections import Counter
 
     from rich.console import Console
@@ -343,7 +351,13 @@ def alerts(
             bootstrap_servers=bootstrap_servers,
             alert_topic=alert_topic,
             kafka_properties=kafka_properties,
+            entity_alert_topic=entity_alert_topic,
         )
+        if entities:
+            if not s.entity_alert_topic:
+                raise click.UsageError("--entities reads --entity-alert-topic: name it (or "
+                                       "STREAM_ENTITY_ALERT_TOPIC)")
+            s = dataclasses.replace(s, alert_topic=s.entity_alert_topic)
         check_kafka(s)
         stopped = stack.enter_context(stop_on_signals())
         stream = read_alerts(

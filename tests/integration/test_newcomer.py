@@ -123,6 +123,15 @@ def test_alerts_renders_entity_alerts_highest_risk_first(
     assert "src_ip=10.1.0.9" in rows[0] and "30.00" in rows[0]  # highest risk first
     assert "src_ip=10.1.0.66" in rows[1] and "16.25" in rows[1] and "updated" in rows[1]
     assert "2026-01-01T00:00:00+00:00" in rows[0]
+    # stream alerts --entities reads the entity alert topic the consumers write.
+    r = CliRunner().invoke(main, ["alerts", "--entities", "--entity-alert-topic", topic,
+                                  "--bootstrap-servers", broker.bootstrap],
+                           env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert [line for line in r.output.splitlines() if "src_ip=" in line] == rows
+    r = CliRunner().invoke(main, ["alerts", "--entities", "--bootstrap-servers",
+                                  broker.bootstrap])
+    assert r.exit_code == 2 and "--entities reads --entity-alert-topic" in r.output
 
 
 # ---- stream feedback add ---------------------------------------------------------------------
