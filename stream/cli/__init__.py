@@ -4,7 +4,7 @@ One module per command group (``consumer``, ``models``, ``traffic``, ``topics``)
 group and the options every command shares (``base``).
 """
 
-from stream.cli import consumer, models, topics, traffic  # noqa: F401  (register commands)
+from stream.cli import console, consumer, models, topics, traffic  # noqa: F401  (register commands)
 from stream.cli.base import main
 
 __all__ = ["main"]

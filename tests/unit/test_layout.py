@@ -118,7 +118,7 @@ LAYERS: list[set[str]] = [
     {"ingest", "features", "state", "scoring", "outcomes"},
     {"registry", "models"},
     {"consumer"},
-    {"tools"},
+    {"tools", "console"},
     {"cli"},
     {""},  # the package itself: the design note's API, imported lazily from tools
 ]

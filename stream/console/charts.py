@@ -1,0 +1,111 @@
+"""The console's pictures, drawn on the server as SVG: no script library, nothing fetched,
+every label escaped (a value from an event is text, never markup).
+
+``timeline``: an incident's or entity's alerts over event time, one mark per alert at
+its anomaly score, coloured by level, and the entity's risk where the alerts carry it.
+``explanation``: the inputs that led an alert, each as its value against the training
+baseline (median and spread): a bar from the median, in spreads. ``histogram``: the
+live score distribution of a tenant's alerts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+__all__ = ["explanation", "histogram", "timeline"]
+
+COLOURS = {"low": "#8a8f98", "medium": "#d4a017", "high": "#e06c00", "critical": "#c0392b"}
+
+
+def _svg(w: int, h: int, body: list[str], label: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+            f'aria-label="{escape(label)}" viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
+            + "".join(body) + "</svg>")
+
+
+def timeline(points: Sequence[tuple[float, float, str, float | None]], w: int = 720,
+             h: int = 220) -> str:
+    """(event time, anomaly score, level, entity risk or None) per alert."""
+    pts = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])]
+    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    if not pts:
+        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no alerts</text>')
+        return _svg(w, h, body, "timeline: no alerts")
+    t0, t1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    s0, s1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    risks = [p[3] for p in pts if p[3] is not None and math.isfinite(p[3])]
+    r1 = max(risks, default=0.0) or 1.0
+    pad = 30
+
+    def x(t: float) -> float:
+        return pad + (t - t0) / ((t1 - t0) or 1.0) * (w - 2 * pad)
+
+    def y(s: float) -> float:  # lower scores (more anomalous) higher up
+        return pad + (s - s0) / ((s1 - s0) or 1.0) * (h - 2 * pad)
+
+    if risks:
+        path = " ".join(f"{x(p[0]):.1f},{h - pad - (p[3] / r1) * (h - 2 * pad):.1f}"
+                        for p in pts if p[3] is not None and math.isfinite(p[3]))
+        body.append(f'<polyline class="risk" points="{path}" fill="none" stroke="#2c3e91" '
+                    'stroke-width="1.5"/>')
+    for t, s, level, _r in pts:
+        body.append(f'<circle class="alert" cx="{x(t):.1f}" cy="{y(s):.1f}" r="4" '
+                    f'fill="{COLOURS.get(level, "#555")}"><title>{escape(level)} '
+                    f'{s:.4f}</title></circle>')
+    said = f"; the entity's risk (line) up to {r1:.1f}" if risks else ""
+    body.append(f'<text x="{pad}" y="{h - 8}" font-size="11">{len(pts)} alerts over '
+                f'{t1 - t0:.3g} s of event time, the most anomalous highest{said}</text>')
+    return _svg(w, h, body, f"timeline of {len(pts)} alerts")
+
+
+def explanation(inputs: Sequence[dict[str, Any]], w: int = 720) -> str:
+    """Each input of an alert's explanation: its value against the baseline median, in
+    spreads (``deviation``), labelled with the value, the median and the spread."""
+    rows = [e for e in inputs if isinstance(e, dict)][:8]
+    h = 30 + 26 * max(1, len(rows))
+    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    if not rows:
+        body.append('<text x="10" y="20">no explanation (the model has no baseline)</text>')
+        return _svg(w, h, body, "explanation: none")
+    devs = [abs(float(e.get("deviation") or 0.0)) for e in rows]
+    top = max(max(devs), 1.0)
+    mid = 260 + (w - 280) / 2
+    half = (w - 280) / 2
+    body.append(f'<line x1="{mid}" y1="10" x2="{mid}" y2="{h - 10}" stroke="#999"/>')
+    for k, e in enumerate(rows):
+        dev = float(e.get("deviation") or 0.0)
+        yy = 20 + 26 * k
+        length = abs(dev) / top * half
+        x0 = mid if dev >= 0 else mid - length
+        label = (f"{e.get('feature')}: {e.get('value')} (median {e.get('baseline')}, "
+                 f"spread {e.get('spread')})")
+        body.append(f'<text x="6" y="{yy + 12}" font-size="11">{escape(label[:60])}</text>')
+        body.append(f'<rect class="bar" x="{x0:.1f}" y="{yy}" width="{length:.1f}" '
+                    f'height="16" fill="#e06c00"><title>{escape(label)}: '
+                    f'{dev:+.1f} spreads</title></rect>')
+    return _svg(w, h, body, f"explanation of {len(rows)} inputs")
+
+
+def histogram(values: Sequence[float], bins: int = 30, w: int = 720, h: int = 200) -> str:
+    vals = [v for v in values if math.isfinite(v)]
+    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    if not vals:
+        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no scores</text>')
+        return _svg(w, h, body, "score histogram: no scores")
+    lo, hi = min(vals), max(vals)
+    width = (hi - lo) / bins or 1.0
+    counts = [0] * bins
+    for v in vals:
+        counts[min(bins - 1, int((v - lo) / width))] += 1
+    top = max(counts)
+    bw = (w - 40) / bins
+    for k, c in enumerate(counts):
+        bh = c / top * (h - 40)
+        body.append(f'<rect class="bin" x="{20 + k * bw:.1f}" y="{h - 20 - bh:.1f}" '
+                    f'width="{bw - 1:.1f}" height="{bh:.1f}" fill="#2c3e91"/>')
+    body.append(f'<text x="20" y="{h - 5}" font-size="11">{len(vals)} alert scores from '
+                f'{lo:.3f} to {hi:.3f}</text>')
+    return _svg(w, h, body, f"histogram of {len(vals)} scores")
