@@ -3,7 +3,8 @@
 On the real embedded broker and a real MLflow registry (SQLite). A model trained
 with the ``flows`` recipe (per-source, per-destination and per-pair windows), and one
 with the ``network`` recipe (rarity, since, spread, beacon) and the ``ensemble``
-detector (the forest and hbos), score the same events identically (<= 1e-9) in
+detector (the forest and hbos), and one adding the sketched windows (``cardinality``,
+``regularity``) under ``hbos``, score the same events identically (<= 1e-9) in
 ``stream score`` and in the stream; in exactly-once mode across SIGKILLs and
 restarts of ``stream run`` (its window state comes back from the changelog topic; a
 soak test, run with ``--soak``); and across a rebalance that moves a partition, with
@@ -34,9 +35,24 @@ pytestmark = pytest.mark.integration
 
 TENANTS = ("acme", "globex")
 _models: dict[tuple[str, str, str], str] = {}
-#: (recipe, detector): the demo's earlier model, and the default recipe with the
-#: tool's own detectors.
-MODELS = [("flows", "isolation_forest"), ("network", "ensemble")]
+#: (recipe, detector): the demo's earlier model, the default recipe with the tool's own
+#: detectors, and the default recipe with the sketched windows (``cardinality``'s
+#: HyperLogLog past 64 values, ``regularity``'s quantile sketches) under hbos.
+MODELS = [("flows", "isolation_forest"), ("network", "ensemble"), ("sketches", "hbos")]
+SKETCHES = (
+    ("src_ports_1h", 'log1p(cardinality(fill(dst_port, "none"), by=src_ip, window=1h))'),
+    ("dst_srcs_1h", "log1p(cardinality(src_ip, by=dst_ip, window=1h))"),
+    ("pair_regularity", "regularity(fill(bytes_transferred, 0), by=src_ip>dst_ip, decay=1d)"),
+)
+
+
+def _spec(name: str) -> Any:
+    if name != "sketches":
+        return recipe(name)
+    from stream.features import FeatureSpec
+    from stream.features.recipes import RECIPES
+
+    return FeatureSpec.parse([*RECIPES["network"], *SKETCHES])
 
 
 def windowed_model(tracking_uri: str, kind: tuple[str, str] = MODELS[0]) -> str:
@@ -45,7 +61,7 @@ def windowed_model(tracking_uri: str, kind: tuple[str, str] = MODELS[0]) -> str:
     if key not in _models:
         base = "win_" + os.urandom(3).hex()
         normal = list(generate_flows(6000, TENANTS, seed=5, attack_rate=0.0))
-        registry.train(normal, model_name=base, uri=tracking_uri, features=recipe(kind[0]),
+        registry.train(normal, model_name=base, uri=tracking_uri, features=_spec(kind[0]),
                        detector=kind[1], do_promote=True)
         _models[key] = base
     return _models[key]
@@ -111,7 +127,7 @@ def _latest(records: list[dict[str, Any]]) -> list[str]:
     return sorted(_entity_key(r) for r in last.values())
 
 
-@pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble"])
+@pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble", "sketches-hbos"])
 def test_stream_and_stream_score_give_the_same_window_scores(
     broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path,
     kind: tuple[str, str],
@@ -157,7 +173,7 @@ def test_stream_and_stream_score_give_the_same_window_scores(
 
 
 @pytest.mark.soak  # ~35 s; once a restarted member waited out its group join in CI
-@pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble"])
+@pytest.mark.parametrize("kind", MODELS, ids=["flows", "network-ensemble", "sketches-hbos"])
 def test_exactly_once_windows_survive_sigkill_and_restart(
     broker: EmbeddedBroker, tracking_uri: str, unique: str, tmp_path: Path,
     kind: tuple[str, str],
