@@ -24,6 +24,22 @@ from stream.cli.base import (
 )
 
 
+def _model_version(s: Any, tenant: str | None, version: str | None) -> tuple[str, Any]:
+    """(registered name, loaded model) of a tenant's version (default: its production one);
+    one clear line when there is none or it cannot be loaded."""
+    from stream import registry
+
+    name = registry.registered_name(s.model_name, tenant)
+    try:
+        version = version or registry.production_version(name, uri=s.tracking_uri)
+        if version is None:
+            raise click.ClickException(f"{name} has no production version (give --version)")
+        return name, registry.load_version(name, version, uri=s.tracking_uri,
+                                           trusted=s.trust_types)
+    except registry.ModelLoadError as e:
+        raise click.ClickException(str(e)) from e
+
+
 def _feature_spec(
     features: str | None,
     exprs: tuple[str, ...],
@@ -462,18 +478,11 @@ def describe(
     create: bool,
 ) -> None:
     """Show a model version's feature spec, detector, thresholds and what it learned."""
-    from stream import registry
 
     s = load_settings(model_name=model_name, tracking_uri=tracking_uri, trust_types=trust_types)
     check_registry(s.tracking_uri, s, create=create)
-    name = registry.registered_name(s.model_name, tenant)
-    try:
-        version = version or registry.production_version(name, uri=s.tracking_uri)
-        if version is None:
-            raise click.ClickException(f"{name} has no production version (give --version)")
-        model = registry.load_version(name, version, uri=s.tracking_uri, trusted=s.trust_types)
-    except registry.ModelLoadError as e:
-        raise click.ClickException(str(e)) from e
+    name, model = _model_version(s, tenant, version)
+    version = model.version
     if as_json:
         click.echo(orjson.dumps({
             "model": name, "version": model.version, **model.info,
@@ -537,7 +546,6 @@ def calibrate(
     create: bool,
 ) -> None:
     """Set the entity-alert threshold of a registered version from a baseline file."""
-    from stream import registry
     from stream.registry.admin import set_calibration
     from stream.tools.calibrate import calibrate as run_calibration
 
@@ -547,14 +555,8 @@ def calibrate(
     if not s.risk_by:
         raise click.UsageError("--entity-alerts-per-day needs a --risk-by field")
     check_registry(s.tracking_uri, s, create=create)
-    name = registry.registered_name(s.model_name, tenant)
-    try:
-        version = version or registry.production_version(name, uri=s.tracking_uri)
-        if version is None:
-            raise click.ClickException(f"{name} has no production version (give --version)")
-        model = registry.load_version(name, version, uri=s.tracking_uri, trusted=s.trust_types)
-    except registry.ModelLoadError as e:
-        raise click.ClickException(str(e)) from e
+    name, model = _model_version(s, tenant, version)
+    version = model.version
     budget, summary = run_calibration(list(files), model, s, entity_alerts_per_day, fmt=fmt,
                                       mapping=input_mapping(maps), tenant=tenant)
     if budget is None:

@@ -121,6 +121,18 @@ def _entity_key(d: dict[str, Any]) -> str:
     return orjson.dumps(kept).decode()
 
 
+def _score_entities(tmp_path: Path, events: list[dict[str, Any]], base: str, uri: str
+                    ) -> Path:
+    """``stream score --entity-alerts`` of the events, in order: the entity alerts' file."""
+    path, out, ent = tmp_path / "e.jsonl", tmp_path / "a.jsonl", tmp_path / "ent.jsonl"
+    write_jsonl(path, events)
+    r = CliRunner().invoke(main, ["score", str(path), "-o", str(out), "--min-level", "low",
+                                  "--entity-alerts", str(ent), "--model-name", base,
+                                  "--tracking-uri", uri])
+    assert r.exit_code == 0, r.output
+    return ent
+
+
 def _latest(records: list[dict[str, Any]]) -> list[str]:
     """The last record per entity, as a compacted topic keeps it, comparable."""
     last = {r["entity_alert_id"]: r for r in records}
@@ -152,12 +164,7 @@ def test_stream_and_stream_score_give_the_same_window_scores(
     on_topic = read_all(broker.bootstrap, entity_topic)
     assert on_topic and all(m.key() == orjson.loads(m.value())["entity_alert_id"].encode()
                             for m in on_topic)
-    path, out, ent = tmp_path / "e.jsonl", tmp_path / "a.jsonl", tmp_path / "ent.jsonl"
-    write_jsonl(path, events)
-    r = CliRunner().invoke(main, ["score", str(path), "-o", str(out), "--min-level", "low",
-                                  "--entity-alerts", str(ent), "--model-name", base,
-                                  "--tracking-uri", tracking_uri])
-    assert r.exit_code == 0, r.output
+    ent = _score_entities(tmp_path, events, base, tracking_uri)
 
     stream_side = sorted(_entity_key(orjson.loads(m.value())) for m in on_topic)
     offline_side = sorted(_entity_key(orjson.loads(x)) for x in ent.read_bytes().splitlines())
@@ -230,12 +237,7 @@ def test_exactly_once_windows_survive_sigkill_and_restart(
     # Entity alerts, episodes included (restored from the changelog after each kill): the
     # latest record per entity is stream score's. (Aborted copies come before the batch
     # that redid them, so the last record of each entity is a committed one.)
-    path, out, ent = tmp_path / "e.jsonl", tmp_path / "a.jsonl", tmp_path / "ent.jsonl"
-    write_jsonl(path, events)
-    r = CliRunner().invoke(main, ["score", str(path), "-o", str(out), "--min-level", "low",
-                                  "--entity-alerts", str(ent), "--model-name", base,
-                                  "--tracking-uri", tracking_uri])
-    assert r.exit_code == 0, r.output
+    ent = _score_entities(tmp_path, events, base, tracking_uri)
     on_topic = [orjson.loads(m.value()) for m in fu.read_topic(broker.bootstrap, entity_topic)]
     offline = [orjson.loads(x) for x in ent.read_bytes().splitlines()]
     assert on_topic and _latest(on_topic) == _latest(offline)
