@@ -221,7 +221,8 @@ def make_app(store: ConsoleStore, settings: Settings, token: str) -> Starlette:
     async def quality(request: Request) -> Response:
         tenant = request.query_params.get("tenant", "")
         return page(request, "quality.html", rows=store.quality(), tenant=tenant,
-                    histogram=charts.histogram(store.scores(tenant)))
+                    histogram=charts.histogram(store.scores(tenant)),
+                    rates=charts.rates(store.rates(tenant)))
 
     routes = [
         Route("/", queue), Route("/api/queue", api_queue),

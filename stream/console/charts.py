@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["explanation", "histogram", "timeline"]
+__all__ = ["explanation", "histogram", "rates", "timeline"]
 
 COLOURS = {"low": "#8a8f98", "medium": "#d4a017", "high": "#e06c00", "critical": "#c0392b"}
 
@@ -109,3 +109,31 @@ def histogram(values: Sequence[float], bins: int = 30, w: int = 720, h: int = 20
     body.append(f'<text x="20" y="{h - 5}" font-size="11">{len(vals)} alert scores from '
                 f'{lo:.3f} to {hi:.3f}</text>')
     return _svg(w, h, body, f"histogram of {len(vals)} scores")
+
+
+def rates(series: dict[str, list[tuple[float, int]]], bucket: float = 60.0, w: int = 720,
+          h: int = 200) -> str:
+    """Alerts per bucket over time, a line per tenant (the first eight)."""
+    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    pts = [(t, n) for s in series.values() for t, n in s]
+    if not pts:
+        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no alerts yet</text>')
+        return _svg(w, h, body, "alert rates: none")
+    t0, t1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    top = max(p[1] for p in pts)
+    palette = ("#2c3e91", "#c0392b", "#2c7a2c", "#e06c00", "#7d3c98", "#117a65", "#555",
+               "#b7950b")
+    for k, (tenant, s) in enumerate(sorted(series.items())[:8]):
+        xy = [(30 + (t - t0) / ((t1 - t0) or 1.0) * (w - 60), h - 30 - n / top * (h - 50))
+              for t, n in s]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+        body.append(f'<polyline class="rate" points="{path}" fill="none" '
+                    f'stroke="{palette[k]}" stroke-width="1.5"><title>{escape(tenant)}'
+                    f'</title></polyline>')
+        body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{palette[k]}"/>'
+                 for x, y in xy]
+        body.append(f'<text x="{40 + 110 * k}" y="16" font-size="11" fill="{palette[k]}">'
+                    f'{escape(tenant[:16])}</text>')
+    body.append(f'<text x="30" y="{h - 8}" font-size="11">alerts per {bucket:.0f} s, up to '
+                f'{top}, over {(t1 - t0) / 60:.0f} min</text>')
+    return _svg(w, h, body, "alert rates per tenant")

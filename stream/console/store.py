@@ -196,6 +196,20 @@ class ConsoleStore:
             d["precision"] = v.get("true_positive", 0) / total if total else None
         return sorted(out.values(), key=lambda d: d["tenant"])
 
+    def rates(self, tenant: str = "", bucket: float = 60.0, span: float = 6 * 3600.0
+              ) -> dict[str, list[tuple[float, int]]]:
+        """Per tenant, alerts received per ``bucket`` seconds over the last ``span``."""
+        since = time.time() - span
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT tenant, CAST(received / ? AS INTEGER) AS b, COUNT(*) FROM alerts "
+                "WHERE received >= ? AND (? = '' OR tenant = ?) GROUP BY tenant, b ORDER BY b",
+                (bucket, since, tenant, tenant)).fetchall()
+        out: dict[str, list[tuple[float, int]]] = {}
+        for t, b, n in rows:
+            out.setdefault(t, []).append((b * bucket, n))
+        return out
+
     def scores(self, tenant: str = "", limit: int = 5000) -> list[float]:
         with self.lock:
             rows = self.db.execute(

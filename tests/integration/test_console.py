@@ -146,6 +146,8 @@ def test_triage_in_the_browser(broker: EmbeddedBroker, tracking_uri: str, unique
                                  "tenant_id": "acme"}]
             page.goto(base + "/quality")
             assert page.locator("#quality td.precision").first.inner_text() == "0.00"
+            assert page.locator("#rates svg polyline.rate").count() >= 1
+            assert page.locator("#histogram svg rect.bin").count() >= 1
             page.screenshot(path=str(ARTIFACTS / "quality.png"), full_page=True)
 
             # Suppress similar: the prefilled rule, written, applied by the consumer.
@@ -220,3 +222,46 @@ def test_stream_console_serves_with_its_token_only(broker: EmbeddedBroker, uniqu
         proc.terminate()
         _out, err = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in err and TOKEN not in err
+
+
+def test_the_evaluation_report_renders_every_chart_offline(tracking_uri: str,
+                                                           tmp_path: Path) -> None:
+    """``stream evaluate --report`` on the demo's traffic: one HTML file whose every chart
+    renders in the browser with the network cut off (nothing is fetched from anywhere)."""
+    from click.testing import CliRunner
+
+    from stream.cli import main
+    from stream.generate import write_jsonl
+
+    pw = _browser()
+    base_name = "report_" + os.urandom(3).hex()
+    registry.train(training_flows("acme", 3000, seed=4), model_name=base_name,
+                   uri=tracking_uri, do_promote=True)
+    flows = tmp_path / "demo.jsonl"
+    write_jsonl(flows, list(generate_flows(4000, ("acme",), seed=7, attack_rate=0.1)))
+    report = tmp_path / "report.html"
+    r = CliRunner().invoke(main, ["evaluate", str(flows), "--label-field", "label",
+                                  "--model-name", base_name, "--tracking-uri", tracking_uri,
+                                  "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with pw as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(offline=True)
+        asked: list[str] = []
+        context.route("**/*", lambda route: (asked.append(route.request.url),
+                                             route.continue_() if route.request.url.startswith(
+                                                 ("file:", "data:")) else route.abort()))
+        page = context.new_page()
+        page.goto(report.as_uri())
+        images = page.locator("img")
+        assert images.count() == 3
+        sizes = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, "
+                              "i.naturalWidth, i.naturalHeight])")
+        assert all(done and w > 100 and h > 100 for _alt, done, w, h in sizes), sizes
+        assert {alt for alt, *_ in sizes} == {"ROC curve", "precision-recall curve",
+                                              "anomaly histograms per label"}
+        assert all(u.startswith(("file:", "data:")) for u in asked), asked
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
