@@ -103,13 +103,16 @@ def make_app(store: ConsoleStore, settings: Settings, token: str) -> Starlette:
 
     def filters(request: Request) -> dict[str, Any]:
         q = request.query_params
+        within = _float(q.get("within"))
+        since = time.time() - within if within else (_float(q.get("since")) or 0.0)
         return {"tenant": q.get("tenant", ""), "level": q.get("level", ""),
                 "status": q.get("status", ""), "entity": q.get("entity", ""),
-                "since": _float(q.get("since")) or 0.0}
+                "since": since}
 
     async def queue(request: Request) -> Response:
         f = filters(request)
-        return page(request, "queue.html", items=store.queue(**f), f=f, levels=LEVELS)
+        return page(request, "queue.html", items=store.queue(**f),
+                    f={**f, "within": request.query_params.get("within", "")}, levels=LEVELS)
 
     async def api_queue(request: Request) -> Response:
         return JSONResponse(store.queue(**filters(request)))

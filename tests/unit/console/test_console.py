@@ -138,6 +138,10 @@ def test_the_queue_is_highest_risk_first_and_filters(store: ConsoleStore) -> Non
         assert [i["kind"] for i in orjson.loads(_get(base + "/api/queue?level=critical")[1])
                 ] == ["entity"]
         assert orjson.loads(_get(base + "/api/queue?entity=10.0.0.5")[1])[0]["id"] == "inc1"
+        assert len(orjson.loads(_get(base + "/api/queue?within=3600")[1])) == 3
+        store.db.execute("UPDATE items SET updated = updated - 7200 WHERE id = 'inc1'")
+        assert "inc1" not in {i["id"] for i in orjson.loads(
+            _get(base + "/api/queue?within=3600")[1])}
 
 
 def test_suppress_similar_proposes_the_entity_and_what_its_alerts_share(
