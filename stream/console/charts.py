@@ -4,7 +4,8 @@ every label escaped (a value from an event is text, never markup).
 ``timeline``: an incident's or entity's alerts over event time, one mark per alert at
 its anomaly score, coloured by level, and the entity's risk where the alerts carry it.
 ``explanation``: the inputs that led an alert, each as its value against the training
-baseline (median and spread): a bar from the median, in spreads. ``histogram``: the
+baseline (median and spread): a bar from the median, in spreads, labelled with the share
+of training values as far out (its percentile on that side). ``histogram``: the
 live score distribution of a tenant's alerts.
 """
 
@@ -63,29 +64,37 @@ def timeline(points: Sequence[tuple[float, float, str, float | None]], w: int = 
 
 def explanation(inputs: Sequence[dict[str, Any]], w: int = 720) -> str:
     """Each input of an alert's explanation: its value against the baseline median, in
-    spreads (``deviation``), labelled with the value, the median and the spread."""
+    spreads (``deviation``): a bar from the median, and under the input's name its
+    value, the median and spread, and the share of training as far out."""
     rows = [e for e in inputs if isinstance(e, dict)][:8]
-    h = 30 + 26 * max(1, len(rows))
+    step = 36
+    h = 20 + step * max(1, len(rows))
     body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     if not rows:
         body.append('<text x="10" y="20">no explanation (the model has no baseline)</text>')
         return _svg(w, h, body, "explanation: none")
     devs = [abs(float(e.get("deviation") or 0.0)) for e in rows]
     top = max(max(devs), 1.0)
-    mid = 260 + (w - 280) / 2
-    half = (w - 280) / 2
-    body.append(f'<line x1="{mid}" y1="10" x2="{mid}" y2="{h - 10}" stroke="#999"/>')
+    mid = 300 + (w - 320) / 2
+    half = (w - 320) / 2
+    body.append(f'<line x1="{mid}" y1="8" x2="{mid}" y2="{h - 8}" stroke="#999"/>')
     for k, e in enumerate(rows):
         dev = float(e.get("deviation") or 0.0)
-        yy = 20 + 26 * k
+        yy = 12 + step * k
         length = abs(dev) / top * half
         x0 = mid if dev >= 0 else mid - length
-        label = (f"{e.get('feature')}: {e.get('value')} (median {e.get('baseline')}, "
-                 f"spread {e.get('spread')})")
-        body.append(f'<text x="6" y="{yy + 12}" font-size="11">{escape(label[:60])}</text>')
-        body.append(f'<rect class="bar" x="{x0:.1f}" y="{yy}" width="{length:.1f}" '
-                    f'height="16" fill="#e06c00"><title>{escape(label)}: '
-                    f'{dev:+.1f} spreads</title></rect>')
+        tail = e.get("tail")
+        where = ("" if not isinstance(tail, int | float) else
+                 ", beyond every training value" if tail <= 0 else
+                 f", {tail:.0%} of training as far out")
+        name = f"{e.get('feature')} = {e.get('value')}"
+        detail = f"median {e.get('baseline')}, spread {e.get('spread')}{where}"
+        body.append(f'<text x="6" y="{yy + 11}" font-size="12">{escape(name[:44])}</text>')
+        body.append(f'<text x="6" y="{yy + 25}" font-size="10" fill="#666">'
+                    f'{escape(detail[:56])}</text>')
+        body.append(f'<rect class="bar" x="{x0:.1f}" y="{yy + 4}" width="{length:.1f}" '
+                    f'height="16" fill="#e06c00"><title>{escape(name)} ({escape(detail)}): '
+                    f'{dev:+.1f} spreads from the median</title></rect>')
     return _svg(w, h, body, f"explanation of {len(rows)} inputs")
 
 
