@@ -85,13 +85,13 @@ def explanation(inputs: Sequence[dict[str, Any]], w: int = 720) -> str:
         x0 = mid if dev >= 0 else mid - length
         tail = e.get("tail")
         where = ("" if not isinstance(tail, int | float) else
-                 ", beyond every training value" if tail <= 0 else
+                 ", beyond all training" if tail <= 0 else
                  f", {tail:.0%} of training as far out")
         name = f"{e.get('feature')} = {e.get('value')}"
         detail = f"median {e.get('baseline')}, spread {e.get('spread')}{where}"
         body.append(f'<text x="6" y="{yy + 11}" font-size="12">{escape(name[:44])}</text>')
         body.append(f'<text x="6" y="{yy + 25}" font-size="10" fill="#666">'
-                    f'{escape(detail[:56])}</text>')
+                    f"{escape(detail[:60])}</text>")
         body.append(f'<rect class="bar" x="{x0:.1f}" y="{yy + 4}" width="{length:.1f}" '
                     f'height="16" fill="#e06c00"><title>{escape(name)} ({escape(detail)}): '
                     f'{dev:+.1f} spreads from the median</title></rect>')
