@@ -225,7 +225,9 @@ def make_app(store: ConsoleStore, settings: Settings, token: str) -> Starlette:
         tenant = request.query_params.get("tenant", "")
         return page(request, "quality.html", rows=store.quality(), tenant=tenant,
                     histogram=charts.histogram(store.scores(tenant)),
-                    rates=charts.rates(store.rates(tenant)))
+                    rates=charts.rates(store.rates(tenant)),
+                    raised=charts.rates(store.rates(tenant, table="raised"),
+                                        what="entity alerts raised"))
 
     routes = [
         Route("/", queue), Route("/api/queue", api_queue),

@@ -121,13 +121,13 @@ def histogram(values: Sequence[float], bins: int = 30, w: int = 720, h: int = 20
 
 
 def rates(series: dict[str, list[tuple[float, int]]], bucket: float = 60.0, w: int = 720,
-          h: int = 200) -> str:
-    """Alerts per bucket over time, a line per tenant (the first eight)."""
+          h: int = 200, what: str = "alerts") -> str:
+    """``what`` per bucket over time, a line per tenant (the first eight)."""
     body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     pts = [(t, n) for s in series.values() for t, n in s]
     if not pts:
-        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no alerts yet</text>')
-        return _svg(w, h, body, "alert rates: none")
+        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no {what} yet</text>')
+        return _svg(w, h, body, f"{what} rates: none")
     t0, t1 = min(p[0] for p in pts), max(p[0] for p in pts)
     top = max(p[1] for p in pts)
     palette = ("#2c3e91", "#c0392b", "#2c7a2c", "#e06c00", "#7d3c98", "#117a65", "#555",
@@ -143,6 +143,6 @@ def rates(series: dict[str, list[tuple[float, int]]], bucket: float = 60.0, w: i
                  for x, y in xy]
         body.append(f'<text x="{40 + 110 * k}" y="16" font-size="11" fill="{palette[k]}">'
                     f'{escape(tenant[:16])}</text>')
-    body.append(f'<text x="30" y="{h - 8}" font-size="11">alerts per {bucket:.0f} s, up to '
+    body.append(f'<text x="30" y="{h - 8}" font-size="11">{what} per {bucket:.0f} s, up to '
                 f'{top}, over {(t1 - t0) / 60:.0f} min</text>')
-    return _svg(w, h, body, "alert rates per tenant")
+    return _svg(w, h, body, f"{what} rates per tenant")

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident_id);
 CREATE INDEX IF NOT EXISTS alerts_entity ON alerts (tenant, entity);
 CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received);
+CREATE TABLE IF NOT EXISTS raised (
+    tenant TEXT, id TEXT, status TEXT, received REAL);
+CREATE INDEX IF NOT EXISTS raised_received ON raised (received);
 CREATE TABLE IF NOT EXISTS verdicts (
     alert_id TEXT PRIMARY KEY, tenant TEXT, verdict TEXT, note TEXT, at REAL);
 """
@@ -73,6 +76,11 @@ class ConsoleStore:
                    str(inc.get("status", "")), None, _int(inc.get("alerts")), inc)
 
     def add_entity_alert(self, rec: dict[str, Any]) -> None:
+        if rec.get("status") == "raised":  # each raise, for the rate over time
+            with self.lock:
+                self.db.execute("INSERT INTO raised VALUES (?,?,?,?)",
+                                (str(rec.get("tenant_id", "")), str(rec.get("entity_alert_id")),
+                                 "raised", time.time()))
         self._item("entity", str(rec.get("entity_alert_id")), str(rec.get("tenant_id", "")),
                    f"{rec.get('by')}={rec.get('entity')}", str(rec.get("threat_level", "")),
                    str(rec.get("status", "")), _num(rec.get("risk")), _int(rec.get("alerts")),
@@ -96,6 +104,7 @@ class ConsoleStore:
         with self.lock:
             n = self.db.execute("DELETE FROM alerts WHERE received < ?", (cut,)).rowcount
             n += self.db.execute("DELETE FROM items WHERE updated < ?", (cut,)).rowcount
+            n += self.db.execute("DELETE FROM raised WHERE received < ?", (cut,)).rowcount
             over = self.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] - self.max_alerts
             if over > 0:
                 n += self.db.execute(
@@ -196,13 +205,15 @@ class ConsoleStore:
             d["precision"] = v.get("true_positive", 0) / total if total else None
         return sorted(out.values(), key=lambda d: d["tenant"])
 
-    def rates(self, tenant: str = "", bucket: float = 60.0, span: float = 6 * 3600.0
-              ) -> dict[str, list[tuple[float, int]]]:
-        """Per tenant, alerts received per ``bucket`` seconds over the last ``span``."""
+    def rates(self, tenant: str = "", bucket: float = 60.0, span: float = 6 * 3600.0,
+              table: str = "alerts") -> dict[str, list[tuple[float, int]]]:
+        """Per tenant, alerts (``table="raised"``: entity alerts raised) received per
+        ``bucket`` seconds over the last ``span``."""
         since = time.time() - span
+        source = "raised" if table == "raised" else "alerts"  # a table name, never input
         with self.lock:
             rows = self.db.execute(
-                "SELECT tenant, CAST(received / ? AS INTEGER) AS b, COUNT(*) FROM alerts "
+                f"SELECT tenant, CAST(received / ? AS INTEGER) AS b, COUNT(*) FROM {source} "
                 "WHERE received >= ? AND (? = '' OR tenant = ?) GROUP BY tenant, b ORDER BY b",
                 (bucket, since, tenant, tenant)).fetchall()
         out: dict[str, list[tuple[float, int]]] = {}

@@ -147,6 +147,7 @@ def test_triage_in_the_browser(broker: EmbeddedBroker, tracking_uri: str, unique
             page.goto(base + "/quality")
             assert page.locator("#quality td.precision").first.inner_text() == "0.00"
             assert page.locator("#rates svg polyline.rate").count() >= 1
+            assert page.locator("#raised svg polyline.rate").count() >= 1
             assert page.locator("#histogram svg rect.bin").count() >= 1
             page.screenshot(path=str(ARTIFACTS / "quality.png"), full_page=True)
 

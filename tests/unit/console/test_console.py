@@ -154,6 +154,17 @@ def test_suppress_similar_proposes_the_entity_and_what_its_alerts_share(
             assert f'name="{name}" value="{value}"' in page, name
 
 
+def test_the_quality_page_draws_alert_and_entity_alert_rates(store: ConsoleStore) -> None:
+    with serving(make_app(store, Settings(), TOKEN)) as base:
+        status, page = _get(base + "/quality")
+    assert status == 200
+    rates, raised = page.split('id="rates"')[1], page.split('id="raised"')[1]
+    assert 'class="rate"' in rates.split("</div>")[0]  # three alerts of acme
+    assert 'class="rate"' in raised.split("</div>")[0]  # two entity alerts raised
+    assert store.rates(table="raised").keys() == {"acme", "globex"}
+    assert store.rates(table="alerts; DROP TABLE alerts").keys() == {"acme"}  # a name only
+
+
 def test_the_store_keeps_within_its_age_and_size() -> None:
     st = ConsoleStore(":memory:", max_age=100.0, max_alerts=5)
     for i in range(8):
