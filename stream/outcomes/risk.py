@@ -308,8 +308,8 @@ class Episodes:
     @staticmethod
     def view(ep: dict[str, Any]) -> dict[str, Any]:
         """What an entity alert says of its episode."""
-        feats = sorted(ep["features"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-        peers = sorted(ep["peers"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        feats = sorted(ep["features"].items(), key=_most)[:3]
+        peers = sorted(ep["peers"].items(), key=_most)[:5]
         out: dict[str, Any] = {
             "first_seen": ep["first_seen"], "last_seen": ep["last_seen"],
             "alerts": ep["alerts"], "alerts_by_level": dict(sorted(ep["by_level"].items())),
@@ -323,6 +323,17 @@ class Episodes:
                             "more": len(ep["peers"]) >= EPISODE_PEERS,
                             "top": [{"value": v, "alerts": n} for v, n in peers]}
         return out
+
+
+def _most(kv: tuple[str, Any]) -> tuple[int, str]:
+    """Most counted first, then by name (a count that is not a number, from a note
+    restored from elsewhere, counts as none rather than failing the batch)."""
+    n = kv[1]
+    return (-n if isinstance(n, int) else 0, str(kv[0]))
+
+
+def _level_rank(level: str) -> int:
+    return LEVEL_NAMES.index(level) if level in LEVEL_NAMES else -1
 
 
 def _is_episode(ep: Any) -> bool:
@@ -360,7 +371,7 @@ def close_covered(store: Any, rules: RuleSet, detected_at: str,
                 "entity_alert_id": key, "tenant_id": tenant, "by": by, "entity": entity,
                 "status": "closed", "closed_by": rid, "risk": ep.get("risk"),
                 "threshold": ep.get("threshold"), "alert_id": (ep["alert_ids"] or [None])[-1],
-                "threat_level": max(ep["by_level"], key=LEVEL_NAMES.index, default="low"),
+                "threat_level": max(ep["by_level"], key=_level_rank, default="low"),
                 "event_time": ep["last_seen"], "detected_at": detected_at,
                 **Episodes.view(ep)})))
     return out

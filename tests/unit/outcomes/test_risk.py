@@ -355,6 +355,10 @@ def test_an_episode_or_dedup_note_that_is_not_ours_starts_afresh() -> None:
          "alert_ids": [], "features": {}, "peer_field": None, "peers": {}, "top": [],
          "cover": {"src_ip": [4, "zz", "1"]}},
         [1, 2, 3],
+        # Its insides read: counts that are not numbers, a level that is none.
+        {"first_seen": 0.0, "last_seen": 0.0, "alerts": 1, "by_level": {"dire": 1},
+         "alert_ids": [], "features": {"f": "x", "g": 2}, "peer_field": "dst_ip",
+         "peers": {"p": None}, "top": [], "cover": {}},
     ]
     for k, note in enumerate(bad):
         store.set_note(0, f"acme/src_ip=10.0.0.{k}", note)
@@ -367,5 +371,15 @@ def test_an_episode_or_dedup_note_that_is_not_ours_starts_afresh() -> None:
                         risk=Risk("src_ip", H, 12.0), dedup=Dedup(60.0))
     records = [orjson.loads(v) for _k, v in out.entity_records]
     assert {r["entity"] for r in records} == {"10.0.0.0", "10.0.0.1", "10.0.0.2"}
-    assert all(r["alerts"] == 2 and r["first_seen"] < 3 for r in records)
+    fresh = [r for r in records if r["entity"] != "10.0.0.3"]
+    assert all(r["alerts"] == 2 and r["first_seen"] < 3 for r in fresh)
     assert len(out.alerts) == 3  # one per host: the other three deduplicated
+    # A rule closing what it covers reads every episode, whatever it holds: no crash.
+    from stream.outcomes.risk import close_covered
+    from stream.outcomes.suppress import Rule, RuleSet
+
+    rule = Rule.from_dict({"id": "r", "reason": "fine", "author": "a", "src": "10.0.0.3"})
+    store.set_note(0, "acme/src_ip=10.0.0.3", {**bad[3], "cover": {"src_ip": [4, 167772163,
+                                                                    167772163]}})
+    closed = close_covered(store, RuleSet([rule]), "now", [0])
+    assert [orjson.loads(v)["threat_level"] for _k, v in closed] == ["dire"]
