@@ -151,10 +151,17 @@ def build(
     """
     if stop is not None:
         conf = settings.kafka_common()
-        reachable = failures.wait_until_reachable(
-            lambda: failures.kafka_problem(conf, settings.kafka_timeout, settings.connect_timeout),
-            f"Kafka at {settings.bootstrap_servers}", stop,
-        )
+        what = f"Kafka at {settings.bootstrap_servers}"
+
+        def probe() -> str | None:
+            problem = failures.kafka_problem(conf, settings.kafka_timeout,
+                                             settings.connect_timeout)
+            if problem and health is not None:
+                # /readyz names the cause (a refused certificate, a wrong CA) while waiting.
+                health.set_ready(False, f"waiting for {what}: {problem}")
+            return problem
+
+        reachable = failures.wait_until_reachable(probe, what, stop)
         if not reachable:
             raise Stopped()
     if create_missing_topics:

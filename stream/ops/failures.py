@@ -34,6 +34,7 @@ from typing import Any, Final
 from urllib.parse import urlparse
 
 from stream.errors import StreamError
+from stream.ops import secured
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +178,38 @@ def _connect_error(host: str, port: int, timeout: float) -> str | None:
         return e.strerror or str(e)
 
 
+class _Heard:
+    """librdkafka's log lines for one probe: a line about TLS or SASL is kept as the
+    cause (and not logged: the probe's one line says it); the rest go to the usual,
+    deduplicated logger."""
+
+    #: A hang-up at the first request is taken as the cause only when it repeats: once
+    #: may be a broker going down.
+    REPEATS: Final = 3
+
+    def __init__(self) -> None:
+        self.cause: str | None = None
+        self._seen: dict[str, int] = {}
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        text = fmt % args if args else fmt
+        cause = secured.explain(text)
+        if cause is None:
+            kafka_logger().log(level, "%s", text)
+            return
+        n = self._seen[cause] = self._seen.get(cause, 0) + 1
+        if self.cause is None and (n >= self.REPEATS or not cause.startswith("the broker closed")):
+            self.cause = cause
+
+
 def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
                   connect_timeout: float = CONNECT_TIMEOUT_S) -> str | None:
     """None when the cluster answers a metadata request, else why not.
 
     ``connect_timeout`` bounds each TCP connect, ``timeout`` the metadata request
-    (settings ``--connect-timeout`` and ``--kafka-timeout``).
+    (settings ``--connect-timeout`` and ``--kafka-timeout``). A TLS or SASL refusal ends
+    the wait at once, named (:mod:`stream.ops.secured`): a wrong CA, an expired
+    certificate, a client certificate or a password the broker refuses.
     """
     bootstrap = str(conf.get("bootstrap.servers", ""))
     addrs = _addresses(bootstrap)
@@ -191,15 +218,34 @@ def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
     errors = [_connect_error(h, p, connect_timeout) for h, p in addrs]
     if all(errors):
         return errors[0]
+    files = secured.files_problem(conf)
+    if files:
+        return files
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    heard = _Heard()
     try:
-        admin_conf: dict[str, Any] = {**conf, "logger": kafka_logger()}
-        AdminClient(admin_conf).list_topics(timeout=timeout)
+        admin = AdminClient({**conf, "logger": heard})  # type: ignore[dict-item]
     except KafkaException as e:
-        return f"no metadata within {timeout:g} s ({e.args[0].str() if e.args else e})"
-    return None
+        return f"the Kafka client refused its properties ({e.args[0].str() if e.args else e})"
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            admin.list_topics(timeout=max(0.05, min(0.5, left)))
+            return None
+        except KafkaException as e:
+            failed = e
+        admin.poll(0)  # hands librdkafka's log lines to ``heard``
+        if heard.cause is not None:
+            if secured.uses_tls(conf) and heard.cause.startswith("TLS"):
+                host, port = next(a for a, err in zip(addrs, errors, strict=True) if not err)
+                return secured.handshake_problem(host, port, conf) or heard.cause
+            return heard.cause
+        if left <= 0.5:
+            why = failed.args[0].str() if failed.args else failed
+            return f"no metadata within {timeout:g} s ({why})"
 
 
 def registry_problem(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> str | None:

@@ -71,7 +71,12 @@ def read_messages(
                 c.get_watermark_offsets(TopicPartition(topic, p), cached=True)[1] for p in parts
             ]
             unknown = any(h < 0 for h in highs)
-            caught_up = all(h <= next_offset.get(p, 0) for p, h in zip(parts, highs, strict=True))
+            # The fetch position, not the last record read: a transactional topic ends in
+            # a commit marker, which takes an offset but is never handed out.
+            at = {tp.partition: tp.offset for tp in c.position(
+                [TopicPartition(topic, p) for p in parts])}
+            caught_up = all(h <= max(next_offset.get(p, 0), at.get(p, 0))
+                            for p, h in zip(parts, highs, strict=True))
             if caught_up and idle_rounds >= (3 if unknown else 1):
                 return
     finally:

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["stream.scoring.detectors", "stream.features.expr", "stream.scoring.thresholds",
-           "stream.outcomes.suppress"]
+           "stream.outcomes.suppress", "stream.ops.secured"]
 
 
 @pytest.mark.parametrize("name", MODULES)
