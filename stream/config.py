@@ -278,6 +278,12 @@ class Settings:
         "Events per tenant over which drift (PSI against the training baseline) is measured.",
         min=100,
     )
+    drift_topic: str = _opt(
+        "", "STREAM_DRIFT_TOPIC",
+        "Topic of drift snapshots: per tenant, each time a drift window fills, the PSI of "
+        "the scores and each input and the live score histogram beside the training one "
+        "(read by stream console; empty = off).",
+    )
     drift_psi_warn: float = _opt(
         0.25, "STREAM_DRIFT_PSI_WARN",
         "A PSI above this logs a drift warning (per tenant, for the scores or an input).",

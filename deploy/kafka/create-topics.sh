@@ -43,3 +43,6 @@ ensure_topic "${STREAM_DLQ_TOPIC:-flows.dlq}" "${DLQ_PARTITIONS:-1}" \
 if [ -n "${STREAM_SHADOW_TOPIC:-}" ]; then
     ensure_topic "$STREAM_SHADOW_TOPIC" 1
 fi
+if [ -n "${STREAM_DRIFT_TOPIC:-}" ]; then
+    ensure_topic "$STREAM_DRIFT_TOPIC" 1
+fi

@@ -11,7 +11,8 @@ from stream.cli.base import load_settings, main, settings_options
 
 @main.command()
 @settings_options("bootstrap_servers", "kafka_properties", "alert_topic", "incident_topic",
-                  "entity_alert_topic", "feedback_topic", "suppression_topic", "dlq_topic")
+                  "entity_alert_topic", "feedback_topic", "suppression_topic", "dlq_topic",
+                  "drift_topic")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (the default is this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8686, show_default=True)
@@ -38,7 +39,7 @@ def console(host: str, port: int, auth_token: str | None, console_db: str, keep_
         raise click.BadParameter("at least 16 characters", param_hint="--auth-token")
     store = ConsoleStore(console_db, max_age=keep_days * 86400.0)
     follower = Follower(store, s.kafka_common(), [s.alert_topic, s.incident_topic,
-                                                  s.entity_alert_topic])
+                                                  s.entity_alert_topic, s.drift_topic])
     follower.start()
     if auth_token is None:
         click.echo(f"console: http://{host}:{port}/login?token={token}", err=True)

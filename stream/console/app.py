@@ -227,7 +227,10 @@ def make_app(store: ConsoleStore, settings: Settings, token: str) -> Starlette:
                     histogram=charts.histogram(store.scores(tenant)),
                     rates=charts.rates(store.rates(tenant)),
                     raised=charts.rates(store.rates(tenant, table="raised"),
-                                        what="entity alerts raised"))
+                                        what="entity alerts raised"),
+                    drift=[(t, charts.drift(series, warn=settings.drift_psi_warn))
+                           for t, series in sorted(store.drift(tenant).items())[:8]],
+                    shift=charts.score_shift(store.latest_drift(tenant)))
 
     routes = [
         Route("/", queue), Route("/api/queue", api_queue),

@@ -6,7 +6,10 @@ its anomaly score, coloured by level, and the entity's risk where the alerts car
 ``explanation``: the inputs that led an alert, each as its value against the training
 baseline (median and spread): a bar from the median, in spreads, labelled with the share
 of training values as far out (its percentile on that side). ``histogram``: the
-live score distribution of a tenant's alerts.
+live score distribution of a tenant's alerts. ``drift``: the PSI of the scores and of
+the inputs that moved most, over time, with the usual 0.1 and 0.25 lines.
+``score_shift``: the live scores of the last drift window against the training ones, in
+the training's own bins.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["explanation", "histogram", "rates", "timeline"]
+__all__ = ["drift", "explanation", "histogram", "rates", "score_shift", "timeline"]
 
 COLOURS = {"low": "#8a8f98", "medium": "#d4a017", "high": "#e06c00", "critical": "#c0392b"}
 
@@ -146,3 +149,78 @@ def rates(series: dict[str, list[tuple[float, int]]], bucket: float = 60.0, w: i
     body.append(f'<text x="30" y="{h - 8}" font-size="11">{what} per {bucket:.0f} s, up to '
                 f'{top}, over {(t1 - t0) / 60:.0f} min</text>')
     return _svg(w, h, body, f"{what} rates per tenant")
+
+
+_PALETTE = ("#2c3e91", "#c0392b", "#2c7a2c", "#e06c00", "#7d3c98", "#117a65", "#555",
+            "#b7950b")
+
+
+def drift(series: Sequence[tuple[float, dict[str, float]]], w: int = 720, h: int = 220,
+          warn: float = 0.25) -> str:
+    """One tenant's PSI over time: a line for the scores and one per input shown."""
+    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    if not series:
+        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no drift snapshots '
+                    "yet (stream run --drift-topic)</text>")
+        return _svg(w, h, body, "drift: none")
+    names = ["score", *sorted({k for _t, p in series for k in p} - {"score"})][:8]
+    t0, t1 = series[0][0], series[-1][0]
+    top = max(0.3, *(v for _t, p in series for v in p.values()))
+
+    def x(t: float) -> float:
+        return 40 + (t - t0) / ((t1 - t0) or 1.0) * (w - 80)
+
+    def y(v: float) -> float:
+        return h - 30 - min(v, top) / top * (h - 60)
+
+    for level, dash in ((0.1, "2,3"), (warn, "6,3")):
+        body.append(f'<line class="psi-line" x1="40" x2="{w - 40}" y1="{y(level):.1f}" '
+                    f'y2="{y(level):.1f}" stroke="#999" stroke-dasharray="{dash}"/>'
+                    f'<text x="{w - 36}" y="{y(level) + 4:.1f}" font-size="10">{level:g}</text>')
+    for k, name in enumerate(names):
+        pts = [(x(t), y(p[name])) for t, p in series if name in p]
+        path = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+        body.append(f'<polyline class="psi" points="{path}" fill="none" stroke="{_PALETTE[k]}" '
+                    f'stroke-width="{2.5 if name == "score" else 1.5}"><title>{escape(name)}'
+                    "</title></polyline>")
+        body += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{_PALETTE[k]}"/>'
+                 for a, b in pts]
+        body.append(f'<text x="{40 + 120 * k}" y="16" font-size="11" fill="{_PALETTE[k]}">'
+                    f'{escape(name[:18])}</text>')
+    body.append(f'<text x="40" y="{h - 8}" font-size="11">PSI against the training data, '
+                f"{len(series)} windows over {(t1 - t0) / 60:.0f} min (0.1 moderate, "
+                f"{warn:g} significant)</text>")
+    return _svg(w, h, body, f"drift over time: {len(series)} snapshots")
+
+
+def score_shift(snapshot: dict[str, Any] | None, w: int = 720, h: int = 220) -> str:
+    """The live score distribution of the last drift window beside the training one, as
+    shares of each bin of the training's own score bins (lowest, most anomalous, left)."""
+    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    scores = (snapshot or {}).get("scores") or {}
+    live, train = list(scores.get("live") or []), list(scores.get("training") or [])
+    total = sum(v for v in live if isinstance(v, int | float))
+    if not live or len(live) != len(train) or total <= 0:
+        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no drift snapshot '
+                    "yet</text>")
+        return _svg(w, h, body, "score distribution against training: none")
+    shares = [float(v) / total for v in live]
+    top = max(*shares, *(float(t) for t in train)) or 1.0
+    n = len(live)
+    bw = (w - 60) / n
+    for k in range(n):
+        x0 = 40 + k * bw
+        for cls, v, colour, off in (("training", float(train[k]), "#b8c4e8", 0.0),
+                                    ("live", shares[k], "#c0392b", bw / 2)):
+            bh = v / top * (h - 60)
+            body.append(f'<rect class="{cls}" x="{x0 + off:.1f}" y="{h - 30 - bh:.1f}" '
+                        f'width="{max(bw / 2 - 1, 0.5):.1f}" height="{bh:.1f}" '
+                        f'fill="{colour}"><title>{cls} {v:.1%}</title></rect>')
+    psi = ((snapshot or {}).get("psi") or {}).get("score")
+    tenant = escape(str((snapshot or {}).get("tenant_id", "")))
+    body.append('<text x="40" y="16" font-size="11"><tspan fill="#c0392b">live</tspan> '
+                f'({total} scores of {tenant}) against <tspan fill="#6b7fc4">training'
+                '</tspan>, share per training bin</text>')
+    body.append(f'<text x="40" y="{h - 8}" font-size="11">more anomalous &#8592; score bins '
+                f"&#8594; more normal; score PSI {float(psi or 0):.3f}</text>")
+    return _svg(w, h, body, "live scores against the training scores")

@@ -1,4 +1,4 @@
-"""Fills the console's store from the topics: alerts, incidents and entity alerts.
+"""Fills the console's store from the topics: alerts, incidents, entity alerts and drift.
 
 One thread, one consumer (no group: partitions assigned, read from the beginning on a
 blank store and from the end it reached on a kept one is not tracked; re-reading is
@@ -100,7 +100,9 @@ class Follower:
             self.skipped += 1
             return
         self.read += 1
-        if is_entity_alert(rec):
+        if rec.get("type") == "drift":
+            self.store.add_drift(rec)
+        elif is_entity_alert(rec):
             self.store.add_entity_alert(rec)
         elif is_incident(rec):
             self.store.add_incident(rec)

@@ -1,7 +1,8 @@
 """The console's bounded view of recent history: SQLite, so a restart does not start blank.
 
-Three kinds of records, as the topics carry them: incidents and entity alerts (the
-latest state of each, keyed by id) and alerts (each once, by alert id). Verdicts and
+Four kinds of records, as the topics carry them: incidents and entity alerts (the
+latest state of each, keyed by id), alerts (each once, by alert id) and drift snapshots
+(each once, by tenant and time). Verdicts and
 assignments the console made are kept too, so its pages and its precision figure show
 them at once. ``prune`` keeps it within an age and a number of alerts: the oldest go.
 One connection, used from the follower thread and the web server's threads under a
@@ -36,6 +37,9 @@ CREATE INDEX IF NOT EXISTS alerts_received ON alerts (received);
 CREATE TABLE IF NOT EXISTS raised (
     tenant TEXT, id TEXT, status TEXT, received REAL);
 CREATE INDEX IF NOT EXISTS raised_received ON raised (received);
+CREATE TABLE IF NOT EXISTS drift (
+    tenant TEXT, at REAL, model TEXT, psi_score REAL, alert_rate REAL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS drift_at ON drift (tenant, at);
 CREATE TABLE IF NOT EXISTS verdicts (
     alert_id TEXT PRIMARY KEY, tenant TEXT, verdict TEXT, note TEXT, at REAL);
 """
@@ -86,6 +90,20 @@ class ConsoleStore:
                    str(rec.get("status", "")), _num(rec.get("risk")), _int(rec.get("alerts")),
                    rec)
 
+    def add_drift(self, rec: dict[str, Any]) -> None:
+        """A drift snapshot (``stream.ops.drift.snapshot_record``), once per (tenant, at)."""
+        tenant, at = str(rec.get("tenant_id") or ""), _num(rec.get("at"))
+        got = rec.get("psi")
+        psi: dict[str, Any] = got if isinstance(got, dict) else {}
+        if not tenant or at is None:
+            return
+        model = f"{rec.get('model')}/{rec.get('version')}"
+        with self.lock:
+            self.db.execute("DELETE FROM drift WHERE tenant = ? AND at = ?", (tenant, at))
+            self.db.execute("INSERT INTO drift VALUES (?, ?, ?, ?, ?, ?)",
+                            (tenant, at, model, _num(psi.get("score")),
+                             _num(rec.get("alert_rate")), orjson.dumps(rec).decode()))
+
     def _item(self, kind: str, iid: str, tenant: str, entity: str, level: str, status: str,
               risk: float | None, alerts: int | None, doc: dict[str, Any]) -> None:
         with self.lock:
@@ -105,6 +123,7 @@ class ConsoleStore:
             n = self.db.execute("DELETE FROM alerts WHERE received < ?", (cut,)).rowcount
             n += self.db.execute("DELETE FROM items WHERE updated < ?", (cut,)).rowcount
             n += self.db.execute("DELETE FROM raised WHERE received < ?", (cut,)).rowcount
+            n += self.db.execute("DELETE FROM drift WHERE at < ?", (cut,)).rowcount
             over = self.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] - self.max_alerts
             if over > 0:
                 n += self.db.execute(
@@ -227,6 +246,38 @@ class ConsoleStore:
                 "SELECT score FROM alerts WHERE score IS NOT NULL AND (? = '' OR tenant = ?) "
                 "ORDER BY received DESC LIMIT ?", (tenant, tenant, limit)).fetchall()
         return [r[0] for r in rows]
+
+    def drift(self, tenant: str = "", span: float = 7 * 86400.0, inputs: int = 3
+              ) -> dict[str, list[tuple[float, dict[str, float]]]]:
+        """Per tenant, its drift snapshots over the last ``span`` seconds, oldest first:
+        (time, PSI of the scores and of the ``inputs`` inputs that moved most)."""
+        since = time.time() - span
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT tenant, at, doc FROM drift WHERE at >= ? AND (? = '' OR tenant = ?) "
+                "ORDER BY at", (since, tenant, tenant)).fetchall()
+        out: dict[str, list[tuple[float, dict[str, float]]]] = {}
+        for t, at, doc in rows:
+            psi = orjson.loads(doc).get("psi") or {}
+            out.setdefault(t, []).append(
+                (at, {k: float(v) for k, v in psi.items() if _num(v) is not None}))
+        for t, series in out.items():
+            top: dict[str, float] = {}
+            for _at, psi in series:
+                for k, v in psi.items():
+                    if k != "score":
+                        top[k] = max(top.get(k, 0.0), v)
+            keep = {"score", *sorted(top, key=lambda k: -top[k])[:inputs]}
+            out[t] = [(at, {k: v for k, v in psi.items() if k in keep}) for at, psi in series]
+        return out
+
+    def latest_drift(self, tenant: str = "") -> dict[str, Any] | None:
+        """The newest drift snapshot (of ``tenant``, or of any)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT doc FROM drift WHERE (? = '' OR tenant = ?) ORDER BY at DESC LIMIT 1",
+                (tenant, tenant)).fetchone()
+        return orjson.loads(row[0]) if row else None
 
     def close(self) -> None:
         with self.lock:

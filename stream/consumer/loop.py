@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from stream.config import Settings
 from stream.consumer.backpressure import Backpressure
 from stream.consumer.batch import BatchOutcome, process_batch
+from stream.consumer.drift_out import DriftOut
 from stream.consumer.heap import HeapFreezer
 from stream.consumer.suppressions import RuleFollower
 from stream.delivery import Batch, BatchState, InCallback, make_delivery
@@ -122,6 +123,8 @@ class Pipeline:
         self.consumer = kafka_clients.make_consumer(
             settings, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        # Drift snapshots for the console, when --drift-topic names where.
+        self.drift_out = DriftOut(settings) if settings.drift_topic else None
         self.accounting = Accounting(
             remember=table.remember,
             metrics=metrics or NullMetrics(),
@@ -129,6 +132,7 @@ class Pipeline:
             on_batch=on_batch,
             drift_window=settings.drift_window,
             drift_warn=settings.drift_psi_warn,
+            drift_out=self.drift_out.publish if self.drift_out is not None else None,
         )
         self.backpressure = Backpressure(
             self.consumer,
@@ -434,6 +438,8 @@ class Pipeline:
             if self.suppressions is not None:
                 self.suppressions.stop()
             self.accounting.close()
+            if self.drift_out is not None:
+                self.drift_out.close()
             self.delivery.close()
         finally:
             with contextlib.suppress(RuntimeError):  # already closed

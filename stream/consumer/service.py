@@ -168,6 +168,8 @@ def build(
         topics = [settings.input_topic, settings.alert_topic, settings.dlq_topic]
         if settings.shadow_topic:
             topics.append(settings.shadow_topic)
+        if settings.drift_topic:
+            topics.append(settings.drift_topic)
         created = create_topics(
             settings.kafka_common(),
             topics,

@@ -305,9 +305,10 @@ class Accounting:
         on_batch: Callable[[BatchOutcome], None] | None = None,
         drift_window: int = 10_000,
         drift_warn: float = 0.25,
+        drift_out: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.stats = RunStats()
-        self.drift = DriftWatch(metrics, drift_window, drift_warn)
+        self.drift = DriftWatch(metrics, drift_window, drift_warn, publish=drift_out)
         self._remember = remember
         self.metrics = metrics
         self.consumer = consumer

@@ -14,9 +14,10 @@ for the scores) with the alert rate over the same window
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class Drift:
         self._new = self._empty()
         self._old: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.psi_score: float | None = None
+        #: The live score bin counts of the last window (``baseline.score_edges``' bins).
+        self.score_counts: np.ndarray | None = None
         self.psi_features: dict[str, float] = {}
         self.alerts = 0
         self.scored = 0
@@ -75,6 +78,7 @@ class Drift:
         else:
             total_s = s_counts + self._old[0]
             total_f = [a + b for a, b in zip(f_counts, self._old[1], strict=True)]
+        self.score_counts = total_s
         self.psi_score = psi(self.score_shares, total_s)
         self.psi_features = {
             c: psi(self.shares[j], total_f[j]) for j, c in enumerate(self.b.columns)
@@ -127,8 +131,12 @@ class ScoredBatch(Protocol):
 class DriftWatch:
     """One :class:`Drift` per (tenant, model version); metrics and warnings as windows fill."""
 
-    def __init__(self, sink: DriftSink, window: int = 10_000, warn: float = 0.25) -> None:
+    def __init__(self, sink: DriftSink, window: int = 10_000, warn: float = 0.25,
+                 publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.sink, self.window, self.warn = sink, window, warn
+        #: Gets (tenant, :func:`snapshot_record`) each time a window fills (the consumer
+        #: writes it to ``--drift-topic`` for the console).
+        self.publish = publish
         self._drifts: OrderedDict[tuple[str, str, str], Drift] = OrderedDict()
         self._warned: set[tuple[str, str, str, str]] = set()
 
@@ -166,6 +174,8 @@ class DriftWatch:
             return
         values = {"score": d.psi_score or 0.0, **d.psi_features}
         self.sink.record_drift(tenant, values, d.alert_rate or 0.0)
+        if self.publish is not None:
+            self.publish(tenant, snapshot_record(tenant, model, d, self.window))
         for what, v in values.items():
             wkey = (*key, what)
             if v > self.warn and wkey not in self._warned:
@@ -188,4 +198,38 @@ class DriftWatch:
         return out
 
 
-__all__ = ["Baseline", "Drift", "DriftSink", "DriftWatch", "ScoredBatch", "psi"]
+def snapshot_record(tenant: str, model: ScoredModel, d: Drift, window: int,
+                    now: float | None = None) -> dict[str, Any]:
+    """What the drift topic carries each time a tenant's window fills: the PSI of the
+    scores and of each input, the alert rate, and the live score bin counts beside the
+    training shares of the same bins (``edges`` are the inner bin edges: bin 0 is below
+    the first, the last above the last).
+
+    >>> rng = np.random.default_rng(0)
+    >>> b = Baseline.fit(rng.normal(size=(500, 1)), rng.normal(size=500), ["x"])
+    >>> d = Drift(b, window=200)
+    >>> d.add(rng.normal(size=(100, 1)) + 3, rng.normal(size=100), alerts=5)
+    True
+    >>> class M: name, version, baseline = "m", "3", b
+    >>> r = snapshot_record("acme", M(), d, 200, now=0.0)
+    >>> r["psi"]["x"] > 1 > r["psi"]["score"]  # the input moved, the scores did not
+    True
+    >>> r["alert_rate"], sum(r["scores"]["live"]), len(r["scores"]["live"]) == len(
+    ...     r["scores"]["training"]) == len(r["scores"]["edges"]) + 1
+    (0.05, 100, True)
+    """
+    counts = d.score_counts if d.score_counts is not None else np.zeros(0, dtype=np.int64)
+    return {
+        "type": "drift", "tenant_id": tenant, "model": model.name, "version": model.version,
+        "window": window, "at": time.time() if now is None else now,
+        "psi": {"score": round(float(d.psi_score or 0.0), 6),
+                **{k: round(float(v), 6) for k, v in d.psi_features.items()}},
+        "alert_rate": round(float(d.alert_rate or 0.0), 6),
+        "scores": {"edges": [float(e) for e in d.b.score_edges],
+                   "live": [int(c) for c in counts],
+                   "training": [round(float(x), 6) for x in d.score_shares]},
+    }
+
+
+__all__ = ["Baseline", "Drift", "DriftSink", "DriftWatch", "ScoredBatch", "psi",
+           "snapshot_record"]

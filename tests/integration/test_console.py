@@ -67,16 +67,16 @@ def test_triage_in_the_browser(broker: EmbeddedBroker, tracking_uri: str, unique
         batch_size=500, batch_max_wait_ms=100, reload_interval=2.0,
         incident_topic=f"inc-{unique}", incident_idle=3600.0, incident_window=3600.0,
         entity_alert_topic=f"ent-{unique}", suppression_topic=f"supp-{unique}",
-        feedback_topic=f"fb-{unique}",
+        feedback_topic=f"fb-{unique}", drift_topic=f"drift-{unique}", drift_window=400,
     )
-    broker.create_topics([s.input_topic, s.alert_topic, s.dlq_topic, s.feedback_topic],
-                         partitions=1)
+    broker.create_topics([s.input_topic, s.alert_topic, s.dlq_topic, s.feedback_topic,
+                          s.drift_topic], partitions=1)
     pipeline = service.build(s)
     consumer = threading.Thread(target=pipeline.run, daemon=True)
     consumer.start()
     store = ConsoleStore(tmp_path / "console.db")
     follower = Follower(store, s.kafka_common(), [s.alert_topic, s.incident_topic,
-                                                  s.entity_alert_topic])
+                                                  s.entity_alert_topic, s.drift_topic])
     follower.start()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -149,6 +149,14 @@ def test_triage_in_the_browser(broker: EmbeddedBroker, tracking_uri: str, unique
             assert page.locator("#rates svg polyline.rate").count() >= 1
             assert page.locator("#raised svg polyline.rate").count() >= 1
             assert page.locator("#histogram svg rect.bin").count() >= 1
+            # Drift over time from the consumer's snapshots (a window of 400 events: a
+            # snapshot every 200), and the last window's scores against training's.
+            _wait(lambda: store.latest_drift("acme") is not None, 30, "drift snapshots")
+            page.goto(base + "/quality")
+            assert page.locator("#drift svg polyline.psi").count() >= 2  # scores, an input
+            assert page.locator("#drift svg circle").count() >= 2 * 3
+            assert page.locator("#shift svg rect.live").count() >= 5
+            assert page.locator("#shift svg rect.training").count() >= 5
             page.screenshot(path=str(ARTIFACTS / "quality.png"), full_page=True)
 
             # Suppress similar: the prefilled rule, written, applied by the consumer.

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["stream.scoring.detectors", "stream.features.expr", "stream.scoring.thresholds",
-           "stream.outcomes.suppress", "stream.ops.secured"]
+           "stream.outcomes.suppress", "stream.ops.secured", "stream.ops.drift"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -4,6 +4,7 @@ the store's bounds, and the rule "suppress similar" proposes."""
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from stream.config import Settings
+from stream.console import charts
 from stream.console.app import COOKIE, _csrf, make_app
 from stream.console.store import ConsoleStore
 from tests.consoleutil import serving
@@ -174,3 +176,26 @@ def test_the_store_keeps_within_its_age_and_size() -> None:
     assert st.prune(now=1e12) == 5  # all older than 100 s by then
     st.add_alert({"alert_id": "x", "event": "not a dict", "anomaly_score": "NaN?"})
     assert st.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 1
+
+
+def test_drift_snapshots_are_kept_and_drawn_over_time(store: ConsoleStore) -> None:
+    edges = [-0.1, 0.0, 0.1]
+    for k, (s_psi, x_psi) in enumerate([(0.01, 0.02), (0.05, 0.3), (0.2, 0.6)]):
+        store.add_drift({"type": "drift", "tenant_id": "acme", "model": "m", "version": "2",
+                         "window": 1000, "at": time.time() - 300 + 60 * k,
+                         "psi": {"score": s_psi, "bytes": x_psi, "pkts": 0.0,
+                                 "a": 0.01, "b": 0.02, "c": 0.03},
+                         "alert_rate": 0.01,
+                         "scores": {"edges": edges, "live": [5, 10, 60, 25],
+                                    "training": [0.1, 0.2, 0.4, 0.3]}})
+    store.add_drift({"type": "drift", "tenant_id": "acme", "at": "not a time"})  # skipped
+    series = store.drift("acme", inputs=2)["acme"]
+    assert [round(p["score"], 2) for _t, p in series] == [0.01, 0.05, 0.2]
+    assert set(series[-1][1]) == {"score", "bytes", "c"}  # the inputs that moved most
+    svg = charts.drift(series)
+    assert svg.count('class="psi"') == 3 and svg.count("<circle") == 9
+    shift = charts.score_shift(store.latest_drift("acme"))
+    assert shift.count('class="live"') == 4 and shift.count('class="training"') == 4
+    assert "score PSI 0.200" in shift
+    assert "no drift snapshot" in charts.score_shift(None)
+    assert store.prune(now=time.time() + 30 * 86400) >= 3 and store.drift() == {}
