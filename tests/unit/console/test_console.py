@@ -197,5 +197,10 @@ def test_drift_snapshots_are_kept_and_drawn_over_time(store: ConsoleStore) -> No
     shift = charts.score_shift(store.latest_drift("acme"))
     assert shift.count('class="live"') == 4 and shift.count('class="training"') == 4
     assert "score PSI 0.200" in shift
+    with serving(make_app(store, Settings(), TOKEN)) as base:
+        status, page = _get(base + "/quality?tenant=acme")
+    drift = page.split('id="drift"')[1].split("</div>")[0]
+    assert status == 200 and drift.count('class="psi"') == 4  # the scores, three inputs
+    assert page.split('id="shift"')[1].split("</div>")[0].count('class="live"') == 4
     assert "no drift snapshot" in charts.score_shift(None)
     assert store.prune(now=time.time() + 30 * 86400) >= 3 and store.drift() == {}
