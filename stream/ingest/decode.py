@@ -66,6 +66,9 @@ _OVERFLOW_DIGITS = b"0" * 200
 # below orjson's 1024; a process that raised it gets its deep messages rechecked.
 _MSGSPEC_DEPTH_OK = 1000
 _RECHECK_CHUNK = 2048
+#: A subset of rows at least 1/this of a batch reads (and keeps) the whole column: it
+#: costs about as much, and the next reader of the column gets it for free.
+_SUBSET_SHARE = 8
 
 
 def valid_tenant(value: object) -> bool:
@@ -337,6 +340,42 @@ class DecodedBatch:
         col = self._strings[path] = string_column(raw)
         return col
 
+    def numeric_at(self, path: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Field ``path`` for ``rows`` only, as :meth:`numeric` gives it for them: sliced
+        from the whole column when it was read already (or when most rows are asked),
+        else read for those rows alone (a batch's few alerts need not pay for every
+        event's value) and not kept."""
+        if path in self._numeric or len(rows) * _SUBSET_SHARE >= self.n:
+            values, codes = self.numeric(path)
+            return values[rows], codes[rows]
+        return numeric_column(self._raw_at(path, rows.tolist(), NUMBER))
+
+    def strings_at(self, path: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Field ``path`` for ``rows`` only, as :meth:`strings` gives it (see
+        :meth:`numeric_at`)."""
+        if path in self._strings or len(rows) * _SUBSET_SHARE >= self.n:
+            values, codes = self.strings(path)
+            return values[rows], codes[rows]
+        return string_column(self._raw_at(path, rows.tolist(), SCALAR))
+
+    def _raw_at(self, path: str, rows: list[int], kind: Any) -> list[Any]:
+        """Raw values of ``rows`` as the whole-column readers would find them."""
+        getter = self._schema.getters.get(path)
+        if getter is None or self._schema.kind[path] != kind:
+            return self._raw_from_docs(path, rows)
+        out = []
+        for i in rows:
+            if i in self._slow:
+                out.append(self._lookup(i, path))
+                continue
+            v = getter(self._rows[i])
+            if kind == NUMBER and v != v:
+                v = MISSING  # NaN: absent
+            if "." in path and (v is None or v is MISSING):
+                v = self._lookup(i, path)
+            out.append(v)
+        return out
+
     def _raw_fast(self, path: str, getter: Callable[[Any], Any]) -> list[Any]:
         """Raw values of a key the fast decoder read; slow rows and nested paths from docs."""
         raw: list[Any] = list(map(getter, self._rows))
@@ -423,12 +462,22 @@ class RowSubset:
         self._whole = len(rows) == source.n
 
     def numeric(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._whole:
+            return self.source.numeric(path)
+        at = getattr(self.source, "numeric_at", None)  # a batch reads only these rows
+        if at is not None:
+            return at(path, self.rows)
         values, codes = self.source.numeric(path)
-        return (values, codes) if self._whole else (values[self.rows], codes[self.rows])
+        return values[self.rows], codes[self.rows]
 
     def strings(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._whole:
+            return self.source.strings(path)
+        at = getattr(self.source, "strings_at", None)
+        if at is not None:
+            return at(path, self.rows)
         values, codes = self.source.strings(path)
-        return (values, codes) if self._whole else (values[self.rows], codes[self.rows])
+        return values[self.rows], codes[self.rows]
 
 
 def _suspects(parts: list[bytes]) -> set[int]:

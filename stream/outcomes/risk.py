@@ -145,7 +145,10 @@ class Risk:
         else they are read from ``source``."""
         docs: dict[int, list[dict[str, Any]]] = {}
         records: list[tuple[bytes, bytes]] = []
-        times = event_times(source, self.timestamp_field)[0]
+        # Only the alert rows' times and entities are read: a batch's few alerts do not pay
+        # for every event's (unless the features read those columns already).
+        times = np.full(source.n, math.nan)
+        times[rows] = event_times(RowSubset(source, rows), self.timestamp_field)[0]
         episodes = Episodes(store, source, scores, leads, alert_ids, summaries)
         for by in self.entities:
             rows_e, points, risk, reason = self.accumulate(source, rows, levels, tenants,
@@ -156,7 +159,11 @@ class Risk:
             if thresholds is not None:
                 own = thresholds[rows_e]
                 cut = np.where(np.isnan(own), cut, own)
-            keys = [source.strings(f)[0] for f in by.split(">")]
+            keys = []
+            for f in by.split(">"):
+                col = np.empty(source.n, dtype=object)
+                col[rows_e] = RowSubset(source, rows_e).strings(f)[0]
+                keys.append(col)
             for j, (i, r, p, t) in enumerate(zip(rows_e.tolist(), risk.tolist(),
                                                  points.tolist(), cut.tolist(), strict=True)):
                 if reason[j] != 0 or not math.isfinite(r):

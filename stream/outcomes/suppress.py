@@ -32,7 +32,7 @@ import math
 import re
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -231,19 +231,10 @@ class RuleSet:
         everyone = [self._compiled[r.id] for r in self._by_tenant.get(None, ())
                     if r.active(now)]
         # A tenant's own rules in force, then everyone's: worked out once per tenant.
-        in_force: dict[str, list[Any]] = {}
-        ips: dict[str, tuple[int, int] | None] = {}
-
-        def ip(text: str | None) -> tuple[int, int] | None:
-            if text is None:
-                return None
-            if text not in ips:
-                try:
-                    a = ipaddress.ip_address(text)
-                    ips[text] = (a.version, int(a))
-                except ValueError:
-                    ips[text] = None
-            return ips[text]
+        in_force: dict[str, _Candidates] = {}
+        # Addresses parsed as the covers parse them (one parser for both: a rule judged to
+        # cover an episode matches each of its alerts), memoised across batches.
+        ip = _ip_of
 
         def texts(path: str) -> list[str | None]:
             values, codes = source.strings(path)
@@ -261,25 +252,25 @@ class RuleSet:
         out: dict[int, str] = {}
         for k in range(source.n):
             tenant = tenants[k]
-            candidates = in_force.get(tenant)
-            if candidates is None:
-                candidates = in_force[tenant] = [
+            index = in_force.get(tenant)
+            if index is None:
+                index = in_force[tenant] = _Candidates([
                     *(self._compiled[r.id] for r in self._by_tenant.get(tenant, ())
-                      if r.active(now)), *everyone]
-            if not candidates:
+                      if r.active(now)), *everyone])
+            if index.empty:
                 continue
-            src = dst = port = proto = None
-            read = False
-            for rid, rsrc, rdst, rport, rproto, rfeature, rfields in candidates:
-                if not read:  # the scope fields of a row with a rule to check, once
-                    src, dst = ip(col(SRC)[k]), ip(col(DST)[k])
-                    p = col(PORT)[k]
-                    try:
-                        port = float(p) if p is not None else None
-                    except ValueError:
-                        port = None
-                    proto = (col(PROTO)[k] or "").lower()
-                    read = True
+            # The scope fields of a row with a rule to check, once.
+            src, dst = ip(col(SRC)[k]), ip(col(DST)[k])
+            p = col(PORT)[k]
+            try:
+                port = float(p) if p is not None else None
+            except ValueError:
+                port = None
+            proto = (col(PROTO)[k] or "").lower()
+            def value(f: str, k: int = k) -> str | None:
+                return col(f)[k]
+
+            for rid, rsrc, rdst, rport, rproto, rfeature, rfields in index.for_row(port, value):
                 if rsrc is not None and (src is None or src[0] != rsrc[0]
                                          or src[1] & rsrc[2] != rsrc[1]):
                     continue
@@ -297,6 +288,48 @@ class RuleSet:
                 out[k] = rid
                 break
         return out
+
+
+class _Candidates:
+    """A tenant's rules in force, in order, indexed so that a row is checked only against
+    the rules it can match: a rule on one port is looked up by the row's port, a rule on
+    fields by the row's value of its first field; the rest are checked for every row.
+    What a row gets back is in the rules' order, so the first match is the same as a
+    scan of them all would find (``tests/unit/outcomes/test_suppress.py``)."""
+
+    __slots__ = ("always", "by_field", "by_port", "empty", "fields")
+
+    def __init__(self, compiled: list[Any]) -> None:
+        self.always: list[tuple[int, Any]] = []
+        self.by_port: dict[float, list[tuple[int, Any]]] = {}
+        self.by_field: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+        for n, c in enumerate(compiled):
+            rport, rfields = c[3], c[6]
+            if rport is not None and rport[0] == rport[1]:
+                self.by_port.setdefault(rport[0], []).append((n, c))
+            elif rfields:
+                self.by_field.setdefault(rfields[0], []).append((n, c))
+            else:
+                self.always.append((n, c))
+        self.fields = sorted({f for f, _v in self.by_field})
+        self.empty = not compiled
+
+    def for_row(self, port: float | None, value: Callable[[str], str | None]) -> list[Any]:
+        got = self.always
+        extra: list[tuple[int, Any]] = []
+        if port is not None and self.by_port:
+            extra += self.by_port.get(port, ())
+        for f in self.fields:
+            v = value(f)
+            if v is not None:  # an unset field matches no rule on it
+                extra += self.by_field.get((f, v), ())
+        if extra:
+            got = sorted([*got, *extra], key=_first)
+        return [c for _n, c in got]
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
 
 
 #: What incidents and entity episodes keep of their alerts, so that a rule added later
@@ -326,6 +359,8 @@ def _ip_of(text: str | None) -> tuple[int, int] | None:
     socket module's parser, strict and a tenth of ``ipaddress``'s cost, memoised."""
     if not text:
         return None
+    if "%" in text:  # an IPv6 zone ("fe80::1%eth0"): the address is what rules test
+        text = text.split("%", 1)[0]
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
         try:
             return version, int.from_bytes(socket.inet_pton(family, text), "big")

@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import random
 import re
+import uuid
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.ingest.decode import DecodedBatch, valid_tenant
 from stream.outcomes import reasons
@@ -344,3 +347,39 @@ def test_random_floats_decode_exactly() -> None:
                                               b'"bytes_transferred":' + f"{x:.25e}".encode())
              for x in nums[:200]]
     assert_same(vals)
+
+
+_MIXED = [
+    b'{"tenant_id": "acme", "a": 1.5, "s": "x", "n": {"x": 2}, "ts": 10}',
+    b'{"tenant_id": "acme", "a": "12", "s": 7, "n.x": 3, "ts": "2026-01-01T00:00:00Z"}',
+    b'{"tenant_id": "acme", "a": null, "s": null, "ts": 11}',
+    b'{"tenant_id": "acme", "a": true, "s": true}',
+    b'{"tenant_id": "acme", "a": 1e400, "s": "' + "\u00e9".encode() + b'", "ts": 12}',
+    b'{"tenant_id": "acme", "a": ' + b"9" * 400 + b', "s": "big"}',  # the slow path
+    b'{"tenant_id": "acme", "s": ["no"], "n": {"x": "4"}, "ts": 13}',
+    b'{"tenant_id": "acme", "a": -0.0, "s": "", "n": null}',
+] * 4
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.integers(0, len(_MIXED) - 1), max_size=3, unique=True),
+       learned=st.booleans())
+def test_a_few_rows_read_alone_are_the_whole_columns_rows(rows: list[int],
+                                                           learned: bool) -> None:
+    """``numeric_at``/``strings_at`` (what risk reads for a batch's few alerts) give what
+    slicing the whole column gives, on the fast path or from the documents, for every
+    kind of value; a field read for every row first is only sliced."""
+    fresh = f"f{uuid.uuid4().hex[:8]}"  # a key no batch has learned
+    paths = ["a", "s", "n.x", "ts", "missing", fresh]
+    if learned:  # later batches read these keys on the fast path
+        warm = DecodedBatch(_MIXED)
+        for p in paths[:4]:
+            warm.numeric(p), warm.strings(p)
+    idx = np.array(sorted(rows), dtype=np.int64)
+    for p in paths:
+        alone, whole = DecodedBatch(_MIXED), DecodedBatch(_MIXED)
+        for a_at, w_all in ((alone.numeric_at(p, idx), whole.numeric(p)),
+                            (alone.strings_at(p, idx), whole.strings(p))):
+            np.testing.assert_array_equal(a_at[1], w_all[1][idx])
+            assert [None if x is None else repr(x) for x in a_at[0].tolist()] == \
+                [None if x is None else repr(x) for x in w_all[0][idx].tolist()]

@@ -3,12 +3,15 @@ does not do in a batch (publish, add risk, join an incident), counted per rule."
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.consumer.batch import process_batch
 from stream.features import RecordColumns, WindowStore
@@ -185,3 +188,95 @@ def test_a_rule_added_later_closes_the_incidents_and_entity_alerts_it_covers_who
 
     ocsf = orjson.loads(format_entity_alert("ocsf", closed.entity_records[0][1]))
     assert ocsf["activity_name"] == "Close" and ocsf["status"] == "Suppressed"
+
+
+def _scan(rules: list[Rule], tenant: str, event: dict[str, Any], lead: str | None,
+          now: float) -> str | None:
+    """The first rule in force that holds for one event, by reading each rule in turn
+    (the tenant's own, then everyone's): what ``RuleSet.match``'s index must agree with."""
+    def addr(text: Any) -> Any:
+        try:
+            return ipaddress.ip_address(str(text))
+        except ValueError:
+            return None
+
+    ordered = [r for r in rules if r.tenant == tenant] + [r for r in rules if r.tenant is None]
+    for r in ordered:
+        if not r.active(now):
+            continue
+        src, dst = addr(event.get("src_ip")), addr(event.get("dst_ip"))
+        if r.src is not None and (src is None or src not in r.src):
+            continue
+        if r.dst is not None and (dst is None or dst not in r.dst):
+            continue
+        port = event.get("dst_port")
+        if r.port is not None and (port is None or not r.port[0] <= float(port) <= r.port[1]):
+            continue
+        if r.proto is not None and str(event.get("protocol", "")).lower() != r.proto:
+            continue
+        if r.feature is not None and lead != r.feature:
+            continue
+        if any(str(event.get(f)) != v if event.get(f) is not None else True
+               for f, v in r.fields):
+            continue
+        return r.id
+    return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_the_indexed_match_finds_the_first_rule_a_scan_of_every_rule_finds(data: Any) -> None:
+    now = 1_000_000.0
+    tenants = ["acme", "globex", "initech"]
+    ports = [22, 53, 873, 8080]
+    docs = []
+    for k in range(data.draw(st.integers(1, 25), label="rules")):
+        d: dict[str, Any] = {"id": f"r{k}", "reason": "t", "author": "t"}
+        tenant = data.draw(st.sampled_from([None, *tenants]))
+        if tenant:
+            d["tenant"] = tenant
+        kinds = data.draw(st.sets(st.sampled_from(
+            ["src", "dst", "port", "range", "proto", "feature", "field", "field2"]),
+            min_size=1, max_size=3))
+        if "src" in kinds:
+            d["src"] = data.draw(st.sampled_from(["10.0.0.0/24", "10.0.1.0/24", "10.0.0.5"]))
+        if "dst" in kinds:
+            d["dst"] = data.draw(st.sampled_from(["192.168.0.0/16", "192.168.1.1"]))
+        if "port" in kinds:
+            d["port"] = str(data.draw(st.sampled_from(ports)))
+        elif "range" in kinds:
+            d["port"] = "50-900"
+        if "proto" in kinds:
+            d["proto"] = data.draw(st.sampled_from(["tcp", "udp"]))
+        if "feature" in kinds:
+            d["feature"] = data.draw(st.sampled_from(["rare_port", "log_bytes"]))
+        fields = {}
+        if "field" in kinds:
+            fields["service"] = data.draw(st.sampled_from(["dns", "ssh"]))
+        if "field2" in kinds:
+            fields["conn_state"] = data.draw(st.sampled_from(["S0", "SF"]))
+        if fields:
+            d["fields"] = fields
+        if data.draw(st.booleans()):
+            d["expires"] = now + data.draw(st.sampled_from([-10, 10]))
+        docs.append(d)
+    rules = [Rule.from_dict(d) for d in docs]
+    events, leads, who = [], [], []
+    for _ in range(data.draw(st.integers(1, 30), label="alerts")):
+        e: dict[str, Any] = {
+            "src_ip": data.draw(st.sampled_from(["10.0.0.5", "10.0.1.9", "fe80::1", "bad"])),
+            "dst_ip": data.draw(st.sampled_from(["192.168.1.1", "172.16.0.1"])),
+            "protocol": data.draw(st.sampled_from(["TCP", "udp", "icmp"])),
+            "service": data.draw(st.sampled_from(["dns", "ssh", "http"])),
+            "conn_state": data.draw(st.sampled_from(["S0", "SF"])),
+        }
+        port = data.draw(st.sampled_from([None, *ports, 100]))
+        if port is not None:
+            e["dst_port"] = port
+        events.append(e)
+        leads.append(data.draw(st.sampled_from([None, "rare_port", "log_bytes"])))
+        who.append(data.draw(st.sampled_from(tenants)))
+    got = RuleSet(rules).match(who, RecordColumns(events), leads, now=now)
+    want = {k: r for k in range(len(events))
+            if (r := _scan(rules, who[k], events[k], leads[k], now)) is not None}
+    assert got == want
