@@ -25,7 +25,7 @@ import zlib
 from pathlib import Path
 from types import TracebackType
 
-from stream.kafka.embedded import broker_binary, free_port, wait_for_port
+from stream.kafka.embedded import broker_binary, free_port, stop_process, wait_for_port
 
 
 def _run(*cmd: str) -> None:
@@ -125,13 +125,7 @@ class NetLab:
             _run(*(self.inside(*cmd) if inner else cmd))
 
     def down(self) -> None:
-        if self._broker is not None and self._broker.poll() is None:
-            self._broker.terminate()
-            try:
-                self._broker.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._broker.kill()
-                self._broker.wait()
+        stop_process(self._broker)
         self._broker = None
         # Deleting the namespace deletes the veth end inside it, and so the pair.
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)

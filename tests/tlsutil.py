@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from stream.kafka.embedded import broker_binary, free_port, wait_for_port
+from stream.kafka.embedded import broker_binary, free_port, stop_process, wait_for_port
 
 
 def stunnel() -> str | None:
@@ -155,13 +155,7 @@ class TlsBroker:
 
     def stop(self) -> None:
         for proc in (self._tunnel, self._broker_proc):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self._tunnel = self._broker_proc = None
 
     def __enter__(self) -> TlsBroker:

@@ -62,6 +62,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds: a child process ended either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class EmbeddedBroker:
     """A Tansu broker process on a loopback port, started and stopped with the object.
 
@@ -117,14 +129,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
     def terminate(self) -> None:
         """Ask the broker process to exit, without waiting (safe in a signal handler:
