@@ -230,10 +230,13 @@ def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
     except KafkaException as e:
         return f"the Kafka client refused its properties ({e.args[0].str() if e.args else e})"
     deadline = time.monotonic() + timeout
+    # Short waits first, so a refusal is named at once; longer ones after, so a slow
+    # broker's answer (one that takes longer than a short wait) is still taken.
+    step = 0.5
     while True:
         left = deadline - time.monotonic()
         try:
-            admin.list_topics(timeout=max(0.05, min(0.5, left)))
+            admin.list_topics(timeout=max(0.05, min(step, left)))
             return None
         except KafkaException as e:
             failed = e
@@ -243,9 +246,10 @@ def kafka_problem(conf: dict[str, Any], timeout: float = KAFKA_TIMEOUT_S,
                 host, port = next(a for a, err in zip(addrs, errors, strict=True) if not err)
                 return secured.handshake_problem(host, port, conf) or heard.cause
             return heard.cause
-        if left <= 0.5:
+        if left <= step:
             why = failed.args[0].str() if failed.args else failed
             return f"no metadata within {timeout:g} s ({why})"
+        step = min(step * 2, 4.0)
 
 
 def registry_problem(uri: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> str | None:
