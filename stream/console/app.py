@@ -191,11 +191,11 @@ def make_app(store: ConsoleStore, settings: Settings, token: str) -> Starlette:
         if not settings.suppression_topic:
             return PlainTextResponse("this console has no --suppression-topic to write to",
                                      status_code=400)
-        doc = {k: (str(form.get(k)) or None) for k in
+        doc: dict[str, Any] = {k: (str(form.get(k)) or None) for k in
                ("tenant", "src", "dst", "port", "proto", "feature", "reason", "author")}
         days = _float(form.get("days")) or 30.0
         doc.update(id=str(form.get("id") or f"r-{uuid.uuid4().hex[:10]}"),
-                   expires=_iso(time.time() + days * 86400.0))
+                   expires=time.time() + days * 86400.0)  # a rule takes epoch seconds too
         try:
             rule = Rule.from_dict(doc)
         except RuleError as e:
@@ -252,12 +252,6 @@ def _float(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def _iso(t: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _event_time(a: dict[str, Any]) -> float:

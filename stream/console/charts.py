@@ -22,22 +22,32 @@ from typing import Any
 __all__ = ["drift", "explanation", "histogram", "rates", "score_shift", "timeline"]
 
 COLOURS = {"low": "#8a8f98", "medium": "#d4a017", "high": "#e06c00", "critical": "#c0392b"}
+#: One colour per series (tenant, input), the first eight.
+_PALETTE = ("#2c3e91", "#c0392b", "#2c7a2c", "#e06c00", "#7d3c98", "#117a65", "#555",
+            "#b7950b")
 
 
 def _svg(w: int, h: int, body: list[str], label: str) -> str:
+    """A chart: ``body`` on a framed white ground, ``label`` for screen readers."""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
             f'aria-label="{escape(label)}" viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
+            f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>'
             + "".join(body) + "</svg>")
+
+
+def _empty(w: int, h: int, text: str, label: str) -> str:
+    """A chart with nothing to draw yet: ``text`` in its middle."""
+    return _svg(w, h, [f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">{escape(text)}</text>'],
+                label)
 
 
 def timeline(points: Sequence[tuple[float, float, str, float | None]], w: int = 720,
              h: int = 220) -> str:
     """(event time, anomaly score, level, entity risk or None) per alert."""
     pts = [p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])]
-    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     if not pts:
-        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no alerts</text>')
-        return _svg(w, h, body, "timeline: no alerts")
+        return _empty(w, h, "no alerts", "timeline: no alerts")
+    body: list[str] = []
     t0, t1 = min(p[0] for p in pts), max(p[0] for p in pts)
     s0, s1 = min(p[1] for p in pts), max(p[1] for p in pts)
     risks = [p[3] for p in pts if p[3] is not None and math.isfinite(p[3])]
@@ -72,7 +82,7 @@ def explanation(inputs: Sequence[dict[str, Any]], w: int = 720) -> str:
     rows = [e for e in inputs if isinstance(e, dict)][:8]
     step = 36
     h = 20 + step * max(1, len(rows))
-    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
+    body: list[str] = []
     if not rows:
         body.append('<text x="10" y="20">no explanation (the model has no baseline)</text>')
         return _svg(w, h, body, "explanation: none")
@@ -103,10 +113,9 @@ def explanation(inputs: Sequence[dict[str, Any]], w: int = 720) -> str:
 
 def histogram(values: Sequence[float], bins: int = 30, w: int = 720, h: int = 200) -> str:
     vals = [v for v in values if math.isfinite(v)]
-    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     if not vals:
-        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no scores</text>')
-        return _svg(w, h, body, "score histogram: no scores")
+        return _empty(w, h, "no scores", "score histogram: no scores")
+    body: list[str] = []
     lo, hi = min(vals), max(vals)
     width = (hi - lo) / bins or 1.0
     counts = [0] * bins
@@ -126,43 +135,34 @@ def histogram(values: Sequence[float], bins: int = 30, w: int = 720, h: int = 20
 def rates(series: dict[str, list[tuple[float, int]]], bucket: float = 60.0, w: int = 720,
           h: int = 200, what: str = "alerts") -> str:
     """``what`` per bucket over time, a line per tenant (the first eight)."""
-    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     pts = [(t, n) for s in series.values() for t, n in s]
     if not pts:
-        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no {what} yet</text>')
-        return _svg(w, h, body, f"{what} rates: none")
+        return _empty(w, h, f"no {what} yet", f"{what} rates: none")
+    body: list[str] = []
     t0, t1 = min(p[0] for p in pts), max(p[0] for p in pts)
     top = max(p[1] for p in pts)
-    palette = ("#2c3e91", "#c0392b", "#2c7a2c", "#e06c00", "#7d3c98", "#117a65", "#555",
-               "#b7950b")
     for k, (tenant, s) in enumerate(sorted(series.items())[:8]):
         xy = [(30 + (t - t0) / ((t1 - t0) or 1.0) * (w - 60), h - 30 - n / top * (h - 50))
               for t, n in s]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
         body.append(f'<polyline class="rate" points="{path}" fill="none" '
-                    f'stroke="{palette[k]}" stroke-width="1.5"><title>{escape(tenant)}'
+                    f'stroke="{_PALETTE[k]}" stroke-width="1.5"><title>{escape(tenant)}'
                     f'</title></polyline>')
-        body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{palette[k]}"/>'
+        body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{_PALETTE[k]}"/>'
                  for x, y in xy]
-        body.append(f'<text x="{40 + 110 * k}" y="16" font-size="11" fill="{palette[k]}">'
+        body.append(f'<text x="{40 + 110 * k}" y="16" font-size="11" fill="{_PALETTE[k]}">'
                     f'{escape(tenant[:16])}</text>')
     body.append(f'<text x="30" y="{h - 8}" font-size="11">{what} per {bucket:.0f} s, up to '
                 f'{top}, over {(t1 - t0) / 60:.0f} min</text>')
     return _svg(w, h, body, f"{what} rates per tenant")
 
 
-_PALETTE = ("#2c3e91", "#c0392b", "#2c7a2c", "#e06c00", "#7d3c98", "#117a65", "#555",
-            "#b7950b")
-
-
 def drift(series: Sequence[tuple[float, dict[str, float]]], w: int = 720, h: int = 220,
           warn: float = 0.25) -> str:
     """One tenant's PSI over time: a line for the scores and one per input shown."""
-    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     if not series:
-        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no drift snapshots '
-                    "yet (stream run --drift-topic)</text>")
-        return _svg(w, h, body, "drift: none")
+        return _empty(w, h, "no drift snapshots yet (stream run --drift-topic)", "drift: none")
+    body: list[str] = []
     names = ["score", *sorted({k for _t, p in series for k in p} - {"score"})][:8]
     t0, t1 = series[0][0], series[-1][0]
     top = max(0.3, *(v for _t, p in series for v in p.values()))
@@ -196,14 +196,12 @@ def drift(series: Sequence[tuple[float, dict[str, float]]], w: int = 720, h: int
 def score_shift(snapshot: dict[str, Any] | None, w: int = 720, h: int = 220) -> str:
     """The live score distribution of the last drift window beside the training one, as
     shares of each bin of the training's own score bins (lowest, most anomalous, left)."""
-    body = [f'<rect width="{w}" height="{h}" fill="#fff" stroke="#ccc"/>']
     scores = (snapshot or {}).get("scores") or {}
     live, train = list(scores.get("live") or []), list(scores.get("training") or [])
     total = sum(v for v in live if isinstance(v, int | float))
     if not live or len(live) != len(train) or total <= 0:
-        body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle">no drift snapshot '
-                    "yet</text>")
-        return _svg(w, h, body, "score distribution against training: none")
+        return _empty(w, h, "no drift snapshot yet", "score distribution against training: none")
+    body: list[str] = []
     shares = [float(v) / total for v in live]
     top = max(*shares, *(float(t) for t in train)) or 1.0
     n = len(live)

@@ -345,20 +345,23 @@ class DecodedBatch:
         from the whole column when it was read already (or when most rows are asked),
         else read for those rows alone (a batch's few alerts need not pay for every
         event's value) and not kept."""
-        if path in self._numeric or len(rows) * _SUBSET_SHARE >= self.n:
-            values, codes = self.numeric(path)
-            return values[rows], codes[rows]
-        return numeric_column(self._raw_at(path, rows.tolist(), NUMBER))
+        return self._at(path, rows, NUMBER)
 
     def strings_at(self, path: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Field ``path`` for ``rows`` only, as :meth:`strings` gives it (see
         :meth:`numeric_at`)."""
-        if path in self._strings or len(rows) * _SUBSET_SHARE >= self.n:
-            values, codes = self.strings(path)
-            return values[rows], codes[rows]
-        return string_column(self._raw_at(path, rows.tolist(), SCALAR))
+        return self._at(path, rows, SCALAR)
 
-    def _raw_at(self, path: str, rows: list[int], kind: Any) -> list[Any]:
+    def _at(self, path: str, rows: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        number = kind == NUMBER
+        if path in (self._numeric if number else self._strings) or \
+                len(rows) * _SUBSET_SHARE >= self.n:
+            values, codes = (self.numeric if number else self.strings)(path)
+            return values[rows], codes[rows]
+        return (numeric_column if number else string_column)(
+            self._raw_at(path, rows.tolist(), kind))
+
+    def _raw_at(self, path: str, rows: list[int], kind: str) -> list[Any]:
         """Raw values of ``rows`` as the whole-column readers would find them."""
         getter = self._schema.getters.get(path)
         if getter is None or self._schema.kind[path] != kind:

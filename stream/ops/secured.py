@@ -58,7 +58,7 @@ def files_problem(conf: dict[str, Any]) -> str | None:
             return f"ssl.key.location: {key} is encrypted and no ssl.key.password is given"
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
-            ctx.load_cert_chain(str(cert), str(key), password=str(password or "") or None)
+            ctx.load_cert_chain(str(cert), str(key), password=str(password) if password else None)
         except ssl.SSLError as e:
             if encrypted:
                 return f"ssl.key.password does not open the key in {key}"

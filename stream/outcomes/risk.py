@@ -36,6 +36,7 @@ import orjson
 from stream.features import FeatureSpec
 from stream.features.columns import ColumnSource
 from stream.ingest.decode import RowSubset
+from stream.outcomes.reasons import MISSING_FEATURE
 from stream.outcomes.records import ACTIONABLE_LEVEL, LEVEL_NAMES
 from stream.outcomes.suppress import RuleSet, cover_add, covering
 from stream.state.store import event_times
@@ -63,6 +64,33 @@ class _WithPoints:
 
     def strings(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         return self._rows.strings(path)
+
+
+class _AlertRows:
+    """A batch's columns read at its alert rows only, each column once (the other rows
+    read as missing): what risk reads costs the batch's few alerts, not all its events
+    (a column the features read already is sliced, ``DecodedBatch.numeric_at``)."""
+
+    def __init__(self, source: ColumnSource, rows: np.ndarray) -> None:
+        self.n, self.rows = source.n, rows
+        self._alerts = RowSubset(source, rows)
+        self._cols: dict[tuple[bool, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _column(self, numeric: bool, path: str) -> tuple[np.ndarray, np.ndarray]:
+        got = self._cols.get((numeric, path))
+        if got is None:
+            values, codes = (self._alerts.numeric if numeric else self._alerts.strings)(path)
+            full = np.full(self.n, np.nan) if numeric else np.empty(self.n, dtype=object)
+            full_codes = np.full(self.n, MISSING_FEATURE, dtype=np.uint8)
+            full[self.rows], full_codes[self.rows] = values, codes
+            got = self._cols[(numeric, path)] = (full, full_codes)
+        return got
+
+    def numeric(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._column(True, path)
+
+    def strings(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._column(False, path)
 
 
 @dataclass
@@ -145,9 +173,8 @@ class Risk:
         else they are read from ``source``."""
         docs: dict[int, list[dict[str, Any]]] = {}
         records: list[tuple[bytes, bytes]] = []
-        # Only the alert rows' times and entities are read: a batch's few alerts do not pay
-        # for every event's (unless the features read those columns already).
-        times = np.full(source.n, math.nan)
+        source = _AlertRows(source, rows)
+        times = np.full(source.n, math.nan)  # read at the alert rows, as everything here
         times[rows] = event_times(RowSubset(source, rows), self.timestamp_field)[0]
         episodes = Episodes(store, source, scores, leads, alert_ids, summaries)
         for by in self.entities:
@@ -159,11 +186,7 @@ class Risk:
             if thresholds is not None:
                 own = thresholds[rows_e]
                 cut = np.where(np.isnan(own), cut, own)
-            keys = []
-            for f in by.split(">"):
-                col = np.empty(source.n, dtype=object)
-                col[rows_e] = RowSubset(source, rows_e).strings(f)[0]
-                keys.append(col)
+            keys = [source.strings(f)[0] for f in by.split(">")]
             for j, (i, r, p, t) in enumerate(zip(rows_e.tolist(), risk.tolist(),
                                                  points.tolist(), cut.tolist(), strict=True)):
                 if reason[j] != 0 or not math.isfinite(r):
